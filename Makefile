@@ -1,0 +1,44 @@
+# One entry point for people and CI. Everything runs from a project virtualenv.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MODE   ?= non_restrictive
+CONSUMER_MODE ?= pull
+
+.PHONY: install up demo test test-faults lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[services,dev]'
+	touch $@
+
+## Start NATS, PostgreSQL, migrate, run System A and System B (Ctrl-C stops all).
+up: install
+	$(PY) -m services.devstack --mode $(MODE) --consumer-mode $(CONSUMER_MODE)
+
+## up + scripts/test_sync.sh + down
+demo: install
+	$(PY) -m services.devstack --mode $(MODE) --consumer-mode $(CONSUMER_MODE) --run scripts/test_sync.sh
+
+## The whole suite; brings up the servers it needs itself.
+test: install
+	$(PY) -m pytest -q -m "not faults or smoke" tests
+
+test-faults: install
+	$(PY) -m pytest -q -m faults tests
+
+lint: install
+	$(VENV)/bin/ruff check src services provisioner tests benchmarks migrations
+	$(VENV)/bin/mypy --strict src
+
+format: install
+	$(VENV)/bin/ruff format src services provisioner tests benchmarks migrations
+
+bench: install
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .devstack

@@ -1,0 +1,313 @@
+"""Library configuration: frozen dataclasses, validated once at construction.
+
+Option names and defaults follow the Ruby gem (``nats_urls``, ``app_name``,
+``destination_app``, ``stream_name``, ``auto_provision``, ``use_outbox``,
+``use_inbox``, ``use_dlq``, ``max_deliver``, ``ack_wait``, ``backoff``,
+``consumer_mode``, ``delivery_subject``, ``push_consumer_group``).  Durations are
+float seconds; strings such as ``"30s"`` are accepted and parsed here, once.
+Nothing reads the environment except :func:`configure_bidirectional`, which takes
+the mapping to read as an argument.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+from bridge.durations import parse_duration
+from bridge.errors import ConfigError
+from bridge.subjects import Subjects, validate_token
+
+ConsumerMode = Literal["pull", "push"]
+Mode = Literal["non_restrictive", "restrictive"]
+CONSUMER_MODES: tuple[str, ...] = ("pull", "push")
+DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How to authenticate to NATS.  At most one of the auth methods may be set.
+
+    ``repr()`` never shows secrets, so a config can be logged safely.
+    """
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    nkey_seed: str | None = field(default=None, repr=False)
+    creds_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    inbox_prefix: str | None = None
+
+    def __post_init__(self) -> None:
+        methods = [
+            name
+            for name, value in (
+                ("user/password", self.user),
+                ("token", self.token),
+                ("nkey_seed", self.nkey_seed),
+                ("creds_file", self.creds_file),
+            )
+            if value
+        ]
+        if len(methods) > 1:
+            raise ConfigError(f"credentials: choose one auth method, got {', '.join(methods)}")
+        if self.user and not self.password:
+            raise ConfigError("credentials: user is set but password is empty")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("credentials: tls_cert_file and tls_key_file go together")
+        if self.inbox_prefix is not None and (
+            not self.inbox_prefix or any(c in self.inbox_prefix for c in "*> ")
+        ):
+            raise ConfigError(f"credentials: inbox_prefix {self.inbox_prefix!r} is invalid")
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls_ca_file or self.tls_cert_file)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayOptions:
+    """Outbox relay tuning.  See :mod:`bridge.relay` for the contract."""
+
+    batch_size: int = 256
+    poll_interval: float = 1.0
+    lease: float = 30.0
+    max_attempts: int = 20
+    retry_base: float = 0.5
+    retry_max: float = 60.0
+    publish_timeout: float = 5.0
+    max_in_flight: int = 256
+    retention: float = 7 * 24 * 3600.0
+    cleanup_interval: float = 300.0
+
+    def __post_init__(self) -> None:
+        _positive("relay.batch_size", self.batch_size)
+        _positive("relay.max_attempts", self.max_attempts)
+        _positive("relay.max_in_flight", self.max_in_flight)
+        for name in ("poll_interval", "lease", "retry_base", "retry_max", "publish_timeout"):
+            _positive(f"relay.{name}", getattr(self, name))
+        if self.retry_max < self.retry_base:
+            raise ConfigError("relay.retry_max must be >= relay.retry_base")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerOptions:
+    """Consumer tuning.  See :mod:`bridge.consumer` for the contract."""
+
+    batch_size: int = 64
+    fetch_timeout: float = 1.0
+    concurrency: int = 1
+    in_progress_interval: float | None = None
+    stop_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        _positive("consumer.batch_size", self.batch_size)
+        _positive("consumer.fetch_timeout", self.fetch_timeout)
+        _positive("consumer.concurrency", self.concurrency)
+        _positive("consumer.stop_timeout", self.stop_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """Complete configuration of one side of a synced pair.
+
+    Construct with keyword arguments; duration fields accept strings ("30s").
+    Invalid values raise :class:`~bridge.errors.ConfigError` immediately.
+    """
+
+    app_name: str
+    destination_app: str
+    nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    stream_name: str = "sync-stream"
+    auto_provision: bool = True
+    use_outbox: bool = True
+    use_inbox: bool = True
+    use_dlq: bool = True
+    max_deliver: int = 5
+    ack_wait: float = 30.0
+    backoff: tuple[float, ...] = DEFAULT_BACKOFF
+    consumer_mode: ConsumerMode = "pull"
+    delivery_subject: str | None = None
+    push_consumer_group: str | None = None
+    credentials: Credentials = field(default_factory=Credentials)
+    duplicate_window: float = 120.0
+    stream_replicas: int = 1
+    stream_max_age: float = 7 * 24 * 3600.0
+    stream_max_bytes: int = -1
+    connect_timeout: float = 2.0
+    reconnect_wait: float = 1.0
+    reconnect_wait_max: float = 10.0
+    enable_consumer: bool = True
+    enable_relay: bool = True
+    relay: RelayOptions = field(default_factory=RelayOptions)
+    consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise values once, here
+        validate_token(self.app_name, name="app_name")
+        validate_token(self.destination_app, name="destination_app")
+        validate_token(self.stream_name, name="stream_name")
+        Subjects(self.app_name, self.destination_app)
+        urls = (self.nats_urls,) if isinstance(self.nats_urls, str) else tuple(self.nats_urls)
+        urls = tuple(u.strip() for part in urls for u in part.split(",") if u.strip())
+        if not urls:
+            raise ConfigError("nats_urls must name at least one server")
+        for url in urls:
+            if "://" not in url:
+                raise ConfigError(f"nats_urls: {url!r} needs a scheme, e.g. nats://host:4222")
+        set_(self, "nats_urls", urls)
+        if self.consumer_mode not in CONSUMER_MODES:
+            raise ConfigError(f"consumer_mode must be 'pull' or 'push', got {self.consumer_mode!r}")
+        if not isinstance(self.max_deliver, int) or self.max_deliver < 1:
+            raise ConfigError(f"max_deliver must be a positive integer, got {self.max_deliver!r}")
+        for name in (
+            "ack_wait",
+            "duplicate_window",
+            "stream_max_age",
+            "connect_timeout",
+            "reconnect_wait",
+            "reconnect_wait_max",
+        ):
+            set_(self, name, parse_duration(getattr(self, name), name=name))
+        if self.ack_wait <= 0:
+            raise ConfigError("ack_wait must be greater than zero")
+        if self.duplicate_window <= 0:
+            raise ConfigError("duplicate_window must be greater than zero")
+        backoff = _as_durations(self.backoff, name="backoff")
+        if not backoff:
+            raise ConfigError("backoff must list at least one delay, e.g. ('1s', '5s')")
+        if len(backoff) > self.max_deliver:
+            raise ConfigError(
+                f"backoff has {len(backoff)} steps but max_deliver is {self.max_deliver}: "
+                "JetStream requires len(backoff) <= max_deliver"
+            )
+        set_(self, "backoff", backoff)
+        if self.stream_replicas not in (1, 3, 5):
+            raise ConfigError(f"stream_replicas must be 1, 3 or 5, got {self.stream_replicas}")
+        if self.delivery_subject is not None and not self.delivery_subject.strip():
+            raise ConfigError("delivery_subject must not be blank")
+        if self.push_consumer_group is not None:
+            validate_token(self.push_consumer_group, name="push_consumer_group")
+
+    # -- derived names ---------------------------------------------------------------
+    @property
+    def subjects(self) -> Subjects:
+        return Subjects(self.app_name, self.destination_app)
+
+    @property
+    def deliver_subject(self) -> str:
+        """Push deliver subject (explicit ``delivery_subject`` or the default)."""
+        return self.delivery_subject or self.subjects.deliver_subject
+
+    @property
+    def deliver_group(self) -> str:
+        """Push queue group (explicit ``push_consumer_group`` or the default)."""
+        return self.push_consumer_group or self.subjects.deliver_group
+
+    def backoff_for(self, attempt: int) -> float:
+        """Delay before redelivering after the ``attempt``-th failed delivery (1-based)."""
+        index = min(max(attempt, 1), len(self.backoff)) - 1
+        return self.backoff[index]
+
+    def with_(self, **changes: Any) -> BridgeConfig:
+        """Return a copy with ``changes`` applied and validated."""
+        return replace(self, **changes)
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than zero, got {value!r}")
+
+
+def _as_durations(values: Iterable[str | float] | str, *, name: str) -> tuple[float, ...]:
+    if isinstance(values, str):
+        values = [v for v in values.replace(",", " ").split() if v]
+    return tuple(parse_duration(v, name=f"{name}[{i}]") for i, v in enumerate(values))
+
+
+# -- presets -------------------------------------------------------------------------
+PRESETS: dict[str, dict[str, Any]] = {
+    "development": {"auto_provision": True, "ack_wait": 30.0},
+    "test": {
+        "auto_provision": True,
+        "ack_wait": 5.0,
+        "backoff": (0.1, 0.2, 0.5),
+        "max_deliver": 3,
+        "duplicate_window": 30.0,
+        "relay": RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
+        "consumer": ConsumerOptions(fetch_timeout=0.5, stop_timeout=5.0),
+    },
+    "production": {"auto_provision": False, "stream_replicas": 3, "ack_wait": 30.0},
+    "high_throughput": {
+        "relay": RelayOptions(batch_size=1000, max_in_flight=1024),
+        "consumer": ConsumerOptions(batch_size=256, concurrency=8),
+        "ack_wait": 60.0,
+    },
+    "maximum_reliability": {
+        "auto_provision": False,
+        "stream_replicas": 3,
+        "max_deliver": 10,
+        "backoff": (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0),
+        "duplicate_window": 600.0,
+        "relay": RelayOptions(max_attempts=100),
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> BridgeConfig:
+    """Build a config from a named preset plus overrides (``app_name`` etc.)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return BridgeConfig(**{**PRESETS[name], **overrides})
+
+
+def resolve_consumer_mode(
+    app_name: str, explicit: str | None, env: Mapping[str, str]
+) -> ConsumerMode:
+    """Explicit override, then ``CONSUMER_MODE_<APP>``, then ``CONSUMER_MODE``, then pull."""
+    for value in (
+        explicit,
+        env.get(f"CONSUMER_MODE_{app_name.upper()}"),
+        env.get("CONSUMER_MODE"),
+    ):
+        if value:
+            mode = value.strip().lower()
+            if mode not in CONSUMER_MODES:
+                raise ConfigError(f"consumer mode must be 'pull' or 'push', got {value!r}")
+            return mode  # type: ignore[return-value]
+    return "pull"
+
+
+def configure_bidirectional(
+    app_name: str,
+    destination_app: str,
+    mode: Mode = "non_restrictive",
+    *,
+    consumer_mode: str | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> BridgeConfig:
+    """One call for one side of a pair, like the gem's ``configure_bidirectional``.
+
+    ``mode="restrictive"`` turns ``auto_provision`` off (apps only verify).  The
+    consumer mode comes from ``consumer_mode``, then ``CONSUMER_MODE_<APP>``, then
+    ``CONSUMER_MODE`` in ``env`` (default: ``os.environ``), then pull.
+    """
+    if mode not in ("non_restrictive", "restrictive"):
+        raise ConfigError(f"mode must be 'non_restrictive' or 'restrictive', got {mode!r}")
+    environ = os.environ if env is None else env
+    known = {f.name for f in fields(BridgeConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {
+        "auto_provision": mode == "non_restrictive",
+        "consumer_mode": resolve_consumer_mode(app_name, consumer_mode, environ),
+    }
+    values.update(overrides)
+    return BridgeConfig(app_name=app_name, destination_app=destination_app, **values)

@@ -1,0 +1,156 @@
+"""The wire envelope: a JSON body plus NATS headers.
+
+Body fields (DESIGN.md): ``event_id`` (UUID), ``schema_version``, ``event_type``
+(``<resource>.<created|updated|deleted>`` ...), ``producer``, ``resource_type``,
+``resource_id``, ``occurred_at`` (ISO 8601 UTC, microseconds), ``trace_id``,
+``payload``; additions: ``origin`` (the system where the change was first made)
+and ``causation_id`` (the event this one was caused by, e.g. a DLQ replay).
+
+Headers: ``Nats-Msg-Id: <event_id>`` (exactly that case, so the server
+deduplicates) and ``traceparent`` when tracing is on.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.errors import EnvelopeError
+
+SCHEMA_VERSION = 1
+MSG_ID_HEADER = "Nats-Msg-Id"
+TRACEPARENT_HEADER = "traceparent"
+_REQUIRED = ("event_id", "event_type", "producer", "resource_type", "resource_id", "occurred_at")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def format_timestamp(value: datetime) -> str:
+    """ISO 8601 in UTC with microseconds and a ``Z`` suffix."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse an ISO 8601 timestamp into an aware UTC datetime."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise EnvelopeError(f"occurred_at: {value!r} is not an ISO 8601 timestamp") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One business event as it travels between systems."""
+
+    event_type: str
+    producer: str
+    resource_type: str
+    resource_id: str
+    payload: Mapping[str, Any]
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    occurred_at: str = field(default_factory=lambda: format_timestamp(utcnow()))
+    schema_version: int = SCHEMA_VERSION
+    trace_id: str | None = None
+    origin: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.origin is None:
+            object.__setattr__(self, "origin", self.producer)
+
+    @property
+    def action(self) -> str:
+        """The verb after the last dot of ``event_type`` (created/updated/deleted)."""
+        return self.event_type.rsplit(".", 1)[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        body.pop("traceparent")
+        body["payload"] = dict(self.payload)
+        return body
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str).encode()
+
+    def headers(self) -> dict[str, str]:
+        """NATS headers for this envelope (``Nats-Msg-Id`` is the event id)."""
+        headers = {MSG_ID_HEADER: self.event_id}
+        if self.traceparent:
+            headers[TRACEPARENT_HEADER] = self.traceparent
+        return headers
+
+    def with_new_id(self, *, causation_id: str | None = None) -> Envelope:
+        """A copy with a fresh event id, recording what caused it (DLQ replay)."""
+        return replace(
+            self,
+            event_id=str(uuid.uuid4()),
+            causation_id=causation_id if causation_id is not None else self.event_id,
+        )
+
+    @classmethod
+    def from_dict(cls, body: Mapping[str, Any], *, traceparent: str | None = None) -> Envelope:
+        """Validate and build an envelope; raise :class:`EnvelopeError` naming the field."""
+        if not isinstance(body, Mapping):
+            raise EnvelopeError("envelope body must be a JSON object")
+        missing = [name for name in _REQUIRED if not body.get(name)]
+        if missing:
+            raise EnvelopeError(f"envelope is missing field(s): {', '.join(missing)}")
+        try:
+            uuid.UUID(str(body["event_id"]))
+        except ValueError as exc:
+            raise EnvelopeError(f"event_id {body['event_id']!r} is not a UUID") from exc
+        payload = body.get("payload", {})
+        if not isinstance(payload, Mapping):
+            raise EnvelopeError("payload must be a JSON object")
+        version = body.get("schema_version", SCHEMA_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise EnvelopeError(f"schema_version must be a positive integer, got {version!r}")
+        for name in ("event_type", "producer", "resource_type"):
+            if not isinstance(body[name], str):
+                raise EnvelopeError(f"{name} must be a string")
+        parse_timestamp(str(body["occurred_at"]))
+        return cls(
+            event_id=str(body["event_id"]),
+            schema_version=version,
+            event_type=body["event_type"],
+            producer=body["producer"],
+            resource_type=body["resource_type"],
+            resource_id=str(body["resource_id"]),
+            occurred_at=str(body["occurred_at"]),
+            trace_id=body.get("trace_id"),
+            payload=dict(payload),
+            origin=body.get("origin") or body["producer"],
+            causation_id=body.get("causation_id"),
+            traceparent=traceparent,
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes, headers: Mapping[str, str] | None = None) -> Envelope:
+        """Decode a message body; raise :class:`EnvelopeError` if it is malformed.
+
+        When a ``Nats-Msg-Id`` header is present it must equal ``event_id``.
+        """
+        try:
+            body = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise EnvelopeError(f"body is not valid JSON: {exc}") from exc
+        headers = headers or {}
+        envelope = cls.from_dict(body, traceparent=headers.get(TRACEPARENT_HEADER))
+        msg_id = headers.get(MSG_ID_HEADER)
+        if msg_id is not None and msg_id != envelope.event_id:
+            raise EnvelopeError(
+                f"{MSG_ID_HEADER} header {msg_id!r} does not match event_id {envelope.event_id!r}"
+            )
+        return envelope

@@ -1,0 +1,80 @@
+"""The single exception hierarchy of the bridge.
+
+Every error the library raises derives from :class:`BridgeError`, so callers can
+catch one type at a seam.  Handler-outcome exceptions (:class:`Retry`,
+:class:`Reject`) live here too: the router turns them into a delayed NAK or a
+dead letter.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error raised by ``bridge``."""
+
+
+class ConfigError(BridgeError, ValueError):
+    """A configuration value is invalid; raised at construction, never later."""
+
+
+class ConnectionError(BridgeError):
+    """NATS is unreachable or the connection is closed."""
+
+
+class PublishError(BridgeError):
+    """A publish did not get a PubAck (timeout, no responders, server error).
+
+    The envelope may or may not be stored: callers retry with the same
+    ``Nats-Msg-Id`` so the server's duplicate window collapses the retry.
+    """
+
+
+class ProvisioningError(BridgeError):
+    """Stream or consumer is missing, drifted, or may not be managed."""
+
+
+class MissingStreamError(ProvisioningError):
+    """The stream does not exist (restrictive mode never creates it)."""
+
+
+class MissingConsumerError(ProvisioningError):
+    """A durable consumer does not exist."""
+
+
+class DriftError(ProvisioningError):
+    """The server's stream or consumer differs from the desired spec."""
+
+
+class PermissionDeniedError(ProvisioningError):
+    """The NATS user lacks a permission the configured mode needs."""
+
+
+class EnvelopeError(BridgeError):
+    """A message body or its headers do not form a valid envelope (malformed)."""
+
+
+class HandlerOutcome(BridgeError):
+    """Base of the exceptions a handler raises to choose what happens to a delivery."""
+
+
+class Retry(HandlerOutcome):
+    """Transient failure: NAK with the backoff delay for this attempt.
+
+    ``delay`` overrides the schedule for this attempt when given (seconds).
+    """
+
+    def __init__(self, reason: str = "retry", *, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Reject(HandlerOutcome):
+    """Permanent failure: dead letter with ``reason``, then terminate the delivery."""
+
+    def __init__(self, message: str, *, reason: str = "rejected") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DeadLetterError(BridgeError):
+    """Publishing a dead letter failed; the original delivery is left unacked."""

@@ -1,0 +1,300 @@
+"""Desired JetStream topology, and plan / apply / verify against a server.
+
+- :func:`stream_spec` and :func:`consumer_spec` derive the desired stream and
+  durable consumer of one side from its :class:`~bridge.config.BridgeConfig`.
+- :meth:`Provisioner.plan` diffs the desired specs against the server (read-only).
+- :meth:`Provisioner.apply` creates what is missing and updates only the fields
+  the bridge owns; fields an operator set (limits, replicas, description,
+  ``max_ack_pending``, extra stream subjects ...) are kept.  Applying twice is a
+  no-op the second time.  A pull↔push switch recreates the consumer (the server
+  cannot change a consumer's type in place).
+- :meth:`Provisioner.verify` is read-only and raises a
+  :class:`~bridge.errors.ProvisioningError` subclass naming what is missing or drifted.
+
+Durations are float seconds everywhere and become nanoseconds only in
+:meth:`StreamSpec.to_api` / :meth:`ConsumerSpec.to_api`.
+
+JetStream sets a consumer's ``ack_wait`` to ``backoff[0]`` whenever ``backoff`` is
+given, and applies ``backoff`` only to redeliveries after an ack timeout (a NAK
+carries its own delay).  So the server-side schedule we send is
+``max(ack_wait, b)`` for each configured step: the ack window is never shorter
+than ``ack_wait`` and later ack-timeout redeliveries still back off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from bridge.config import BridgeConfig
+from bridge.durations import to_nanos
+from bridge.errors import DriftError, MissingConsumerError, MissingStreamError
+from bridge.jsapi import JetStreamApi
+
+ChangeKind = Literal[
+    "create_stream", "update_stream", "create_consumer", "update_consumer", "recreate_consumer"
+]
+PUSH_IDLE_HEARTBEAT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    duplicate_window: float
+    max_age: float
+    max_bytes: int
+    replicas: int
+    storage: str = "file"
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "subjects": list(self.subjects),
+            "retention": "limits",
+            "storage": self.storage,
+            "discard": "old",
+            "num_replicas": self.replicas,
+            "duplicate_window": to_nanos(self.duplicate_window),
+            "max_age": to_nanos(self.max_age),
+            "max_bytes": self.max_bytes,
+            "max_msgs": -1,
+            "max_consumers": -1,
+            "allow_direct": True,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    filter_subject: str
+    ack_wait: float
+    max_deliver: int
+    backoff: tuple[float, ...]
+    mode: str = "pull"
+    deliver_subject: str | None = None
+    deliver_group: str | None = None
+    max_ack_pending: int = 1000
+
+    def to_api(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "durable_name": self.durable,
+            "filter_subject": self.filter_subject,
+            "ack_policy": "explicit",
+            "deliver_policy": "all",
+            "replay_policy": "instant",
+            "ack_wait": to_nanos(self.ack_wait),
+            "max_deliver": self.max_deliver,
+            "backoff": [to_nanos(b) for b in self.backoff],
+            "max_ack_pending": self.max_ack_pending,
+        }
+        if self.mode == "push":
+            config["deliver_subject"] = self.deliver_subject
+            config["deliver_group"] = self.deliver_group
+            config["flow_control"] = True
+            config["idle_heartbeat"] = to_nanos(PUSH_IDLE_HEARTBEAT)
+        return config
+
+
+def server_backoff(ack_wait: float, backoff: Sequence[float]) -> tuple[float, ...]:
+    """The ack-timeout redelivery schedule sent to the server (see module doc)."""
+    return tuple(max(ack_wait, b) for b in backoff)
+
+
+def stream_spec(config: BridgeConfig) -> StreamSpec:
+    return StreamSpec(
+        name=config.stream_name,
+        subjects=config.subjects.stream_subjects(),
+        duplicate_window=config.duplicate_window,
+        max_age=config.stream_max_age,
+        max_bytes=config.stream_max_bytes,
+        replicas=config.stream_replicas,
+    )
+
+
+def consumer_spec(config: BridgeConfig) -> ConsumerSpec:
+    push = config.consumer_mode == "push"
+    return ConsumerSpec(
+        stream=config.stream_name,
+        durable=config.subjects.durable,
+        filter_subject=config.subjects.consume,
+        ack_wait=config.ack_wait,
+        max_deliver=config.max_deliver,
+        backoff=server_backoff(config.ack_wait, config.backoff),
+        mode=config.consumer_mode,
+        deliver_subject=config.deliver_subject if push else None,
+        deliver_group=config.deliver_group if push else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    kind: ChangeKind
+    target: str
+    fields: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        if not self.fields:
+            return f"{self.kind} {self.target}"
+        diffs = ", ".join(f"{k}: {a!r} -> {d!r}" for k, (a, d) in sorted(self.fields.items()))
+        return f"{self.kind} {self.target} ({diffs})"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    changes: tuple[Change, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def describe(self) -> str:
+        if self.empty:
+            return "no changes: stream and consumers match the desired state"
+        return "\n".join(c.describe() for c in self.changes)
+
+
+def _seconds(nanos: Any) -> float:
+    return float(nanos or 0) / 1_000_000_000
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+
+
+def stream_drift(spec: StreamSpec, actual: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields the bridge owns that differ (missing subjects, duplicate window, storage)."""
+    drift: dict[str, tuple[Any, Any]] = {}
+    have = list(actual.get("subjects") or [])
+    missing = [s for s in spec.subjects if s not in have]
+    if missing:
+        drift["subjects"] = (have, have + missing)
+    if not _close(_seconds(actual.get("duplicate_window")), spec.duplicate_window):
+        drift["duplicate_window"] = (
+            _seconds(actual.get("duplicate_window")),
+            spec.duplicate_window,
+        )
+    if actual.get("storage") != spec.storage:
+        drift["storage"] = (actual.get("storage"), spec.storage)
+    return drift
+
+
+def consumer_drift(spec: ConsumerSpec, actual: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Fields the bridge owns that differ on the server."""
+    drift: dict[str, tuple[Any, Any]] = {}
+    actual_mode = "push" if actual.get("deliver_subject") else "pull"
+    if actual_mode != spec.mode:
+        drift["mode"] = (actual_mode, spec.mode)
+    if actual.get("filter_subject") != spec.filter_subject:
+        drift["filter_subject"] = (actual.get("filter_subject"), spec.filter_subject)
+    if actual.get("ack_policy") != "explicit":
+        drift["ack_policy"] = (actual.get("ack_policy"), "explicit")
+    if int(actual.get("max_deliver", 0)) != spec.max_deliver:
+        drift["max_deliver"] = (actual.get("max_deliver"), spec.max_deliver)
+    if not _close(_seconds(actual.get("ack_wait")), spec.ack_wait):
+        drift["ack_wait"] = (_seconds(actual.get("ack_wait")), spec.ack_wait)
+    have_backoff = tuple(_seconds(b) for b in actual.get("backoff") or [])
+    if len(have_backoff) != len(spec.backoff) or not all(
+        _close(a, b) for a, b in zip(have_backoff, spec.backoff, strict=False)
+    ):
+        drift["backoff"] = (have_backoff, spec.backoff)
+    if spec.mode == "push":
+        if actual.get("deliver_subject") != spec.deliver_subject:
+            drift["deliver_subject"] = (actual.get("deliver_subject"), spec.deliver_subject)
+        if actual.get("deliver_group") != spec.deliver_group:
+            drift["deliver_group"] = (actual.get("deliver_group"), spec.deliver_group)
+    return drift
+
+
+class Provisioner:
+    """Plan, apply and verify one stream and any number of durable consumers."""
+
+    def __init__(self, api: JetStreamApi) -> None:
+        self._api = api
+
+    async def plan(self, stream: StreamSpec, consumers: Sequence[ConsumerSpec] = ()) -> Plan:
+        changes: list[Change] = []
+        stream_exists = True
+        try:
+            info = await self._api.stream_info(stream.name)
+        except MissingStreamError:
+            stream_exists = False
+            changes.append(Change("create_stream", stream.name))
+        else:
+            drift = stream_drift(stream, info["config"])
+            if drift:
+                changes.append(Change("update_stream", stream.name, drift))
+        for spec in consumers:
+            target = f"{spec.stream}/{spec.durable}"
+            if not stream_exists:
+                changes.append(Change("create_consumer", target))
+                continue
+            try:
+                cinfo = await self._api.consumer_info(spec.stream, spec.durable)
+            except MissingConsumerError:
+                changes.append(Change("create_consumer", target))
+                continue
+            drift = consumer_drift(spec, cinfo["config"])
+            if "mode" in drift or "deliver_subject" in drift or "deliver_group" in drift:
+                changes.append(Change("recreate_consumer", target, drift))
+            elif drift:
+                changes.append(Change("update_consumer", target, drift))
+        return Plan(tuple(changes))
+
+    async def apply(self, stream: StreamSpec, consumers: Sequence[ConsumerSpec] = ()) -> Plan:
+        """Bring the server to the desired state; return the plan that was applied."""
+        plan = await self.plan(stream, consumers)
+        by_target = {spec.stream + "/" + spec.durable: spec for spec in consumers}
+        for change in plan.changes:
+            if change.kind == "create_stream":
+                await self._api.save_stream(stream.to_api(), create=True)
+            elif change.kind == "update_stream":
+                current = (await self._api.stream_info(stream.name))["config"]
+                merged = dict(current)  # keep every operator-set field
+                merged["subjects"] = change.fields.get("subjects", (None, current["subjects"]))[1]
+                merged["duplicate_window"] = to_nanos(stream.duplicate_window)
+                await self._api.save_stream(merged, create=False)
+            else:
+                spec = by_target[change.target]
+                if change.kind == "create_consumer":
+                    await self._api.save_consumer(spec.stream, spec.to_api(), action="create")
+                elif change.kind == "recreate_consumer":
+                    await self._api.delete_consumer(spec.stream, spec.durable)
+                    await self._api.save_consumer(spec.stream, spec.to_api(), action="create")
+                else:
+                    current = (await self._api.consumer_info(spec.stream, spec.durable))["config"]
+                    merged = dict(current)
+                    owned = spec.to_api()
+                    for key in (
+                        "filter_subject",
+                        "ack_policy",
+                        "ack_wait",
+                        "max_deliver",
+                        "backoff",
+                    ):
+                        merged[key] = owned[key]
+                    await self._api.save_consumer(spec.stream, merged, action="update")
+        return plan
+
+    async def verify(self, stream: StreamSpec, consumers: Sequence[ConsumerSpec] = ()) -> None:
+        """Raise if anything is missing or drifted; change nothing."""
+        plan = await self.plan(stream, consumers)
+        for change in plan.changes:
+            if change.kind == "create_stream":
+                raise MissingStreamError(
+                    f"stream {stream.name!r} does not exist; run the provisioner "
+                    "(bridge-provision apply) or enable auto_provision"
+                )
+        problems = []
+        for change in plan.changes:
+            if change.kind == "create_consumer":
+                raise MissingConsumerError(
+                    f"consumer {change.target!r} does not exist; run the provisioner "
+                    "(bridge-provision apply) or enable auto_provision"
+                )
+            problems.append(change.describe())
+        if problems:
+            raise DriftError("JetStream topology drifted: " + "; ".join(problems))

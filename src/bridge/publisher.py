@@ -1,0 +1,99 @@
+"""Publish envelopes to JetStream and await their PubAck.
+
+Contract: :meth:`Publisher.publish` returns only after the server stored the
+message (or recognised it as a duplicate inside the duplicate window, reported
+as ``duplicate=True``).  Any failure raises :class:`~bridge.errors.PublishError`;
+the caller retries with the same envelope, which is safe because the event id is
+sent as ``Nats-Msg-Id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+
+from bridge.envelope import Envelope
+from bridge.errors import PublishError
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    """What the server answered: where the message is, and whether it was a duplicate."""
+
+    stream: str
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A ready-to-send message (subject, body, headers) — e.g. a claimed outbox row."""
+
+    subject: str
+    data: bytes
+    headers: Mapping[str, str]
+
+
+class Publisher:
+    """Thin, typed wrapper over ``js.publish`` that maps errors to :class:`PublishError`."""
+
+    def __init__(self, js: JetStreamContext, *, stream: str | None, timeout: float = 5.0) -> None:
+        self._js = js
+        self._stream = stream
+        self._timeout = timeout
+
+    async def publish(self, subject: str, envelope: Envelope) -> PublishResult:
+        """Publish one envelope with ``Nats-Msg-Id = event_id``; await the PubAck."""
+        return await self.publish_raw(
+            OutgoingMessage(subject, envelope.to_bytes(), envelope.headers())
+        )
+
+    async def publish_raw(self, message: OutgoingMessage) -> PublishResult:
+        """Publish pre-encoded bytes and headers; await the PubAck."""
+        try:
+            ack = await self._js.publish(
+                message.subject,
+                message.data,
+                timeout=self._timeout,
+                stream=self._stream,
+                headers=dict(message.headers),
+            )
+        except NoRespondersError as exc:
+            raise PublishError(
+                f"no stream listens on {message.subject!r} (is the stream provisioned?)"
+            ) from exc
+        except (TimeoutError, NatsTimeoutError) as exc:
+            raise PublishError(
+                f"no PubAck for {message.subject!r} within {self._timeout}s"
+            ) from exc
+        except APIError as exc:
+            raise PublishError(f"JetStream rejected publish to {message.subject!r}: {exc}") from exc
+        except Exception as exc:  # connection closed/draining, etc.
+            raise PublishError(f"publish to {message.subject!r} failed: {exc!r}") from exc
+        return PublishResult(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def publish_many(
+        self, messages: Sequence[OutgoingMessage], *, max_in_flight: int = 256
+    ) -> list[PublishResult | PublishError]:
+        """Publish ``messages`` pipelined (up to ``max_in_flight`` awaiting PubAcks).
+
+        Messages are written to the connection in order; the result list is in the
+        same order, holding a :class:`PublishResult` or the :class:`PublishError`
+        for each message.  Nothing is retried here.
+        """
+        semaphore = asyncio.Semaphore(max_in_flight)
+
+        async def one(message: OutgoingMessage) -> PublishResult | PublishError:
+            async with semaphore:
+                try:
+                    return await self.publish_raw(message)
+                except PublishError as exc:
+                    return exc
+
+        return list(await asyncio.gather(*(one(m) for m in messages)))

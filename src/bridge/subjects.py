@@ -1,0 +1,85 @@
+"""The only place subject, durable and deliver names are built.
+
+Wire contract (compatible with the Ruby gem's topology): app ``A`` publishes on
+``{A}.sync.{B}``, consumes ``{B}.sync.{A}`` with durable ``{A}-workers``, and dead
+letters go to ``{A}.sync.dlq``.  Push consumers deliver on ``{B}.sync.{A}.worker``
+to queue group ``{A}-workers``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from bridge.errors import ConfigError
+
+_FORBIDDEN = re.compile(r"[.*>\s]")
+
+
+def validate_token(value: str, *, name: str) -> str:
+    """Return ``value`` if it is a single, safe subject token; else raise ConfigError."""
+    if not value:
+        raise ConfigError(f"{name} must not be empty")
+    if _FORBIDDEN.search(value):
+        raise ConfigError(
+            f"{name}={value!r} is not a valid NATS name token: it must not contain "
+            "'.', '*', '>' or whitespace"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """Names for one side (``app``) of a pair with ``destination``."""
+
+    app: str
+    destination: str
+
+    def __post_init__(self) -> None:
+        validate_token(self.app, name="app_name")
+        validate_token(self.destination, name="destination_app")
+        if self.app == self.destination:
+            raise ConfigError("app_name and destination_app must differ")
+
+    @property
+    def publish(self) -> str:
+        """Subject this app publishes its changes on."""
+        return f"{self.app}.sync.{self.destination}"
+
+    @property
+    def consume(self) -> str:
+        """Subject this app consumes (the destination's publish subject)."""
+        return f"{self.destination}.sync.{self.app}"
+
+    @property
+    def dlq(self) -> str:
+        """This app's dead-letter subject."""
+        return f"{self.app}.sync.dlq"
+
+    @property
+    def peer_dlq(self) -> str:
+        """The destination's dead-letter subject (the stream holds both)."""
+        return f"{self.destination}.sync.dlq"
+
+    @property
+    def durable(self) -> str:
+        """Durable consumer name of this app."""
+        return f"{self.app}-workers"
+
+    @property
+    def deliver_subject(self) -> str:
+        """Default push deliver subject of this app's consumer."""
+        return f"{self.consume}.worker"
+
+    @property
+    def deliver_group(self) -> str:
+        """Default push queue group of this app's consumer."""
+        return self.durable
+
+    def stream_subjects(self) -> tuple[str, ...]:
+        """Literal subjects of both directions and both DLQs.
+
+        nats-server 2.15 rejects a wildcard like ``*.sync.*`` as overlapping the
+        JetStream API, so the stream lists literal subjects.
+        """
+        return (self.publish, self.consume, self.dlq, self.peer_dlq)

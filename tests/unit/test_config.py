@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import pytest
+
+from bridge.config import (
+    BridgeConfig,
+    Credentials,
+    configure_bidirectional,
+    preset,
+    resolve_consumer_mode,
+)
+from bridge.durations import parse_duration, to_nanos
+from bridge.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30.0), ("1.5m", 90.0), ("250ms", 0.25), ("2h", 7200.0), ("5", 5.0), (3, 3.0)],
+)
+def test_durations_parse_to_float_seconds(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "10 parsecs", "-5s", "1.2.3s"])
+def test_bad_durations_name_the_option(bad: str) -> None:
+    with pytest.raises(ConfigError, match="ack_wait"):
+        BridgeConfig(app_name="a", destination_app="b", ack_wait=bad)  # type: ignore[arg-type]
+
+
+def test_defaults_follow_the_gem() -> None:
+    cfg = BridgeConfig(app_name="system_a", destination_app="system_b")
+    assert cfg.stream_name == "sync-stream"
+    assert cfg.max_deliver == 5
+    assert cfg.ack_wait == 30.0
+    assert cfg.backoff == (1.0, 5.0, 15.0, 30.0, 60.0)
+    assert cfg.consumer_mode == "pull"
+    assert cfg.auto_provision and cfg.use_outbox and cfg.use_inbox and cfg.use_dlq
+    assert cfg.subjects.publish == "system_a.sync.system_b"
+    assert cfg.subjects.consume == "system_b.sync.system_a"
+    assert cfg.subjects.dlq == "system_a.sync.dlq"
+    assert cfg.subjects.durable == "system_a-workers"
+    assert cfg.deliver_subject == "system_b.sync.system_a.worker"
+    assert cfg.deliver_group == "system_a-workers"
+
+
+def test_duration_strings_become_seconds_once() -> None:
+    cfg = BridgeConfig(
+        app_name="a",
+        destination_app="b",
+        ack_wait="1.5m",  # type: ignore[arg-type]
+        backoff=("250ms", "1s", "2m"),  # type: ignore[arg-type]
+    )
+    assert cfg.ack_wait == 90.0
+    assert cfg.backoff == (0.25, 1.0, 120.0)
+    assert to_nanos(cfg.backoff[0]) == 250_000_000
+
+
+def test_backoff_longer_than_max_deliver_is_rejected() -> None:
+    with pytest.raises(ConfigError, match=r"len\(backoff\) <= max_deliver"):
+        BridgeConfig(app_name="a", destination_app="b", max_deliver=2, backoff=(1.0, 2.0, 3.0))
+
+
+@pytest.mark.parametrize("name", ["sys.a", "sys*", "a>", "with space", ""])
+def test_names_must_be_single_tokens(name: str) -> None:
+    with pytest.raises(ConfigError, match="app_name"):
+        BridgeConfig(app_name=name, destination_app="b")
+
+
+def test_same_app_and_destination_rejected() -> None:
+    with pytest.raises(ConfigError, match="must differ"):
+        BridgeConfig(app_name="a", destination_app="a")
+
+
+def test_consumer_mode_validated() -> None:
+    with pytest.raises(ConfigError, match="consumer_mode"):
+        BridgeConfig(app_name="a", destination_app="b", consumer_mode="poll")  # type: ignore[arg-type]
+
+
+def test_nats_urls_accept_comma_string() -> None:
+    cfg = BridgeConfig(
+        app_name="a", destination_app="b", nats_urls="nats://h1:4222, nats://h2:4222"
+    )  # type: ignore[arg-type]
+    assert cfg.nats_urls == ("nats://h1:4222", "nats://h2:4222")
+    with pytest.raises(ConfigError, match="scheme"):
+        BridgeConfig(app_name="a", destination_app="b", nats_urls=("h1:4222",))
+
+
+def test_credentials_never_in_repr_and_single_method() -> None:
+    creds = Credentials(user="app", password="s3cret")
+    assert "s3cret" not in repr(BridgeConfig(app_name="a", destination_app="b", credentials=creds))
+    with pytest.raises(ConfigError, match="one auth method"):
+        Credentials(user="u", password="p", token="t")
+    with pytest.raises(ConfigError, match="password"):
+        Credentials(user="u")
+
+
+def test_consumer_mode_resolution_order() -> None:
+    env = {"CONSUMER_MODE": "push", "CONSUMER_MODE_SYSTEM_A": "pull"}
+    assert resolve_consumer_mode("system_a", None, env) == "pull"
+    assert resolve_consumer_mode("system_b", None, env) == "push"
+    assert resolve_consumer_mode("system_b", "pull", env) == "pull"
+    assert resolve_consumer_mode("system_b", None, {}) == "pull"
+
+
+def test_configure_bidirectional_sets_provisioning_from_mode() -> None:
+    a = configure_bidirectional("system_a", "system_b", env={})
+    b = configure_bidirectional(
+        "system_b", "system_a", mode="restrictive", env={"CONSUMER_MODE": "push"}
+    )
+    assert a.auto_provision and a.consumer_mode == "pull"
+    assert not b.auto_provision and b.consumer_mode == "push"
+    with pytest.raises(ConfigError, match="unknown option"):
+        configure_bidirectional("a", "b", env={}, max_delivr=3)
+
+
+@pytest.mark.parametrize(
+    "name", ["development", "test", "production", "high_throughput", "maximum_reliability"]
+)
+def test_presets_build_valid_configs(name: str) -> None:
+    cfg = preset(name, app_name="a", destination_app="b")
+    assert len(cfg.backoff) <= cfg.max_deliver
+
+
+def test_backoff_for_attempt_caps_at_last_step() -> None:
+    cfg = BridgeConfig(app_name="a", destination_app="b")
+    assert [cfg.backoff_for(n) for n in (1, 2, 5, 9)] == [1.0, 5.0, 60.0, 60.0]

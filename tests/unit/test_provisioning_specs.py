@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from bridge.config import BridgeConfig
+from bridge.provisioning import consumer_spec, server_backoff, stream_spec
+
+
+def test_consumer_json_carries_nanoseconds() -> None:
+    cfg = BridgeConfig(app_name="a", destination_app="b", ack_wait=2.0, backoff=(2.0, 5.0, 15.0))
+    api = consumer_spec(cfg).to_api()
+    assert api["ack_wait"] == 2_000_000_000
+    assert api["backoff"] == [2_000_000_000, 5_000_000_000, 15_000_000_000]
+    assert api["filter_subject"] == "b.sync.a"
+    assert api["durable_name"] == "a-workers"
+    assert "deliver_subject" not in api
+
+
+def test_push_consumer_json() -> None:
+    cfg = BridgeConfig(app_name="a", destination_app="b", consumer_mode="push")
+    api = consumer_spec(cfg).to_api()
+    assert api["deliver_subject"] == "b.sync.a.worker"
+    assert api["deliver_group"] == "a-workers"
+    assert api["flow_control"] is True
+
+
+def test_server_backoff_never_shortens_ack_wait() -> None:
+    assert server_backoff(30.0, (1.0, 5.0, 60.0)) == (30.0, 30.0, 60.0)
+
+
+def test_stream_lists_literal_subjects() -> None:
+    spec = stream_spec(BridgeConfig(app_name="a", destination_app="b"))
+    assert spec.subjects == ("a.sync.b", "b.sync.a", "a.sync.dlq", "b.sync.dlq")
+    assert spec.to_api()["duplicate_window"] == 120 * 1_000_000_000
