@@ -1,0 +1,107 @@
+"""The bridge's own tables: the outbox (producer side) and the inbox (consumer side).
+
+They live in :data:`metadata`, separate from the application's models, so an
+application's Alembic environment targets ``[app_metadata, bridge.schema.metadata]``
+and the bridge never touches tables it does not own.
+
+Outbox row life cycle: ``pending`` → (claimed by a relay: lease columns set) →
+``sent``; or after ``max_attempts`` failed publishes → ``failed`` (visible and
+re-queueable).  Inbox record life cycle: ``processed`` (committed in the same
+transaction as the handler's writes), ``failed`` (last attempt failed, will be
+redelivered), ``dead_lettered`` (sent to the DLQ; not "processed").
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = MetaData()
+
+OUTBOX_PENDING = "pending"
+OUTBOX_SENT = "sent"
+OUTBOX_FAILED = "failed"
+
+INBOX_PROCESSED = "processed"
+INBOX_FAILED = "failed"
+INBOX_DEAD_LETTERED = "dead_lettered"
+
+#: Postgres NOTIFY channel used to wake relays in other processes on commit.
+OUTBOX_CHANNEL = "bridge_outbox"
+
+outbox = Table(
+    "bridge_outbox",
+    metadata,
+    # Monotonic id: the relay publishes rows of one resource in id order.
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("event_id", UUID(as_uuid=False), nullable=False, unique=True),
+    Column("subject", String(255), nullable=False),
+    Column("event_type", String(128), nullable=False),
+    Column("resource_type", String(128), nullable=False),
+    Column("resource_id", String(255), nullable=False),
+    Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # The exact envelope body that will be published (JSON object).
+    Column("payload", JSONB, nullable=False),
+    Column("status", String(16), nullable=False, server_default=OUTBOX_PENDING),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("stream_seq", BigInteger, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Index(
+        "ix_bridge_outbox_due",
+        "next_attempt_at",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index(
+        "ix_bridge_outbox_resource_pending",
+        "resource_type",
+        "resource_id",
+        "id",
+        postgresql_where=text("status = 'pending'"),
+    ),
+    Index("ix_bridge_outbox_sent_at", "sent_at", postgresql_where=text("status = 'sent'")),
+)
+
+inbox = Table(
+    "bridge_inbox",
+    metadata,
+    Column("event_id", UUID(as_uuid=False), primary_key=True),
+    Column("subject", String(255), nullable=False),
+    Column("event_type", String(128), nullable=True),
+    Column("resource_type", String(128), nullable=True),
+    Column("resource_id", String(255), nullable=True),
+    Column("stream_seq", BigInteger, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text, nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("processed_at", DateTime(timezone=True), nullable=True),
+    Index("ix_bridge_inbox_status", "status"),
+    Index("ix_bridge_inbox_processed_at", "processed_at"),
+)
+
+
+async def create_all(engine: object) -> None:
+    """Create the bridge tables (tests and quick starts; production uses Alembic)."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    assert isinstance(engine, AsyncEngine)
+    async with engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
