@@ -1,0 +1,140 @@
+"""Route envelopes to handlers, and turn a handler's outcome into an acknowledgement.
+
+A handler is ``async def handler(session, envelope) -> None``.  It runs inside
+the inbox transaction (see :mod:`bridge.inbox`): it may add, change and flush
+rows but must not commit; the bridge commits once, then acks.  Publishing is
+suppressed on that session, so applying the other side's change never echoes.
+
+Outcome contract (:func:`decide`):
+
+- return normally → success: ack after the commit;
+- raise :class:`~bridge.errors.Retry` → transient: NAK with ``Retry.delay`` or
+  ``config.backoff_for(attempt)``;
+- raise :class:`~bridge.errors.Reject` → permanent: dead letter with
+  ``Reject.reason`` (``rejected``, ``conflict``, ...), then term;
+- raise anything else → treated as transient (like ``Retry``);
+- a transient failure on the last allowed delivery (``num_delivered >=
+  max_deliver``) → dead letter ``max_deliver_exceeded``, then term, because the
+  server would not deliver it again.
+
+Writes a handler made before it raised are rolled back with its savepoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge.config import BridgeConfig
+from bridge.envelope import Envelope
+from bridge.errors import ConfigError, EnvelopeError, Reject, Retry
+
+Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+UnknownEventPolicy = Literal["dead_letter", "ack", "retry"]
+UNKNOWN_EVENT_POLICIES: tuple[str, ...] = ("dead_letter", "ack", "retry")
+
+REASON_MALFORMED = "malformed"
+REASON_UNKNOWN_EVENT_TYPE = "unknown_event_type"
+REASON_MAX_DELIVER = "max_deliver_exceeded"
+
+
+class Router:
+    """Maps ``event_type`` (exact) or ``resource_type`` (any action) to a handler.
+
+    An exact event-type registration wins over a resource registration.
+    Registering the same key twice raises :class:`~bridge.errors.ConfigError`
+    (two handlers for one event would make the outcome ambiguous).
+    """
+
+    def __init__(self, *, unknown_event_policy: UnknownEventPolicy = "dead_letter") -> None:
+        if unknown_event_policy not in UNKNOWN_EVENT_POLICIES:
+            raise ConfigError(
+                f"unknown_event_policy must be one of {', '.join(UNKNOWN_EVENT_POLICIES)}, "
+                f"got {unknown_event_policy!r}"
+            )
+        self.unknown_event_policy: UnknownEventPolicy = unknown_event_policy
+        self._by_event: dict[str, Handler] = {}
+        self._by_resource: dict[str, Handler] = {}
+
+    def on(self, event_type: str, handler: Handler) -> None:
+        """Handle exactly ``event_type`` (e.g. ``"organization.created"``)."""
+        if not event_type or "." not in event_type:
+            raise ConfigError(f"event_type must look like 'resource.action', got {event_type!r}")
+        if event_type in self._by_event:
+            raise ConfigError(f"a handler for event type {event_type!r} is already registered")
+        self._by_event[event_type] = handler
+
+    def on_resource(self, resource_type: str, handler: Handler) -> None:
+        """Handle every action (created/updated/deleted, ...) of ``resource_type``."""
+        if not resource_type:
+            raise ConfigError("resource_type must not be empty")
+        if resource_type in self._by_resource:
+            raise ConfigError(f"a handler for resource {resource_type!r} is already registered")
+        self._by_resource[resource_type] = handler
+
+    def handler_for(self, envelope: Envelope) -> Handler | None:
+        """The handler for ``envelope``, or ``None`` (then the unknown-event policy applies)."""
+        handler = self._by_event.get(envelope.event_type)
+        if handler is None:
+            handler = self._by_resource.get(envelope.resource_type)
+        return handler
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        """Event types registered with :meth:`on`."""
+        return frozenset(self._by_event)
+
+    @property
+    def resource_types(self) -> frozenset[str]:
+        """Resource types registered with :meth:`on_resource`."""
+        return frozenset(self._by_resource)
+
+
+class Action(StrEnum):
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a delivery that did not succeed."""
+
+    action: Action
+    delay: float | None = None  # NAK delay (RETRY)
+    reason: str | None = None  # x-dlq-reason (DEAD_LETTER)
+
+
+def decide(error: BaseException, *, num_delivered: int, config: BridgeConfig) -> Decision:
+    """Map a failure of delivery number ``num_delivered`` (1-based) to a decision.
+
+    See the module doc for the rules; pure, no I/O.
+    """
+    if isinstance(error, Reject):
+        return Decision(Action.DEAD_LETTER, reason=error.reason)
+    if isinstance(error, EnvelopeError):
+        return Decision(Action.DEAD_LETTER, reason=REASON_MALFORMED)
+    if num_delivered >= config.max_deliver:
+        return Decision(Action.DEAD_LETTER, reason=REASON_MAX_DELIVER)
+    delay = error.delay if isinstance(error, Retry) else None
+    if delay is None:
+        delay = config.backoff_for(num_delivered)
+    return Decision(Action.RETRY, delay=delay)
+
+
+def decide_unknown(
+    policy: UnknownEventPolicy, *, num_delivered: int, config: BridgeConfig
+) -> Decision | None:
+    """Decision for an event no handler is registered for; ``None`` means ack.
+
+    ``retry`` waits for a deployment that knows the type, with the usual
+    backoff, and dead-letters it as ``max_deliver_exceeded`` on the last delivery.
+    """
+    if policy == "ack":
+        return None
+    if policy == "retry":
+        return decide(Retry("unknown event type"), num_delivered=num_delivered, config=config)
+    return Decision(Action.DEAD_LETTER, reason=REASON_UNKNOWN_EVENT_TYPE)
