@@ -78,3 +78,7 @@ class Reject(HandlerOutcome):
 
 class DeadLetterError(BridgeError):
     """Publishing a dead letter failed; the original delivery is left unacked."""
+
+
+class DeadLetterNotFoundError(BridgeError, LookupError):
+    """No dead letter is stored at the given DLQ stream sequence."""

@@ -1,0 +1,341 @@
+"""Dead letters: store, list, show, replay and purge; catch what the server gives up on.
+
+A dead letter is the original message (body and headers, unchanged) published on
+this app's DLQ subject (``{app}.sync.dlq``, in the same stream) with ``x-dlq-*``
+headers saying why.  Its ``Nats-Msg-Id`` is ``dlq-{stream}-{seq}`` of the
+original, so publishing the same dead letter twice (a retry after a lost PubAck,
+two replicas reacting to one advisory) stores it once inside the duplicate window.
+
+Reading dead letters needs no durable consumer: :meth:`DeadLetters.list` and
+:meth:`DeadLetters.show` use JetStream direct get (``next_by_subj`` over the DLQ
+subject).  That is an admin operation: apps in restrictive mode may publish
+dead letters but usually may not read them.
+
+:class:`MaxDeliveriesWatcher` covers the one path the consumer cannot see: a
+message whose last delivery timed out (process killed mid-handler).  The server
+then publishes a ``MAX_DELIVERIES`` advisory; the watcher reads the message by
+stream sequence and dead-letters it as ``max_deliver_exceeded`` unless the inbox
+says it was already processed or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from bridge.config import BridgeConfig
+from bridge.delivery import Received, StoredMessage
+from bridge.envelope import MSG_ID_HEADER, TRACEPARENT_HEADER, Envelope, format_timestamp, utcnow
+from bridge.errors import DeadLetterError, DeadLetterNotFoundError, PublishError
+from bridge.publisher import OutgoingMessage, Publisher, PublishResult
+from bridge.router import REASON_MAX_DELIVER
+
+log = logging.getLogger("bridge.dlq")
+
+H_REASON = "x-dlq-reason"
+H_DELIVERIES = "x-dlq-deliveries"
+H_ERROR_CLASS = "x-dlq-error-class"
+H_ERROR_MESSAGE = "x-dlq-error-message"
+H_ORIGINAL_SUBJECT = "x-dlq-original-subject"
+H_ORIGINAL_STREAM = "x-dlq-original-stream"
+H_STREAM_SEQ = "x-dlq-stream-seq"
+H_ORIGINAL_MSG_ID = "x-dlq-original-msg-id"
+H_APP = "x-dlq-app"
+H_AT = "x-dlq-at"
+ERROR_MESSAGE_LIMIT = 1000
+# Headers the server adds to a direct-get reply; they are not part of the dead letter.
+_SERVER_HEADERS = frozenset(
+    {"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp", "Nats-Num-Pending"}
+)
+
+
+def dead_letter_msg_id(stream: str, seq: int) -> str:
+    """``Nats-Msg-Id`` of the dead letter of message ``seq`` in ``stream``."""
+    return f"dlq-{stream}-{seq}"
+
+
+def _header_safe(text: str, limit: int = ERROR_MESSAGE_LIMIT) -> str:
+    # NATS header values are single lines; an error message may not be.
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One stored dead letter (``seq`` is its sequence in the stream)."""
+
+    seq: int
+    reason: str
+    original_subject: str
+    original_seq: int
+    deliveries: int
+    error_class: str
+    error_message: str
+    data: bytes
+    headers: dict[str, str]
+    at: str
+
+    def envelope(self) -> Envelope:
+        """The original envelope; raises EnvelopeError for a ``malformed`` dead letter."""
+        return Envelope.from_bytes(
+            self.data,
+            {TRACEPARENT_HEADER: self.headers[TRACEPARENT_HEADER]}
+            if TRACEPARENT_HEADER in self.headers
+            else None,
+        )
+
+    @classmethod
+    def from_stored(cls, seq: int, data: bytes, headers: Mapping[str, str]) -> DeadLetter:
+        kept = {k: v for k, v in headers.items() if k not in _SERVER_HEADERS}
+        return cls(
+            seq=seq,
+            reason=kept.get(H_REASON, ""),
+            original_subject=kept.get(H_ORIGINAL_SUBJECT, ""),
+            original_seq=int(kept.get(H_STREAM_SEQ, "0") or 0),
+            deliveries=int(kept.get(H_DELIVERIES, "0") or 0),
+            error_class=kept.get(H_ERROR_CLASS, ""),
+            error_message=kept.get(H_ERROR_MESSAGE, ""),
+            data=data,
+            headers=kept,
+            at=kept.get(H_AT, ""),
+        )
+
+
+class DeadLetters:
+    """This app's dead-letter queue (see module doc)."""
+
+    def __init__(self, config: BridgeConfig, js: JetStreamContext, publisher: Publisher) -> None:
+        self._config = config
+        self._js = js
+        self._publisher = publisher
+        self.subject = config.subjects.dlq
+
+    async def publish(
+        self, delivery: Received, *, reason: str, error: BaseException | None
+    ) -> None:
+        """Store ``delivery`` as a dead letter; return once the server has it.
+
+        Raises :class:`~bridge.errors.DeadLetterError` if the publish fails; the
+        caller must then leave the original un-acked (NAK) so nothing is lost.
+        """
+        headers = {k: v for k, v in (delivery.headers or {}).items() if not k.startswith("Nats-")}
+        original_id = (delivery.headers or {}).get(MSG_ID_HEADER)
+        if original_id:
+            headers[H_ORIGINAL_MSG_ID] = original_id
+        headers.update(
+            {
+                MSG_ID_HEADER: dead_letter_msg_id(delivery.stream, delivery.stream_seq),
+                H_REASON: reason,
+                H_DELIVERIES: str(delivery.num_delivered),
+                H_ERROR_CLASS: type(error).__name__ if error is not None else "",
+                H_ERROR_MESSAGE: _header_safe(str(error)) if error is not None else "",
+                H_ORIGINAL_SUBJECT: delivery.subject,
+                H_ORIGINAL_STREAM: delivery.stream,
+                H_STREAM_SEQ: str(delivery.stream_seq),
+                H_APP: self._config.app_name,
+                H_AT: format_timestamp(utcnow()),
+            }
+        )
+        try:
+            result = await self._publisher.publish_raw(
+                OutgoingMessage(self.subject, delivery.data, headers)
+            )
+        except PublishError as exc:
+            raise DeadLetterError(
+                f"dead letter for {delivery.stream}#{delivery.stream_seq} not stored: {exc}"
+            ) from exc
+        log.warning(
+            "dead-lettered",
+            extra={
+                "reason": reason,
+                "subject": delivery.subject,
+                "stream_seq": delivery.stream_seq,
+                "deliveries": delivery.num_delivered,
+                "error_class": headers[H_ERROR_CLASS],
+                "dlq_seq": result.seq,
+                "duplicate": result.duplicate,
+            },
+        )
+
+    async def list(self, limit: int = 100, *, start_seq: int = 1) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first, from stream sequence ``start_seq``."""
+        letters: list[DeadLetter] = []
+        cursor = max(start_seq, 1)
+        while len(letters) < limit:
+            try:
+                raw = await self._js.get_msg(
+                    self._config.stream_name,
+                    seq=cursor,
+                    subject=self.subject,
+                    next=True,
+                    direct=True,
+                )
+            except NotFoundError:
+                break
+            seq = int(raw.seq or cursor)
+            letters.append(DeadLetter.from_stored(seq, raw.data or b"", raw.headers or {}))
+            cursor = seq + 1
+        return letters
+
+    async def show(self, seq: int) -> DeadLetter:
+        """The dead letter at stream sequence ``seq``; DeadLetterNotFoundError if none."""
+        try:
+            raw = await self._js.get_msg(self._config.stream_name, seq=seq, direct=True)
+        except NotFoundError as exc:
+            raise DeadLetterNotFoundError(f"no message at sequence {seq}") from exc
+        if raw.subject != self.subject:
+            raise DeadLetterNotFoundError(
+                f"sequence {seq} is on {raw.subject!r}, not the DLQ subject {self.subject!r}"
+            )
+        return DeadLetter.from_stored(seq, raw.data or b"", raw.headers or {})
+
+    async def replay(self, seq: int) -> PublishResult:
+        """Republish dead letter ``seq``'s envelope to its original subject.
+
+        The replayed envelope gets a NEW event id (so the inbox does not treat it
+        as the dead-lettered event) with ``causation_id`` = the original event id.
+        The dead letter itself stays for audit; :meth:`purge` removes it.
+        """
+        letter = await self.show(seq)
+        envelope = letter.envelope().with_new_id()
+        result = await self._publisher.publish(letter.original_subject, envelope)
+        log.info(
+            "dead letter replayed",
+            extra={
+                "dlq_seq": seq,
+                "subject": letter.original_subject,
+                "event_id": envelope.event_id,
+                "causation_id": envelope.causation_id,
+                "stream_seq": result.seq,
+            },
+        )
+        return result
+
+    async def purge(self, seq: int | None = None) -> int:
+        """Delete dead letter ``seq`` (checked to be on the DLQ subject), or all; return count."""
+        stream = self._config.stream_name
+        if seq is not None:
+            await self.show(seq)
+            await self._js.delete_msg(stream, seq)
+            return 1
+        info = await self._js.stream_info(stream, subjects_filter=self.subject)
+        count = int((info.state.subjects or {}).get(self.subject, 0))
+        await self._js.purge_stream(stream, subject=self.subject)
+        return count
+
+    async def count(self) -> int:
+        """How many dead letters are stored (admin permission needed)."""
+        info = await self._js.stream_info(self._config.stream_name, subjects_filter=self.subject)
+        return int((info.state.subjects or {}).get(self.subject, 0))
+
+    async def read(self, stream: str, seq: int, *, deliveries: int = 0) -> StoredMessage:
+        """Read message ``seq`` of ``stream`` back (direct get), e.g. one the server abandoned."""
+        try:
+            raw = await self._js.get_msg(stream, seq=seq, direct=True)
+        except NotFoundError as exc:
+            raise DeadLetterNotFoundError(f"{stream}#{seq} is no longer stored") from exc
+        except (NatsError, TimeoutError) as exc:
+            raise DeadLetterError(f"cannot read {stream}#{seq}: {exc!r}") from exc
+        return StoredMessage(
+            data=raw.data or b"",
+            headers={k: v for k, v in (raw.headers or {}).items() if k not in _SERVER_HEADERS},
+            subject=raw.subject or "",
+            stream=stream,
+            stream_seq=seq,
+            num_delivered=deliveries,
+        )
+
+
+class AbandonedSink(Protocol):
+    """What the watcher asks the inbox (implemented by InboxProcessor)."""
+
+    async def settled(self, data: bytes) -> bool:
+        """True when the event in ``data`` was already processed or dead-lettered."""
+        ...
+
+    async def mark_dead_lettered(self, message: Received, reason: str) -> None: ...
+
+
+class MaxDeliveriesWatcher:
+    """Dead-letter messages the server stopped redelivering (``MAX_DELIVERIES`` advisory).
+
+    Subscribes with the durable name as queue group, so one replica handles each
+    advisory.  Failures are logged and left: the message stays in the stream
+    (and the dead-letter publish is idempotent), so nothing is lost.
+    """
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        nc: Client,
+        dead_letters: DeadLetters,
+        sink: AbandonedSink | None = None,
+    ) -> None:
+        self._config = config
+        self._nc = nc
+        self._dead_letters = dead_letters
+        self._sink = sink
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.captured = 0
+        self.subject = (
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+            f"{config.stream_name}.{config.subjects.durable}"
+        )
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._sub = await self._nc.subscribe(self.subject, queue=self._config.subjects.durable)
+        self._task = asyncio.create_task(self._run(self._sub), name="bridge-dlq-advisories")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        sub, task = self._sub, self._task
+        self._sub = self._task = None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _run(self, sub: Subscription) -> None:
+        async for msg in sub.messages:
+            try:
+                await self.handle(json.loads(msg.data))
+            except Exception as exc:  # keep watching; the message stays in the stream
+                log.error(
+                    "could not dead-letter an abandoned message",
+                    extra={"advisory": msg.data[:500].decode(errors="replace"), "error": repr(exc)},
+                )
+
+    async def handle(self, advisory: dict[str, Any]) -> bool:
+        """Dead-letter the message an advisory names; return False when it was settled."""
+        message = await self._dead_letters.read(
+            str(advisory["stream"]),
+            int(advisory["stream_seq"]),
+            deliveries=int(advisory.get("deliveries", 0)),
+        )
+        if self._sink is not None and await self._sink.settled(message.data):
+            log.info("abandoned message already settled", extra={"stream_seq": message.stream_seq})
+            return False
+        await self._dead_letters.publish(message, reason=REASON_MAX_DELIVER, error=None)
+        if self._sink is not None:
+            await self._sink.mark_dead_lettered(message, REASON_MAX_DELIVER)
+        self.captured += 1
+        return True
