@@ -1,0 +1,428 @@
+"""``bridge-provision`` / ``python -m provisioner``: the admin side of restrictive mode.
+
+Subcommands
+  plan         show what ``apply`` would change (read-only)
+  apply        create / update the stream and both apps' consumers
+  verify       read-only check; exit 1 naming every missing or drifted item
+  permissions  write the nats-server config (or only its authorization block,
+               or the permission sets as JSON) for the apps' least-privilege users
+
+Exit codes: 0 ok · 1 drift or missing (verify), provisioning refused by the
+server · 2 usage or invalid settings · 3 NATS unreachable, or the admin user may
+not manage JetStream.
+
+Every step is a small function taking explicit arguments so tests drive it
+in-process: ``main(argv, env=..., stdout=..., stderr=...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from bridge.config import Credentials
+from bridge.connection import Connection
+from bridge.errors import BridgeError, ConfigError, PermissionDeniedError
+from bridge.errors import ConnectionError as BridgeConnectionError
+from bridge.jsapi import JetStreamApi
+from bridge.permissions import app_permissions, render_authorization, render_server_config
+from bridge.provisioning import Change, Plan, Provisioner
+from provisioner.settings import ProvisionerSettings, load_settings
+
+EXIT_OK = 0
+EXIT_DRIFT = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+PROG = "bridge-provision"
+
+
+class UsageError(Exception):
+    """Bad combination of flags (exit 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("settings (override the environment)")
+    group.add_argument("--nats-url", dest="nats_urls", help="NATS_URLS: comma-separated URLs")
+    group.add_argument("--user", help="NATS_USER: admin user")
+    group.add_argument(
+        "--password", help="NATS_PASSWORD: admin password (prefer the env var: argv is visible)"
+    )
+    group.add_argument("--stream", help="STREAM_NAME (default sync-stream)")
+    group.add_argument("--apps", help="APPS: the two app names, comma-separated")
+    group.add_argument("--consumer-mode", choices=("pull", "push"), help="CONSUMER_MODE")
+    group.add_argument(
+        "--consumer-mode-for",
+        action="append",
+        default=[],
+        metavar="APP=MODE",
+        help="CONSUMER_MODE_<APP> (repeatable)",
+    )
+    group.add_argument("--max-deliver", type=int, help="MAX_DELIVER")
+    group.add_argument("--ack-wait", help="ACK_WAIT, e.g. 30s")
+    group.add_argument("--backoff", help="BACKOFF, e.g. '1s,5s,15s,30s,60s'")
+    group.add_argument("--json", action="store_true", help="machine-readable output")
+    group.add_argument(
+        "--connect-timeout", type=float, default=5.0, help="seconds to reach NATS (default 5)"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Plan, apply and verify the JetStream stream and consumers of a synced "
+        "pair with admin credentials, and generate the apps' least-privilege NATS users.",
+        epilog="exit codes: 0 ok, 1 drift/missing, 2 usage, 3 NATS unreachable or admin denied",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("plan", parents=[common], help="show what apply would change")
+    sub.add_parser("apply", parents=[common], help="create or update stream and consumers")
+    sub.add_parser("verify", parents=[common], help="check only; exit 1 on drift or missing")
+    perms = sub.add_parser(
+        "permissions", parents=[common], help="write the nats-server config for the app users"
+    )
+    perms.add_argument("-o", "--output", default="-", help="file to write (default stdout)")
+    perms.add_argument(
+        "--format",
+        choices=("conf", "authorization", "json"),
+        default="conf",
+        help="full server config, only the authorization block, or the permission sets",
+    )
+    perms.add_argument("--admin-user", help="admin user (default NATS_USER or 'admin')")
+    perms.add_argument(
+        "--app-password",
+        action="append",
+        default=[],
+        metavar="APP=PASSWORD",
+        help="app password (default env NATS_PASSWORD_<APP>)",
+    )
+    perms.add_argument(
+        "--generate-passwords",
+        action="store_true",
+        help="generate missing passwords; requires --credentials-out",
+    )
+    perms.add_argument("--credentials-out", help="env file (mode 0600) for generated passwords")
+    perms.add_argument("--store-dir", help="include a jetstream block with this store dir")
+    perms.add_argument("--host", help="listen host line in the config")
+    perms.add_argument("--port", type=int, help="listen port line in the config")
+    perms.add_argument(
+        "--private-inboxes",
+        action="store_true",
+        help="grant each app only _INBOX_<app>.> (apps must set that inbox prefix)",
+    )
+    perms.add_argument(
+        "--advisories",
+        action="store_true",
+        help="also grant the max-deliveries advisory and direct get (off: operators handle it)",
+    )
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProvisionerSettings:
+    return load_settings(
+        env,
+        nats_urls=args.nats_urls,
+        user=args.user,
+        password=args.password,
+        stream=args.stream,
+        apps=args.apps,
+        consumer_mode=args.consumer_mode,
+        consumer_mode_for=args.consumer_mode_for,
+        max_deliver=args.max_deliver,
+        ack_wait=args.ack_wait,
+        backoff=args.backoff,
+    )
+
+
+# -- rendering ----------------------------------------------------------------------------
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+def change_to_json(change: Change) -> dict[str, Any]:
+    return {
+        "kind": change.kind,
+        "target": change.target,
+        "fields": {
+            name: {"actual": _jsonable(actual), "desired": _jsonable(desired)}
+            for name, (actual, desired) in sorted(change.fields.items())
+        },
+    }
+
+
+def describe_problem(change: Change) -> str:
+    """One human line per verify problem, naming the drifted fields."""
+    if change.kind == "create_stream":
+        return f"MISSING stream {change.target}"
+    if change.kind == "create_consumer":
+        return f"MISSING consumer {change.target}"
+    what = "stream" if change.kind == "update_stream" else "consumer"
+    fields = ", ".join(
+        f"{name}: {actual!r} (want {desired!r})"
+        for name, (actual, desired) in sorted(change.fields.items())
+    )
+    return f"DRIFT {what} {change.target}: {fields}"
+
+
+def summary(settings: ProvisionerSettings) -> dict[str, Any]:
+    stream, consumers = settings.desired()
+    return {
+        "stream": stream.name,
+        "subjects": list(stream.subjects),
+        "consumers": [
+            {"name": f"{c.stream}/{c.durable}", "mode": c.mode, "filter_subject": c.filter_subject}
+            for c in consumers
+        ],
+    }
+
+
+def emit(out: TextIO, as_json: bool, payload: dict[str, Any], text: str) -> None:
+    out.write(json.dumps(payload, indent=2, sort_keys=True) + "\n" if as_json else text + "\n")
+
+
+# -- commands against NATS ----------------------------------------------------------------
+async def cmd_plan(
+    api: JetStreamApi, settings: ProvisionerSettings, out: TextIO, as_json: bool
+) -> int:
+    stream, consumers = settings.desired()
+    plan = await Provisioner(api).plan(stream, consumers)
+    emit(
+        out,
+        as_json,
+        {
+            "command": "plan",
+            "in_sync": plan.empty,
+            "changes": [change_to_json(c) for c in plan.changes],
+            "desired": summary(settings),
+        },
+        plan.describe(),
+    )
+    return EXIT_OK
+
+
+async def cmd_apply(
+    api: JetStreamApi, settings: ProvisionerSettings, out: TextIO, as_json: bool
+) -> int:
+    stream, consumers = settings.desired()
+    provisioner = Provisioner(api)
+    applied = await provisioner.apply(stream, consumers)
+    remaining = await provisioner.plan(stream, consumers)
+    text = "applied:\n" + applied.describe() if not applied.empty else applied.describe()
+    if not remaining.empty:
+        text += "\nstill differs after apply:\n" + remaining.describe()
+    emit(
+        out,
+        as_json,
+        {
+            "command": "apply",
+            "applied": [change_to_json(c) for c in applied.changes],
+            "remaining": [change_to_json(c) for c in remaining.changes],
+            "desired": summary(settings),
+        },
+        text,
+    )
+    return EXIT_OK if remaining.empty else EXIT_DRIFT
+
+
+async def cmd_verify(
+    api: JetStreamApi, settings: ProvisionerSettings, out: TextIO, as_json: bool
+) -> int:
+    stream, consumers = settings.desired()
+    plan: Plan = await Provisioner(api).plan(stream, consumers)
+    if plan.empty:
+        names = ", ".join(f"{c.stream}/{c.durable} ({c.mode})" for c in consumers)
+        text = f"OK: stream {stream.name} and consumers {names} match"
+    else:
+        text = "\n".join(describe_problem(c) for c in plan.changes)
+    emit(
+        out,
+        as_json,
+        {
+            "command": "verify",
+            "ok": plan.empty,
+            "problems": [
+                {**change_to_json(c), "message": describe_problem(c)} for c in plan.changes
+            ],
+            "desired": summary(settings),
+        },
+        text,
+    )
+    return EXIT_OK if plan.empty else EXIT_DRIFT
+
+
+async def run_against_nats(
+    command: str,
+    settings: ProvisionerSettings,
+    out: TextIO,
+    *,
+    as_json: bool,
+    connect_timeout: float,
+) -> int:
+    """Connect with the admin credentials, run one command, disconnect."""
+    connection = Connection(settings.admin_config(), name=PROG)
+    await connection.start(timeout=connect_timeout)
+    try:
+        api = JetStreamApi(connection.nc)
+        handler = {"plan": cmd_plan, "apply": cmd_apply, "verify": cmd_verify}[command]
+        return await handler(api, settings, out, as_json)
+    finally:
+        await connection.stop(timeout=2)
+
+
+# -- permissions ----------------------------------------------------------------------------
+def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"{what} expects KEY=VALUE, got {item.split('=')[0]!r}=...")
+        result[key] = value
+    return result
+
+
+def cmd_permissions(
+    args: argparse.Namespace, settings: ProvisionerSettings, env: Mapping[str, str], out: TextIO
+) -> int:
+    configs = settings.app_configs()
+    if args.private_inboxes:
+        configs = [
+            c.with_(credentials=Credentials(inbox_prefix=f"_INBOX_{c.app_name}")) for c in configs
+        ]
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        sets = [app_permissions(c, advisories=args.advisories) for c in configs]
+        text = json.dumps(
+            {
+                "users": [
+                    {"user": p.app, "consumer_mode": p.consumer_mode, **p.to_dict()} for p in sets
+                ],
+                "admin": "unrestricted",
+            },
+            indent=2,
+        )
+        return _write(args.output, text + "\n", out)
+    admin_user = args.admin_user or env.get("NATS_USER") or "admin"
+    admin_password = args.password or env.get("NATS_PASSWORD")
+    given = _pairs(args.app_password, "--app-password")
+    passwords = {
+        c.app_name: given.get(c.app_name) or env.get(f"NATS_PASSWORD_{c.app_name.upper()}") or ""
+        for c in configs
+    }
+    missing = [name for name, pw in passwords.items() if not pw]
+    if not admin_password:
+        missing.insert(0, admin_user)
+    generated: dict[str, str] = {}
+    if missing:
+        if not args.generate_passwords:
+            raise UsageError(
+                f"no password for {', '.join(missing)}: set NATS_PASSWORD / NATS_PASSWORD_<APP>, "
+                "pass --app-password APP=..., or --generate-passwords --credentials-out FILE"
+            )
+        if not args.credentials_out:
+            raise UsageError("--generate-passwords needs --credentials-out FILE")
+        for name in missing:
+            generated[name] = secrets.token_urlsafe(24)
+        admin_password = admin_password or generated.get(admin_user)
+        passwords.update({k: v for k, v in generated.items() if k in passwords})
+    assert admin_password is not None
+    if fmt == "authorization":
+        text = render_authorization(
+            configs,
+            admin_user=admin_user,
+            admin_password=admin_password,
+            app_passwords=passwords,
+            advisories=args.advisories,
+        )
+    else:
+        text = render_server_config(
+            configs,
+            admin_user=admin_user,
+            admin_password=admin_password,
+            app_passwords=passwords,
+            store_dir=args.store_dir,
+            host=args.host,
+            port=args.port,
+            advisories=args.advisories,
+        )
+    if generated:
+        lines = [f"NATS_PASSWORD_{name.upper()}={pw}" for name, pw in generated.items()]
+        _write_private(Path(args.credentials_out), "\n".join(lines) + "\n")
+    return _write(args.output, text, out)
+
+
+def _write(target: str, text: str, out: TextIO) -> int:
+    if target == "-":
+        out.write(text)
+    else:
+        _write_private(Path(target), text)  # holds passwords
+    return EXIT_OK
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+# -- entry point ----------------------------------------------------------------------------
+async def main_async(
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> int:
+    """Run one command; return the exit code (argparse errors raise SystemExit(2))."""
+    environ = os.environ if env is None else env
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args, environ)
+    except ConfigError as exc:
+        err.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    try:
+        if args.command == "permissions":
+            return cmd_permissions(args, settings, environ, out)
+        return await run_against_nats(
+            args.command,
+            settings,
+            out,
+            as_json=args.json,
+            connect_timeout=args.connect_timeout,
+        )
+    except (ConfigError, UsageError) as exc:
+        err.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    except BridgeConnectionError as exc:
+        err.write(f"{PROG}: {exc}\n")  # names the (redacted) URLs already
+        return EXIT_UNREACHABLE
+    except PermissionDeniedError as exc:
+        err.write(f"{PROG}: the admin user may not manage JetStream: {exc}\n")
+        return EXIT_UNREACHABLE
+    except BridgeError as exc:
+        err.write(f"{PROG}: {exc}\n")
+        return EXIT_DRIFT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``bridge-provision``).
+
+    Library logs below ERROR (connect retries, drain on exit) would only repeat
+    what the command prints itself, so the CLI shows errors only.
+    """
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    return asyncio.run(main_async(argv))
