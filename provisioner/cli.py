@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--backoff", help="BACKOFF, e.g. '1s,5s,15s,30s,60s'")
     group.add_argument("--json", action="store_true", help="machine-readable output")
     group.add_argument(
+        "--request-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for each JetStream API answer (default 5)",
+    )
+    group.add_argument(
         "--connect-timeout", type=float, default=5.0, help="seconds to reach NATS (default 5)"
     )
 
@@ -269,12 +275,13 @@ async def run_against_nats(
     *,
     as_json: bool,
     connect_timeout: float,
+    request_timeout: float = 5.0,
 ) -> int:
     """Connect with the admin credentials, run one command, disconnect."""
     connection = Connection(settings.admin_config(), name=PROG)
     await connection.start(timeout=connect_timeout)
     try:
-        api = JetStreamApi(connection.nc)
+        api = JetStreamApi(connection.nc, timeout=request_timeout)
         handler = {"plan": cmd_plan, "apply": cmd_apply, "verify": cmd_verify}[command]
         return await handler(api, settings, out, as_json)
     finally:
@@ -403,6 +410,7 @@ async def main_async(
             out,
             as_json=args.json,
             connect_timeout=args.connect_timeout,
+            request_timeout=args.request_timeout,
         )
     except (ConfigError, UsageError) as exc:
         err.write(f"{PROG}: error: {exc}\n")

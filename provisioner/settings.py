@@ -30,11 +30,24 @@ class ProvisionerSettings:
     """Everything the provisioner needs; built once from env + flags."""
 
     nats_urls: tuple[str, ...]
-    credentials: Credentials
     stream_name: str
     apps: tuple[str, str]
     consumer_modes: Mapping[str, str]
     options: Mapping[str, Any] = field(default_factory=dict)
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    creds_file: str | None = None
+
+    @property
+    def credentials(self) -> Credentials:
+        """Admin credentials; validated when a command needs to connect."""
+        return Credentials(
+            user=self.user,
+            password=self.password if self.user else None,
+            token=self.token,
+            creds_file=self.creds_file,
+        )
 
     def app_configs(self) -> list[BridgeConfig]:
         """One restrictive-mode config per app (the apps' own view of the topology)."""
@@ -114,13 +127,6 @@ def load_settings(
         else resolve_consumer_mode(app, None, env)
         for app in pair
     }
-    user_name = _first(user, env.get("NATS_USER"))
-    credentials = Credentials(
-        user=user_name,
-        password=_first(password, env.get("NATS_PASSWORD")) if user_name else None,
-        token=_first(env.get("NATS_TOKEN")),
-        creds_file=_first(env.get("NATS_CREDS")),
-    )
     options: dict[str, Any] = {}
     raw_max = max_deliver if max_deliver is not None else _first(env.get("MAX_DELIVER"))
     if raw_max is not None:
@@ -136,7 +142,10 @@ def load_settings(
         options["backoff"] = steps
     settings = ProvisionerSettings(
         nats_urls=tuple(u.strip() for u in urls.split(",") if u.strip()),
-        credentials=credentials,
+        user=_first(user, env.get("NATS_USER")),
+        password=_first(password, env.get("NATS_PASSWORD")),
+        token=_first(env.get("NATS_TOKEN")),
+        creds_file=_first(env.get("NATS_CREDS")),
         stream_name=_first(stream, env.get("STREAM_NAME")) or "sync-stream",
         apps=pair,
         consumer_modes=modes,
