@@ -175,6 +175,11 @@ class Stack:
         self.consumers.append(consumer)
         return consumer
 
+    async def reprovision(self, cfg: BridgeConfig) -> None:
+        """Apply ``cfg``'s server-side consumer settings (ack_wait, backoff, max_deliver)."""
+        api = JetStreamApi(self.connection.nc)
+        await Provisioner(api).apply(stream_spec(cfg), [consumer_spec(cfg)])
+
     async def scalar(self, sql: str, **params: Any) -> Any:
         async with self.engine.connect() as conn:
             return (await conn.execute(text(sql), params)).scalar()
