@@ -5,12 +5,12 @@ Subscribes with ``nc.subscribe(deliver_subject, queue=deliver_group)`` — not
 permission on the deliver subject, publish on ``$JS.ACK.>`` for acks and on
 ``$JS.FC.>`` for flow-control replies (plus its own subjects to publish).
 
-JetStream status messages (``Status: 100``, empty body) are handled here:
-``FlowControl Request`` is answered with an empty message to its reply subject;
-an ``Idle Heartbeat`` is ignored unless it carries ``Nats-Consumer-Stalled``,
-whose value is the flow-control reply to answer.  Deliveries carry the
-``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...`` reply subject that gives
-stream sequence and delivery count.
+JetStream status messages (``Status: 100``, empty body) are handled here: a
+``FlowControl Request`` (it has a reply subject, ``$JS.FC...``) is answered with
+an empty message; an ``Idle Heartbeat`` (no reply subject) is ignored unless it
+carries ``Nats-Consumer-Stalled``, whose value is the flow-control reply to
+answer.  Deliveries carry the ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...``
+reply subject that gives stream sequence and delivery count.
 
 Received deliveries are queued and applied in batches of up to ``batch_size``
 (whatever is queued when a worker is ready).  The server's ``max_ack_pending``
@@ -36,7 +36,6 @@ from bridge.errors import EnvelopeError
 log = logging.getLogger("bridge.consumer")
 
 STATUS_HEADER = "Status"
-DESCRIPTION_HEADER = "Description"
 STALLED_HEADER = "Nats-Consumer-Stalled"
 CONTROL_STATUS = "100"
 
@@ -59,7 +58,7 @@ class PushConsumer(BaseConsumer):
     async def _on_msg(self, msg: Msg) -> None:
         headers = msg.headers
         if headers and headers.get(STATUS_HEADER) == CONTROL_STATUS and not msg.data:
-            await self._on_control(msg, headers.get(DESCRIPTION_HEADER, ""), headers)
+            await self._on_control(msg, headers)
             return
         try:
             delivery = NatsDelivery(msg)
@@ -68,9 +67,12 @@ class PushConsumer(BaseConsumer):
             return
         self._intake.put_nowait(delivery)
 
-    async def _on_control(self, msg: Msg, description: str, headers: dict[str, str]) -> None:
-        reply = msg.reply if description.startswith("FlowControl") else None
-        if description.startswith("Idle"):
+    async def _on_control(self, msg: Msg, headers: dict[str, str]) -> None:
+        # A flow-control request carries a reply subject; an idle heartbeat has none
+        # but names the pending flow-control reply when the consumer is stalled.
+        if msg.reply:
+            reply: str | None = msg.reply
+        else:
             self.heartbeats += 1
             reply = headers.get(STALLED_HEADER)
         if reply:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from bridge.config import BridgeConfig, ConsumerOptions
+from bridge.config import BridgeConfig, ConsumerOptions, Credentials
 from bridge.connection import Connection
 from bridge.consumer import PullConsumer, PushConsumer, make_consumer
 from bridge.delivery import Delivery
@@ -149,6 +149,8 @@ class Stack:
     dead_letters: DeadLetters
     processor: InboxProcessor
     peer: Publisher
+    admin: Connection | None = None
+    admin_dead_letters: DeadLetters | None = None
     consumers: list[PullConsumer | PushConsumer] = field(default_factory=list)
 
     async def publish(self, env: Envelope) -> PublishResult:
@@ -177,7 +179,7 @@ class Stack:
 
     async def reprovision(self, cfg: BridgeConfig) -> None:
         """Apply ``cfg``'s server-side consumer settings (ack_wait, backoff, max_deliver)."""
-        api = JetStreamApi(self.connection.nc)
+        api = JetStreamApi((self.admin or self.connection).nc)
         await Provisioner(api).apply(stream_spec(cfg), [consumer_spec(cfg)])
 
     async def scalar(self, sql: str, **params: Any) -> Any:
@@ -198,25 +200,33 @@ async def build_stack(
     cfg: BridgeConfig,
     database_url: str,
     *,
-    admin_url: str | None = None,
+    admin: Credentials | None = None,
     router: Router | None = None,
 ) -> Stack:
-    admin = Connection(cfg.with_(nats_urls=(admin_url,)) if admin_url else cfg, name="admin")
-    await admin.start(timeout=10)
-    try:
-        await Provisioner(JetStreamApi(admin.nc)).apply(stream_spec(cfg), [consumer_spec(cfg)])
-    finally:
-        await admin.stop(timeout=2)
+    """Provision ``cfg``'s stream and consumer, create the tables, connect the app.
+
+    With ``admin`` credentials, provisioning, peer publishing and reading dead
+    letters (``Stack.admin_dead_letters``) use an admin connection, while the app
+    connection uses ``cfg.credentials`` (restrictive mode).
+    """
     engine = create_async_engine(database_url, pool_size=5, max_overflow=5)
     await create_all(engine)
     async with engine.begin() as conn:
         await conn.execute(text(EFFECTS_DDL))
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     connection = Connection(cfg)
+    admin_connection: Connection | None = None
+    if admin is not None:
+        admin_connection = Connection(cfg.with_(credentials=admin), name="admin")
+        await admin_connection.start(timeout=10)
+    peer_connection = admin_connection or connection
     await connection.start(timeout=10)
-    js = connection.js
-    publisher = Publisher(js, stream=cfg.stream_name)
-    dead_letters = DeadLetters(cfg, js, publisher)
+    await Provisioner(JetStreamApi(peer_connection.nc)).apply(
+        stream_spec(cfg), [consumer_spec(cfg)]
+    )
+    publisher = Publisher(connection.js, stream=cfg.stream_name)
+    peer = Publisher(peer_connection.js, stream=cfg.stream_name)
+    dead_letters = DeadLetters(cfg, connection.js, publisher)
     router = router or Router()
     return Stack(
         cfg=cfg,
@@ -226,7 +236,9 @@ async def build_stack(
         router=router,
         dead_letters=dead_letters,
         processor=InboxProcessor(cfg, sessions, router, dead_letters),
-        peer=publisher,
+        peer=peer,
+        admin=admin_connection,
+        admin_dead_letters=DeadLetters(cfg, peer_connection.js, peer),
     )
 
 
@@ -234,4 +246,6 @@ async def close_stack(stack: Stack) -> None:
     for consumer in stack.consumers:
         await consumer.stop(timeout=5)
     await stack.connection.stop(timeout=2)
+    if stack.admin is not None:
+        await stack.admin.stop(timeout=2)
     await stack.engine.dispose()
