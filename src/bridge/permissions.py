@@ -131,6 +131,11 @@ def _list(values: Sequence[str]) -> str:
     return "[" + ", ".join(_quote(v, what="subject") for v in values) + "]"
 
 
+def _rule(allowed: Sequence[str]) -> str:
+    # nats-server reads an empty allow list as "no restriction": deny all instead.
+    return f"{{ allow: {_list(allowed)} }}" if allowed else '{ deny: [">"] }'
+
+
 def _user_entry(user: str, password: str, permissions: AppPermissions | None) -> str:
     head = f"user: {_quote(user, what='user')}, password: {_quote(password, what='password')}"
     if permissions is None:
@@ -138,8 +143,8 @@ def _user_entry(user: str, password: str, permissions: AppPermissions | None) ->
     return (
         f"    {{ {head},\n"
         f"      permissions: {{\n"
-        f"        publish: {{ allow: {_list(permissions.publish)} }},\n"
-        f"        subscribe: {{ allow: {_list(permissions.subscribe)} }}\n"
+        f"        publish: {_rule(permissions.publish)},\n"
+        f"        subscribe: {_rule(permissions.subscribe)}\n"
         f"      }} }}"
     )
 

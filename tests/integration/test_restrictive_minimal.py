@@ -1,0 +1,217 @@
+"""The generated permission sets are minimal: with the full set an app's whole
+workflow runs; removing any single entry breaks the step that needs it.
+
+One real nats-server holds one user per variant (the full set, and the set minus
+each entry, for pull and for push); all variants run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from bridge.config import BridgeConfig, Credentials
+from bridge.connection import Connection
+from bridge.envelope import Envelope
+from bridge.errors import PublishError
+from bridge.jsapi import JetStreamApi
+from bridge.permissions import AppPermissions, app_permissions
+from bridge.provisioning import Provisioner, consumer_spec, stream_spec
+from bridge.publisher import Publisher
+from bridge.testing import NatsServer
+
+ADMIN = ("admin", "admin-pw")
+PUSH_MESSAGES, PUSH_SIZE = 8, 256_000  # enough bytes for the server to ask for flow control
+
+
+@dataclass(frozen=True)
+class Variant:
+    index: int
+    mode: str
+    removed: str | None  # the entry left out, None for the full set
+    config: BridgeConfig
+    permissions: AppPermissions
+
+
+def variants(unique: str) -> list[Variant]:
+    result: list[Variant] = []
+    for mode in ("pull", "push"):
+        base = BridgeConfig(app_name="x", destination_app="y", consumer_mode=mode)  # type: ignore[arg-type]
+        full = app_permissions(base)
+        for removed in (None, *full.publish, *full.subscribe):
+            i = len(result)
+            cfg = BridgeConfig(
+                app_name=f"x{i}{unique}",
+                destination_app=f"y{i}{unique}",
+                stream_name=f"s{i}{unique}",
+                consumer_mode=mode,  # type: ignore[arg-type]
+                credentials=Credentials(user=f"u{i}", password=f"p{i}"),
+            )
+            perms = app_permissions(cfg)
+            # The same entry, renamed for this variant's app and stream.
+            drop = None if removed is None else _rename(removed, base, cfg)
+            result.append(
+                Variant(
+                    i,
+                    mode,
+                    removed,
+                    cfg,
+                    AppPermissions(
+                        cfg.app_name,
+                        mode,
+                        tuple(s for s in perms.publish if s != drop),
+                        tuple(s for s in perms.subscribe if s != drop),
+                    ),
+                )
+            )
+    return result
+
+
+def _rename(entry: str, base: BridgeConfig, cfg: BridgeConfig) -> str:
+    return (
+        entry.replace(base.stream_name, cfg.stream_name)
+        .replace("x-workers", f"{cfg.app_name}-workers")
+        .replace("y.sync.x", f"{cfg.destination_app}.sync.{cfg.app_name}")
+        .replace("x.sync.", f"{cfg.app_name}.sync.")
+        .replace(".sync.y", f".sync.{cfg.destination_app}")
+    )
+
+
+def authorization(all_variants: list[Variant]) -> str:
+    users = [f"{{ user: {json.dumps(ADMIN[0])}, password: {json.dumps(ADMIN[1])} }}"]
+    for v in all_variants:
+        users.append(
+            f'{{ user: "u{v.index}", password: "p{v.index}", permissions: {{'
+            f" publish: {_rule(v.permissions.publish)},"
+            f" subscribe: {_rule(v.permissions.subscribe)} }} }}"
+        )
+    return "authorization { users = [\n" + "\n".join(users) + "\n] }\n"
+
+
+def _rule(allowed: tuple[str, ...]) -> str:
+    # An empty allow list means "no restriction" to nats-server: deny all instead.
+    return f"{{ allow: {json.dumps(list(allowed))} }}" if allowed else '{ deny: [">"] }'
+
+
+def envelope(producer: str) -> Envelope:
+    return Envelope(
+        event_type="organization.created",
+        producer=producer,
+        resource_type="organization",
+        resource_id="1",
+        payload={},
+    )
+
+
+async def exercise(v: Variant, admin: nats.NATS, url: str) -> set[str]:
+    """Run the app's workflow; return the names of the steps that failed."""
+    cfg, failed = v.config.with_(nats_urls=(url,)), set[str]()
+    admin_js = admin.jetstream()
+    await Provisioner(JetStreamApi(admin)).apply(stream_spec(cfg), [consumer_spec(cfg)])
+    conn = Connection(cfg)
+    await conn.start(timeout=5)
+    try:
+        publisher = Publisher(conn.js, stream=cfg.stream_name, timeout=1)
+        for step, subject in (("publish", cfg.subjects.publish), ("dead_letter", cfg.subjects.dlq)):
+            try:
+                await publisher.publish(subject, envelope(cfg.app_name))
+            except PublishError:
+                failed.add(step)
+        if v.mode == "pull":
+            await admin_js.publish(cfg.subjects.consume, b"work")
+            try:
+                sub = await conn.js.pull_subscribe_bind(
+                    cfg.subjects.durable, stream=cfg.stream_name
+                )
+                msgs = await sub.fetch(1, timeout=1)
+                await msgs[0].ack()
+            except Exception:
+                failed.add("receive")
+            expected = 1
+        else:
+            for _ in range(PUSH_MESSAGES):
+                await admin_js.publish(cfg.subjects.consume, b"x" * PUSH_SIZE)
+            received: list[Msg] = []
+
+            async def on_message(msg: Msg) -> None:
+                if (msg.headers or {}).get("Status") == "100":
+                    if msg.reply:
+                        await conn.nc.publish(msg.reply, b"")  # flow control answer
+                elif msg.reply:
+                    received.append(msg)
+                    await msg.ack()
+
+            await conn.nc.subscribe(cfg.deliver_subject, queue=cfg.deliver_group, cb=on_message)
+            expected = PUSH_MESSAGES
+        deadline = time.monotonic() + 3
+        info = await admin_js.consumer_info(cfg.stream_name, cfg.subjects.durable)
+        while time.monotonic() < deadline:
+            info = await admin_js.consumer_info(cfg.stream_name, cfg.subjects.durable)
+            if info.ack_floor.stream_seq and info.num_ack_pending == 0 and info.num_pending == 0:
+                break
+            await asyncio.sleep(0.05)
+        await conn.nc.flush()
+        errors = " ".join(conn.permission_errors).lower()
+        if info.delivered.consumer_seq == 0 or "subscription to" in errors:
+            failed.add("receive")
+        if '"$js.ack.' in errors or (info.delivered.consumer_seq and info.num_ack_pending):
+            failed.add("ack")
+        if '"$js.fc.' in errors:
+            failed.add("flow_control")
+        if v.mode == "push" and not failed and info.ack_floor.consumer_seq < expected:
+            failed.add("receive")
+    finally:
+        await conn.stop(timeout=2)
+    return failed
+
+
+EXPECTED = {
+    "{app}.sync.{dest}": "publish",
+    "{app}.sync.dlq": "dead_letter",
+    "$JS.API.CONSUMER.MSG.NEXT.": "receive",
+    "$JS.ACK.": "ack",
+    "$JS.FC.": "flow_control",
+    "_INBOX.>": "publish",  # no PubAck without the reply inbox
+    "{dest}.sync.{app}.worker": "receive",
+}
+
+
+def expected_failure(entry: str) -> str:
+    for pattern, step in EXPECTED.items():
+        if entry.startswith(pattern.format(app="x", dest="y")):
+            return step
+    raise AssertionError(f"no expectation for {entry}")
+
+
+async def test_each_permission_is_needed_and_the_set_is_enough(unique: str) -> None:
+    all_variants = variants(unique)
+    assert len(all_variants) == 1 + 5 + 1 + 6  # pull: 4 publish + 1 subscribe; push: 4 + 2
+    with NatsServer(config=authorization(all_variants)) as server:
+        admin = await nats.connect(server.url, user=ADMIN[0], password=ADMIN[1])
+        try:
+            outcomes = await asyncio.gather(*(exercise(v, admin, server.url) for v in all_variants))
+        finally:
+            await admin.close()
+    report = {(v.mode, v.removed): failed for v, failed in zip(all_variants, outcomes, strict=True)}
+    for (mode, removed), failed in report.items():
+        if removed is None:
+            assert failed == set(), f"{mode} with the full set failed: {failed}"
+        else:
+            step = expected_failure(removed)
+            assert step in failed, (
+                f"{mode} without {removed!r}: expected {step} to fail, got {failed}"
+            )
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_no_management_subject_in_any_set(mode: str) -> None:
+    perms = app_permissions(BridgeConfig(app_name="x", destination_app="y", consumer_mode=mode))  # type: ignore[arg-type]
+    granted = perms.publish + perms.subscribe
+    assert not any(s.startswith(("$JS.API.STREAM", "$JS.API.CONSUMER.CREATE")) for s in granted)
+    assert not any(s in (">", "$JS.>", "$JS.API.>") for s in granted)
