@@ -18,7 +18,6 @@ from consumer_support import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import ConsumerOptions
-from bridge.consumer import PullConsumer, make_consumer
 from bridge.envelope import Envelope
 from bridge.testing import NatsServer
 
@@ -161,77 +160,3 @@ async def test_survives_a_nats_restart(unique: str, database_url: str) -> None:
 
 async def _connected(stack: Stack) -> bool:
     return stack.connection.is_connected
-
-
-async def test_stop_with_deliveries_in_flight_loses_and_repeats_nothing(
-    stack: Stack,
-) -> None:
-    """100 deliveries in flight; stop with a deadline shorter than the work (a
-    SIGTERM during a deploy).  Whatever was not acked is redelivered to the next
-    consumer: every event is applied exactly once."""
-
-    async def handler(session: AsyncSession, env: Envelope) -> None:
-        await asyncio.sleep(0.02)  # a worker's share of a batch takes ~0.25 s
-        await record_effect(session, env)
-
-    stack.router.on("organization.created", handler)
-    cfg = stack.cfg.with_(
-        ack_wait=1.0,
-        backoff=(1.0,),
-        consumer=ConsumerOptions(batch_size=25, fetch_timeout=0.5, concurrency=2),
-    )
-    await stack.reprovision(cfg)
-    for i in range(100):
-        await stack.publish(org_event(cfg, f"r{i}"))
-    first = make_consumer(cfg, stack.connection, stack.processor_for(cfg))
-    assert isinstance(first, PullConsumer)
-    await first.start()
-
-    async def some_done() -> bool:
-        return await stack.effects() >= 10
-
-    await wait_until(some_done, timeout=10, interval=0.01)
-    assert first.stats().in_flight > 0
-    await first.stop(timeout=0.2)  # too short to finish: some batches are abandoned
-    stopped_at = await stack.effects()
-    assert stopped_at < 100
-    assert first.stats().running is False
-
-    second = await stack.start_consumer(cfg, stack.processor_for(cfg))
-
-    async def all_done() -> bool:
-        return await stack.effects() == 100
-
-    await wait_until(all_done, timeout=20)
-    assert await stack.scalar("SELECT count(DISTINCT event_id) FROM effects") == 100
-    assert (await stack.processor.counts()).processed == 100
-    await asyncio.sleep(1.2)  # nothing else is redelivered and applied again
-    assert await stack.effects() == 100
-    assert second.stats().outcomes.get("acked", 0) == 100 - stopped_at
-    assert second.stats().redeliveries > 0  # the abandoned batches came back
-
-
-async def test_graceful_stop_finishes_and_acks_what_it_holds(stack: Stack) -> None:
-    async def handler(session: AsyncSession, env: Envelope) -> None:
-        await asyncio.sleep(0.005)
-        await record_effect(session, env)
-
-    stack.router.on("organization.created", handler)
-    for i in range(100):
-        await stack.publish(org_event(stack.cfg, f"r{i}"))
-    consumer = await stack.start_consumer()
-
-    async def started() -> bool:
-        return await stack.effects() >= 1
-
-    await wait_until(started, timeout=10, interval=0.01)
-    await consumer.stop(timeout=10)
-    applied = await stack.effects()
-    stats = consumer.stats()
-    assert stats.outcomes.get("acked", 0) == applied
-    # everything applied was acked: nothing pending acknowledgement on the server
-    info = await stack.connection.js.consumer_info(
-        stack.cfg.stream_name, stack.cfg.subjects.durable
-    )
-    assert info.num_ack_pending == 0
-    assert info.num_pending == 100 - applied

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from consumer_support import SpyDelivery, Stack, org_event, record_effect, wait_until
+from consumer_support import SpyDelivery, Stack, org_event, record_effect
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -168,9 +168,13 @@ async def test_same_event_three_times_runs_the_handler_once(stack: Stack) -> Non
 async def test_concurrent_claim_of_one_event_runs_once(stack: Stack) -> None:
     """Two replicas apply the same event at once: the second claim waits on the
     first transaction and then sees the event processed (a duplicate)."""
-    gate = asyncio.Event()
+    gate, entered = asyncio.Event(), asyncio.Event()
+    runs = 0
 
     async def slow(session: AsyncSession, env: Envelope) -> None:
+        nonlocal runs
+        runs += 1
+        entered.set()
         await record_effect(session, env)
         await gate.wait()
 
@@ -181,22 +185,15 @@ async def test_concurrent_claim_of_one_event_runs_once(stack: Stack) -> None:
     sub = await stack.pull_sub()
     one, two = await fetch(stack, sub, 2)
     first = asyncio.create_task(stack.processor.process_batch([one]))
-    await wait_until(lambda: _locked(stack), timeout=5)
+    await asyncio.wait_for(entered.wait(), 5)  # first holds the inbox row now
     second = asyncio.create_task(stack.processor.process_batch([two]))
     await asyncio.sleep(0.2)  # let the second claim block on the first's row lock
+    assert not second.done()
     gate.set()
     assert await first == [Outcome.ACKED]
     assert await second == [Outcome.DUPLICATE]
+    assert runs == 1
     assert await stack.effects() == 1
-
-
-async def _locked(stack: Stack) -> bool:
-    return bool(await stack.scalar("SELECT count(*) FROM bridge_inbox") == 0) and bool(
-        await stack.scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'"
-            " AND datname = current_database()"
-        )
-    )
 
 
 async def test_use_inbox_false_runs_every_delivery(stack: Stack) -> None:
