@@ -192,3 +192,24 @@ def test_python_dash_m_entry_point(nats_server: NatsServer, unique: str) -> None
     )
     assert result.returncode == 1, result.stderr
     assert json.loads(result.stdout)["ok"] is False
+
+
+def test_restrictive_stack_files_and_environments(tmp_path: Path) -> None:
+    stack = write_restrictive_stack(tmp_path, consumer_modes={"system_b": "push"}, port=free_port())
+    assert stack.consumer_modes == {"system_a": "pull", "system_b": "push"}
+    for path in (stack.config_path, stack.credentials_path):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    check = subprocess.run(
+        [*stack.nats_server_command(), "-t"], capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stderr
+    admin = stack.admin_env()
+    assert admin["NATS_USER"] == "admin" and admin["CONSUMER_MODE_SYSTEM_B"] == "push"
+    app = stack.app_env("system_b")
+    assert app["NATS_USER"] == "system_b" and app["MODE"] == "restrictive"
+    assert app["CONSUMER_MODE"] == "push" and app["DESTINATION_APP"] == "system_a"
+    assert stack.apps["system_b"].password in stack.credentials_path.read_text()
+    assert stack.apps["system_b"].password not in repr(stack)
+    cfg = stack.app_config("system_b")
+    assert cfg.auto_provision is False and cfg.consumer_mode == "push"
+    assert stack.provision_command()[-2:] == ["provisioner", "apply"]
