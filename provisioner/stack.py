@@ -52,7 +52,7 @@ class RestrictiveStack:
     workdir: Path
     config_path: Path
     credentials_path: Path
-    authorization: str
+    authorization: str = field(repr=False)  # holds passwords
     admin: StackUser
     apps: Mapping[str, StackUser]
     consumer_modes: Mapping[str, str]
