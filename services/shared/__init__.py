@@ -1,0 +1,1 @@
+"""The domain both systems share: Organization and User, their API and sync handlers."""

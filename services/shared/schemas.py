@@ -1,0 +1,169 @@
+"""Request and response bodies (pydantic v2).
+
+Create/update bodies are accepted flat (``{"name": ...}``) and wrapped the Rails
+way (``{"organization": {...}}`` / ``{"user": {...}}``), because existing scripts
+send the wrapped form.  Validation is strict where a lax conversion would hide a
+client bug: strings must be strings, booleans must be booleans, unknown fields
+are rejected, and ``null`` is never accepted for a field that cannot be null.
+Natural keys are normalised to lower case (domains and emails compare
+case-insensitively).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictBool,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+Name = Annotated[
+    str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=255)
+]
+Domain = Annotated[
+    str,
+    StringConstraints(
+        strict=True,
+        strip_whitespace=True,
+        max_length=253,
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$",
+    ),
+]
+#: Roles are an open vocabulary (each organization has its own), but constrained to a slug.
+Role = Annotated[
+    str,
+    StringConstraints(strict=True, strip_whitespace=True, pattern=r"^[a-z][a-z_]{0,31}$"),
+]
+DEFAULT_ROLE = "member"
+MAX_PAGE_SIZE = 500
+
+
+class _Body(BaseModel):
+    """Base of request bodies: strict, no unknown fields, Rails-style wrapper accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+    wrapper: ClassVar[str] = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap(cls, data: Any) -> Any:
+        # {"organization": {...}} is the Rails form; a lone wrapper key holding an object.
+        if isinstance(data, dict) and len(data) == 1 and isinstance(data.get(cls.wrapper), dict):
+            return data[cls.wrapper]
+        return data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Runs only for fields the client sent: an explicit null is an error, not "unchanged".
+        if value is None:
+            raise ValueError("must not be null")
+        return value
+
+    @field_validator("domain", "role", mode="before", check_fields=False)
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        # Before the pattern check: "Acme.Test" is the same domain as "acme.test".
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("email", mode="after", check_fields=False)
+    @classmethod
+    def _lower_email(cls, value: str | None) -> str | None:
+        return value.lower() if isinstance(value, str) else value
+
+
+class OrganizationCreate(_Body):
+    wrapper: ClassVar[str] = "organization"
+
+    name: Name
+    domain: Domain
+    active: StrictBool = True
+
+
+class OrganizationUpdate(_Body):
+    wrapper: ClassVar[str] = "organization"
+
+    name: Name | None = None
+    domain: Domain | None = None
+    active: StrictBool | None = None
+
+
+class UserCreate(_Body):
+    wrapper: ClassVar[str] = "user"
+
+    organization_id: uuid.UUID
+    name: Name
+    email: EmailStr
+    role: Role = DEFAULT_ROLE
+    active: StrictBool = True
+
+
+class UserUpdate(_Body):
+    wrapper: ClassVar[str] = "user"
+
+    organization_id: uuid.UUID | None = None
+    name: Name | None = None
+    email: EmailStr | None = None
+    role: Role | None = None
+    active: StrictBool | None = None
+
+
+class OrganizationOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    domain: str
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+    origin: str
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    organization_id: uuid.UUID
+    name: str
+    email: str
+    role: str
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+    origin: str
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: ``items`` plus where it is in the whole (``total``)."""
+
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class PageParams(BaseModel):
+    """``?limit=&offset=`` (validated; bad values are 422s)."""
+
+    limit: int = Field(50, ge=1, le=MAX_PAGE_SIZE)
+    offset: int = Field(0, ge=0)
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a message, and for 422s the offending fields."""
+
+    error: str
+    details: list[dict[str, Any]] | None = None
