@@ -21,8 +21,9 @@ allow and that change nothing on the server:
 - **push consumer**: no request subject exists for push consumers, so the probe
   joins the queue group on the deliver subject and waits for proof of life: an
   idle heartbeat (sent every 5 s while idle), a flow-control request (answered),
-  or a delivery — which is NAKed at once without delay so another member gets it
-  (that costs the message one delivery attempt).  Nothing within
+  or a delivery — which is NAKed with a 1 s delay so a real member gets it (that
+  costs the message one delivery attempt and a second).  The probe subscribes with
+  ``max_msgs=1`` so the server removes it from the group with that first message.  Nothing within
   ``heartbeat_wait`` → the consumer is missing.  Run the probe before the app's
   own push consumer subscribes: other members of the group share the heartbeats.
 - **ack / flow-control subjects**: a publish to ``$JS.ACK.<stream>.<durable>.probe``
@@ -57,6 +58,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from bridge.config import BridgeConfig
 from bridge.connection import Connection
+from bridge.durations import to_nanos
 from bridge.errors import (
     DriftError,
     MissingConsumerError,
@@ -76,6 +78,11 @@ log = logging.getLogger("bridge.access")
 
 # JetStream never reaches this last sequence, so the guarded publish is always refused.
 IMPOSSIBLE_LAST_SEQUENCE = str(2**62)
+# A delivery that reaches a push probe goes back with a short delay: NAKed without
+# one, the server redelivers before it has noticed the probe left, into the void,
+# and the message then waits out ack_wait.  One second later it finds a real member.
+PROBE_NAK_DELAY = 1.0
+PROBE_NAK = b'-NAK {"delay": ' + str(to_nanos(PROBE_NAK_DELAY)).encode() + b"}"
 WRONG_LAST_SEQUENCE = 10071
 STREAM_MISMATCH = 10060
 _VIOLATION = re.compile(
@@ -239,10 +246,15 @@ async def probe_push_consumer(
         if msg.reply and headers.get("Status") == "100":
             await nc.publish(msg.reply, b"")  # flow-control request: answer it
         elif msg.reply:
-            await nc.publish(msg.reply, b"-NAK")  # a delivery: back at once, no delay
+            await nc.publish(msg.reply, PROBE_NAK)  # a delivery: give it back
         alive.set()
 
-    sub = await nc.subscribe(config.deliver_subject, queue=config.deliver_group, cb=on_message)
+    # max_msgs=1: the server drops the probe from the group as it hands over the
+    # first message, so a NAKed delivery is redelivered to a real member and can
+    # never come back to a probe that is about to leave (it would sit out ack_wait).
+    sub = await nc.subscribe(
+        config.deliver_subject, queue=config.deliver_group, cb=on_message, max_msgs=1
+    )
     try:
         await _flush(nc, min(wait, 5.0))
         if _denied(violations(), "subscribe", config.deliver_subject):
@@ -489,9 +501,9 @@ async def _probe_queue_subscribe(
         if msg.reply and headers.get("Status") == "100":
             await nc.publish(msg.reply, b"")
         elif msg.reply:
-            await nc.publish(msg.reply, b"-NAK")
+            await nc.publish(msg.reply, PROBE_NAK)
 
-    sub = await nc.subscribe(subject, queue=queue, cb=on_message)
+    sub = await nc.subscribe(subject, queue=queue, cb=on_message, max_msgs=1)
     try:
         await _flush(nc, timeout)
         return Probe.DENIED if _denied(violations(), "subscribe", subject) else Probe.OK

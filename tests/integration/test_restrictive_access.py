@@ -49,7 +49,7 @@ async def test_push_probe_hands_a_delivery_straight_back(envs: EnvFactory) -> No
     await js.publish(cfg_a.subjects.publish, b"for b")
     b = await env.connect(env.b)
     await verify_runtime_access(b, cfg_b, timeout=2)
-    # NAKed without delay: the next member of the group gets it at once.
+    # NAKed with a short delay: a real member of the group gets it next.
     got: asyncio.Queue[int] = asyncio.Queue()
 
     async def on_message(msg):  # type: ignore[no-untyped-def]
