@@ -1,0 +1,199 @@
+"""Transactional outbox capture: one outbox row per synced row change, in the same
+transaction as the change.
+
+Contract:
+- Models opt in with the :class:`Synced` mixin (``__bridge_resource__``).
+- Only sessions built from :attr:`Outbox.session_class` capture (so two apps in one
+  process each capture into their own subject).  At ``after_flush`` every created,
+  changed (:meth:`Session.is_modified`) or deleted ``Synced`` instance adds one
+  outbox row holding the complete envelope body — the full row snapshot as payload —
+  through the flush's own connection: rollback → no row, commit → the row is there.
+- The first capture of a transaction also runs ``pg_notify('bridge_outbox')``;
+  PostgreSQL delivers it only on commit, waking relays in other processes.
+- After commit the in-process commit listeners run (the relay's wake-up).  They
+  never carry the only copy of an event: the row does.
+- ``with skip_publish(session):`` captures nothing — used when applying the other
+  side's change, so a change never echoes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import decimal
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import date, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import event, insert, inspect, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, UOWTransaction
+
+from bridge.config import BridgeConfig
+from bridge.envelope import Envelope, format_timestamp
+from bridge.schema import OUTBOX_CHANNEL
+from bridge.schema import outbox as outbox_table
+
+SKIP_PUBLISH_KEY = "bridge.skip_publish"
+_NOTIFIED_KEY = "bridge.outbox_notified"
+_CAPTURED_KEY = "bridge.outbox_captured"
+
+
+def json_safe(value: Any) -> Any:
+    """Column value → JSON value (UUID/Decimal → str, datetimes → ISO 8601 UTC)."""
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+class Synced:
+    """Mixin for declarative models whose changes sync to the other side."""
+
+    __bridge_resource__: ClassVar[str]
+
+    def bridge_snapshot(self) -> dict[str, Any]:
+        """The payload of this row's events: every mapped column, JSON-safe."""
+        state = inspect(self)
+        loaded = state.dict
+        return {
+            attr.key: json_safe(loaded[attr.key] if attr.key in loaded else getattr(self, attr.key))
+            for attr in state.mapper.column_attrs
+        }
+
+
+def _sync_session(session: AsyncSession | Session) -> Session:
+    return session.sync_session if isinstance(session, AsyncSession) else session
+
+
+@contextlib.contextmanager
+def skip_publish(session: AsyncSession | Session) -> Iterator[None]:
+    """Suppress outbox capture on ``session`` inside the block (nesting-safe)."""
+    info = _sync_session(session).info
+    previous = info.get(SKIP_PUBLISH_KEY, False)
+    info[SKIP_PUBLISH_KEY] = True
+    try:
+        yield
+    finally:
+        info[SKIP_PUBLISH_KEY] = previous
+
+
+def publishing_suppressed(session: AsyncSession | Session) -> bool:
+    return bool(_sync_session(session).info.get(SKIP_PUBLISH_KEY, False))
+
+
+def _primary_key(instance: Any) -> str:
+    state = inspect(instance)
+    identity = state.identity or state.mapper.primary_key_from_instance(instance)
+    values = [str(v) for v in identity]
+    return values[0] if len(values) == 1 else ":".join(values)
+
+
+class Outbox:
+    """Captures synced row changes of one app into the outbox (module doc)."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        *,
+        traceparent: Callable[[], str | None] | None = None,
+    ) -> None:
+        self._config = config
+        self._traceparent = traceparent
+        self._listeners: list[Callable[[], None]] = []
+        # A subclass per Outbox: its events do not fire for other apps' sessions.
+        self.session_class: type[Session] = type(
+            f"BridgeSession_{config.app_name}", (Session,), {}
+        )
+        event.listen(self.session_class, "after_flush", self._after_flush)
+        event.listen(self.session_class, "after_commit", self._after_commit)
+        event.listen(self.session_class, "after_rollback", self._after_rollback)
+
+    def add_commit_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after each commit that captured rows (must be cheap)."""
+        self._listeners.append(callback)
+
+    def remove_commit_listener(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
+    # -- building rows --------------------------------------------------------------
+    def envelope_for(self, instance: Synced, action: str) -> Envelope:
+        resource = instance.__bridge_resource__
+        return Envelope(
+            event_type=f"{resource}.{action}",
+            producer=self._config.app_name,
+            resource_type=resource,
+            resource_id=_primary_key(instance),
+            payload=instance.bridge_snapshot(),
+            traceparent=self._traceparent() if self._traceparent else None,
+            trace_id=_trace_id(self._traceparent() if self._traceparent else None),
+        )
+
+    def row_for(self, envelope: Envelope, subject: str | None = None) -> dict[str, Any]:
+        return {
+            "event_id": envelope.event_id,
+            "subject": subject or self._config.subjects.publish,
+            "event_type": envelope.event_type,
+            "resource_type": envelope.resource_type,
+            "resource_id": envelope.resource_id,
+            "headers": envelope.headers(),
+            "payload": envelope.to_dict(),
+        }
+
+    # -- capture --------------------------------------------------------------------
+    def _after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
+        if session.info.get(SKIP_PUBLISH_KEY):
+            return
+        rows: list[dict[str, Any]] = []
+        for instance in session.new:
+            if isinstance(instance, Synced):
+                rows.append(self.row_for(self.envelope_for(instance, "created")))
+        for instance in session.dirty:
+            if isinstance(instance, Synced) and session.is_modified(
+                instance, include_collections=False
+            ):
+                rows.append(self.row_for(self.envelope_for(instance, "updated")))
+        for instance in session.deleted:
+            if isinstance(instance, Synced):
+                rows.append(self.row_for(self.envelope_for(instance, "deleted")))
+        if rows:
+            self._write(session, rows)
+
+    def _write(self, session: Session, rows: list[dict[str, Any]]) -> None:
+        connection = session.connection()
+        connection.execute(insert(outbox_table), rows)
+        session.info[_CAPTURED_KEY] = True
+        if not session.info.get(_NOTIFIED_KEY):
+            connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": OUTBOX_CHANNEL})
+            session.info[_NOTIFIED_KEY] = True
+
+    def _after_commit(self, session: Session) -> None:
+        captured = session.info.pop(_CAPTURED_KEY, False)
+        session.info.pop(_NOTIFIED_KEY, None)
+        if captured:
+            for callback in list(self._listeners):
+                callback()
+
+    def _after_rollback(self, session: Session) -> None:
+        session.info.pop(_CAPTURED_KEY, None)
+        session.info.pop(_NOTIFIED_KEY, None)
+
+    async def enqueue(
+        self, session: AsyncSession, envelope: Envelope, *, subject: str | None = None
+    ) -> None:
+        """Add an explicit event (not a row change) in the caller's transaction."""
+        await session.run_sync(lambda s: self._write(s, [self.row_for(envelope, subject)]))
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    """The trace id inside a W3C ``traceparent`` (``00-<trace>-<span>-<flags>``)."""
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 else None
