@@ -1,0 +1,49 @@
+"""Database plumbing: the async engine and programmatic migrations.
+
+:func:`migrate` runs Alembic's ``upgrade head`` (``migrations/``) on a
+connection it opens itself, inside the caller's event loop: ``migrations/env.py``
+uses a connection handed over in ``config.attributes["connection"]`` when there
+is one (this path), and opens its own async engine otherwise (the ``alembic``
+command line).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """An asyncpg engine; ``pool_pre_ping`` so a restarted database is survived."""
+    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """Alembic config of ``migrations/`` (``url`` overrides ``DATABASE_URL``)."""
+    config = Config(str(MIGRATIONS_DIR / "alembic.ini"))
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        # ConfigParser interpolation: a literal % in a password must be doubled.
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+async def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade the database at ``url`` to ``revision`` (idempotent)."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade, alembic_config(url), revision)
+    finally:
+        await engine.dispose()
+
+
+def _upgrade(connection: Connection, config: Config, revision: str) -> None:
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
