@@ -1,0 +1,131 @@
+"""``create_app(settings)``: the FastAPI application both systems run.
+
+Building the app connects to nothing.  The lifespan creates the database engine,
+builds the :class:`bridge.runtime.Bridge` (sync handlers registered on its
+router) and starts it through :func:`bridge.integrations.fastapi.bridge_lifespan`
+— NATS connection, provisioning or verification, outbox relay, consumer — and on
+shutdown stops it (consumer drained, relay batch finished) before disposing the
+engine.  With ``sync_enabled=False`` the API runs on its database alone (plain
+sessions, no outbox capture): used to measure the outbox's cost and to run the
+API without NATS.
+
+Errors are JSON: ``{"error": "..."}`` with HTTP 404/409/422, and for 422 a
+``details`` list of ``{"field", "location", "message", "type"}``.  Bad input never
+produces a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bridge.config import BridgeConfig
+from bridge.router import Router
+from services.shared.db import make_engine
+from services.shared.errors import ServiceError
+from services.shared.handlers import SyncHandlers
+from services.shared.repository import Repository
+from services.shared.routes import router as api_router
+from services.shared.settings import ServiceSettings
+from services.shared.state import ServiceState
+
+log = logging.getLogger("bridge.services.app")
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+def create_app(settings: ServiceSettings, *, bridge_config: BridgeConfig | None = None) -> FastAPI:
+    """The service app for ``settings``; ``bridge_config`` replaces the one settings build."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        try:
+            if not settings.sync_enabled:
+                app.state.service = ServiceState(
+                    app_name=settings.app_name,
+                    engine=engine,
+                    session_factory=async_sessionmaker(engine, expire_on_commit=False),
+                    repository=Repository(settings.app_name),
+                    bridge=None,
+                )
+                yield
+                return
+            from bridge.integrations.fastapi import bridge_lifespan
+            from bridge.runtime import Bridge
+
+            config = bridge_config or settings.to_bridge_config()
+            router = Router()
+            SyncHandlers(engine, config.app_name).register(router)
+            bridge = Bridge(config, engine=engine, router=router)
+            app.state.service = ServiceState(
+                app_name=config.app_name,
+                engine=engine,
+                session_factory=bridge.session_factory,
+                repository=Repository(config.app_name, outbox=bridge.outbox),
+                bridge=bridge,
+            )
+            run_bridge = bridge_lifespan(
+                lambda _app: bridge, start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT
+            )
+            async with run_bridge(app):
+                yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title=f"{settings.app_name} (jetstream-bridge example)",
+        description=(
+            "Organizations and users, kept in sync with "
+            f"{settings.destination_app} over NATS JetStream."
+        ),
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(api_router)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [_detail(error) for error in exc.errors()]
+        fields = ", ".join(sorted({d["field"] for d in details}))
+        return JSONResponse(
+            {"error": f"invalid input: {fields}", "details": details}, status_code=422
+        )
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        body: dict[str, Any] = {"error": exc.message}
+        if exc.details is not None:
+            body["details"] = exc.details
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+
+def _detail(error: Any) -> dict[str, Any]:
+    loc: Sequence[Any] = error.get("loc", ())
+    location = str(loc[0]) if loc else "body"
+    path = [str(part) for part in loc[1:]] if loc and loc[0] in ("body", "query", "path") else []
+    return {
+        "field": ".".join(path) or location,
+        "location": location,
+        "message": str(error.get("msg", "invalid")),
+        "type": str(error.get("type", "value_error")),
+    }

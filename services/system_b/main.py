@@ -1,0 +1,32 @@
+"""System B's ASGI entry point: ``uvicorn services.system_b.main:app --port 3001``.
+
+Importing this module builds the settings (reads the environment) and the app
+object only; nothing connects until the server runs the app's lifespan.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from pydantic_settings import SettingsConfigDict
+
+from services.shared.app import create_app
+from services.shared.settings import ServiceSettings
+
+
+class SystemBSettings(ServiceSettings):
+    """Defaults of System B; every field can be overridden by its environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    app_name: str = "system_b"
+    destination_app: str = "system_a"
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/system_b"
+    port: int = 3001
+
+
+def build_app(settings: ServiceSettings | None = None) -> FastAPI:
+    """A fresh System B app (tests build several in one process)."""
+    return create_app(settings or SystemBSettings())
+
+
+app = build_app()
