@@ -1,0 +1,287 @@
+"""Sync handlers: apply the other side's changes, last-writer-wins, without echo.
+
+Registered on a :class:`bridge.router.Router` by :meth:`SyncHandlers.register`
+(``organization`` and ``user``, every action).  Each handler runs inside the
+inbox transaction with publishing suppressed, so applying a change never
+re-publishes it; the bridge commits, then acks.
+
+Contract, per event (the payload is the sender's full row snapshot):
+
+- The payload is validated; a payload that is not a row of this resource is
+  rejected (dead letter ``invalid_payload``) — retrying would not fix it.
+- Versions are compared with :func:`services.shared.versioning.judge` under a row
+  lock.  Newer → every column is stored verbatim, including the sender's
+  ``updated_at`` and ``origin`` (never bumped).  The same version → nothing to do.
+  Older → **stale**: acked, recorded in ``sync_stale_events`` (``/sync_status``
+  ``stale_events``), nothing changed.
+- Deletes are versions too (a tombstone with ``deleted_at``); a ``*.deleted``
+  event without ``deleted_at`` (another producer hard-deleted) becomes a tombstone
+  at ``occurred_at``.  Unknown records are inserted, tombstones included, so a
+  late, older create cannot resurrect a deleted record.
+- A user whose organization has not arrived yet → :class:`~bridge.errors.Retry`
+  (NAK with backoff), never a dead letter: the organization is on its way.
+- Natural-key collision (the incoming live row's ``domain``/``email`` is held by a
+  *different* live local row):
+
+  * the local holder's version came from the sender → transient.  The sender
+    enforces the same unique index, so it must already have moved that record
+    away in a newer version that is still in flight (events of different records
+    may arrive in any order): :class:`~bridge.errors.Retry`.
+  * otherwise (the holder was written here) → a real conflict: a row in
+    ``sync_conflicts`` (both ids, key, both rows) written in its own transaction
+    (the handler's savepoint is rolled back), then
+    ``Reject(..., reason="conflict")`` → dead letter.  Never silently dropped.
+    Known limit: if the sender had seen our holder and then moved it away, and
+    that move is still in flight, this is reported as a conflict too (the
+    sender's snapshot does not say what it had seen); the dead letter can be
+    replayed once the move arrived.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from bridge.envelope import Envelope, format_timestamp, parse_timestamp
+from bridge.errors import EnvelopeError, Reject, Retry
+from bridge.router import Router
+from services.shared.models import Organization, StaleEvent, SyncConflict, User
+from services.shared.versioning import Verdict, Version, judge
+
+log = logging.getLogger("bridge.services.sync")
+
+REASON_CONFLICT = "conflict"
+REASON_INVALID_PAYLOAD = "invalid_payload"
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """What differs between the two synced resources."""
+
+    model: type[Organization] | type[User]
+    natural_key: str
+    strings: tuple[str, ...]
+    uuids: tuple[str, ...]
+
+
+ORGANIZATION = _Spec(Organization, "domain", ("name", "domain", "origin"), ("id",))
+USER = _Spec(User, "email", ("name", "email", "role", "origin"), ("id", "organization_id"))
+
+
+class SyncHandlers:
+    """The two handlers of one app; ``engine`` records conflicts outside the inbox transaction."""
+
+    def __init__(self, engine: AsyncEngine, app_name: str) -> None:
+        self._engine = engine
+        self.app_name = app_name
+
+    def register(self, router: Router) -> None:
+        router.on_resource("organization", self.organization)
+        router.on_resource("user", self.user)
+
+    async def organization(self, session: AsyncSession, envelope: Envelope) -> None:
+        await self._apply(session, envelope, ORGANIZATION, decode(envelope, ORGANIZATION))
+
+    async def user(self, session: AsyncSession, envelope: Envelope) -> None:
+        values = decode(envelope, USER)
+        org_id = values["organization_id"]
+        known = await session.scalar(select(Organization.id).where(Organization.id == org_id))
+        if known is None:
+            raise Retry(f"organization {org_id} of user {values['id']} has not arrived yet")
+        await self._apply(session, envelope, USER, values)
+
+    async def _apply(
+        self, session: AsyncSession, envelope: Envelope, spec: _Spec, values: dict[str, Any]
+    ) -> None:
+        model = spec.model
+        local = cast(
+            "Organization | User | None",
+            (
+                await session.execute(
+                    select(model)
+                    .where(model.id == values["id"])
+                    .with_for_update(key_share=True)
+                    .execution_options(populate_existing=True)
+                )
+            ).scalar_one_or_none(),
+        )
+        incoming = Version(values["updated_at"], values["origin"])
+        current = Version(local.updated_at, local.origin) if local is not None else None
+        verdict = judge(current, incoming)
+        if verdict is Verdict.SAME:
+            return
+        if verdict is Verdict.STALE:
+            assert current is not None
+            await self._record_stale(session, envelope, values["id"], incoming, current)
+            return
+        if values["deleted_at"] is None:
+            await self._check_natural_key(session, envelope, spec, values)
+        if local is None:
+            session.add(model(**values))
+        else:
+            for name, value in values.items():
+                setattr(local, name, value)
+        await session.flush()
+
+    async def _check_natural_key(
+        self, session: AsyncSession, envelope: Envelope, spec: _Spec, values: dict[str, Any]
+    ) -> None:
+        model, key = spec.model, spec.natural_key
+        holder = cast(
+            "Organization | User | None",
+            (
+                await session.execute(
+                    select(model)
+                    .where(
+                        getattr(model, key) == values[key],
+                        model.deleted_at.is_(None),
+                        model.id != values["id"],
+                    )
+                    .limit(1)
+                )
+            ).scalar_one_or_none(),
+        )
+        if holder is None:
+            return
+        if holder.origin == envelope.producer:
+            raise Retry(
+                f"{key} {values[key]!r} is held here by {holder.id}, last written by "
+                f"{holder.origin}: its newer version is still in flight"
+            )
+        await self._record_conflict(envelope, spec, holder, values)
+        raise Reject(
+            f"{spec.model.__tablename__}.{key} {values[key]!r} of {values['id']} from "
+            f"{envelope.producer} collides with local record {holder.id}",
+            reason=REASON_CONFLICT,
+        )
+
+    async def _record_conflict(
+        self,
+        envelope: Envelope,
+        spec: _Spec,
+        holder: Organization | User,
+        values: Mapping[str, Any],
+    ) -> None:
+        # Own transaction: the handler's savepoint is rolled back when it rejects.
+        row = {
+            "event_id": uuid.UUID(envelope.event_id),
+            "resource_type": envelope.resource_type,
+            "key_name": spec.natural_key,
+            "key_value": str(values[spec.natural_key]),
+            "local_id": holder.id,
+            "incoming_id": values["id"],
+            "incoming_origin": envelope.producer,
+            "local_values": _json_row(holder),
+            "incoming_values": dict(envelope.payload),
+        }
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                pg_insert(SyncConflict).values(**row).on_conflict_do_nothing(),
+            )
+        log.warning(
+            "natural-key conflict",
+            extra={
+                "event_id": envelope.event_id,
+                "resource_type": envelope.resource_type,
+                "key": spec.natural_key,
+                "local_id": str(holder.id),
+                "incoming_id": str(values["id"]),
+                "producer": envelope.producer,
+            },
+        )
+
+    @staticmethod
+    async def _record_stale(
+        session: AsyncSession,
+        envelope: Envelope,
+        record_id: uuid.UUID,
+        incoming: Version,
+        current: Version,
+    ) -> None:
+        await session.execute(
+            pg_insert(StaleEvent)
+            .values(
+                event_id=uuid.UUID(envelope.event_id),
+                resource_type=envelope.resource_type,
+                resource_id=record_id,
+                incoming_updated_at=incoming.updated_at,
+                incoming_origin=incoming.origin,
+                local_updated_at=current.updated_at,
+                local_origin=current.origin,
+            )
+            .on_conflict_do_nothing()
+        )
+        log.info(
+            "stale event ignored",
+            extra={
+                "event_id": envelope.event_id,
+                "resource_type": envelope.resource_type,
+                "resource_id": str(record_id),
+                "incoming_updated_at": format_timestamp(incoming.updated_at),
+                "local_updated_at": format_timestamp(current.updated_at),
+            },
+        )
+
+
+def decode(envelope: Envelope, spec: _Spec) -> dict[str, Any]:
+    """The payload as column values of ``spec.model``; Reject ``invalid_payload`` if it is not."""
+    payload = envelope.payload
+    try:
+        values: dict[str, Any] = {}
+        for name in spec.uuids:
+            values[name] = uuid.UUID(str(payload[name]))
+        for name in spec.strings:
+            value = payload[name]
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string")
+            values[name] = value
+        active = payload.get("active", True)
+        if not isinstance(active, bool):
+            raise ValueError("active must be a boolean")
+        values["active"] = active
+        values["created_at"] = _timestamp(payload["created_at"])
+        values["updated_at"] = _timestamp(payload["updated_at"])
+        deleted = payload.get("deleted_at")
+        values["deleted_at"] = _timestamp(deleted) if deleted is not None else None
+    except (KeyError, ValueError, TypeError, EnvelopeError) as exc:
+        raise Reject(
+            f"{envelope.event_type} payload is not a {envelope.resource_type} row: {exc!r}",
+            reason=REASON_INVALID_PAYLOAD,
+        ) from exc
+    if str(values["id"]) != envelope.resource_id:
+        raise Reject(
+            f"payload id {values['id']} differs from resource_id {envelope.resource_id}",
+            reason=REASON_INVALID_PAYLOAD,
+        )
+    if envelope.action == "deleted" and values["deleted_at"] is None:
+        # A producer that hard-deletes sends no deleted_at: the delete is a version at occurred_at.
+        deleted_at = parse_timestamp(envelope.occurred_at)
+        values["deleted_at"] = deleted_at
+        values["updated_at"] = max(values["updated_at"], deleted_at)
+    return values
+
+
+def _timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"timestamp must be an ISO 8601 string, got {value!r}")
+    return parse_timestamp(value)
+
+
+def _json_row(row: Organization | User) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for column in row.__table__.columns:
+        value = getattr(row, column.key)
+        if isinstance(value, datetime):
+            value = format_timestamp(value)
+        elif isinstance(value, uuid.UUID):
+            value = str(value)
+        result[column.key] = value
+    return result
