@@ -37,6 +37,7 @@ from bridge.schema import outbox as outbox_table
 SKIP_PUBLISH_KEY = "bridge.skip_publish"
 _NOTIFIED_KEY = "bridge.outbox_notified"
 _CAPTURED_KEY = "bridge.outbox_captured"
+_SKIP_NEXT_FLUSH_KEY = "bridge.skip_next_flush"
 
 
 def json_safe(value: Any) -> Any:
@@ -73,14 +74,23 @@ def _sync_session(session: AsyncSession | Session) -> Session:
 
 @contextlib.contextmanager
 def skip_publish(session: AsyncSession | Session) -> Iterator[None]:
-    """Suppress outbox capture on ``session`` inside the block (nesting-safe)."""
-    info = _sync_session(session).info
+    """Suppress outbox capture for changes made inside the block (nesting-safe).
+
+    Capture happens at flush time, so changes made in the block but flushed later
+    (e.g. by the commit after the block) are suppressed too: the flag stays until
+    the next flush.  Flush before making, in the same session, changes that should
+    be captured.
+    """
+    sync = _sync_session(session)
+    info = sync.info
     previous = info.get(SKIP_PUBLISH_KEY, False)
     info[SKIP_PUBLISH_KEY] = True
     try:
         yield
     finally:
         info[SKIP_PUBLISH_KEY] = previous
+        if not previous and (sync.new or sync.dirty or sync.deleted):
+            info[_SKIP_NEXT_FLUSH_KEY] = True
 
 
 def publishing_suppressed(session: AsyncSession | Session) -> bool:
@@ -107,9 +117,7 @@ class Outbox:
         self._traceparent = traceparent
         self._listeners: list[Callable[[], None]] = []
         # A subclass per Outbox: its events do not fire for other apps' sessions.
-        self.session_class: type[Session] = type(
-            f"BridgeSession_{config.app_name}", (Session,), {}
-        )
+        self.session_class: type[Session] = type(f"BridgeSession_{config.app_name}", (Session,), {})
         event.listen(self.session_class, "after_flush", self._after_flush)
         event.listen(self.session_class, "after_commit", self._after_commit)
         event.listen(self.session_class, "after_rollback", self._after_rollback)
@@ -148,7 +156,7 @@ class Outbox:
 
     # -- capture --------------------------------------------------------------------
     def _after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
-        if session.info.get(SKIP_PUBLISH_KEY):
+        if session.info.pop(_SKIP_NEXT_FLUSH_KEY, False) or session.info.get(SKIP_PUBLISH_KEY):
             return
         rows: list[dict[str, Any]] = []
         for instance in session.new:
@@ -181,6 +189,7 @@ class Outbox:
                 callback()
 
     def _after_rollback(self, session: Session) -> None:
+        session.info.pop(_SKIP_NEXT_FLUSH_KEY, None)
         session.info.pop(_CAPTURED_KEY, None)
         session.info.pop(_NOTIFIED_KEY, None)
 
