@@ -17,7 +17,7 @@ Contract:
   lease was lost, the other relay publishes again and JetStream's duplicate window
   (``Nats-Msg-Id`` = event id) drops the copy.  A relay killed mid-batch leaves
   leased rows that any relay claims after ``relay.lease`` seconds.
-- **Retry** a failed publish after :func:`bridge.backoff.retry_delay`; after
+- **Retry** a failed publish after :func:`bridge.backoff.backoff_delay`; after
   ``relay.max_attempts`` failures the row becomes ``failed`` (kept, visible,
   :meth:`requeue_failed`).  While NATS is disconnected the relay does not claim at
   all, so an outage of any length burns no attempts: rows wait and go out after
@@ -46,7 +46,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.backoff import retry_delay
+from bridge.backoff import backoff_delay
 from bridge.config import BridgeConfig
 from bridge.errors import PublishError
 from bridge.outbox import Outbox
@@ -247,7 +247,9 @@ class OutboxRelay:
                         "relay cycle failed", extra={"error": repr(exc), "owner": self.owner}
                     )
                     await self._sleep(
-                        retry_delay(failures, base=self._opts.retry_base, cap=self._opts.retry_max)
+                        backoff_delay(
+                            failures, base=self._opts.retry_base, maximum=self._opts.retry_max
+                        )
                     )
                     continue
             if full:
@@ -348,7 +350,9 @@ class OutboxRelay:
                 await conn.execute(_RELEASE, {"ids": released, "owner": self.owner})
             for row, error in failed:
                 attempt = row.attempts + 1
-                delay = retry_delay(attempt, base=self._opts.retry_base, cap=self._opts.retry_max)
+                delay = backoff_delay(
+                    attempt, base=self._opts.retry_base, maximum=self._opts.retry_max
+                )
                 await conn.execute(
                     _FAIL,
                     {
@@ -400,7 +404,7 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
                         self._stopping.wait(),
-                        retry_delay(failures, base=0.5, cap=self._opts.retry_max),
+                        backoff_delay(failures, base=0.5, maximum=self._opts.retry_max),
                     )
 
     # -- retention ----------------------------------------------------------------------

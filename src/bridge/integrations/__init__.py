@@ -1,0 +1,1 @@
+"""Framework integrations (each imports its framework lazily, when used)."""

@@ -1,0 +1,270 @@
+"""``Bridge``: the composition root wiring connection, provisioning, relay and consumer.
+
+Start order: connect to NATS → provision (``auto_provision=True``: apply) or verify
+(``auto_provision=False``: read-only; falls back to a permission-limited runtime
+probe when the app's NATS user may not call the JetStream management API) → start
+the outbox relay → start the consumer.  Stop order is the reverse: the consumer
+finishes and acks its in-flight deliveries, the relay finishes its batch (PubAcks),
+then the connection drains.  A failure during start stops whatever had started and
+re-raises, so a misconfigured app fails fast with the provisioning error's message.
+
+Web and worker processes scale separately: ``enable_consumer=False`` /
+``enable_relay=False`` in the config turn either part off in a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bridge.access import verify_runtime_access
+from bridge.config import BridgeConfig
+from bridge.connection import Connection
+from bridge.consumer import PullConsumer, PushConsumer, make_consumer
+from bridge.dlq import DeadLetters
+from bridge.errors import BridgeError, PermissionDeniedError
+from bridge.inbox import InboxProcessor
+from bridge.jsapi import JetStreamApi
+from bridge.outbox import Outbox
+from bridge.provisioning import Plan, Provisioner, consumer_spec, stream_spec
+from bridge.publisher import Publisher
+from bridge.relay import OutboxRelay
+from bridge.router import Router
+
+log = logging.getLogger("bridge.runtime")
+
+#: How long a management call may take before we assume the user lacks the permission.
+MANAGEMENT_PROBE_TIMEOUT = 2.0
+
+
+class Bridge:
+    """One side of a synced pair, running inside an application or a worker process."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        *,
+        engine: AsyncEngine,
+        router: Router | None = None,
+        outbox: Outbox | None = None,
+        dispose_engine: bool = False,
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.router = router or Router()
+        self.outbox = outbox or Outbox(config)
+        self.session_factory: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            engine, expire_on_commit=False, sync_session_class=self.outbox.session_class
+        )
+        self.connection = Connection(config)
+        self.relay: OutboxRelay | None = None
+        self.consumer: PullConsumer | PushConsumer | None = None
+        self.processor: InboxProcessor | None = None
+        self.dead_letters: DeadLetters | None = None
+        self.publisher: Publisher | None = None
+        self.provisioning_plan: Plan | None = None
+        self._dispose_engine = dispose_engine
+        self._management_allowed: bool | None = None
+        self._started = False
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self, timeout: float = 30.0) -> None:
+        """Connect, provision or verify, then start the relay and the consumer."""
+        if self._started:
+            return
+        try:
+            await self.connection.start(timeout=timeout)
+            await self._provision()
+            js = self.connection.js
+            self.publisher = Publisher(
+                js, stream=self.config.stream_name, timeout=self.config.relay.publish_timeout
+            )
+            if self.config.use_dlq:
+                self.dead_letters = DeadLetters(self.config, js, self.publisher)
+            if self.config.enable_relay:
+                self.relay = OutboxRelay(
+                    self.config,
+                    self.engine,
+                    self.publisher,
+                    outbox=self.outbox,
+                    connected=lambda: self.connection.is_connected,
+                )
+                await self.relay.start()
+            if self.config.enable_consumer:
+                self.processor = InboxProcessor(
+                    self.config, self.session_factory, self.router, self.dead_letters
+                )
+                self.consumer = make_consumer(self.config, self.connection, self.processor)
+                await self.consumer.start()
+        except BaseException:
+            await self.stop(timeout=5.0)
+            raise
+        self._started = True
+        log.info(
+            "bridge started",
+            extra={
+                "app": self.config.app_name,
+                "destination": self.config.destination_app,
+                "consumer_mode": self.config.consumer_mode,
+                "auto_provision": self.config.auto_provision,
+            },
+        )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop consumer, then relay, then drain the connection; each gets ``timeout``."""
+        self._started = False
+        consumer, self.consumer = self.consumer, None
+        relay, self.relay = self.relay, None
+        if consumer is not None:
+            await consumer.stop(timeout)
+        if relay is not None:
+            await relay.stop(timeout)
+        await self.connection.stop(timeout)
+        if self._dispose_engine:
+            await self.engine.dispose()
+
+    async def __aenter__(self) -> Bridge:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _provision(self) -> None:
+        consumers = [consumer_spec(self.config)] if self.config.enable_consumer else []
+        provisioner = Provisioner(
+            JetStreamApi(self.connection.nc, timeout=MANAGEMENT_PROBE_TIMEOUT)
+        )
+        if self.config.auto_provision:
+            self.provisioning_plan = await provisioner.apply(stream_spec(self.config), consumers)
+            self._management_allowed = True
+            if not self.provisioning_plan.empty:
+                log.info("provisioned", extra={"plan": self.provisioning_plan.describe()})
+            return
+        try:
+            await provisioner.verify(stream_spec(self.config), consumers)
+            self._management_allowed = True
+        except PermissionDeniedError:
+            # Restrictive mode: this user may not read stream/consumer info.  Probe
+            # only what the runtime needs, with the operations it is allowed.
+            self._management_allowed = False
+            await verify_runtime_access(self.connection, self.config)
+
+    # -- observability --------------------------------------------------------------
+    async def _database_ok(self) -> tuple[bool, str | None]:
+        try:
+            async with asyncio.timeout(2.0), self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # health reports it; nothing to recover here
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, None
+
+    async def health(self) -> dict[str, Any]:
+        """Liveness of NATS, the database, the relay and the consumer (no secrets)."""
+        db_ok, db_error = await self._database_ok()
+        nats = self.connection.snapshot()
+        ok = db_ok and bool(nats["connected"])
+        return {
+            "status": "ok" if ok else "degraded",
+            "app": self.config.app_name,
+            "nats": nats,
+            "database": {"connected": db_ok, "error": db_error},
+            "relay": {"running": self.relay is not None},
+            "consumer": {
+                "running": self.consumer is not None,
+                "mode": self.config.consumer_mode,
+            },
+        }
+
+    async def _management(self, subject: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A management API call that answers ``None`` where this user lacks permission."""
+        if self._management_allowed is False or not self.connection.is_connected:
+            return None
+        try:
+            return await JetStreamApi(self.connection.nc, timeout=1.0).request(subject, body)
+        except PermissionDeniedError:
+            self._management_allowed = False
+            return None
+        except BridgeError:
+            return None
+
+    async def dead_letter_count(self) -> int | None:
+        """Messages on this app's DLQ subject (``None`` without stream-info permission)."""
+        reply = await self._management(
+            f"STREAM.INFO.{self.config.stream_name}",
+            {"subjects_filter": self.config.subjects.dlq},
+        )
+        if not reply or "state" not in reply:
+            return None
+        subjects = reply["state"].get("subjects") or {}
+        return int(subjects.get(self.config.subjects.dlq, 0))
+
+    async def consumer_lag(self) -> dict[str, Any] | None:
+        """Pending and ack-pending counts of this app's durable (``None`` without permission)."""
+        reply = await self._management(
+            f"CONSUMER.INFO.{self.config.stream_name}.{self.config.subjects.durable}", None
+        )
+        if not reply or "config" not in reply:
+            return None
+        return {
+            "num_pending": reply.get("num_pending"),
+            "num_ack_pending": reply.get("num_ack_pending"),
+            "num_redelivered": reply.get("num_redelivered"),
+        }
+
+    async def status(self) -> dict[str, Any]:
+        """Counters for ``/sync_status`` and metrics; parts this process lacks are ``None``."""
+        outbox: dict[str, Any] | None = None
+        inbox: dict[str, Any] | None = None
+        if self.relay is not None:
+            stats = await self.relay.stats()
+            outbox = {
+                "pending": stats.pending,
+                "sent": stats.sent,
+                "failed": stats.failed,
+                "retried": stats.retried,
+                "oldest_pending_age_seconds": stats.oldest_pending_age_seconds,
+                "published_total": stats.published_total,
+                "publish_failures_total": stats.publish_failures_total,
+            }
+        if self.processor is not None:
+            counts = await self.processor.counts()
+            inbox = {
+                "total": counts.total,
+                "processed": counts.processed,
+                "failed": counts.failed,
+                "dead_lettered": counts.dead_lettered,
+            }
+        consumer: dict[str, Any] = {"mode": self.config.consumer_mode}
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                consumer.update(_as_dict(self.consumer.stats()))
+        lag = await self.consumer_lag()
+        consumer["num_pending"] = lag["num_pending"] if lag else None
+        consumer["num_ack_pending"] = lag["num_ack_pending"] if lag else None
+        return {
+            "jetstream_connected": self.connection.is_connected,
+            "outbox": outbox,
+            "inbox": inbox,
+            "dead_letters": await self.dead_letter_count(),
+            "consumer": consumer,
+        }
+
+
+def _as_dict(stats: Any) -> dict[str, Any]:
+    if hasattr(stats, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return asdict(stats)
+    return dict(stats)

@@ -1,0 +1,115 @@
+"""Two Bridges in one process (A and B, two databases, one real nats-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+
+from bridge import schema
+from bridge.config import BridgeConfig, ConsumerOptions, RelayOptions
+from bridge.envelope import Envelope
+from bridge.errors import MissingStreamError
+from bridge.router import Router
+from bridge.runtime import Bridge
+from bridge.testing import NatsServer, PostgresServer
+
+from .conftest import Base, Widget
+
+
+def side(nats: NatsServer, unique: str, app: str, peer: str, **kw: object) -> BridgeConfig:
+    return BridgeConfig(
+        app_name=f"{app}{unique}", destination_app=f"{peer}{unique}", stream_name=f"s{unique}",
+        nats_urls=(nats.url,), backoff=(0.2, 0.5), max_deliver=3, ack_wait=5.0,
+        relay=RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
+        consumer=ConsumerOptions(fetch_timeout=0.3, stop_timeout=5.0), **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def engines(postgres: PostgresServer) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    urls = [await postgres.create_database() for _ in range(2)]
+    engines = [create_async_engine(u) for u in urls]
+    for eng in engines:
+        await schema.create_all(eng)
+        async with eng.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+    yield engines[0], engines[1]
+    for eng, url in zip(engines, urls, strict=True):
+        await eng.dispose()
+        await postgres.drop_database(url)
+
+
+def widget_router() -> Router:
+    router = Router()
+
+    async def apply(session: AsyncSession, envelope: Envelope) -> None:
+        row = await session.get(Widget, envelope.resource_id)
+        if envelope.action == "deleted":
+            if row is not None:
+                await session.delete(row)
+            return
+        if row is None:
+            row = Widget(id=envelope.resource_id, name=envelope.payload["name"])
+            session.add(row)
+        row.name = envelope.payload["name"]
+
+    router.on_resource("widget", apply)
+    return router
+
+
+async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_change_in_a_is_applied_in_b_once_without_echo(
+    nats_server: NatsServer, unique: str, engines: tuple[AsyncEngine, AsyncEngine]
+) -> None:
+    eng_a, eng_b = engines
+    a = Bridge(side(nats_server, unique, "a", "b"), engine=eng_a, router=widget_router())
+    b = Bridge(side(nats_server, unique, "b", "a"), engine=eng_b, router=widget_router())
+    async with a, b:
+        async with a.session_factory.begin() as session:
+            widget = Widget(name="hello")
+            session.add(widget)
+        widget_id = widget.id
+
+        async def in_b() -> bool:
+            async with b.session_factory() as session:
+                row = await session.get(Widget, widget_id)
+                return row is not None and row.name == "hello"
+
+        await wait_for(in_b)
+        health = await b.health()
+        assert health["status"] == "ok" and health["nats"]["connected"]
+        status_b = await b.status()
+        assert status_b["inbox"]["processed"] == 1
+        assert status_b["dead_letters"] == 0
+        await asyncio.sleep(0.5)  # give an echo time to appear, if there were one
+        status_a = await a.status()
+        assert status_a["outbox"]["sent"] == 1 and status_a["outbox"]["pending"] == 0
+        assert status_b["outbox"]["sent"] == 0 and status_b["outbox"]["pending"] == 0
+        async with eng_b.connect() as conn:
+            rows = (await conn.execute(select(schema.outbox))).all()
+        assert rows == []  # B applied it with publishing suppressed: no echo
+
+
+async def test_verify_mode_fails_fast_naming_the_stream(
+    nats_server: NatsServer, unique: str, engines: tuple[AsyncEngine, AsyncEngine]
+) -> None:
+    cfg = side(nats_server, unique, "a", "b", auto_provision=False)
+    bridge = Bridge(cfg, engine=engines[0])
+    started = time.monotonic()
+    with pytest.raises(MissingStreamError, match=cfg.stream_name):
+        await bridge.start(timeout=5)
+    assert time.monotonic() - started < 10
+    assert bridge.connection.snapshot()["state"] == "closed"
