@@ -6,23 +6,25 @@ Contract (DESIGN.md, "Inbox is idempotent and atomic with the handler"):
    which includes a ``Nats-Msg-Id`` header that differs from ``event_id``) is
    dead-lettered as ``malformed``; it has no event id, so no inbox record.
 2. Open ONE transaction for the batch, with publishing suppressed on the session
-   (handlers never echo).  Events whose inbox record is already ``processed`` or
-   ``dead_lettered`` are duplicates: acked later without running the handler.
-3. For each remaining delivery, in order, inside its own SAVEPOINT: claim the
-   inbox record (insert, or update a ``failed`` one, to ``processed``), run the
-   handler, flush.  A failure rolls back only that savepoint.  A claim that finds
-   the event processed meanwhile (another replica committed it) is a duplicate.
+   (handlers never echo), and claim the inbox records of the whole batch in one
+   statement (:func:`bridge.inbox_store.claim`).  An event whose record is
+   already ``processed`` or ``dead_lettered`` is not claimed: a duplicate, acked
+   later without running the handler.  A record another replica holds makes the
+   claim wait for it, so an event is never applied twice concurrently.
+3. For each claimed delivery, in order, inside its own SAVEPOINT
+   (``session.begin_nested()``): run the handler, flush.  A failure rolls back
+   only that savepoint; its record goes back to ``failed`` (attempts, last_error)
+   in the same transaction, so ``/sync_status`` counts it once committed.
    Once a delivery of resource X failed, later deliveries of X in the batch are
    not run but NAKed with the same delay, so they come back after it (per-resource
    order) — except on their last allowed delivery, where they run anyway, so no
    delivery is dead-lettered without its handler having run.
 4. Commit once.  If the commit fails, every delivery of the batch is NAKed
-   (nothing was acked) with the backoff delay.
+   (nothing was acked, nothing recorded) with the backoff delay.
 5. Only now: ack successes and duplicates; then for the failures either store a
-   dead letter and ``term()``, or ``nak(delay)``.  Failed attempts and dead
-   letters are recorded (status, attempts, last_error) in one short separate
-   transaction so ``/sync_status`` can count them.  If the dead-letter publish
-   fails, the delivery is NAKed, never acked.
+   dead letter, mark the record ``dead_lettered`` (a short separate transaction)
+   and ``term()``, or ``nak(delay)``.  If the dead-letter publish fails, the
+   delivery is NAKed, never acked.
 
 With ``use_dlq=False`` (or no :class:`~bridge.dlq.DeadLetters`) nothing is ever
 acked-and-dropped: a permanent failure is logged at ERROR and NAKed with the last
@@ -31,6 +33,12 @@ the message stays in the stream for an operator (``MAX_DELIVERIES`` advisory).
 
 With ``use_inbox=False`` there is no idempotency record: handlers run for every
 delivery (at-least-once), still in one transaction with a savepoint each.
+
+Throughput: savepoint statements dominate the per-event cost.  SQLAlchemy names
+each savepoint of a transaction differently (``sa_savepoint_<n>``) and its asyncpg
+dialect prepares every distinct statement, so give the engine a prepared-statement
+cache larger than ``2 * batch_size`` (``?prepared_statement_cache_size=1000`` in the
+URL); the default of 100 makes every SAVEPOINT/RELEASE a prepare + execute.
 """
 
 from __future__ import annotations
@@ -39,27 +47,25 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bridge import inbox_store as store
 from bridge.config import BridgeConfig
 from bridge.delivery import Delivery, NatsDelivery, Outcome, Received
 from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope
 from bridge.errors import DeadLetterError, EnvelopeError
 from bridge.router import Action, Decision, Handler, Router, decide, decide_unknown
-from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED, inbox
+from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
 
 __all__ = ["Delivery", "InboxCounts", "InboxProcessor", "NatsDelivery", "Outcome"]
 
 log = logging.getLogger("bridge.inbox")
 
 SKIP_PUBLISH_KEY = "bridge.skip_publish"  # the session.info flag bridge.outbox reads
-LAST_ERROR_LIMIT = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +88,25 @@ class _Item:
     record: bool = True  # record a failed attempt / dead letter in the inbox
 
     @property
+    def event_id(self) -> str:
+        return self.envelope.event_id if self.envelope is not None else ""
+
+    @property
     def key(self) -> str:
         env = self.envelope
         return f"{env.resource_type}:{env.resource_id}" if env is not None else ""
+
+
+@dataclass(slots=True)
+class _BatchState:
+    """Bookkeeping of one batch transaction."""
+
+    claimed: set[str] | None  # event ids claimed (None: inbox off)
+    done: set[str] = field(default_factory=set)  # applied in this batch
+    seen: set[str] = field(default_factory=set)  # run (or tried) in this batch
+    blocked: dict[str, float] = field(default_factory=dict)  # resource key -> NAK delay
+    failed: list[tuple[str, str | None]] = field(default_factory=list)  # ran and failed
+    held: list[tuple[str, str | None]] = field(default_factory=list)  # claimed, not run
 
 
 @contextlib.contextmanager
@@ -104,7 +126,7 @@ def _error_text(error: BaseException | None) -> str | None:
     if error is None:
         return None
     text = f"{type(error).__name__}: {error}"
-    return text[:LAST_ERROR_LIMIT]
+    return text[: store.LAST_ERROR_LIMIT]
 
 
 class InboxProcessor:
@@ -131,7 +153,7 @@ class InboxProcessor:
     async def process_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Apply ``deliveries`` (one transaction), acknowledge each; return outcomes in order."""
         items = [self._decode(d) for d in deliveries]
-        pending = [item for item in items if item.outcome is None and item.decision is None]
+        pending = [item for item in items if item.decision is None]
         if pending:
             try:
                 await self._apply(pending)
@@ -162,34 +184,49 @@ class InboxProcessor:
         return item
 
     async def _apply(self, items: list[_Item]) -> None:
-        """Run handlers in one transaction (savepoint each); commit once.  Raises on commit."""
+        """Claim, run handlers (savepoint each), record failures; commit.  Raises on failure."""
         use_inbox = self._config.use_inbox
         async with self._session_factory() as session:
             with _publishing_suppressed(session):
                 async with session.begin():
-                    settled = await self._settled_ids(session, items) if use_inbox else set()
-                    done: set[str] = set()
-                    blocked: dict[str, float] = {}
+                    claimed = await self._claim(session, items) if use_inbox else None
+                    state = _BatchState(claimed)
                     for item in items:
-                        await self._apply_one(session, item, settled, done, blocked)
+                        await self._apply_one(session, item, state)
+                    if use_inbox:
+                        await store.mark_failed(session, state.failed, ran=True)
+                        await store.mark_failed(session, state.held, ran=False)
 
-    async def _apply_one(
-        self,
-        session: AsyncSession,
-        item: _Item,
-        settled: set[str],
-        done: set[str],
-        blocked: dict[str, float],
-    ) -> None:
+    @staticmethod
+    async def _claim(session: AsyncSession, items: list[_Item]) -> set[str]:
+        # one row per event id: the same event twice in a batch is claimed once
+        rows = {
+            item.event_id: store.inbox_row(item.envelope, item.delivery, INBOX_PROCESSED)
+            for item in items
+            if item.envelope is not None
+        }
+        return await store.claim(session, list(rows.values()))
+
+    async def _apply_one(self, session: AsyncSession, item: _Item, state: _BatchState) -> None:
         envelope, delivery = item.envelope, item.delivery
         assert envelope is not None
-        if self._config.use_inbox and (envelope.event_id in settled or envelope.event_id in done):
-            item.outcome = Outcome.DUPLICATE
-            return
+        event_id = envelope.event_id
+        if state.claimed is not None:
+            if event_id in state.done or event_id not in state.claimed:
+                item.outcome = Outcome.DUPLICATE
+                return
+            if event_id in state.seen:
+                # the same event twice in one batch and the first one failed: its
+                # record is taken; retry this copy with it
+                item.record = False
+                item.decision = Decision(Action.RETRY, delay=state.blocked.get(item.key))
+                return
+            state.seen.add(event_id)
         last_chance = delivery.num_delivered >= self._config.max_deliver
-        if item.key in blocked and not last_chance:
+        if item.key in state.blocked and not last_chance:
             item.record = False
-            item.decision = Decision(Action.RETRY, delay=blocked[item.key])
+            item.decision = Decision(Action.RETRY, delay=state.blocked[item.key])
+            state.held.append((event_id, "held back: an earlier event of this resource failed"))
             return
         handler: Handler | None = self._router.handler_for(envelope)
         if handler is None:
@@ -199,72 +236,41 @@ class InboxProcessor:
                 config=self._config,
             )
             if item.decision is not None:
-                item.error = LookupError(f"no handler for event type {envelope.event_type!r}")
-                self._block(blocked, item)
+                self._failed(state, item, LookupError(f"no handler for {envelope.event_type!r}"))
                 return
-        try:
-            async with session.begin_nested():
-                if self._config.use_inbox and not await self._claim(session, item):
-                    item.outcome = Outcome.DUPLICATE
-                    return
-                if handler is not None:
+        else:
+            try:
+                async with session.begin_nested():
                     await handler(session, envelope)
                     await session.flush()
-        except Exception as exc:
-            item.error = exc
-            item.decision = decide(exc, num_delivered=delivery.num_delivered, config=self._config)
-            self._block(blocked, item)
-            log.warning(
-                "handler failed",
-                extra={
-                    "event_id": envelope.event_id,
-                    "event_type": envelope.event_type,
-                    "stream_seq": delivery.stream_seq,
-                    "attempt": delivery.num_delivered,
-                    "action": str(item.decision.action),
-                    "error": _error_text(exc),
-                },
-            )
-            return
+            except Exception as exc:
+                item.decision = decide(
+                    exc, num_delivered=delivery.num_delivered, config=self._config
+                )
+                self._failed(state, item, exc)
+                log.warning(
+                    "handler failed",
+                    extra={
+                        "event_id": event_id,
+                        "event_type": envelope.event_type,
+                        "stream_seq": delivery.stream_seq,
+                        "attempt": delivery.num_delivered,
+                        "action": str(item.decision.action),
+                        "error": _error_text(exc),
+                    },
+                )
+                return
         item.outcome = Outcome.ACKED
-        done.add(envelope.event_id)
+        state.done.add(event_id)
 
-    def _block(self, blocked: dict[str, float], item: _Item) -> None:
+    def _failed(self, state: _BatchState, item: _Item, error: BaseException) -> None:
         decision = item.decision
-        assert decision is not None
+        assert decision is not None and item.envelope is not None
+        item.error = error
+        state.failed.append((item.envelope.event_id, _error_text(error)))
         # Later deliveries of the resource come back no earlier than this one.
         delay = decision.delay if decision.action is Action.RETRY else None
-        blocked.setdefault(item.key, delay if delay is not None else self._config.backoff[0])
-
-    @staticmethod
-    async def _settled_ids(session: AsyncSession, items: Sequence[_Item]) -> set[str]:
-        ids = [item.envelope.event_id for item in items if item.envelope is not None]
-        rows = await session.execute(
-            select(inbox.c.event_id).where(
-                inbox.c.event_id.in_(ids),
-                inbox.c.status.in_((INBOX_PROCESSED, INBOX_DEAD_LETTERED)),
-            )
-        )
-        return {str(row[0]) for row in rows}
-
-    @staticmethod
-    async def _claim(session: AsyncSession, item: _Item) -> bool:
-        """Insert the ``processed`` record (or turn a ``failed`` one); False if settled."""
-        assert item.envelope is not None
-        values = _row(item.envelope, item.delivery, INBOX_PROCESSED)
-        insert = pg_insert(inbox).values(**values, processed_at=func.now())
-        stmt = insert.on_conflict_do_update(
-            index_elements=[inbox.c.event_id],
-            set_={
-                "status": INBOX_PROCESSED,
-                "attempts": inbox.c.attempts + 1,
-                "last_error": None,
-                "stream_seq": insert.excluded.stream_seq,
-                "processed_at": func.now(),
-            },
-            where=inbox.c.status == INBOX_FAILED,
-        ).returning(inbox.c.event_id)
-        return (await session.execute(stmt)).first() is not None
+        state.blocked.setdefault(item.key, delay if delay is not None else self._config.backoff[0])
 
     # -- after the commit ---------------------------------------------------------
     async def _settle_failures(self, items: list[_Item]) -> None:
@@ -307,41 +313,27 @@ class InboxProcessor:
                 await item.delivery.nak(item.decision.delay)
 
     async def _record(self, items: list[_Item]) -> None:
-        """Record failed attempts and dead letters (separate short transaction)."""
+        """Mark dead-lettered records (separate short transaction, after the DLQ has them)."""
         rows = [
-            _row(
+            store.inbox_row(
                 item.envelope,
                 item.delivery,
-                INBOX_DEAD_LETTERED if item.outcome is Outcome.DEAD_LETTERED else INBOX_FAILED,
+                INBOX_DEAD_LETTERED,
+                attempts=item.delivery.num_delivered,
                 last_error=_error_text(item.error),
             )
             for item in items
-            if item.record and item.envelope is not None
+            if item.record and item.envelope is not None and item.outcome is Outcome.DEAD_LETTERED
         ]
         await self._record_rows(rows)
 
     async def _record_rows(self, rows: list[dict[str, Any]]) -> None:
         if rows and self._config.use_inbox:
             try:
-                await self._upsert_records(rows)
-            except Exception as exc:  # bookkeeping only: the NAK/term below still happens
-                log.warning("could not record failed attempts", extra={"error": repr(exc)})
-
-    async def _upsert_records(self, rows: list[dict[str, Any]]) -> None:
-        stmt = pg_insert(inbox)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[inbox.c.event_id],
-            set_={
-                "status": stmt.excluded.status,
-                "attempts": inbox.c.attempts + 1,
-                "last_error": stmt.excluded.last_error,
-                "stream_seq": stmt.excluded.stream_seq,
-            },
-            # A processed or dead-lettered record is final.
-            where=inbox.c.status == INBOX_FAILED,
-        )
-        async with self._session_factory() as session, session.begin():
-            await session.execute(stmt, rows)
+                async with self._session_factory() as session, session.begin():
+                    await store.record(session, rows)
+            except Exception as exc:  # bookkeeping only: the term below still happens
+                log.warning("could not record dead letters", extra={"error": repr(exc)})
 
     # -- MaxDeliveriesWatcher sink and status -------------------------------------
     async def settled(self, data: bytes) -> bool:
@@ -351,10 +343,7 @@ class InboxProcessor:
         except EnvelopeError:
             return False
         async with self._session_factory() as session:
-            status = await session.scalar(
-                select(inbox.c.status).where(inbox.c.event_id == event_id)
-            )
-        return status in (INBOX_PROCESSED, INBOX_DEAD_LETTERED)
+            return await store.is_final(session, event_id)
 
     async def mark_dead_lettered(self, message: Received, reason: str) -> None:
         """Record a dead letter stored outside a batch (server gave up on it)."""
@@ -362,36 +351,22 @@ class InboxProcessor:
             envelope = Envelope.from_bytes(message.data)
         except EnvelopeError:
             return
-        await self._record_rows(
-            [_row(envelope, message, INBOX_DEAD_LETTERED, last_error=f"dead-lettered: {reason}")]
+        row = store.inbox_row(
+            envelope,
+            message,
+            INBOX_DEAD_LETTERED,
+            attempts=message.num_delivered,
+            last_error=f"dead-lettered: {reason}",
         )
+        await self._record_rows([row])
 
     async def counts(self) -> InboxCounts:
         """Inbox records by status."""
         async with self._session_factory() as session:
-            rows = await session.execute(
-                select(inbox.c.status, func.count()).group_by(inbox.c.status)
-            )
-            by_status = {str(status): int(n) for status, n in rows}
+            by_status = await store.counts_by_status(session)
         return InboxCounts(
             total=sum(by_status.values()),
             processed=by_status.get(INBOX_PROCESSED, 0),
             failed=by_status.get(INBOX_FAILED, 0),
             dead_lettered=by_status.get(INBOX_DEAD_LETTERED, 0),
         )
-
-
-def _row(
-    envelope: Envelope, message: Received, status: str, *, last_error: str | None = None
-) -> dict[str, Any]:
-    return {
-        "event_id": envelope.event_id,
-        "subject": message.subject,
-        "event_type": envelope.event_type,
-        "resource_type": envelope.resource_type,
-        "resource_id": envelope.resource_id,
-        "stream_seq": message.stream_seq,
-        "status": status,
-        "attempts": 1,
-        "last_error": last_error,
-    }

@@ -186,6 +186,10 @@ class Stack:
         async with self.engine.connect() as conn:
             return (await conn.execute(text(sql), params)).scalar()
 
+    async def row(self, sql: str, **params: Any) -> tuple[Any, ...]:
+        async with self.engine.connect() as conn:
+            return tuple((await conn.execute(text(sql), params)).one())
+
     async def effects(self) -> int:
         return int(await self.scalar("SELECT count(*) FROM effects"))
 

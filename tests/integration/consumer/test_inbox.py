@@ -91,16 +91,17 @@ async def test_failure_rolls_back_only_its_savepoint_and_holds_later_same_resour
     assert await stack.effects() == 3
     assert batch[1].calls == [("nak", 0.3)]  # backoff[0] for the first delivery
     assert batch[3].calls == [("nak", 0.3)]  # same delay: comes back after y:1
-    async with stack.engine.connect() as conn:
-        status, attempts, last_error = (
-            await conn.execute(
-                text("SELECT status, attempts, last_error FROM bridge_inbox WHERE event_id = :e"),
-                {"e": events[1].event_id},
-            )
-        ).one()
+    status, attempts, last_error = await stack.row(
+        "SELECT status, attempts, last_error FROM bridge_inbox WHERE event_id = :e",
+        e=events[1].event_id,
+    )
     assert (status, attempts) == ("failed", 1) and "parent missing" in last_error
+    held_attempts, held_error = await stack.row(
+        "SELECT attempts, last_error FROM bridge_inbox WHERE event_id = :e", e=events[3].event_id
+    )
+    assert held_attempts == 0 and "held back" in held_error  # recorded, never run
     counts = await stack.processor.counts()
-    assert (counts.processed, counts.failed, counts.total) == (3, 1, 4)
+    assert (counts.processed, counts.failed, counts.total) == (3, 2, 5)
 
 
 async def test_commit_failure_naks_the_whole_batch(stack: Stack) -> None:

@@ -1,0 +1,204 @@
+"""Consumer throughput: inbox + handler vs raw fetch+ack, in the same run.
+
+Both sides consume the same N stored messages through their own durable pull
+consumer with the same batch size:
+
+- ``raw``: nats-py ``fetch(batch)`` + ``ack()`` of every message, nothing else;
+- ``bridge``: :class:`~bridge.consumer.PullConsumer` + :class:`~bridge.inbox.InboxProcessor`
+  (inbox record, savepoint per delivery, one commit per batch) with a handler that
+  upserts one row per event.
+
+Reported: events/s of each and ``bridge/raw`` (target >= 0.5) for concurrency 1
+with the default engine, and concurrency 1 and 4 with
+``prepared_statement_cache_size=1000`` (see :mod:`bridge.inbox`, "Throughput").
+Run alone with ``python -m benchmarks.consumer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from bridge.config import BridgeConfig, ConsumerOptions
+from bridge.connection import Connection
+from bridge.consumer import PullConsumer
+from bridge.dlq import DeadLetters
+from bridge.envelope import Envelope
+from bridge.inbox import InboxProcessor
+from bridge.jsapi import JetStreamApi
+from bridge.provisioning import Provisioner, consumer_spec, stream_spec
+from bridge.publisher import Publisher
+from bridge.router import Router
+from bridge.schema import create_all
+
+N = 5000
+BATCH = 256
+DEADLINE = 120.0
+STATEMENT_CACHE = 1000
+
+TABLE_DDL = """
+CREATE TABLE IF NOT EXISTS bench_orgs (
+    id text PRIMARY KEY, name text NOT NULL, version int NOT NULL
+)
+"""
+UPSERT = text(
+    "INSERT INTO bench_orgs (id, name, version) VALUES (:id, :name, :v) "
+    "ON CONFLICT (id) DO UPDATE SET name = excluded.name, version = excluded.version"
+)
+
+
+async def upsert_org(session: AsyncSession, env: Envelope) -> None:
+    payload = env.payload
+    await session.execute(
+        UPSERT, {"id": env.resource_id, "name": payload["name"], "v": payload["version"]}
+    )
+
+
+async def _publish(cfg: BridgeConfig, conn: Connection, n: int) -> None:
+    publisher = Publisher(conn.js, stream=cfg.stream_name)
+    envelopes = [
+        Envelope(
+            event_type="organization.updated",
+            producer=cfg.destination_app,
+            resource_type="organization",
+            resource_id=str(i % 500),
+            payload={"name": f"Org {i}", "domain": f"org{i}.example", "version": i},
+        )
+        for i in range(n)
+    ]
+    for start in range(0, n, 1000):
+        chunk = envelopes[start : start + 1000]
+        await asyncio.gather(*(publisher.publish(cfg.subjects.consume, e) for e in chunk))
+
+
+async def _raw(cfg: BridgeConfig, conn: Connection, n: int) -> float:
+    durable = f"{cfg.subjects.durable}-raw"
+    raw = consumer_spec(cfg)
+    api = JetStreamApi(conn.nc)
+    config = raw.to_api()
+    config["durable_name"] = durable
+    await api.save_consumer(cfg.stream_name, config, action="create")
+    sub = await conn.js.pull_subscribe_bind(durable=durable, stream=cfg.stream_name)
+    done = 0
+    start = time.perf_counter()
+    while done < n and time.perf_counter() - start < DEADLINE:
+        msgs = await sub.fetch(BATCH, timeout=1.0)
+        for msg in msgs:
+            await msg.ack()
+        done += len(msgs)
+    await conn.nc.flush()
+    elapsed = time.perf_counter() - start
+    await sub.unsubscribe()
+    return done / elapsed
+
+
+async def _bridge(
+    cfg: BridgeConfig,
+    conn: Connection,
+    database_url: str,
+    n: int,
+    concurrency: int,
+    *,
+    statement_cache: int | None = None,
+    batch: int = BATCH,
+) -> float:
+    connect_args = (
+        {} if statement_cache is None else {"prepared_statement_cache_size": statement_cache}
+    )
+    engine = create_async_engine(database_url, pool_size=concurrency + 2, connect_args=connect_args)
+    try:
+        async with engine.begin() as db:
+            await db.execute(text("DROP TABLE IF EXISTS bench_orgs, bridge_inbox"))
+            await db.execute(text(TABLE_DDL))
+        await create_all(engine)
+        router = Router()
+        router.on_resource("organization", upsert_org)
+        sessions = async_sessionmaker(engine, expire_on_commit=False)
+        run_cfg = cfg.with_(
+            consumer=ConsumerOptions(batch_size=batch, fetch_timeout=1.0, concurrency=concurrency)
+        )
+        publisher = Publisher(conn.js, stream=cfg.stream_name)
+        processor = InboxProcessor(
+            run_cfg, sessions, router, DeadLetters(run_cfg, conn.js, publisher)
+        )
+        # a durable of its own per run, so every run consumes all N messages
+        run_name = f"{cfg.app_name}c{concurrency}s{statement_cache or 0}b{batch}"
+        durable_cfg = run_cfg.with_(app_name=run_name)
+        spec = consumer_spec(run_cfg)
+        config = spec.to_api()
+        config["durable_name"] = durable_cfg.subjects.durable
+        await JetStreamApi(conn.nc).save_consumer(cfg.stream_name, config, action="create")
+        # The consumer binds to the durable named after app_name; filter is cfg's.
+        consumer = PullConsumer(durable_cfg, conn, processor, watch_max_deliveries=False)
+        start = time.perf_counter()
+        await consumer.start()
+        while time.perf_counter() - start < DEADLINE:
+            if consumer.stats().outcomes.get("acked", 0) >= n:
+                break
+            await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        await consumer.stop(timeout=10)
+        return consumer.stats().outcomes.get("acked", 0) / elapsed
+    finally:
+        await engine.dispose()
+
+
+async def bench_consumer(nats_url: str, database_url: str) -> list[tuple[str, float, str]]:
+    """Return ``(name, value, unit)`` lines: raw, bridge and ratio per concurrency."""
+    token = uuid.uuid4().hex[:6]
+    cfg = BridgeConfig(
+        app_name=f"benchc{token}",
+        destination_app=f"benchp{token}",
+        stream_name=f"bench-consumer-{token}",
+        nats_urls=(nats_url,),
+        ack_wait=60.0,
+    )
+    conn = Connection(cfg)
+    await conn.start(timeout=10)
+    try:
+        await Provisioner(JetStreamApi(conn.nc)).apply(stream_spec(cfg), [])
+        await _publish(cfg, conn, N)
+        raw = await _raw(cfg, conn, N)
+        lines: list[tuple[str, float, str]] = [("consumer_raw_fetch_ack", round(raw), "events/s")]
+        # default engine, then with a prepared-statement cache that holds the
+        # per-batch savepoint statements (see bridge.inbox, "Throughput")
+        for name, concurrency, cache in (
+            ("consumer_inbox_c1_default_engine", 1, None),
+            ("consumer_inbox_c1", 1, STATEMENT_CACHE),
+            ("consumer_inbox_c4", 4, STATEMENT_CACHE),
+        ):
+            rate = await _bridge(cfg, conn, database_url, N, concurrency, statement_cache=cache)
+            lines.append((name, round(rate), "events/s"))
+            lines.append((f"{name}_vs_raw", round(rate / raw, 3), "ratio"))
+        # for comparison: one transaction per event (batch of 1), fewer events
+        rate = await _bridge(
+            cfg, conn, database_url, N // 5, 1, statement_cache=STATEMENT_CACHE, batch=1
+        )
+        lines.append(("consumer_inbox_one_tx_per_event", round(rate), "events/s"))
+        await JetStreamApi(conn.nc).delete_stream(cfg.stream_name)
+        return lines
+    finally:
+        await conn.stop(timeout=5)
+
+
+async def _main() -> None:
+    from bridge.testing import NatsServer, PostgresServer
+
+    server = NatsServer().start()
+    postgres = PostgresServer()
+    url = await postgres.create_database()
+    try:
+        for name, value, unit in await bench_consumer(server.url, url):
+            print(f"bench {name} {value} {unit}")
+    finally:
+        await postgres.drop_database(url)
+        postgres.cleanup()
+        server.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())

@@ -1,0 +1,157 @@
+"""SQL on the ``bridge_inbox`` table, used by :class:`~bridge.inbox.InboxProcessor`.
+
+Record life cycle: ``processed`` (claimed and committed with the handler's
+writes), ``failed`` (not applied yet; will be redelivered), ``dead_lettered``
+(stored in the DLQ).  ``processed`` and ``dead_lettered`` are final: nothing
+here ever changes them, so a record can only be claimed from nothing or from
+``failed``.
+
+Every statement is built once with bind parameters, so SQLAlchemy's compiled
+cache and asyncpg's prepared-statement cache are hit on every batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import bindparam, func, literal_column, null, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge.delivery import Received
+from bridge.envelope import Envelope
+from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED, inbox
+
+LAST_ERROR_LIMIT = 2000
+_COLUMNS = (
+    "event_id",
+    "subject",
+    "event_type",
+    "resource_type",
+    "resource_id",
+    "stream_seq",
+    "status",
+    "attempts",
+    "last_error",
+)
+
+
+def inbox_row(
+    envelope: Envelope,
+    message: Received,
+    status: str,
+    *,
+    attempts: int = 1,
+    last_error: str | None = None,
+) -> dict[str, Any]:
+    """Bind parameters of one inbox record."""
+    return {
+        "event_id": envelope.event_id,
+        "subject": message.subject,
+        "event_type": envelope.event_type,
+        "resource_type": envelope.resource_type,
+        "resource_id": envelope.resource_id,
+        "stream_seq": message.stream_seq,
+        "status": status,
+        "attempts": attempts,
+        "last_error": None if last_error is None else last_error[:LAST_ERROR_LIMIT],
+    }
+
+
+def _literal(value: str) -> Any:
+    # Literals, not bind parameters, outside the VALUES clause: SQLAlchemy can then
+    # send many rows as ONE multi-row INSERT ("insertmanyvalues" batching).
+    return literal_column(f"'{value}'")
+
+
+def _claim_statement() -> Any:
+    insert = pg_insert(inbox).values(
+        {col: bindparam(col) for col in _COLUMNS} | {"processed_at": func.now()}
+    )
+    return insert.on_conflict_do_update(
+        index_elements=[inbox.c.event_id],
+        set_={
+            "status": _literal(INBOX_PROCESSED),
+            "attempts": inbox.c.attempts + literal_column("1"),
+            "last_error": null(),
+            "stream_seq": insert.excluded.stream_seq,
+            "processed_at": func.now(),
+        },
+        where=inbox.c.status == _literal(INBOX_FAILED),
+    ).returning(inbox.c.event_id)
+
+
+def _record_statement() -> Any:
+    insert = pg_insert(inbox).values({col: bindparam(col) for col in _COLUMNS})
+    return insert.on_conflict_do_update(
+        index_elements=[inbox.c.event_id],
+        set_={
+            "status": insert.excluded.status,
+            "last_error": insert.excluded.last_error,
+            "stream_seq": insert.excluded.stream_seq,
+        },
+        where=inbox.c.status == _literal(INBOX_FAILED),
+    )
+
+
+_CLAIM = _claim_statement()
+_RECORD = _record_statement()
+_MARK_FAILED = (
+    update(inbox)
+    .where(inbox.c.event_id == bindparam("id"), inbox.c.status == INBOX_PROCESSED)
+    .values(
+        status=INBOX_FAILED,
+        attempts=inbox.c.attempts + bindparam("attempt_delta"),
+        last_error=bindparam("error"),
+        processed_at=None,
+    )
+)
+_FINAL = (INBOX_PROCESSED, INBOX_DEAD_LETTERED)
+
+
+async def claim(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Claim records as ``processed`` in one statement; return the event ids claimed.
+
+    An event whose record is already final is not returned (a duplicate).  Rows
+    are written in event-id order, so two replicas claiming overlapping batches
+    lock rows in the same order (no deadlock); a record another transaction has
+    claimed but not committed makes this wait for that transaction.
+    """
+    if not rows:
+        return set()
+    ordered = sorted(rows, key=lambda row: str(row["event_id"]))
+    result = await session.execute(_CLAIM, ordered)
+    return {str(event_id) for (event_id,) in result}
+
+
+async def mark_failed(
+    session: AsyncSession, failures: Iterable[tuple[str, str | None]], *, ran: bool = True
+) -> None:
+    """Turn claimed records back to ``failed`` with ``(event_id, last_error)``.
+
+    ``ran=False`` (held back without running) also takes back the attempt the
+    claim counted, so ``attempts`` stays the number of handler runs.
+    """
+    params = [
+        {"id": event_id, "error": error, "attempt_delta": 0 if ran else -1}
+        for event_id, error in failures
+    ]
+    if params:
+        await session.execute(_MARK_FAILED, params)
+
+
+async def record(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert records, or update ``failed`` ones to the given status (final ones stay)."""
+    if rows:
+        await session.execute(_RECORD, list(rows))
+
+
+async def is_final(session: AsyncSession, event_id: str) -> bool:
+    status = await session.scalar(select(inbox.c.status).where(inbox.c.event_id == event_id))
+    return status in _FINAL
+
+
+async def counts_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status))
+    return {str(status): int(n) for status, n in rows}
