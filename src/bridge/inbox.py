@@ -43,10 +43,8 @@ URL); the default of 100 makes every SAVEPOINT/RELEASE a prepare + execute.
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,14 +56,20 @@ from bridge.delivery import Delivery, NatsDelivery, Outcome, Received
 from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope
 from bridge.errors import DeadLetterError, EnvelopeError
+from bridge.outbox import SKIP_PUBLISH_KEY, skip_publish
 from bridge.router import Action, Decision, Handler, Router, decide, decide_unknown
 from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
 
-__all__ = ["Delivery", "InboxCounts", "InboxProcessor", "NatsDelivery", "Outcome"]
+__all__ = [
+    "SKIP_PUBLISH_KEY",
+    "Delivery",
+    "InboxCounts",
+    "InboxProcessor",
+    "NatsDelivery",
+    "Outcome",
+]
 
 log = logging.getLogger("bridge.inbox")
-
-SKIP_PUBLISH_KEY = "bridge.skip_publish"  # the session.info flag bridge.outbox reads
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,19 +111,6 @@ class _BatchState:
     blocked: dict[str, float] = field(default_factory=dict)  # resource key -> NAK delay
     failed: list[tuple[str, str | None]] = field(default_factory=list)  # ran and failed
     held: list[tuple[str, str | None]] = field(default_factory=list)  # claimed, not run
-
-
-@contextlib.contextmanager
-def _publishing_suppressed(session: AsyncSession) -> Iterator[None]:
-    """Suppress outbox capture for the handler session (no echo)."""
-    try:
-        skip_publish = importlib.import_module("bridge.outbox").skip_publish
-    except (ImportError, AttributeError):  # no outbox module: set the flag it would read
-        session.info[SKIP_PUBLISH_KEY] = True
-        yield
-        return
-    with skip_publish(session):
-        yield
 
 
 def _error_text(error: BaseException | None) -> str | None:
@@ -187,7 +178,7 @@ class InboxProcessor:
         """Claim, run handlers (savepoint each), record failures; commit.  Raises on failure."""
         use_inbox = self._config.use_inbox
         async with self._session_factory() as session:
-            with _publishing_suppressed(session):
+            with skip_publish(session):
                 async with session.begin():
                     claimed = await self._claim(session, items) if use_inbox else None
                     state = _BatchState(claimed)

@@ -6,13 +6,15 @@ import asyncio
 import json
 
 from consumer_support import SpyDelivery, Stack, org_event, record_effect
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import String, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bridge.delivery import Delivery, NatsDelivery, Outcome
 from bridge.envelope import Envelope
 from bridge.errors import Retry
-from bridge.inbox import SKIP_PUBLISH_KEY
+from bridge.inbox import SKIP_PUBLISH_KEY, InboxProcessor
+from bridge.outbox import Outbox, Synced
 from bridge.router import Router
 
 
@@ -222,3 +224,42 @@ async def test_unknown_event_policy_ack_records_and_acks(stack: Stack) -> None:
     assert batch[0].kinds == ["ack"]
     assert json.loads(batch[0].data)["event_type"] == "widget.created"
     assert (await processor.counts()).processed == 1
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Org(Synced, _Base):
+    __tablename__ = "synced_orgs"
+    __bridge_resource__ = "organization"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+
+async def test_handler_writes_to_synced_models_are_not_captured(stack: Stack) -> None:
+    """With the real outbox session class: a handler's change never echoes back,
+    while the same change made by the application is captured (the control)."""
+    outbox = Outbox(stack.cfg)
+    sessions = async_sessionmaker(
+        stack.engine, sync_session_class=outbox.session_class, expire_on_commit=False
+    )
+    async with stack.engine.begin() as conn:
+        await conn.run_sync(_Base.metadata.create_all)
+
+    async def apply_org(session: AsyncSession, env: Envelope) -> None:
+        session.add(_Org(id=env.resource_id, name=str(env.payload["name"])))
+
+    router = Router()
+    router.on("organization.created", apply_org)
+    processor = InboxProcessor(stack.cfg, sessions, router, stack.dead_letters)
+    await stack.publish(org_event(stack.cfg, "from-peer", name="Peer Org"))
+    sub = await stack.pull_sub()
+    batch = await fetch(stack, sub, 1)
+    assert await processor.process_batch(batch) == [Outcome.ACKED]
+    assert await stack.scalar("SELECT name FROM synced_orgs") == "Peer Org"
+    assert await stack.scalar("SELECT count(*) FROM bridge_outbox") == 0
+
+    async with sessions() as session, session.begin():
+        session.add(_Org(id="local", name="Local Org"))
+    assert await stack.scalar("SELECT count(*) FROM bridge_outbox") == 1
