@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections import defaultdict
 
+import pytest
 from consumer_support import (
     Stack,
     build_stack,
@@ -17,8 +18,10 @@ from consumer_support import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bridge.config import ConsumerOptions
+from bridge.config import ConsumerOptions, Credentials
 from bridge.envelope import Envelope
+from bridge.errors import Reject
+from bridge.permissions import render_authorization
 from bridge.testing import NatsServer
 
 
@@ -122,10 +125,11 @@ async def test_long_handler_is_kept_alive_with_in_progress(stack: Stack) -> None
     assert consumer.stats().redeliveries == 0
 
 
-async def test_survives_a_nats_restart(unique: str, database_url: str) -> None:
+@pytest.mark.parametrize("mode", ["pull", "push"])
+async def test_survives_a_nats_restart(mode: str, unique: str, database_url: str) -> None:
     server = NatsServer().start()
     try:
-        cfg = make_config(server.url, unique)
+        cfg = make_config(server.url, unique, consumer_mode=mode)
         stack = await build_stack(cfg, database_url)
         try:
             stack.router.on("organization.created", record_effect)
@@ -160,3 +164,45 @@ async def test_survives_a_nats_restart(unique: str, database_url: str) -> None:
 
 async def _connected(stack: Stack) -> bool:
     return stack.connection.is_connected
+
+
+async def test_pull_with_least_privilege_app_user(unique: str, database_url: str) -> None:
+    """The app user gets exactly bridge.permissions' pull set: no stream/consumer
+    management, only MSG.NEXT on its durable, acks, its own subjects and inbox."""
+    probe = make_config("nats://127.0.0.1:4222", unique, auto_provision=False)
+    auth = render_authorization(
+        [probe], admin_user="admin", admin_password="adminpw", app_passwords={probe.app_name: "pw"}
+    )
+    server = NatsServer(config=auth).start()
+    try:
+        cfg = probe.with_(
+            nats_urls=(server.url,), credentials=Credentials(user=probe.app_name, password="pw")
+        )
+        stack = await build_stack(
+            cfg, database_url, admin=Credentials(user="admin", password="adminpw")
+        )
+        try:
+
+            async def handler(session: AsyncSession, env: Envelope) -> None:
+                if env.payload.get("reject"):
+                    raise Reject("bad")
+                await record_effect(session, env)
+
+            stack.router.on("organization.created", handler)
+            consumer = await stack.start_consumer()
+            for i in range(3):
+                await stack.publish(org_event(cfg, f"r{i}"))
+            await stack.publish(org_event(cfg, "x", reject=True))
+
+            async def settled() -> bool:
+                return consumer.stats().outcomes == {"acked": 3, "dead_lettered": 1}
+
+            await wait_until(settled, timeout=15)
+            assert await stack.effects() == 3
+            assert stack.admin_dead_letters is not None
+            assert [d.reason for d in await stack.admin_dead_letters.list()] == ["rejected"]
+            assert list(stack.connection.permission_errors) == []
+        finally:
+            await close_stack(stack)
+    finally:
+        server.cleanup()
