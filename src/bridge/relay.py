@@ -2,40 +2,40 @@
 
 Contract:
 - **Claim** due rows in a short transaction: ``FOR UPDATE SKIP LOCKED`` plus a lease
-  (``lease_owner``, ``lease_expires_at``).  No row lock is held while publishing.
-  Claim transactions of all relays on a database are serialised with a transaction
-  advisory lock, so the "no earlier blocked row of the same record" check sees the
-  leases other relays committed — without it two relays could split one record's
-  rows between them and publish them out of order.  Claims are cheap (one indexed
-  query), so this serialisation does not limit throughput; publishing is not serialised.
+  (``lease_owner``, ``lease_expires_at``); no row lock is held while publishing.
+  Claims of all relays on a database are serialised by an advisory lock — why, and
+  the exact claim rule, in :mod:`bridge.outbox_store`.
 - **Order per record**: a row is claimable only if no earlier *pending* row of the
   same (resource_type, resource_id) is leased by someone or waiting for its retry
   time.  Within a batch, rows of one record are published one after another in id
-  order; different records are pipelined (``relay.max_in_flight`` PubAcks outstanding).
-  A failure stops that record's chain for this round.
-- **Mark sent** only where the lease is still ours (``lease_owner = me``); if the
-  lease was lost, the other relay publishes again and JetStream's duplicate window
-  (``Nats-Msg-Id`` = event id) drops the copy.  A relay killed mid-batch leaves
-  leased rows that any relay claims after ``relay.lease`` seconds.
-- **Retry** a failed publish after :func:`bridge.backoff.backoff_delay`; after
-  ``relay.max_attempts`` failures the row becomes ``failed`` (kept, visible,
-  :meth:`requeue_failed`).  While NATS is disconnected the relay does not claim at
-  all, so an outage of any length burns no attempts: rows wait and go out after
-  the reconnect.
-- **Wake-ups**: in-process commit listener, PostgreSQL ``LISTEN bridge_outbox``
-  (other processes), and polling every ``relay.poll_interval`` as a fallback.  A
-  full batch is followed immediately by the next one.
+  order (each waits for its PubAck); different records are pipelined, at most
+  ``relay.max_in_flight`` PubAcks outstanding.  A failure stops that record's chain
+  for this round; its later rows are released untouched (no attempt counted).
+- **Mark sent** only where the lease is still ours; if the lease was lost, the other
+  relay publishes again and JetStream's duplicate window (``Nats-Msg-Id`` = event
+  id) drops the copy (``PubAck.duplicate``, counted in ``duplicates_total``).  A relay
+  killed mid-batch leaves leased rows that any relay claims after ``relay.lease``.
+- **Retry** a failed publish (no PubAck within ``relay.publish_timeout``, no stream,
+  server error) after :func:`bridge.backoff.backoff_delay` (``retry_base`` doubling,
+  capped at ``retry_max``, full jitter); after ``relay.max_attempts`` failures the row
+  becomes ``failed`` (kept, visible in :meth:`stats`, :meth:`requeue_failed`).
+  While ``connected()`` reports NATS down the relay does not claim at all, so an
+  outage of any length burns no attempts: rows wait and go out after the reconnect.
+- **Wake-ups**: the in-process commit listener of ``outbox``, PostgreSQL
+  ``LISTEN bridge_outbox`` (commits in other processes), the earliest retry this
+  relay scheduled, and polling every ``relay.poll_interval`` as a fallback.  A full
+  batch is followed immediately by the next one (drain).
 - **Retention**: sent rows older than ``relay.retention`` are deleted every
   ``relay.cleanup_interval``.
-- ``stop(timeout)`` finishes the batch in flight (its PubAcks and marks) and ends
-  every task it started.
+- ``stop(timeout)`` finishes the batch in flight (its PubAcks and marks), ends every
+  task it started, and cancels what is still running after ``timeout`` (rows of a
+  cancelled batch stay leased until the lease expires, then are published again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -43,90 +43,33 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.backoff import backoff_delay
 from bridge.config import BridgeConfig
 from bridge.errors import PublishError
 from bridge.outbox import Outbox
-from bridge.publisher import OutgoingMessage, Publisher, PublishResult
+from bridge.outbox_store import ClaimedRow, Failure, OutboxStore
+from bridge.publisher import Publisher
 from bridge.schema import OUTBOX_CHANNEL
+
+__all__ = ["ClaimedRow", "OutboxRelay", "RelayStats"]
 
 log = logging.getLogger("bridge.relay")
 
-#: Advisory lock key serialising claim transactions ("bridge" in ASCII).
-CLAIM_LOCK_KEY = 0x627269646765
-
-_CLAIM = text(
-    """
-    WITH candidates AS (
-        SELECT o.id FROM bridge_outbox o
-        WHERE o.status = 'pending'
-          AND o.next_attempt_at <= now()
-          AND (o.lease_expires_at IS NULL OR o.lease_expires_at < now())
-          AND NOT EXISTS (
-              SELECT 1 FROM bridge_outbox e
-              WHERE e.status = 'pending'
-                AND e.resource_type = o.resource_type
-                AND e.resource_id = o.resource_id
-                AND e.id < o.id
-                AND (e.next_attempt_at > now()
-                     OR (e.lease_expires_at IS NOT NULL AND e.lease_expires_at >= now()))
-          )
-        ORDER BY o.id
-        LIMIT :limit
-        FOR UPDATE SKIP LOCKED
-    )
-    UPDATE bridge_outbox o
-       SET lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease)
-      FROM candidates c
-     WHERE o.id = c.id
-    RETURNING o.id, o.event_id, o.subject, o.resource_type, o.resource_id, o.headers,
-              o.payload, o.attempts
-    """
-)
-_MARK_SENT = text(
-    """
-    UPDATE bridge_outbox o
-       SET status = 'sent', sent_at = now(), stream_seq = v.seq,
-           lease_owner = NULL, lease_expires_at = NULL, last_error = NULL
-      FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[])) AS v(id, seq)
-     WHERE o.id = v.id AND o.lease_owner = :owner
-    """
-)
-_RELEASE = text(
-    """
-    UPDATE bridge_outbox SET lease_owner = NULL, lease_expires_at = NULL
-     WHERE id = ANY(CAST(:ids AS bigint[])) AND lease_owner = :owner
-    """
-)
-_FAIL = text(
-    """
-    UPDATE bridge_outbox
-       SET attempts = attempts + 1,
-           last_error = :error,
-           next_attempt_at = now() + make_interval(secs => :delay),
-           status = CASE WHEN attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
-           lease_owner = NULL, lease_expires_at = NULL
-     WHERE id = :id AND lease_owner = :owner
-    """
-)
-_STATS = text(
-    """
-    SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
-           count(*) FILTER (WHERE status = 'sent') AS sent,
-           count(*) FILTER (WHERE status = 'failed') AS failed,
-           count(*) FILTER (WHERE status = 'pending' AND attempts > 0) AS retried,
-           extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))
-               AS oldest_pending_age
-      FROM bridge_outbox
-    """
-)
+#: How often the LISTEN task checks that its connection is still open.
+LISTEN_CHECK_INTERVAL = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class RelayStats:
+    """Outbox counts from the database plus this relay's in-memory counters.
+
+    ``retried``: pending rows that failed at least once and wait for a retry.
+    ``published_total`` counts PubAcks (duplicates included); ``duplicates_total``
+    those the server reported as duplicates.
+    """
+
     pending: int
     sent: int
     failed: int
@@ -134,25 +77,15 @@ class RelayStats:
     oldest_pending_age_seconds: float | None
     published_total: int
     publish_failures_total: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedRow:
-    id: int
-    event_id: str
-    subject: str
-    resource_key: tuple[str, str]
-    headers: dict[str, str]
-    payload: dict[str, Any]
-    attempts: int
-
-    def message(self) -> OutgoingMessage:
-        data = json.dumps(self.payload, separators=(",", ":")).encode()
-        return OutgoingMessage(self.subject, data, self.headers)
+    duplicates_total: int = 0
 
 
 class OutboxRelay:
-    """Publishes outbox rows; see the module docstring for the full contract."""
+    """Publishes outbox rows; see the module docstring for the full contract.
+
+    ``connected`` (e.g. ``lambda: connection.is_connected``) lets the relay pause
+    claiming while NATS is down; without it every claim is attempted.
+    """
 
     def __init__(
         self,
@@ -169,19 +102,30 @@ class OutboxRelay:
         self._engine = engine
         self._publisher = publisher
         self._outbox = outbox
-        self.owner = owner or f"{config.app_name}-{uuid.uuid4().hex[:12]}"
+        self.owner = (owner or f"{config.app_name}-{uuid.uuid4().hex[:12]}")[:64]
+        self._store = OutboxStore(
+            engine, owner=self.owner, lease=self._opts.lease, max_attempts=self._opts.max_attempts
+        )
         self._connected = connected or (lambda: True)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._batch_lock = asyncio.Lock()  # run_once and the loop never overlap
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_retry: float | None = None  # monotonic time of our earliest retry
         self.published_total = 0
         self.publish_failures_total = 0
+        self.duplicates_total = 0
         self.batches_total = 0
         self.last_batch_seconds: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks)
+
     async def start(self) -> None:
+        """Start the relay loop, the LISTEN task and the retention task (idempotent)."""
         if self._tasks:
             return
         self._loop = asyncio.get_running_loop()
@@ -214,12 +158,18 @@ class OutboxRelay:
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("relay task failed", extra={"error": repr(task.exception())})
-        log.info("relay stopped", extra={"owner": self.owner})
+        log.info(
+            "relay stopped",
+            extra={"owner": self.owner, "cancelled_tasks": len(pending)},
+        )
 
     def wake(self) -> None:
+        """Run a claim round now (thread-unsafe: call from the relay's loop)."""
         self._wake.set()
 
     def _on_commit(self) -> None:
+        # Called by the outbox after a commit that captured rows — from the event
+        # loop thread (async sessions) or any thread (sync sessions).
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -241,20 +191,32 @@ class OutboxRelay:
                     claimed = await self._cycle()
                     full = claimed >= self._opts.batch_size
                     failures = 0
-                except Exception as exc:  # database hiccup: log and retry after a pause
+                except Exception as exc:  # database hiccup: log, pause, try again
                     failures += 1
                     log.warning(
-                        "relay cycle failed", extra={"error": repr(exc), "owner": self.owner}
+                        "relay round failed", extra={"error": repr(exc), "owner": self.owner}
                     )
-                    await self._sleep(
-                        backoff_delay(
-                            failures, base=self._opts.retry_base, maximum=self._opts.retry_max
+                    # A floor keeps full jitter from turning into a tight loop.
+                    await self._pause(
+                        max(
+                            self._opts.retry_base,
+                            backoff_delay(
+                                failures, base=self._opts.retry_base, maximum=self._opts.retry_max
+                            ),
                         )
                     )
                     continue
-            if full:
-                continue
-            await self._sleep(self._opts.poll_interval)
+            if not full:
+                await self._sleep(self._idle_timeout())
+
+    def _idle_timeout(self) -> float:
+        timeout = self._opts.poll_interval
+        if self._next_retry is not None:
+            until = self._next_retry - time.monotonic()
+            if until <= timeout:
+                self._next_retry = None  # this wait covers it
+                timeout = max(0.0, until)
+        return timeout
 
     async def _sleep(self, seconds: float) -> None:
         """Wait for a wake-up, the stop signal or ``seconds``, whichever comes first."""
@@ -262,119 +224,105 @@ class OutboxRelay:
             await asyncio.wait_for(self._wake.wait(), seconds)
         self._wake.clear()
 
-    async def run_once(self) -> int:
-        """Claim and publish one batch; return how many rows were marked sent."""
-        before = self.published_total
-        await self._cycle()
-        return self.published_total - before
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` unless stopping (commit wake-ups do not cut it short)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def _cycle(self) -> int:
-        rows = await self.claim()
-        if not rows:
-            return 0
-        started = time.perf_counter()
-        await self.publish_claimed(rows)
-        self.batches_total += 1
-        self.last_batch_seconds = time.perf_counter() - started
-        return len(rows)
+    async def run_once(self) -> int:
+        """Claim and publish one batch; return how many rows were published and marked."""
+        return await self._cycle(count_sent=True)
+
+    async def _cycle(self, *, count_sent: bool = False) -> int:
+        """One round; returns rows claimed (or rows sent when ``count_sent``)."""
+        async with self._batch_lock:
+            rows = await self.claim()
+            if not rows:
+                return 0
+            started = time.perf_counter()
+            sent = await self.publish_claimed(rows)
+            self.batches_total += 1
+            self.last_batch_seconds = time.perf_counter() - started
+            return sent if count_sent else len(rows)
 
     async def claim(self, limit: int | None = None) -> list[ClaimedRow]:
-        """Lease up to ``limit`` due rows to this relay (short transaction)."""
-        async with self._engine.begin() as conn:
-            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CLAIM_LOCK_KEY})
-            result = await conn.execute(
-                _CLAIM,
-                {
-                    "limit": limit or self._opts.batch_size,
-                    "owner": self.owner,
-                    "lease": self._opts.lease,
-                },
-            )
-            records = result.mappings().all()
-        rows = [
-            ClaimedRow(
-                id=r["id"],
-                event_id=str(r["event_id"]),
-                subject=r["subject"],
-                resource_key=(r["resource_type"], r["resource_id"]),
-                headers=dict(r["headers"]),
-                payload=dict(r["payload"]),
-                attempts=r["attempts"],
-            )
-            for r in records
-        ]
-        rows.sort(key=lambda r: r.id)
-        return rows
+        """Lease up to ``limit`` (default ``batch_size``) due rows to this relay.
 
-    async def publish_claimed(self, rows: Sequence[ClaimedRow]) -> None:
-        """Publish claimed rows (per-record chains, pipelined) and record the results."""
+        Public so tests and tools can take the first half of a round; rows claimed
+        and never settled are claimable by anyone once the lease expires.
+        """
+        return await self._store.claim(limit or self._opts.batch_size)
+
+    async def publish_claimed(self, rows: Sequence[ClaimedRow]) -> int:
+        """Publish claimed rows (per-record chains, pipelined), record the outcome.
+
+        Returns the number of rows published (PubAck received).
+        """
         chains: dict[tuple[str, str], list[ClaimedRow]] = {}
-        for row in rows:
+        for row in sorted(rows, key=lambda r: r.id):
             chains.setdefault(row.resource_key, []).append(row)
         semaphore = asyncio.Semaphore(self._opts.max_in_flight)
         sent: list[tuple[int, int]] = []
-        failed: list[tuple[ClaimedRow, PublishError]] = []
+        failures: list[Failure] = []
         released: list[int] = []
+        duplicates = 0
 
         async def run_chain(chain: list[ClaimedRow]) -> None:
+            nonlocal duplicates
             for index, row in enumerate(chain):
-                async with semaphore:
-                    try:
-                        result: PublishResult = await self._publisher.publish_raw(row.message())
-                    except PublishError as exc:
-                        failed.append((row, exc))
-                        released.extend(r.id for r in chain[index + 1 :])
-                        return
+                try:
+                    async with semaphore:
+                        result = await self._publisher.publish_raw(row.message())
+                except PublishError as exc:
+                    delay = backoff_delay(
+                        row.attempts + 1, base=self._opts.retry_base, maximum=self._opts.retry_max
+                    )
+                    failures.append(Failure(row, str(exc), delay))
+                    released.extend(r.id for r in chain[index + 1 :])
+                    return
                 sent.append((row.id, result.seq))
+                duplicates += result.duplicate
 
         await asyncio.gather(*(run_chain(chain) for chain in chains.values()))
-        await self._record(sent, failed, released)
-
-    async def _record(
-        self,
-        sent: list[tuple[int, int]],
-        failed: list[tuple[ClaimedRow, PublishError]],
-        released: list[int],
-    ) -> None:
-        async with self._engine.begin() as conn:
-            if sent:
-                await conn.execute(
-                    _MARK_SENT,
-                    {
-                        "ids": [i for i, _ in sent],
-                        "seqs": [s for _, s in sent],
-                        "owner": self.owner,
-                    },
-                )
-            if released:
-                await conn.execute(_RELEASE, {"ids": released, "owner": self.owner})
-            for row, error in failed:
-                attempt = row.attempts + 1
-                delay = backoff_delay(
-                    attempt, base=self._opts.retry_base, maximum=self._opts.retry_max
-                )
-                await conn.execute(
-                    _FAIL,
-                    {
-                        "id": row.id,
-                        "error": str(error)[:2000],
-                        "delay": delay,
-                        "max_attempts": self._opts.max_attempts,
-                        "owner": self.owner,
-                    },
-                )
-                log.warning(
-                    "publish failed; will retry",
-                    extra={
-                        "event_id": row.event_id,
-                        "subject": row.subject,
-                        "attempt": attempt,
-                        "retry_in_seconds": round(delay, 3),
-                        "error": str(error),
-                    },
-                )
+        dead = await self._store.settle(sent, failures, released)
         self.published_total += len(sent)
-        self.publish_failures_total += len(failed)
+        self.duplicates_total += duplicates
+        self.publish_failures_total += len(failures)
+        if failures:
+            self._note_failures(failures, dead)
+        return len(sent)
+
+    def _note_failures(self, failures: Sequence[Failure], dead: Sequence[int]) -> None:
+        soonest = time.monotonic() + min(f.delay for f in failures)
+        if self._next_retry is None or soonest < self._next_retry:
+            self._next_retry = soonest
+        first = failures[0]
+        # One line per round, not per row: an outage fails whole batches.
+        log.warning(
+            "publish failed; will retry",
+            extra={
+                "owner": self.owner,
+                "rows": len(failures),
+                "event_id": first.row.event_id,
+                "subject": first.row.subject,
+                "attempt": first.row.attempts + 1,
+                "retry_in_seconds": round(first.delay, 3),
+                "error": first.error,
+            },
+        )
+        by_id = {f.row.id: f for f in failures}
+        for row_id in dead:
+            failure = by_id[row_id]
+            log.error(
+                "outbox row failed permanently after max attempts; requeue_failed() to retry",
+                extra={
+                    "outbox_id": row_id,
+                    "event_id": failure.row.event_id,
+                    "subject": failure.row.subject,
+                    "attempt": failure.row.attempts + 1,
+                    "error": failure.error,
+                },
+            )
 
     # -- LISTEN/NOTIFY ----------------------------------------------------------------
     async def _listen(self) -> None:
@@ -391,27 +339,24 @@ class OutboxRelay:
 
                     await driver.add_listener(OUTBOX_CHANNEL, notified)
                     failures = 0
+                    self._wake.set()  # notifications may have been missed meanwhile
                     try:
                         while not self._stopping.is_set() and not driver.is_closed():
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(self._stopping.wait(), 5.0)
+                            await self._pause(LISTEN_CHECK_INTERVAL)
                     finally:
                         with contextlib.suppress(Exception):
                             await driver.remove_listener(OUTBOX_CHANNEL, notified)
             except Exception as exc:  # database restart etc.: polling covers the gap
                 failures += 1
                 log.warning("relay LISTEN connection lost", extra={"error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._stopping.wait(),
-                        backoff_delay(failures, base=0.5, maximum=self._opts.retry_max),
-                    )
+                await self._pause(
+                    max(0.1, backoff_delay(failures, base=0.5, maximum=self._opts.retry_max))
+                )
 
     # -- retention ----------------------------------------------------------------------
     async def _cleanup(self) -> None:
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._opts.cleanup_interval)
+            await self._pause(self._opts.cleanup_interval)
             if self._stopping.is_set():
                 return
             try:
@@ -421,46 +366,26 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning("outbox retention cleanup failed", extra={"error": repr(exc)})
 
+    # -- operations ---------------------------------------------------------------------
     async def purge_sent(self, older_than: float) -> int:
         """Delete sent rows whose ``sent_at`` is older than ``older_than`` seconds."""
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                text(
-                    "DELETE FROM bridge_outbox WHERE status = 'sent' "
-                    "AND sent_at < now() - make_interval(secs => :age)"
-                ),
-                {"age": older_than},
-            )
-        return int(result.rowcount or 0)
+        return await self._store.purge_sent(older_than)
 
     async def requeue_failed(self, ids: Sequence[int] | None = None) -> int:
-        """Put ``failed`` rows (all, or ``ids``) back to pending with attempts reset."""
-        where = "status = 'failed'"
-        params: dict[str, Any] = {}
-        if ids is not None:
-            where += " AND id = ANY(CAST(:ids AS bigint[]))"
-            params["ids"] = list(ids)
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                text(
-                    "UPDATE bridge_outbox SET status = 'pending', attempts = 0, "
-                    f"next_attempt_at = now(), last_error = NULL WHERE {where}"
-                ),
-                params,
-            )
+        """Put ``failed`` rows (all, or ``ids``) back to pending, due now, attempts reset."""
+        count = await self._store.requeue_failed(ids)
         self._wake.set()
-        return int(result.rowcount or 0)
+        return count
 
     async def stats(self) -> RelayStats:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(_STATS)).mappings().one()
-        age = row["oldest_pending_age"]
+        counts = await self._store.counts()
         return RelayStats(
-            pending=int(row["pending"]),
-            sent=int(row["sent"]),
-            failed=int(row["failed"]),
-            retried=int(row["retried"]),
-            oldest_pending_age_seconds=float(age) if age is not None else None,
+            pending=counts.pending,
+            sent=counts.sent,
+            failed=counts.failed,
+            retried=counts.retried,
+            oldest_pending_age_seconds=counts.oldest_pending_age_seconds,
             published_total=self.published_total,
             publish_failures_total=self.publish_failures_total,
+            duplicates_total=self.duplicates_total,
         )

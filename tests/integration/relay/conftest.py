@@ -20,7 +20,7 @@ from bridge.config import BridgeConfig, RelayOptions
 from bridge.jsapi import JetStreamApi
 from bridge.outbox import Synced
 from bridge.provisioning import Provisioner, stream_spec
-from bridge.testing import NatsServer
+from bridge.testing import NatsServer, PostgresServer
 
 
 class Base(DeclarativeBase):
@@ -59,6 +59,20 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
         await conn.run_sync(Base.metadata.create_all)
     yield eng
     await eng.dispose()
+
+
+@pytest.fixture
+async def engines(postgres: PostgresServer) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    urls = [await postgres.create_database() for _ in range(2)]
+    engines = [create_async_engine(u) for u in urls]
+    for eng in engines:
+        await schema.create_all(eng)
+        async with eng.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+    yield engines[0], engines[1]
+    for eng, url in zip(engines, urls, strict=True):
+        await eng.dispose()
+        await postgres.drop_database(url)
 
 
 async def provision_stream(nc: Client, cfg: BridgeConfig) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bridge import schema
 from bridge.config import BridgeConfig, ConsumerOptions, RelayOptions
@@ -16,32 +15,24 @@ from bridge.envelope import Envelope
 from bridge.errors import MissingStreamError
 from bridge.router import Router
 from bridge.runtime import Bridge
-from bridge.testing import NatsServer, PostgresServer
+from bridge.testing import NatsServer
 
-from .conftest import Base, Widget
+from .conftest import Widget
 
 
 def side(nats: NatsServer, unique: str, app: str, peer: str, **kw: object) -> BridgeConfig:
     return BridgeConfig(
-        app_name=f"{app}{unique}", destination_app=f"{peer}{unique}", stream_name=f"s{unique}",
-        nats_urls=(nats.url,), backoff=(0.2, 0.5), max_deliver=3, ack_wait=5.0,
+        app_name=f"{app}{unique}",
+        destination_app=f"{peer}{unique}",
+        stream_name=f"s{unique}",
+        nats_urls=(nats.url,),
+        backoff=(0.2, 0.5),
+        max_deliver=3,
+        ack_wait=5.0,
         relay=RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
-        consumer=ConsumerOptions(fetch_timeout=0.3, stop_timeout=5.0), **kw,  # type: ignore[arg-type]
+        consumer=ConsumerOptions(fetch_timeout=0.3, stop_timeout=5.0),
+        **kw,  # type: ignore[arg-type]
     )
-
-
-@pytest.fixture
-async def engines(postgres: PostgresServer) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
-    urls = [await postgres.create_database() for _ in range(2)]
-    engines = [create_async_engine(u) for u in urls]
-    for eng in engines:
-        await schema.create_all(eng)
-        async with eng.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-    yield engines[0], engines[1]
-    for eng, url in zip(engines, urls, strict=True):
-        await eng.dispose()
-        await postgres.drop_database(url)
 
 
 def widget_router() -> Router:

@@ -1,0 +1,347 @@
+"""``bridge``: the operator's command line, configured by the services' environment
+variables (see :mod:`bridge.envconfig`).
+
+    bridge status                      connection, stream, consumer lag, outbox, inbox, DLQ
+    bridge outbox list|retry|purge     inspect and repair the outbox
+    bridge dlq list|show|replay|purge  inspect and replay dead letters
+    bridge provision plan|apply|verify this app's stream and consumer
+    bridge doctor                      every permission this app needs, pass/fail
+
+Every command prints a table for people or, with ``--json``, one JSON document.
+Exit codes: 0 ok, 1 a check failed or something is missing, 2 usage error,
+3 NATS or the database unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, TextIO
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from bridge import outbox_admin
+from bridge.access import check_permissions
+from bridge.config import BridgeConfig
+from bridge.connection import Connection
+from bridge.dlq import DeadLetters
+from bridge.durations import parse_duration
+from bridge.envconfig import config_from_env, database_url_from_env
+from bridge.errors import BridgeError, ConfigError, ConnectionError, ProvisioningError
+from bridge.jsapi import JetStreamApi
+from bridge.provisioning import Provisioner, consumer_spec, stream_spec
+from bridge.publisher import Publisher
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+@dataclass
+class Output:
+    out: TextIO
+    err: TextIO
+    json_mode: bool
+
+    def emit(self, data: Any, table: Sequence[Sequence[Any]] | None = None) -> None:
+        if self.json_mode:
+            self.out.write(json.dumps(data, indent=2, default=str) + "\n")
+        elif table is not None:
+            self.out.write(render_table(table) + "\n")
+        else:
+            self.out.write(f"{data}\n")
+
+    def progress(self, done: int, total: int) -> None:
+        if not self.json_mode:
+            self.err.write(f"\r{done}/{total}")
+            if done == total:
+                self.err.write("\n")
+            self.err.flush()
+
+
+def render_table(rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns; the first row is the header."""
+    if not rows:
+        return "(nothing)"
+    text_rows = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in text_rows) for i in range(len(text_rows[0]))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in text_rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+class Context:
+    """Lazily opened NATS connection and database engine for one command."""
+
+    def __init__(self, config: BridgeConfig, env: Mapping[str, str]) -> None:
+        self.config = config
+        self._env = env
+        self.engine: AsyncEngine | None = None
+        self.connection: Connection | None = None
+
+    def db(self) -> AsyncEngine:
+        if self.engine is None:
+            self.engine = create_async_engine(database_url_from_env(self._env), pool_size=2)
+        return self.engine
+
+    async def nats(self) -> Connection:
+        if self.connection is None:
+            self.connection = Connection(self.config, name=f"{self.config.app_name}-cli")
+            await self.connection.start(timeout=5.0)
+        return self.connection
+
+    async def dead_letters(self) -> DeadLetters:
+        conn = await self.nats()
+        publisher = Publisher(conn.js, stream=self.config.stream_name)
+        return DeadLetters(self.config, conn.js, publisher)
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.stop(timeout=2.0)
+        if self.engine is not None:
+            await self.engine.dispose()
+
+
+@asynccontextmanager
+async def opened(config: BridgeConfig, env: Mapping[str, str]) -> AsyncIterator[Context]:
+    ctx = Context(config, env)
+    try:
+        yield ctx
+    finally:
+        await ctx.close()
+
+
+# -- commands ----------------------------------------------------------------------------
+async def cmd_status(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    cfg = ctx.config
+    report: dict[str, Any] = {"app": cfg.app_name, "stream": cfg.stream_name}
+    conn = await ctx.nats()
+    report["nats"] = conn.snapshot()
+    api = JetStreamApi(conn.nc, timeout=2.0)
+    try:
+        info = await api.request(f"STREAM.INFO.{cfg.stream_name}", {"subjects_filter": ">"})
+        state = info.get("state", {})
+        report["stream_messages"] = state.get("messages")
+        report["dead_letters"] = (state.get("subjects") or {}).get(cfg.subjects.dlq, 0)
+        cinfo = await api.request(f"CONSUMER.INFO.{cfg.stream_name}.{cfg.subjects.durable}")
+        report["consumer"] = {
+            "name": cfg.subjects.durable,
+            "num_pending": cinfo.get("num_pending"),
+            "num_ack_pending": cinfo.get("num_ack_pending"),
+            "num_redelivered": cinfo.get("num_redelivered"),
+            "error": (cinfo.get("error") or {}).get("description"),
+        }
+    except ProvisioningError as exc:
+        report["stream_error"] = str(exc)
+    report["outbox"] = asdict(await outbox_admin.outbox_counts(ctx.db()))
+    report["inbox"] = await outbox_admin.inbox_counts(ctx.db())
+    consumer = report.get("consumer") or {}
+    rows = [
+        ["item", "value"],
+        ["nats", report["nats"]["state"]],
+        ["stream messages", report.get("stream_messages", "n/a")],
+        ["consumer pending", consumer.get("num_pending", "n/a")],
+        ["consumer ack pending", consumer.get("num_ack_pending", "n/a")],
+        ["dead letters", report.get("dead_letters", "n/a")],
+        *[[f"outbox {k}", v] for k, v in report["outbox"].items()],
+        *[[f"inbox {k}", v] for k, v in report["inbox"].items()],
+    ]
+    out.emit(report, rows)
+    return EXIT_OK
+
+
+async def cmd_outbox(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    engine = ctx.db()
+    if args.action == "list":
+        rows = await outbox_admin.list_rows(engine, status=args.status, limit=args.limit)
+        table: list[list[Any]] = [
+            ["id", "event_type", "resource_id", "status", "attempts", "last_error"]
+        ]
+        table += [
+            [
+                r["id"],
+                r["event_type"],
+                r["resource_id"],
+                r["status"],
+                r["attempts"],
+                (r["last_error"] or "")[:60],
+            ]
+            for r in rows
+        ]
+        out.emit(rows, table)
+    elif args.action == "retry":
+        count = await outbox_admin.requeue(engine, args.ids or None)
+        out.emit({"requeued": count}, [["requeued"], [count]])
+    else:
+        age = parse_duration(args.older_than, name="--older-than")
+        count = await outbox_admin.purge(engine, older_than=age, status=args.status or "sent")
+        out.emit({"purged": count}, [["purged"], [count]])
+    return EXIT_OK
+
+
+async def cmd_dlq(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    dlq = await ctx.dead_letters()
+    if args.action == "list":
+        letters = await dlq.list(limit=args.limit)
+        table: list[list[Any]] = [["seq", "reason", "original_subject", "deliveries", "error"]]
+        table += [
+            [d.seq, d.reason, d.original_subject, d.deliveries, (d.error_message or "")[:60]]
+            for d in letters
+        ]
+        out.emit([_letter(d) for d in letters], table)
+    elif args.action == "show":
+        letter = await dlq.show(args.seq[0])
+        out.emit(
+            _letter(letter, body=True), [["field", "value"], *_letter(letter, body=True).items()]
+        )
+    elif args.action == "replay":
+        seqs = list(args.seq) if args.seq else [d.seq for d in await dlq.list(limit=args.limit)]
+        results = []
+        for index, seq in enumerate(seqs, start=1):
+            result = await dlq.replay(seq)
+            results.append({"dlq_seq": seq, "stream_seq": result.seq})
+            out.progress(index, len(seqs))
+        out.emit(
+            {"replayed": results},
+            [["dlq_seq", "stream_seq"], *[[r["dlq_seq"], r["stream_seq"]] for r in results]],
+        )
+    else:
+        count = 0
+        if args.seq:
+            for index, seq in enumerate(args.seq, start=1):
+                count += await dlq.purge(seq)
+                out.progress(index, len(args.seq))
+        else:
+            count = await dlq.purge(None)
+        out.emit({"purged": count}, [["purged"], [count]])
+    return EXIT_OK
+
+
+def _letter(letter: Any, body: bool = False) -> dict[str, Any]:
+    data = {
+        "seq": letter.seq,
+        "reason": letter.reason,
+        "original_subject": letter.original_subject,
+        "original_seq": letter.original_seq,
+        "deliveries": letter.deliveries,
+        "error_class": letter.error_class,
+        "error_message": letter.error_message,
+        "at": letter.at,
+    }
+    if body:
+        data["headers"] = dict(letter.headers)
+        data["body"] = letter.data.decode(errors="replace")
+    return data
+
+
+async def cmd_provision(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    conn = await ctx.nats()
+    provisioner = Provisioner(JetStreamApi(conn.nc))
+    stream, consumers = stream_spec(ctx.config), [consumer_spec(ctx.config)]
+    if args.action == "verify":
+        try:
+            await provisioner.verify(stream, consumers)
+        except ProvisioningError as exc:
+            out.emit({"ok": False, "error": str(exc)}, [["result"], [str(exc)]])
+            return EXIT_FAILED
+        out.emit({"ok": True}, [["result"], ["stream and consumer match"]])
+        return EXIT_OK
+    plan = await (provisioner.apply if args.action == "apply" else provisioner.plan)(
+        stream, consumers
+    )
+    changes = [{"kind": c.kind, "target": c.target, "fields": c.fields} for c in plan.changes]
+    out.emit(
+        {"applied": args.action == "apply", "changes": changes},
+        None if out.json_mode else [["plan"], *[[line] for line in plan.describe().splitlines()]],
+    )
+    return EXIT_OK
+
+
+async def cmd_doctor(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    conn = await ctx.nats()
+    checks = await check_permissions(conn.nc, ctx.config)
+    rows = [["operation", "subject", "result", "detail"]]
+    rows += [[c.operation, c.subject, "pass" if c.allowed else "FAIL", c.detail] for c in checks]
+    out.emit([asdict(c) for c in checks], rows)
+    return EXIT_OK if all(c.allowed for c in checks) else EXIT_FAILED
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "outbox": cmd_outbox,
+    "dlq": cmd_dlq,
+    "provision": cmd_provision,
+    "doctor": cmd_doctor,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bridge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="connection, stream, consumer, outbox, inbox, DLQ")
+    outbox = sub.add_parser("outbox", help="inspect and repair the outbox")
+    outbox.add_argument("action", choices=["list", "retry", "purge"])
+    outbox.add_argument("--status", choices=["pending", "sent", "failed"])
+    outbox.add_argument("--limit", type=int, default=50)
+    outbox.add_argument("--older-than", default="168h", help="age, e.g. 24h (purge)")
+    outbox.add_argument("ids", nargs="*", type=int, help="row ids (retry)")
+    dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
+    dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dlq.add_argument("seq", nargs="*", type=int, help="DLQ stream sequence(s)")
+    dlq.add_argument("--limit", type=int, default=100)
+    prov = sub.add_parser("provision", help="plan / apply / verify this app's stream and consumer")
+    prov.add_argument("action", choices=["plan", "apply", "verify"])
+    sub.add_parser("doctor", help="check every permission this app needs")
+    return parser
+
+
+async def main_async(
+    argv: Sequence[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code else EXIT_OK
+    if args.command == "dlq" and args.action == "show" and len(args.seq) != 1:
+        err.write("bridge dlq show: give exactly one sequence\n")
+        return EXIT_USAGE
+    output = Output(out, err, args.json)
+    environ = os.environ if env is None else env
+    try:
+        config = config_from_env(environ)
+    except ConfigError as exc:
+        err.write(f"bridge: configuration error: {exc}\n")
+        return EXIT_USAGE
+    try:
+        async with opened(config, environ) as ctx:
+            return await COMMANDS[args.command](ctx, args, output)
+    except ConnectionError as exc:
+        err.write(f"bridge: {exc}\n")
+        return EXIT_UNREACHABLE
+    except (OSError, ConfigError) as exc:
+        err.write(f"bridge: {exc}\n")
+        return EXIT_UNREACHABLE
+    except BridgeError as exc:
+        err.write(f"bridge: {exc}\n")
+        return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point."""
+    return asyncio.run(main_async(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
