@@ -187,13 +187,17 @@ class BaseConsumer:
     async def _close_intake(self) -> None:
         """Stop new deliveries arriving (push: unsubscribe); called first in stop()."""
 
+    def _has_received(self) -> bool:
+        """Deliveries received but not handed out yet; the loop drains them on stop."""
+        return False
+
     async def _close(self) -> None:
         """Release subscriptions; called last in stop()."""
 
     # -- internals ----------------------------------------------------------------
     async def _run(self) -> None:
         pause = RECEIVE_RETRY_MIN
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() or self._has_received():
             try:
                 deliveries = await self._receive()
             except asyncio.CancelledError:
