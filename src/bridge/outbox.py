@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import event, insert, inspect, text
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, UOWTransaction
+from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
 
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope, format_timestamp
@@ -121,6 +121,7 @@ class Outbox:
         event.listen(self.session_class, "after_flush", self._after_flush)
         event.listen(self.session_class, "after_commit", self._after_commit)
         event.listen(self.session_class, "after_rollback", self._after_rollback)
+        event.listen(self.session_class, "after_transaction_end", self._after_transaction_end)
 
     def add_commit_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each commit that captured rows (must be cheap)."""
@@ -133,14 +134,15 @@ class Outbox:
     # -- building rows --------------------------------------------------------------
     def envelope_for(self, instance: Synced, action: str) -> Envelope:
         resource = instance.__bridge_resource__
+        traceparent = self._traceparent() if self._traceparent else None
         return Envelope(
             event_type=f"{resource}.{action}",
             producer=self._config.app_name,
             resource_type=resource,
             resource_id=_primary_key(instance),
             payload=instance.bridge_snapshot(),
-            traceparent=self._traceparent() if self._traceparent else None,
-            trace_id=_trace_id(self._traceparent() if self._traceparent else None),
+            traceparent=traceparent,
+            trace_id=_trace_id(traceparent),
         )
 
     def row_for(self, envelope: Envelope, subject: str | None = None) -> dict[str, Any]:
@@ -187,6 +189,13 @@ class Outbox:
         if captured:
             for callback in list(self._listeners):
                 callback()
+
+    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        # A savepoint that ended may have taken our NOTIFY with it (rolled back): let
+        # the next capture in the enclosing transaction notify again.  PostgreSQL
+        # folds identical notifications of one transaction into one.
+        if transaction.nested:
+            session.info.pop(_NOTIFIED_KEY, None)
 
     def _after_rollback(self, session: Session) -> None:
         session.info.pop(_SKIP_NEXT_FLUSH_KEY, None)

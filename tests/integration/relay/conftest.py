@@ -3,23 +3,31 @@ tables, a provisioned stream, and helpers to read what reached the stream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from nats.aio.client import Client
-from sqlalchemy import DateTime, MetaData, String
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import DateTime, MetaData, String, text
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bridge import schema
 from bridge.config import BridgeConfig, RelayOptions
 from bridge.jsapi import JetStreamApi
-from bridge.outbox import Synced
+from bridge.outbox import Outbox, Synced
 from bridge.provisioning import Provisioner, stream_spec
+from bridge.publisher import Publisher
 from bridge.testing import NatsServer, PostgresServer
 
 
@@ -99,11 +107,61 @@ async def message_count(nc: Client, cfg: BridgeConfig) -> int:
     return int(info.state.messages)
 
 
+def publisher_for(nc: Client, cfg: BridgeConfig) -> Publisher:
+    return Publisher(nc.jetstream(), stream=cfg.stream_name, timeout=cfg.relay.publish_timeout)
+
+
+def sessions_for(engine: AsyncEngine, box: Outbox) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, sync_session_class=box.session_class, expire_on_commit=False)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], *, timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll ``check`` every 50 ms until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
+    async with engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).scalar()
+
+
+async def outbox_order(engine: AsyncEngine) -> dict[str, list[str]]:
+    """Event ids per resource id, in outbox id order."""
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT resource_id, event_id FROM bridge_outbox ORDER BY id")
+        )
+        order: dict[str, list[str]] = {}
+        for resource_id, event_id in rows:
+            order.setdefault(resource_id, []).append(str(event_id))
+    return order
+
+
+def stream_order(bodies: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Event ids per resource id, in stream order."""
+    order: dict[str, list[str]] = {}
+    for body in bodies:
+        order.setdefault(body["resource_id"], []).append(body["event_id"])
+    return order
+
+
 __all__ = [
     "NatsServer",
     "Widget",
+    "eventually",
     "message_count",
+    "outbox_order",
     "provision_stream",
+    "publisher_for",
     "relay_config",
+    "scalar",
+    "sessions_for",
     "stream_bodies",
+    "stream_order",
 ]

@@ -1,0 +1,286 @@
+"""The relay's side of the outbox table: claim, settle, count, purge, requeue.
+
+Every method is one short transaction; none is held across a network call.
+
+Claiming (``OutboxStore.claim``):
+
+- A row is *free* when it is ``pending``, due (``next_attempt_at <= now()``) and
+  not leased (no lease, or the lease expired — a dead relay's rows are taken over).
+- A free row is *claimable* only if no earlier pending row of the same
+  (resource_type, resource_id) is un-free, i.e. leased by someone or waiting for its
+  retry time.  Then every earlier pending row of that record is free too, has a
+  smaller id, and so is claimed in the same batch (``ORDER BY id LIMIT n``): a
+  record's rows are always published by one relay, in id order.
+- Claimable rows are leased (``lease_owner``, ``lease_expires_at = now() + lease``)
+  under ``FOR UPDATE SKIP LOCKED``.
+- Claim transactions of all relays on a database are serialised with
+  ``pg_advisory_xact_lock(CLAIM_LOCK_KEY)``, taken in its own statement *before* the
+  claim statement.  Why: under READ COMMITTED the claim statement's snapshot would
+  otherwise predate another relay's concurrent claim; that relay's freshly locked
+  row would be skipped (SKIP LOCKED) while the NOT EXISTS check still saw it as
+  free, letting this relay claim the *next* row of the same record and publish the
+  two out of order.  Taking the lock first means the claim statement's snapshot
+  includes every lease committed by earlier claims.  A claim is one indexed query
+  lasting about a millisecond, so the serialisation does not limit throughput; the
+  publishing (the slow part) is not serialised.
+
+Settling (``OutboxStore.settle``), only for rows still leased to this owner (a lost
+lease means another relay owns the row now and will publish it again; the
+``Nats-Msg-Id`` duplicate window collapses the second publish):
+
+- sent → ``status='sent'``, ``sent_at``, ``stream_seq``, lease cleared;
+- failed → ``attempts + 1``, ``last_error``, ``next_attempt_at = now() + delay``,
+  lease cleared, and ``status='failed'`` once ``attempts >= max_attempts``;
+- released (never attempted: its record's chain stopped) → lease cleared only.
+
+``failed`` rows no longer block later rows of their record (they are not pending):
+one poisoned event must not stop a record's sync forever, and since every event
+carries the full row snapshot, the later event supersedes it.  A requeued failed
+row is published again; consumers discard it as stale (last-writer-wins).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.envelope import MSG_ID_HEADER
+from bridge.publisher import OutgoingMessage
+
+#: Advisory lock key serialising claim transactions ("bridge" in ASCII).
+CLAIM_LOCK_KEY = 0x627269646765
+#: Rows deleted per statement by :meth:`OutboxStore.purge_sent` (short locks).
+PURGE_CHUNK = 5000
+
+_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_CLAIM = text(
+    """
+    WITH candidates AS (
+        SELECT o.id FROM bridge_outbox o
+        WHERE o.status = 'pending'
+          AND o.next_attempt_at <= now()
+          AND (o.lease_expires_at IS NULL OR o.lease_expires_at < now())
+          AND NOT EXISTS (
+              SELECT 1 FROM bridge_outbox e
+              WHERE e.status = 'pending'
+                AND e.resource_type = o.resource_type
+                AND e.resource_id = o.resource_id
+                AND e.id < o.id
+                AND (e.next_attempt_at > now()
+                     OR (e.lease_expires_at IS NOT NULL AND e.lease_expires_at >= now()))
+          )
+        ORDER BY o.id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE bridge_outbox o
+       SET lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease)
+      FROM candidates c
+     WHERE o.id = c.id
+    RETURNING o.id, o.event_id, o.subject, o.resource_type, o.resource_id, o.headers,
+              o.payload, o.attempts
+    """
+)
+_MARK_SENT = text(
+    """
+    UPDATE bridge_outbox o
+       SET status = 'sent', sent_at = now(), stream_seq = v.seq,
+           lease_owner = NULL, lease_expires_at = NULL, last_error = NULL
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[])) AS v(id, seq)
+     WHERE o.id = v.id AND o.lease_owner = :owner
+    """
+)
+_RELEASE = text(
+    """
+    UPDATE bridge_outbox SET lease_owner = NULL, lease_expires_at = NULL
+     WHERE id = ANY(CAST(:ids AS bigint[])) AND lease_owner = :owner
+    """
+)
+_FAIL = text(
+    """
+    UPDATE bridge_outbox o
+       SET attempts = o.attempts + 1,
+           last_error = v.error,
+           next_attempt_at = now() + make_interval(secs => v.delay),
+           status = CASE WHEN o.attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
+           lease_owner = NULL, lease_expires_at = NULL
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:errors AS text[]), CAST(:delays AS float8[]))
+           AS v(id, error, delay)
+     WHERE o.id = v.id AND o.lease_owner = :owner
+    RETURNING o.id, o.status
+    """
+)
+_COUNTS = text(
+    """
+    SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+           count(*) FILTER (WHERE status = 'sent') AS sent,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'pending' AND attempts > 0) AS retried,
+           extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))
+               AS oldest_pending_age
+      FROM bridge_outbox
+    """
+)
+_PURGE = text(
+    """
+    DELETE FROM bridge_outbox WHERE id IN (
+        SELECT id FROM bridge_outbox
+         WHERE status = 'sent' AND sent_at < now() - make_interval(secs => :age)
+         LIMIT :chunk)
+    """
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRow:
+    """An outbox row leased to this relay, ready to publish."""
+
+    id: int
+    event_id: str
+    subject: str
+    resource_key: tuple[str, str]
+    headers: Mapping[str, str]
+    payload: Mapping[str, Any]
+    attempts: int
+
+    def message(self) -> OutgoingMessage:
+        """The stored envelope as compact JSON, with ``Nats-Msg-Id`` = the row's event id."""
+        data = json.dumps(self.payload, separators=(",", ":")).encode()
+        headers = {**self.headers, MSG_ID_HEADER: self.event_id}
+        return OutgoingMessage(self.subject, data, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed publish of a claimed row and the delay before its next attempt."""
+
+    row: ClaimedRow
+    error: str
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxCounts:
+    pending: int
+    sent: int
+    failed: int
+    retried: int
+    oldest_pending_age_seconds: float | None
+
+
+def _json(value: Any) -> Any:
+    # asyncpg hands JSONB back decoded when SQLAlchemy registered its codec, as text
+    # otherwise (e.g. a raw connection); accept both.
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+class OutboxStore:
+    """SQL of the relay on one database (module doc: claim order and settle rules)."""
+
+    def __init__(self, engine: AsyncEngine, *, owner: str, lease: float, max_attempts: int):
+        self._engine = engine
+        self.owner = owner
+        self._lease = lease
+        self._max_attempts = max_attempts
+
+    async def claim(self, limit: int) -> list[ClaimedRow]:
+        """Lease up to ``limit`` claimable rows to this owner; returned in id order."""
+        async with self._engine.begin() as conn:
+            await conn.execute(_LOCK, {"key": CLAIM_LOCK_KEY})
+            result = await conn.execute(
+                _CLAIM, {"limit": limit, "owner": self.owner, "lease": self._lease}
+            )
+            records = result.mappings().all()
+        rows = [
+            ClaimedRow(
+                id=int(r["id"]),
+                event_id=str(r["event_id"]),
+                subject=r["subject"],
+                resource_key=(r["resource_type"], r["resource_id"]),
+                headers=_json(r["headers"]) or {},
+                payload=_json(r["payload"]),
+                attempts=int(r["attempts"]),
+            )
+            for r in records
+        ]
+        rows.sort(key=lambda row: row.id)  # UPDATE ... RETURNING has no order
+        return rows
+
+    async def settle(
+        self,
+        sent: Sequence[tuple[int, int]],
+        failures: Sequence[Failure],
+        released: Sequence[int],
+    ) -> list[int]:
+        """Record a batch's outcome in one transaction; return ids that became ``failed``."""
+        if not (sent or failures or released):
+            return []
+        dead: list[int] = []
+        async with self._engine.begin() as conn:
+            if sent:
+                await conn.execute(
+                    _MARK_SENT,
+                    {
+                        "ids": [row_id for row_id, _ in sent],
+                        "seqs": [seq for _, seq in sent],
+                        "owner": self.owner,
+                    },
+                )
+            if released:
+                await conn.execute(_RELEASE, {"ids": list(released), "owner": self.owner})
+            if failures:
+                result = await conn.execute(
+                    _FAIL,
+                    {
+                        "ids": [f.row.id for f in failures],
+                        "errors": [f.error[:2000] for f in failures],
+                        "delays": [f.delay for f in failures],
+                        "max_attempts": self._max_attempts,
+                        "owner": self.owner,
+                    },
+                )
+                dead = [int(r.id) for r in result if r.status == "failed"]
+        return dead
+
+    async def counts(self) -> OutboxCounts:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_COUNTS)).mappings().one()
+        age = row["oldest_pending_age"]
+        return OutboxCounts(
+            pending=int(row["pending"]),
+            sent=int(row["sent"]),
+            failed=int(row["failed"]),
+            retried=int(row["retried"]),
+            oldest_pending_age_seconds=float(age) if age is not None else None,
+        )
+
+    async def purge_sent(self, older_than: float, *, chunk: int = PURGE_CHUNK) -> int:
+        """Delete sent rows older than ``older_than`` seconds, ``chunk`` rows per statement."""
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(_PURGE, {"age": older_than, "chunk": chunk})
+            deleted = int(result.rowcount or 0)
+            total += deleted
+            if deleted < chunk:
+                return total
+
+    async def requeue_failed(self, ids: Sequence[int] | None = None) -> int:
+        """``failed`` rows (all, or those in ``ids``) → pending, due now, attempts reset."""
+        where = "status = 'failed'"
+        params: dict[str, Any] = {}
+        if ids is not None:
+            where += " AND id = ANY(CAST(:ids AS bigint[]))"
+            params["ids"] = [int(i) for i in ids]
+        statement = text(
+            "UPDATE bridge_outbox SET status = 'pending', attempts = 0, next_attempt_at = now(), "
+            f"lease_owner = NULL, lease_expires_at = NULL WHERE {where}"
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(statement, params)
+        return int(result.rowcount or 0)
