@@ -24,6 +24,10 @@ Claiming (``OutboxStore.claim``):
   lasting about a millisecond, so the serialisation does not limit throughput; the
   publishing (the slow part) is not serialised.
 
+Counting and re-queueing are :mod:`bridge.outbox_admin`'s (shared with the CLI);
+retention purges here, in chunks, because the relay runs it unattended on tables
+that may have grown large.
+
 Settling (``OutboxStore.settle``), only for rows still leased to this owner (a lost
 lease means another relay owns the row now and will publish it again; the
 ``Nats-Msg-Id`` duplicate window collapses the second publish):
@@ -50,6 +54,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.envelope import MSG_ID_HEADER
+from bridge.outbox_admin import OutboxCounts, outbox_counts, requeue
 from bridge.publisher import OutgoingMessage
 
 #: Advisory lock key serialising claim transactions ("bridge" in ASCII).
@@ -115,17 +120,6 @@ _FAIL = text(
     RETURNING o.id, o.status
     """
 )
-_COUNTS = text(
-    """
-    SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
-           count(*) FILTER (WHERE status = 'sent') AS sent,
-           count(*) FILTER (WHERE status = 'failed') AS failed,
-           count(*) FILTER (WHERE status = 'pending' AND attempts > 0) AS retried,
-           extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending'))
-               AS oldest_pending_age
-      FROM bridge_outbox
-    """
-)
 _PURGE = text(
     """
     DELETE FROM bridge_outbox WHERE id IN (
@@ -162,15 +156,6 @@ class Failure:
     row: ClaimedRow
     error: str
     delay: float
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxCounts:
-    pending: int
-    sent: int
-    failed: int
-    retried: int
-    oldest_pending_age_seconds: float | None
 
 
 def _json(value: Any) -> Any:
@@ -248,16 +233,7 @@ class OutboxStore:
         return dead
 
     async def counts(self) -> OutboxCounts:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(_COUNTS)).mappings().one()
-        age = row["oldest_pending_age"]
-        return OutboxCounts(
-            pending=int(row["pending"]),
-            sent=int(row["sent"]),
-            failed=int(row["failed"]),
-            retried=int(row["retried"]),
-            oldest_pending_age_seconds=float(age) if age is not None else None,
-        )
+        return await outbox_counts(self._engine)
 
     async def purge_sent(self, older_than: float, *, chunk: int = PURGE_CHUNK) -> int:
         """Delete sent rows older than ``older_than`` seconds, ``chunk`` rows per statement."""
@@ -272,15 +248,4 @@ class OutboxStore:
 
     async def requeue_failed(self, ids: Sequence[int] | None = None) -> int:
         """``failed`` rows (all, or those in ``ids``) → pending, due now, attempts reset."""
-        where = "status = 'failed'"
-        params: dict[str, Any] = {}
-        if ids is not None:
-            where += " AND id = ANY(CAST(:ids AS bigint[]))"
-            params["ids"] = [int(i) for i in ids]
-        statement = text(
-            "UPDATE bridge_outbox SET status = 'pending', attempts = 0, next_attempt_at = now(), "
-            f"lease_owner = NULL, lease_expires_at = NULL WHERE {where}"
-        )
-        async with self._engine.begin() as conn:
-            result = await conn.execute(statement, params)
-        return int(result.rowcount or 0)
+        return await requeue(self._engine, None if ids is None else [int(i) for i in ids])

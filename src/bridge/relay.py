@@ -113,6 +113,7 @@ class OutboxRelay:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_retry: float | None = None  # monotonic time of our earliest retry
+        self._listening = False
         self.published_total = 0
         self.publish_failures_total = 0
         self.duplicates_total = 0
@@ -123,6 +124,11 @@ class OutboxRelay:
     @property
     def running(self) -> bool:
         return bool(self._tasks)
+
+    @property
+    def listening(self) -> bool:
+        """True while the ``LISTEN bridge_outbox`` connection is established."""
+        return self._listening
 
     async def start(self) -> None:
         """Start the relay loop, the LISTEN task and the retention task (idempotent)."""
@@ -339,11 +345,13 @@ class OutboxRelay:
 
                     await driver.add_listener(OUTBOX_CHANNEL, notified)
                     failures = 0
+                    self._listening = True
                     self._wake.set()  # notifications may have been missed meanwhile
                     try:
                         while not self._stopping.is_set() and not driver.is_closed():
                             await self._pause(LISTEN_CHECK_INTERVAL)
                     finally:
+                        self._listening = False
                         with contextlib.suppress(Exception):
                             await driver.remove_listener(OUTBOX_CHANNEL, notified)
             except Exception as exc:  # database restart etc.: polling covers the gap

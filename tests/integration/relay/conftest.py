@@ -131,6 +131,10 @@ async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
         return (await conn.execute(text(sql), params)).scalar()
 
 
+async def count_rows(engine: AsyncEngine, where: str = "true", **params: Any) -> int:
+    return int(await scalar(engine, f"SELECT count(*) FROM bridge_outbox WHERE {where}", **params))
+
+
 async def outbox_order(engine: AsyncEngine) -> dict[str, list[str]]:
     """Event ids per resource id, in outbox id order."""
     async with engine.connect() as conn:
@@ -154,6 +158,7 @@ def stream_order(bodies: list[dict[str, Any]]) -> dict[str, list[str]]:
 __all__ = [
     "NatsServer",
     "Widget",
+    "count_rows",
     "eventually",
     "message_count",
     "outbox_order",
