@@ -22,9 +22,12 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    field_serializer,
     field_validator,
     model_validator,
 )
+
+from bridge.envelope import format_timestamp
 
 Name = Annotated[
     str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=255)
@@ -117,9 +120,17 @@ class UserUpdate(_Body):
     active: StrictBool | None = None
 
 
-class OrganizationOut(BaseModel):
+class _Out(BaseModel):
+    """Base of responses: timestamps as on the wire (UTC, microseconds, ``Z``)."""
+
     model_config = ConfigDict(from_attributes=True)
 
+    @field_serializer("created_at", "updated_at", check_fields=False)
+    def _timestamp(self, value: datetime) -> str:
+        return format_timestamp(value)
+
+
+class OrganizationOut(_Out):
     id: uuid.UUID
     name: str
     domain: str
@@ -129,9 +140,7 @@ class OrganizationOut(BaseModel):
     origin: str
 
 
-class UserOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
+class UserOut(_Out):
     id: uuid.UUID
     organization_id: uuid.UUID
     name: str
