@@ -11,7 +11,9 @@ consumer with the same batch size:
 Reported: events/s of each and ``bridge/raw`` (target >= 0.5) for concurrency 1
 with the default engine, and concurrency 1 and 4 with
 ``prepared_statement_cache_size=1000`` (see :mod:`bridge.inbox`, "Throughput").
-Run alone with ``python -m benchmarks.consumer``.
+``consumer_vs_raw_ratio`` is the best of those ratios.  For comparison, one
+transaction per event (batch size 1) is measured too.  Run alone with
+``python -m benchmarks.consumer`` or with the others via ``python -m benchmarks``.
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[tuple[str, fl
             rate = await _bridge(cfg, conn, database_url, N, concurrency, statement_cache=cache)
             lines.append((name, round(rate), "events/s"))
             lines.append((f"{name}_vs_raw", round(rate / raw, 3), "ratio"))
+        best = max(value for name, value, unit in lines if unit == "ratio")
+        lines.append(("consumer_vs_raw_ratio", best, "ratio"))
         # for comparison: one transaction per event (batch of 1), fewer events
         rate = await _bridge(
             cfg, conn, database_url, N // 5, 1, statement_cache=STATEMENT_CACHE, batch=1
