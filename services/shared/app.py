@@ -28,7 +28,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge.config import BridgeConfig
+from bridge.integrations.fastapi import bridge_lifespan
 from bridge.router import Router
+from bridge.runtime import Bridge
 from services.shared.db import make_engine
 from services.shared.errors import ServiceError
 from services.shared.handlers import SyncHandlers
@@ -60,9 +62,6 @@ def create_app(settings: ServiceSettings, *, bridge_config: BridgeConfig | None 
                 )
                 yield
                 return
-            from bridge.integrations.fastapi import bridge_lifespan
-            from bridge.runtime import Bridge
-
             config = bridge_config or settings.to_bridge_config()
             router = Router()
             SyncHandlers(engine, config.app_name).register(router)
