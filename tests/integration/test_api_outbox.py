@@ -1,0 +1,98 @@
+"""API writes with the bridge running: exactly one outbox row per real change, in order,
+with the right event type — and none for rejected or no-op requests."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import nats
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from bridge.config import RelayOptions
+from bridge.testing import NatsServer
+from services.shared.app import create_app
+from services.shared.db import migrate
+from services.shared.settings import ServiceSettings
+
+
+@pytest.fixture
+async def api(
+    database_url: str, nats_server: NatsServer, unique: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    await migrate(database_url)
+    settings = ServiceSettings(
+        app_name=f"a{unique}", destination_app=f"b{unique}", database_url=database_url,
+        nats_url=nats_server.url, stream_name=f"s{unique}",
+    )  # fmt: skip
+    config = settings.to_bridge_config(env={}, relay=RelayOptions(poll_interval=0.1))
+    app = create_app(settings, bridge_config=config)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
+            yield client
+
+
+async def outbox_rows(database_url: str) -> list[dict[str, object]]:
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT event_type, resource_id, payload, status FROM bridge_outbox ORDER BY id"
+                )
+            )
+            return [dict(r) for r in result.mappings()]
+    finally:
+        await engine.dispose()
+
+
+async def test_one_event_per_change_and_none_for_rejected_requests(
+    api: httpx.AsyncClient, database_url: str, nats_server: NatsServer, unique: str
+) -> None:
+    org = (await api.post("/organizations", json={"name": "O", "domain": "o.test"})).json()
+    assert (
+        await api.post("/organizations", json={"name": "X", "domain": "o.test"})
+    ).status_code == 422
+    assert (await api.patch(f"/organizations/{org['id']}", json={"name": "O"})).status_code == 200
+    renamed = await api.patch(f"/organizations/{org['id']}", json={"name": "P"})
+    user = (
+        await api.post(
+            "/users", json={"organization_id": org["id"], "name": "U", "email": "u@o.example.com"}
+        )
+    ).json()
+    assert (await api.delete(f"/organizations/{org['id']}")).status_code == 409
+    assert (await api.delete(f"/users/{user['id']}")).status_code == 204
+    assert (await api.delete(f"/organizations/{org['id']}")).status_code == 204
+
+    rows = await outbox_rows(database_url)
+    assert [(r["event_type"], r["resource_id"]) for r in rows] == [
+        ("organization.created", org["id"]),
+        ("organization.updated", org["id"]),
+        ("user.created", user["id"]),
+        ("user.deleted", user["id"]),
+        ("organization.deleted", org["id"]),
+    ]
+    updated = rows[1]["payload"]
+    assert isinstance(updated, dict)
+    assert updated["payload"]["name"] == "P"
+    assert updated["payload"]["updated_at"] == renamed.json()["updated_at"]
+    deleted = rows[4]["payload"]
+    assert isinstance(deleted, dict)
+    assert deleted["payload"]["deleted_at"] == deleted["payload"]["updated_at"]
+
+    # The relay publishes them, in order, as they are.
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(f"a{unique}.sync.b{unique}", ordered_consumer=True)
+        types = []
+        for _ in range(5):
+            msg = await sub.next_msg(timeout=10)
+            types.append(json.loads(msg.data)["event_type"])
+        assert types == [r["event_type"] for r in rows]
+    finally:
+        await nc.close()
