@@ -22,6 +22,7 @@ from bridge.testing import NatsServer
 
 from .conftest import (
     Widget,
+    count_rows,
     eventually,
     message_count,
     provision_stream,
@@ -64,9 +65,7 @@ async def test_commit_publishes_one_envelope_per_change_and_rollback_none(
             await session.delete(await session.get(Widget, widget.id))
 
         async def drained() -> bool:
-            return (
-                await scalar(engine, "SELECT count(*) FROM bridge_outbox WHERE status='sent'") == 3
-            )
+            return await count_rows(engine, "status = 'sent'") == 3
 
         await eventually(drained, what="3 rows sent")
     finally:
@@ -173,10 +172,8 @@ async def test_stop_finishes_the_batch_in_flight(
     assert not relay.running
     # The batch that was in flight completed: PubAcks received and rows marked,
     # nothing left leased; later batches were not started.
-    leased = await scalar(
-        engine, "SELECT count(*) FROM bridge_outbox WHERE lease_owner IS NOT NULL"
-    )
-    sent = await scalar(engine, "SELECT count(*) FROM bridge_outbox WHERE status = 'sent'")
+    leased = await count_rows(engine, "lease_owner IS NOT NULL")
+    sent = await count_rows(engine, "status = 'sent'")
     assert leased == 0
     assert sent % 50 == 0 and 50 <= sent < 120
     assert await message_count(nc, cfg) == sent
