@@ -32,7 +32,7 @@ test-faults: install
 
 lint: install
 	$(VENV)/bin/ruff check src services provisioner tests benchmarks migrations
-	$(VENV)/bin/mypy --strict src
+	$(VENV)/bin/mypy --strict src provisioner services
 
 format: install
 	$(VENV)/bin/ruff format src services provisioner tests benchmarks migrations
