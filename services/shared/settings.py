@@ -40,7 +40,7 @@ class ServiceSettings(BaseSettings):
     consumer_mode: Literal["pull", "push"] | None = None
     stream_name: str = "sync-stream"
     host: str = "127.0.0.1"
-    port: int = Field(3000, ge=1, le=65535)
+    port: int = Field(default=3000, ge=1, le=65535)
     #: Run the bridge (relay + consumer).  Off: the API works on its own database only.
     sync_enabled: bool = True
     enable_consumer: bool = True

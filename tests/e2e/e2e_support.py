@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from fastapi import FastAPI
@@ -41,7 +41,7 @@ FAST = {
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]],
+    probe: Callable[[], Awaitable[T | None]],
     *,
     timeout: float = 20.0,
     interval: float = 0.1,
@@ -108,7 +108,7 @@ async def start_side(
     peer: str,
     stream: str,
     nats_url: str,
-    consumer_mode: str = "pull",
+    consumer_mode: Literal["pull", "push"] = "pull",
     **overrides: Any,
 ) -> Side:
     url = await postgres.create_database()

@@ -1,0 +1,209 @@
+"""Service-level figures: sync latency A→B and API write throughput with/without the outbox.
+
+``bench_services(nats_url, database_url_factory)`` returns ``(name, value, unit)`` lines:
+
+- ``services_sync_latency_p50`` / ``_p99`` (ms): from the moment ``POST /organizations``
+  on System A returns (the row and its outbox row are committed) until the record is
+  readable in System B's database, under light load (one change at a time, ~20/s).
+  Visibility is polled every millisecond, so figures include up to ~1 ms of polling.
+  Target: p99 < 100 ms.
+- ``services_api_writes_outbox_on`` / ``_off`` (req/s): ``POST /organizations`` from
+  concurrent clients against System A in-process (ASGI, no HTTP server), with the
+  bridge running (outbox capture in the request's transaction + the relay publishing)
+  and with sync off (plain sessions).  ``services_outbox_cost`` (%) is the throughput
+  lost.  Target: ≤ 20 %.
+
+Both apps run in this process with their real lifespans; ``database_url_factory``
+returns a fresh, empty database URL per call (sync or async callable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import asyncpg
+import httpx
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from bridge.config import ConsumerOptions, RelayOptions
+from bridge.testing import database_name, replace_database, to_plain_url
+from services.shared.app import create_app
+from services.shared.db import migrate
+from services.shared.settings import ServiceSettings
+from services.shared.state import ServiceState
+
+UrlFactory = Callable[[], str | Awaitable[str]]
+
+LATENCY_SAMPLES = 200
+LATENCY_SPACING = 0.05
+WRITE_REQUESTS = 1200
+WRITE_CLIENTS = 16
+WARMUP = 50
+
+
+async def _fresh(factory: UrlFactory, created: list[str]) -> str:
+    url = factory()
+    if inspect.isawaitable(url):
+        url = await url
+    assert isinstance(url, str)
+    created.append(url)
+    await migrate(url)
+    return url
+
+
+async def _drop(urls: list[str]) -> None:
+    """Drop the databases this run created (best effort, via the server's ``postgres`` db)."""
+    for url in urls:
+        plain = to_plain_url(url)
+        with contextlib.suppress(Exception):
+            conn = await asyncpg.connect(replace_database(plain, "postgres"))
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{database_name(plain)}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+
+@asynccontextmanager
+async def _app(
+    name: str, peer: str, url: str, nats_url: str, stream: str, *, sync: bool = True
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    settings = ServiceSettings(
+        app_name=name, destination_app=peer, database_url=url, nats_url=nats_url,
+        stream_name=stream, sync_enabled=sync, db_pool_size=20,
+    )  # fmt: skip
+    config = settings.to_bridge_config(
+        env={},
+        relay=RelayOptions(poll_interval=0.5),
+        consumer=ConsumerOptions(fetch_timeout=1.0),
+    )
+    app = create_app(settings, bridge_config=config)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{name}")
+        )
+        yield app, client
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+async def bench_latency(
+    nats_url: str, factory: UrlFactory, created: list[str]
+) -> list[tuple[str, float, str]]:
+    token = uuid.uuid4().hex[:6]
+    a_name, b_name, stream = f"bench_a{token}", f"bench_b{token}", f"bench-{token}"
+    url_a, url_b = await _fresh(factory, created), await _fresh(factory, created)
+    latencies: list[float] = []
+    async with (
+        _app(a_name, b_name, url_a, nats_url, stream) as (_app_a, client_a),
+        _app(b_name, a_name, url_b, nats_url, stream) as (app_b, _client_b),
+    ):
+        state_b: ServiceState = app_b.state.service
+        async with state_b.engine.connect() as conn:
+            for i in range(LATENCY_SAMPLES):
+                response = await client_a.post(
+                    "/organizations", json={"name": f"L{i}", "domain": f"l{i}-{token}.test"}
+                )
+                committed = time.perf_counter()
+                org_id = response.json()["id"]
+                query = text("SELECT 1 FROM organizations WHERE id = :id")
+                deadline = committed + 5.0
+                while (await conn.execute(query, {"id": org_id})).first() is None:
+                    await conn.rollback()  # a fresh snapshot for the next poll
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError(f"organization {org_id} did not reach B within 5 s")
+                    await asyncio.sleep(0.001)
+                latencies.append((time.perf_counter() - committed) * 1000)
+                await conn.rollback()
+                await asyncio.sleep(LATENCY_SPACING)
+    return [
+        ("services_sync_latency_p50", round(statistics.median(latencies), 2), "ms"),
+        ("services_sync_latency_p99", round(_percentile(latencies, 99), 2), "ms"),
+    ]
+
+
+async def _write_throughput(
+    nats_url: str, factory: UrlFactory, created: list[str], *, sync: bool
+) -> float:
+    token = uuid.uuid4().hex[:6]
+    url = await _fresh(factory, created)
+    stream = f"bench-w{token}"
+    async with _app(f"bench_w{token}", f"bench_p{token}", url, nats_url, stream, sync=sync) as (
+        _app_w,
+        client,
+    ):
+        counter = iter(range(10**9))
+
+        async def client_loop(requests: int) -> None:
+            for _ in range(requests):
+                n = next(counter)
+                response = await client.post(
+                    "/organizations", json={"name": f"W{n}", "domain": f"w{n}-{token}.test"}
+                )
+                if response.status_code != 201:
+                    raise RuntimeError(
+                        f"POST /organizations: {response.status_code} {response.text}"
+                    )
+
+        await asyncio.gather(
+            *(client_loop(WARMUP // WRITE_CLIENTS + 1) for _ in range(WRITE_CLIENTS))
+        )
+        started = time.perf_counter()
+        await asyncio.gather(
+            *(client_loop(WRITE_REQUESTS // WRITE_CLIENTS) for _ in range(WRITE_CLIENTS))
+        )
+        elapsed = time.perf_counter() - started
+    return (WRITE_REQUESTS // WRITE_CLIENTS) * WRITE_CLIENTS / elapsed
+
+
+async def bench_services(
+    nats_url: str, database_url_factory: UrlFactory
+) -> list[tuple[str, float, str]]:
+    created: list[str] = []
+    try:
+        results = await bench_latency(nats_url, database_url_factory, created)
+        # Alternate off/on twice and keep each side's best, so a noisy moment on the
+        # shared machine does not decide the comparison.
+        on: list[float] = []
+        off: list[float] = []
+        for _ in range(2):
+            off.append(await _write_throughput(nats_url, database_url_factory, created, sync=False))
+            on.append(await _write_throughput(nats_url, database_url_factory, created, sync=True))
+    finally:
+        await _drop(created)
+    best_on, best_off = max(on), max(off)
+    results += [
+        ("services_api_writes_outbox_on", round(best_on, 1), "req/s"),
+        ("services_api_writes_outbox_off", round(best_off, 1), "req/s"),
+        ("services_outbox_cost", round(max(0.0, 1 - best_on / best_off) * 100, 1), "%"),
+    ]
+    return results
+
+
+async def _main() -> None:
+    from bridge.testing import NatsServer, PostgresServer
+
+    nats = NatsServer().start()
+    postgres = PostgresServer()
+    try:
+        for name, value, unit in await bench_services(nats.url, postgres.create_database):
+            print(f"bench {name} {value} {unit}")
+    finally:
+        postgres.cleanup()
+        nats.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(_main())
