@@ -25,7 +25,7 @@ demo: install
 
 ## The whole suite; brings up the servers it needs itself.
 test: install
-	$(PY) -m pytest -q -m "not faults" tests
+	$(PY) -m pytest -q -m "not faults or smoke" tests
 
 test-faults: install
 	$(PY) -m pytest -q -m faults tests
