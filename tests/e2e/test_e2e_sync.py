@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
-from e2e_support import Pair, Side, eventually
+from e2e_support import Pair, Side, eventually, start_side
 
 from bridge.envelope import Envelope
+from bridge.testing import NatsServer, PostgresServer
 
 
 async def created(response: httpx.Response) -> dict[str, Any]:
@@ -153,3 +155,20 @@ async def test_user_before_its_organization_is_retried_not_dead_lettered(pair: P
     )  # failed at least once, then applied
     counts = await pair.subject_counts()
     assert not any(subject.endswith(".dlq") for subject in counts), counts
+
+
+async def test_push_consumers_both_ways(
+    nats_server: NatsServer, postgres: PostgresServer, unique: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        sides = [
+            await start_side(
+                stack, postgres, name=f"{me}{unique}", peer=f"{peer}{unique}",
+                stream=f"push-{unique}", nats_url=nats_server.url, consumer_mode="push",
+            )
+            for me, peer in (("a", "b"), ("b", "a"))
+        ]  # fmt: skip
+        a, b = sides
+        assert a.config.consumer_mode == b.config.consumer_mode == "push"
+        await crud_crosses(a, b, "push-a")
+        await crud_crosses(b, a, "push-b")
