@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 import uuid
@@ -112,7 +113,9 @@ class OutboxRelay:
         self._batch_lock = asyncio.Lock()  # run_once and the loop never overlap
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._next_retry: float | None = None  # monotonic time of our earliest retry
+        # Monotonic times at which rows this relay failed become due again (a heap):
+        # the loop wakes for them instead of waiting for the next poll.
+        self._retry_due: list[float] = []
         self._listening = False
         self.published_total = 0
         self.publish_failures_total = 0
@@ -192,11 +195,16 @@ class OutboxRelay:
         failures = 0
         while not self._stopping.is_set():
             full = False
-            if self._connected():
+            connected = self._connected()
+            if connected:
+                round_started = time.monotonic()
                 try:
                     claimed = await self._cycle()
                     full = claimed >= self._opts.batch_size
                     failures = 0
+                    # Retries due before this round started were covered by it.
+                    while self._retry_due and self._retry_due[0] <= round_started:
+                        heapq.heappop(self._retry_due)
                 except Exception as exc:  # database hiccup: log, pause, try again
                     failures += 1
                     log.warning(
@@ -213,15 +221,13 @@ class OutboxRelay:
                     )
                     continue
             if not full:
-                await self._sleep(self._idle_timeout())
+                await self._sleep(self._idle_timeout(connected))
 
-    def _idle_timeout(self) -> float:
+    def _idle_timeout(self, connected: bool) -> float:
+        """Until the next poll, or the earliest scheduled retry if sooner."""
         timeout = self._opts.poll_interval
-        if self._next_retry is not None:
-            until = self._next_retry - time.monotonic()
-            if until <= timeout:
-                self._next_retry = None  # this wait covers it
-                timeout = max(0.0, until)
+        if connected and self._retry_due:
+            timeout = min(timeout, max(0.0, self._retry_due[0] - time.monotonic()))
         return timeout
 
     async def _sleep(self, seconds: float) -> None:
@@ -299,9 +305,9 @@ class OutboxRelay:
         return len(sent)
 
     def _note_failures(self, failures: Sequence[Failure], dead: Sequence[int]) -> None:
-        soonest = time.monotonic() + min(f.delay for f in failures)
-        if self._next_retry is None or soonest < self._next_retry:
-            self._next_retry = soonest
+        now = time.monotonic()
+        for failure in failures:
+            heapq.heappush(self._retry_due, now + failure.delay)
         first = failures[0]
         # One line per round, not per row: an outage fails whole batches.
         log.warning(
