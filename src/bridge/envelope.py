@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,10 +76,21 @@ class Envelope:
         return self.event_type.rsplit(".", 1)[-1]
 
     def to_dict(self) -> dict[str, Any]:
-        body = asdict(self)
-        body.pop("traceparent")
-        body["payload"] = dict(self.payload)
-        return body
+        # Built by hand: dataclasses.asdict deep-copies the payload and is the
+        # costliest step of capturing a change in the outbox.
+        return {
+            "event_type": self.event_type,
+            "producer": self.producer,
+            "resource_type": self.resource_type,
+            "resource_id": self.resource_id,
+            "payload": dict(self.payload),
+            "event_id": self.event_id,
+            "occurred_at": self.occurred_at,
+            "schema_version": self.schema_version,
+            "trace_id": self.trace_id,
+            "origin": self.origin,
+            "causation_id": self.causation_id,
+        }
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":"), default=str).encode()

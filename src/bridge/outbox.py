@@ -8,8 +8,9 @@ Contract:
   changed (:meth:`Session.is_modified`) or deleted ``Synced`` instance adds one
   outbox row holding the complete envelope body — the full row snapshot as payload —
   through the flush's own connection: rollback → no row, commit → the row is there.
-- The first capture of a transaction also runs ``pg_notify('bridge_outbox')``;
-  PostgreSQL delivers it only on commit, waking relays in other processes.
+- Every insert into the outbox fires the table's statement trigger, which runs
+  ``pg_notify('bridge_outbox')``; PostgreSQL delivers it only on commit (and drops
+  it with a rolled-back savepoint), waking relays in other processes.
 - After commit the in-process commit listeners run (the relay's wake-up).  They
   never carry the only copy of an event: the row does.
 - ``with skip_publish(session):`` captures nothing — used when applying the other
@@ -25,17 +26,15 @@ from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import event, insert, inspect, text
+from sqlalchemy import event, insert, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, SessionTransaction, UOWTransaction
+from sqlalchemy.orm import Session, UOWTransaction
 
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope, format_timestamp
-from bridge.schema import OUTBOX_CHANNEL
 from bridge.schema import outbox as outbox_table
 
 SKIP_PUBLISH_KEY = "bridge.skip_publish"
-_NOTIFIED_KEY = "bridge.outbox_notified"
 _CAPTURED_KEY = "bridge.outbox_captured"
 _SKIP_NEXT_FLUSH_KEY = "bridge.skip_next_flush"
 
@@ -121,7 +120,6 @@ class Outbox:
         event.listen(self.session_class, "after_flush", self._after_flush)
         event.listen(self.session_class, "after_commit", self._after_commit)
         event.listen(self.session_class, "after_rollback", self._after_rollback)
-        event.listen(self.session_class, "after_transaction_end", self._after_transaction_end)
 
     def add_commit_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after each commit that captured rows (must be cheap)."""
@@ -176,31 +174,19 @@ class Outbox:
             self._write(session, rows)
 
     def _write(self, session: Session, rows: list[dict[str, Any]]) -> None:
-        connection = session.connection()
-        connection.execute(insert(outbox_table), rows)
+        # The table's statement trigger sends the NOTIFY (bridge.schema.OUTBOX_NOTIFY_DDL).
+        session.connection().execute(insert(outbox_table), rows)
         session.info[_CAPTURED_KEY] = True
-        if not session.info.get(_NOTIFIED_KEY):
-            connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": OUTBOX_CHANNEL})
-            session.info[_NOTIFIED_KEY] = True
 
     def _after_commit(self, session: Session) -> None:
         captured = session.info.pop(_CAPTURED_KEY, False)
-        session.info.pop(_NOTIFIED_KEY, None)
         if captured:
             for callback in list(self._listeners):
                 callback()
 
-    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
-        # A savepoint that ended may have taken our NOTIFY with it (rolled back): let
-        # the next capture in the enclosing transaction notify again.  PostgreSQL
-        # folds identical notifications of one transaction into one.
-        if transaction.nested:
-            session.info.pop(_NOTIFIED_KEY, None)
-
     def _after_rollback(self, session: Session) -> None:
         session.info.pop(_SKIP_NEXT_FLUSH_KEY, None)
         session.info.pop(_CAPTURED_KEY, None)
-        session.info.pop(_NOTIFIED_KEY, None)
 
     async def enqueue(
         self, session: AsyncSession, envelope: Envelope, *, subject: str | None = None

@@ -14,6 +14,7 @@ redelivered), ``dead_lettered`` (sent to the DLQ; not "processed").
 from __future__ import annotations
 
 from sqlalchemy import (
+    DDL,
     BigInteger,
     Column,
     DateTime,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
     func,
     text,
 )
@@ -78,6 +80,32 @@ outbox = Table(
     ),
     Index("ix_bridge_outbox_sent_at", "sent_at", postgresql_where=text("status = 'sent'")),
 )
+
+#: Statement-level trigger: every INSERT into the outbox notifies OUTBOX_CHANNEL.
+#: NOTIFY is transactional (delivered on commit, dropped on rollback, folded within a
+#: transaction), so relays in other processes wake exactly when rows become visible,
+#: and the capture path pays no extra round trip for it.
+OUTBOX_NOTIFY_DDL: tuple[str, ...] = (
+    f"""
+    CREATE OR REPLACE FUNCTION bridge_outbox_notify() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{OUTBOX_CHANNEL}', '');
+        RETURN NULL;
+    END $$
+    """,
+    "DROP TRIGGER IF EXISTS bridge_outbox_notify ON bridge_outbox",
+    """
+    CREATE TRIGGER bridge_outbox_notify AFTER INSERT ON bridge_outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION bridge_outbox_notify()
+    """,
+)
+OUTBOX_NOTIFY_DROP_DDL: tuple[str, ...] = (
+    "DROP TRIGGER IF EXISTS bridge_outbox_notify ON bridge_outbox",
+    "DROP FUNCTION IF EXISTS bridge_outbox_notify()",
+)
+for _statement in OUTBOX_NOTIFY_DDL:
+    event.listen(outbox, "after_create", DDL(_statement))  # type: ignore[no-untyped-call]
 
 inbox = Table(
     "bridge_inbox",
