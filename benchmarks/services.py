@@ -7,6 +7,10 @@
   readable in System B's database, under light load (one change at a time, ~20/s).
   Visibility is polled every millisecond, so figures include up to ~1 ms of polling.
   Target: p99 < 100 ms.
+- ``services_api_writes_capture_only`` (req/s) and ``services_outbox_capture_cost`` (%):
+  the same with the outbox row written in the request's transaction but the relay
+  running elsewhere (``ENABLE_RELAY=false`` — a web process whose relay runs in a worker),
+  i.e. the price of the transactional outbox itself on the request path.
 - ``services_api_writes_outbox_on`` / ``_off`` (req/s): ``POST /organizations`` from
   concurrent clients against System A in-process (ASGI, no HTTP server), with the
   bridge running (outbox capture in the request's transaction + the relay publishing)
@@ -73,11 +77,18 @@ async def _drop(urls: list[str]) -> None:
 
 @asynccontextmanager
 async def _app(
-    name: str, peer: str, url: str, nats_url: str, stream: str, *, sync: bool = True
+    name: str,
+    peer: str,
+    url: str,
+    nats_url: str,
+    stream: str,
+    *,
+    sync: bool = True,
+    relay: bool = True,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = ServiceSettings(
         app_name=name, destination_app=peer, database_url=url, nats_url=nats_url,
-        stream_name=stream, sync_enabled=sync, db_pool_size=20,
+        stream_name=stream, sync_enabled=sync, db_pool_size=20, enable_relay=relay,
     )  # fmt: skip
     config = settings.to_bridge_config(
         env={},
@@ -135,12 +146,14 @@ async def bench_latency(
 
 
 async def _write_throughput(
-    nats_url: str, factory: UrlFactory, created: list[str], *, sync: bool
+    nats_url: str, factory: UrlFactory, created: list[str], *, sync: bool, relay: bool = True
 ) -> float:
     token = uuid.uuid4().hex[:6]
     url = await _fresh(factory, created)
     stream = f"bench-w{token}"
-    async with _app(f"bench_w{token}", f"bench_p{token}", url, nats_url, stream, sync=sync) as (
+    async with _app(
+        f"bench_w{token}", f"bench_p{token}", url, nats_url, stream, sync=sync, relay=relay
+    ) as (
         _app_w,
         client,
     ):
@@ -178,13 +191,25 @@ async def bench_services(
         # shared machine does not decide the comparison.
         on: list[float] = []
         off: list[float] = []
+        capture: list[float] = []
         for _ in range(2):
             off.append(await _write_throughput(nats_url, database_url_factory, created, sync=False))
             on.append(await _write_throughput(nats_url, database_url_factory, created, sync=True))
+            capture.append(
+                await _write_throughput(
+                    nats_url, database_url_factory, created, sync=True, relay=False
+                )
+            )
     finally:
         await _drop(created)
-    best_on, best_off = max(on), max(off)
+    best_on, best_off, best_capture = max(on), max(off), max(capture)
     results += [
+        ("services_api_writes_capture_only", round(best_capture, 1), "req/s"),
+        (
+            "services_outbox_capture_cost",
+            round(max(0.0, 1 - best_capture / best_off) * 100, 1),
+            "%",
+        ),
         ("services_api_writes_outbox_on", round(best_on, 1), "req/s"),
         ("services_api_writes_outbox_off", round(best_off, 1), "req/s"),
         ("services_outbox_cost", round(max(0.0, 1 - best_on / best_off) * 100, 1), "%"),
