@@ -27,6 +27,9 @@ Contract:
   batch is followed immediately by the next one (drain).
 - **Retention**: sent rows older than ``relay.retention`` are deleted every
   ``relay.cleanup_interval``.
+- **Observer** (optional, e.g. :class:`bridge.metrics.BridgeMetrics`): told after
+  every published batch how many rows went out, failed and were duplicates, and
+  how long publishing and settling the batch took.
 - ``stop(timeout)`` finishes the batch in flight (its PubAcks and marks), ends every
   task it started, and cancels what is still running after ``timeout`` (rows of a
   cancelled batch stay leased until the lease expires, then are published again).
@@ -42,7 +45,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -58,6 +61,8 @@ __all__ = ["ClaimedRow", "OutboxRelay", "RelayStats"]
 
 log = logging.getLogger("bridge.relay")
 
+#: Batches published concurrently by the drain loop (see ``OutboxRelay._drain``).
+BATCHES_IN_FLIGHT = 3
 #: How often the LISTEN task checks that its connection is still open.
 LISTEN_CHECK_INTERVAL = 5.0
 
@@ -81,6 +86,14 @@ class RelayStats:
     duplicates_total: int = 0
 
 
+class RelayObserver(Protocol):
+    """Told about each published batch; must be cheap and must not raise."""
+
+    def relay_batch(
+        self, *, published: int, failures: int, duplicates: int, seconds: float
+    ) -> None: ...
+
+
 class OutboxRelay:
     """Publishes outbox rows; see the module docstring for the full contract.
 
@@ -97,7 +110,9 @@ class OutboxRelay:
         outbox: Outbox | None = None,
         owner: str | None = None,
         connected: Callable[[], bool] | None = None,
+        observer: RelayObserver | None = None,
     ) -> None:
+        self.observer = observer
         self._config = config
         self._opts = config.relay
         self._engine = engine
@@ -111,6 +126,8 @@ class OutboxRelay:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._batch_lock = asyncio.Lock()  # run_once and the loop never overlap
+        # PubAcks outstanding across all batches in flight.
+        self._in_flight = asyncio.Semaphore(self._opts.max_in_flight)
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         # Monotonic times at which rows this relay failed become due again (a heap):
@@ -194,13 +211,11 @@ class OutboxRelay:
     async def _run(self) -> None:
         failures = 0
         while not self._stopping.is_set():
-            full = False
             connected = self._connected()
             if connected:
                 round_started = time.monotonic()
                 try:
-                    claimed = await self._cycle()
-                    full = claimed >= self._opts.batch_size
+                    await self._drain()
                     failures = 0
                     # Retries due before this round started were covered by it.
                     while self._retry_due and self._retry_due[0] <= round_started:
@@ -220,8 +235,7 @@ class OutboxRelay:
                         )
                     )
                     continue
-            if not full:
-                await self._sleep(self._idle_timeout(connected))
+            await self._sleep(self._idle_timeout(connected))
 
     def _idle_timeout(self, connected: bool) -> float:
         """Until the next poll, or the earliest scheduled retry if sooner."""
@@ -243,19 +257,49 @@ class OutboxRelay:
 
     async def run_once(self) -> int:
         """Claim and publish one batch; return how many rows were published and marked."""
-        return await self._cycle(count_sent=True)
-
-    async def _cycle(self, *, count_sent: bool = False) -> int:
-        """One round; returns rows claimed (or rows sent when ``count_sent``)."""
         async with self._batch_lock:
             rows = await self.claim()
-            if not rows:
-                return 0
-            started = time.perf_counter()
-            sent = await self.publish_claimed(rows)
-            self.batches_total += 1
-            self.last_batch_seconds = time.perf_counter() - started
-            return sent if count_sent else len(rows)
+            return await self.publish_claimed(rows) if rows else 0
+
+    async def _drain(self) -> int:
+        """Claim and publish until a claim comes back short; return rows claimed.
+
+        Batches overlap: while one batch waits for its PubAcks (and is marked), the
+        next is already claimed and published, up to ``BATCHES_IN_FLIGHT`` at once.
+        This keeps per-record order because a claim never returns a row while an
+        earlier row of its record is leased (here: to this relay, in a batch still
+        in flight) — so batches in flight never share a record.
+        """
+        claimed = 0
+        in_flight: set[asyncio.Task[int]] = set()
+        async with self._batch_lock:
+            try:
+                while True:
+                    rows = await self.claim()
+                    claimed += len(rows)
+                    if rows:
+                        in_flight.add(asyncio.create_task(self._batch(rows)))
+                    if len(rows) < self._opts.batch_size or self._stopping.is_set():
+                        break
+                    if len(in_flight) >= BATCHES_IN_FLIGHT:
+                        _, in_flight = await asyncio.wait(
+                            in_flight, return_when=asyncio.FIRST_COMPLETED
+                        )
+            finally:
+                # Even when cancelled or failing: batches in flight finish (and
+                # their errors surface) before the round ends.
+                results = await asyncio.gather(*in_flight, return_exceptions=True)
+                errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+        return claimed
+
+    async def _batch(self, rows: Sequence[ClaimedRow]) -> int:
+        started = time.perf_counter()
+        sent = await self.publish_claimed(rows)
+        self.batches_total += 1
+        self.last_batch_seconds = time.perf_counter() - started
+        return sent
 
     async def claim(self, limit: int | None = None) -> list[ClaimedRow]:
         """Lease up to ``limit`` (default ``batch_size``) due rows to this relay.
@@ -270,10 +314,11 @@ class OutboxRelay:
 
         Returns the number of rows published (PubAck received).
         """
+        started = time.perf_counter()
         chains: dict[tuple[str, str], list[ClaimedRow]] = {}
         for row in sorted(rows, key=lambda r: r.id):
             chains.setdefault(row.resource_key, []).append(row)
-        semaphore = asyncio.Semaphore(self._opts.max_in_flight)
+        semaphore = self._in_flight
         sent: list[tuple[int, int]] = []
         failures: list[Failure] = []
         released: list[int] = []
@@ -300,6 +345,13 @@ class OutboxRelay:
         self.published_total += len(sent)
         self.duplicates_total += duplicates
         self.publish_failures_total += len(failures)
+        if self.observer is not None:
+            self.observer.relay_batch(
+                published=len(sent),
+                failures=len(failures),
+                duplicates=duplicates,
+                seconds=time.perf_counter() - started,
+            )
         if failures:
             self._note_failures(failures, dead)
         return len(sent)
