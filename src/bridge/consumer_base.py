@@ -19,6 +19,9 @@ ack / NAK / dead letter.  This module owns everything around that:
 - **stop(timeout)**: stop receiving, let the workers finish and acknowledge what
   they hold, flush the acks; whatever is still un-acked when ``timeout`` runs
   out is abandoned (its transaction rolls back) and redelivered by the server.
+- **Observer** (optional, e.g. :class:`bridge.metrics.BridgeMetrics`): told about
+  every processed batch after its acks were sent, with the outcomes and the time
+  ``process_batch`` took.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bridge.config import BridgeConfig
 from bridge.connection import Connection
@@ -62,6 +66,14 @@ class ConsumerStats:
         return self.outcomes.get(Outcome.ACKED, 0)
 
 
+class BatchObserver(Protocol):
+    """Told about each processed batch (acks sent); must be cheap and must not raise."""
+
+    def consumer_batch(
+        self, deliveries: Sequence[Delivery], outcomes: Sequence[str], seconds: float
+    ) -> None: ...
+
+
 class BaseConsumer:
     """Receive loop + workers; subclasses implement ``_open``, ``_receive``, ``_close``."""
 
@@ -74,10 +86,13 @@ class BaseConsumer:
         processor: InboxProcessor,
         *,
         watch_max_deliveries: bool | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         """``watch_max_deliveries`` (default: ``config.auto_provision``) starts a
         :class:`~bridge.dlq.MaxDeliveriesWatcher`; restrictive apps usually lack the
-        permission to read advisories and messages by sequence, so it is off there."""
+        permission to read advisories and messages by sequence, so it is off there.
+        ``observer`` (also settable before :meth:`start`) sees every processed batch."""
+        self.observer = observer
         self._config = config
         self._connection = connection
         self._processor = processor
@@ -237,9 +252,12 @@ class BaseConsumer:
     async def _work(self, queue: asyncio.Queue[list[Delivery] | None]) -> None:
         while (batch := await queue.get()) is not None:
             try:
+                started = time.perf_counter()
                 outcomes = await self._processor.process_batch(batch)
                 self._outcomes.update(str(o) for o in outcomes)
                 self._batches += 1
+                if self.observer is not None:
+                    self.observer.consumer_batch(batch, outcomes, time.perf_counter() - started)
             except Exception as exc:  # a bug or a dead connection: un-acked ones come back
                 log.error(
                     "batch failed",

@@ -10,6 +10,14 @@ re-raises, so a misconfigured app fails fast with the provisioning error's messa
 
 Web and worker processes scale separately: ``enable_consumer=False`` /
 ``enable_relay=False`` in the config turn either part off in a process.
+
+Observability: every Bridge has its own :class:`~bridge.metrics.BridgeMetrics`
+(``bridge.metrics``, its own Prometheus registry) fed by the relay, the consumer
+and the handlers, plus gauges read from :meth:`Bridge.status` at scrape time.  Its
+outbox stamps each row with the current W3C ``traceparent``
+(:func:`bridge.tracing.current_traceparent`; an ``outbox`` passed in keeps its own
+setting) and its handlers run in a span that continues the producer's trace
+(:class:`bridge.tracing.TracedRouter`, ``tracer_provider`` or the global one).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import logging
 from types import TracebackType
 from typing import Any
 
+from opentelemetry.trace import TracerProvider
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -31,11 +40,13 @@ from bridge.dlq import DeadLetters
 from bridge.errors import BridgeError, PermissionDeniedError
 from bridge.inbox import InboxProcessor
 from bridge.jsapi import JetStreamApi
+from bridge.metrics import BridgeMetrics, BridgeStateSource
 from bridge.outbox import Outbox
 from bridge.provisioning import Plan, Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
 from bridge.relay import OutboxRelay
 from bridge.router import Router
+from bridge.tracing import TracedRouter, current_traceparent
 
 log = logging.getLogger("bridge.runtime")
 
@@ -54,11 +65,16 @@ class Bridge:
         router: Router | None = None,
         outbox: Outbox | None = None,
         dispose_engine: bool = False,
+        metrics: BridgeMetrics | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
         self.router = router or Router()
-        self.outbox = outbox or Outbox(config)
+        self.outbox = outbox or Outbox(config, traceparent=current_traceparent)
+        self.metrics = metrics or BridgeMetrics()
+        self.metrics.add_source("bridge", BridgeStateSource(self.status))
+        self.tracer_provider = tracer_provider
         self.session_factory: async_sessionmaker[AsyncSession] = async_sessionmaker(
             engine, expire_on_commit=False, sync_session_class=self.outbox.session_class
         )
@@ -94,13 +110,20 @@ class Bridge:
                     self.publisher,
                     outbox=self.outbox,
                     connected=lambda: self.connection.is_connected,
+                    observer=self.metrics,
                 )
                 await self.relay.start()
             if self.config.enable_consumer:
+                router = TracedRouter(
+                    self.router,
+                    tracer_provider=self.tracer_provider,
+                    on_handled=self.metrics.handler_done,
+                )
                 self.processor = InboxProcessor(
-                    self.config, self.session_factory, self.router, self.dead_letters
+                    self.config, self.session_factory, router, self.dead_letters
                 )
                 self.consumer = make_consumer(self.config, self.connection, self.processor)
+                self.consumer.observer = self.metrics
                 await self.consumer.start()
         except BaseException:
             await self.stop(timeout=5.0)

@@ -1,0 +1,295 @@
+"""Prometheus metrics of one :class:`~bridge.runtime.Bridge`, in its own registry.
+
+Every :class:`BridgeMetrics` owns a :class:`~prometheus_client.CollectorRegistry`
+(never the process-wide default one), so several bridges — e.g. System A and
+System B in one test process — never collide.  Two kinds of metric:
+
+- **Counters and histograms** updated by hooks as things happen (real,
+  monotonic counters for the life of the ``BridgeMetrics``):
+  :meth:`relay_batch` (the relay, after each published batch),
+  :meth:`consumer_batch` (the consumer, after each processed batch, acks done),
+  :meth:`handler_done` (:class:`~bridge.tracing.TracedRouter`, after each handler call).
+- **Gauges read at scrape time** from *sources* (:class:`MetricSource`: the
+  bridge's database and NATS state, a service's own tables).  Prometheus'
+  ``collect()`` is synchronous and queries are not, so :meth:`refresh` reads the
+  sources (at most once per ``cache_seconds``, each bounded by ``source_timeout``;
+  concurrent scrapes share one read) and ``collect()`` serves that snapshot.
+  :meth:`render` does both: what a ``/metrics`` endpoint returns.  A source that
+  fails is logged and its metrics are left out of that scrape (no stale values).
+
+Metric names and labels are listed in docs/OPERATIONS.md ("Metrics and tracing").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from bridge.delivery import Outcome, Received
+from bridge.envelope import Envelope, parse_timestamp
+from bridge.errors import EnvelopeError
+from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
+
+__all__ = [
+    "CONTENT_TYPE",
+    "BridgeMetrics",
+    "BridgeStateSource",
+    "MetricSource",
+    "counter_family",
+]
+
+log = logging.getLogger("bridge.metrics")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+LAG_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0
+)  # fmt: skip
+
+# A regex finds the timestamp without decoding the whole body a second time (the
+# inbox already did); JSON whitespace around the colon is allowed.
+_OCCURRED_AT = re.compile(rb'"occurred_at"\s*:\s*"([^"]{1,64})"')
+
+
+class MetricSource(Protocol):
+    """Something whose metrics are read at scrape time (database counts, NATS state)."""
+
+    async def read(self) -> Iterable[Metric]: ...
+
+
+class BridgeMetrics:
+    """The metrics of one bridge (module doc).  Give each Bridge its own instance."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        cache_seconds: float = 1.0,
+        source_timeout: float = 2.0,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._cache_seconds = cache_seconds
+        self._source_timeout = source_timeout
+        self._sources: list[tuple[str, MetricSource]] = []
+        self._snapshot: list[Metric] = []
+        self._read_at: float | None = None
+        self._refresh_lock = asyncio.Lock()
+        r = self.registry
+        self.published = Counter(
+            "bridge_events_published", "Outbox rows published (PubAck received).", registry=r
+        )
+        self.publish_failures = Counter(
+            "bridge_publish_failures",
+            "Failed publish attempts of outbox rows (each retried with backoff or failed).",
+            registry=r,
+        )
+        self.publish_duplicates = Counter(
+            "bridge_publish_duplicates",
+            "Publishes the server reported as duplicates (Nats-Msg-Id seen in its window).",
+            registry=r,
+        )
+        self.batch_duration = Histogram(
+            "bridge_relay_batch_duration_seconds",
+            "Time to publish one claimed outbox batch and record the outcome.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.deliveries = Counter(
+            "bridge_deliveries",
+            "Deliveries processed by the consumer, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in Outcome:  # every series exists from the start, at 0
+            self.deliveries.labels(outcome=str(outcome))
+        self.handler_duration = Histogram(
+            "bridge_handler_duration_seconds",
+            "Time of one handler call (per event, inside the inbox transaction).",
+            ["event_type", "result"],
+            buckets=HANDLER_BUCKETS,
+            registry=r,
+        )
+        self.lag = Histogram(
+            "bridge_end_to_end_lag_seconds",
+            "From the event's occurred_at (producer clock) to its ack after processing.",
+            buckets=LAG_BUCKETS,
+            registry=r,
+        )
+        r.register(_SnapshotCollector(self))
+
+    # -- hooks (synchronous, cheap, never raise into the caller) ------------------
+    def relay_batch(
+        self, *, published: int, failures: int, duplicates: int, seconds: float
+    ) -> None:
+        """The relay published one claimed batch (called by :class:`~bridge.relay.OutboxRelay`)."""
+        self.published.inc(published)
+        self.publish_failures.inc(failures)
+        self.publish_duplicates.inc(duplicates)
+        self.batch_duration.observe(seconds)
+
+    def consumer_batch(
+        self, deliveries: Sequence[Received], outcomes: Sequence[str], seconds: float
+    ) -> None:
+        """The consumer processed ``deliveries`` (outcomes in the same order), acks sent."""
+        now = time.time()
+        for delivery, outcome in zip(deliveries, outcomes, strict=False):
+            self.deliveries.labels(outcome=str(outcome)).inc()
+            if outcome == Outcome.ACKED:
+                occurred = _occurred_at(delivery.data)
+                if occurred is not None:
+                    # Producer and consumer clocks differ; never report a negative lag.
+                    self.lag.observe(max(0.0, now - occurred))
+
+    def handler_done(self, envelope: Envelope, seconds: float, error: BaseException | None) -> None:
+        """One handler call finished (``error`` is what it raised, if anything)."""
+        self.handler_duration.labels(
+            event_type=envelope.event_type, result="success" if error is None else "error"
+        ).observe(seconds)
+
+    # -- scrape-time sources ----------------------------------------------------------
+    def add_source(self, name: str, source: MetricSource) -> None:
+        """Read ``source`` on each :meth:`refresh` (``name`` appears in logs only)."""
+        self._sources.append((name, source))
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Read every source unless the snapshot is younger than ``cache_seconds``."""
+        async with self._refresh_lock:
+            fresh = (
+                self._read_at is not None and time.monotonic() - self._read_at < self._cache_seconds
+            )
+            if fresh and not force:
+                return
+            metrics: list[Metric] = []
+            for name, source in self._sources:
+                try:
+                    async with asyncio.timeout(self._source_timeout):
+                        metrics.extend(await source.read())
+                except Exception as exc:  # a scrape must not fail because one part is down
+                    log.warning(
+                        "metrics source failed; its metrics are left out of this scrape",
+                        extra={"source": name, "error": repr(exc)},
+                    )
+            self._snapshot = metrics
+            self._read_at = time.monotonic()
+
+    async def render(self) -> bytes:
+        """The Prometheus text exposition, sources refreshed (see :data:`CONTENT_TYPE`)."""
+        await self.refresh()
+        return generate_latest(self.registry)
+
+    def snapshot(self) -> list[Metric]:
+        return list(self._snapshot)
+
+
+class _SnapshotCollector:
+    """Serves the metrics of the last :meth:`BridgeMetrics.refresh` to the registry."""
+
+    def __init__(self, metrics: BridgeMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        # Names vary with what the sources can read; nothing to check at register time.
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics.snapshot()
+
+
+class BridgeStateSource:
+    """Gauges from :meth:`bridge.runtime.Bridge.status` (outbox, inbox, DLQ, consumer).
+
+    Parts the process does not run (relay or consumer off) or may not read (no
+    stream-info permission in restrictive mode) are left out, not reported as 0.
+    """
+
+    def __init__(self, status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        self._status = status
+
+    async def read(self) -> list[Metric]:
+        status = await self._status()
+        out: list[Metric] = [
+            _gauge(
+                "bridge_jetstream_connected",
+                "1 while the NATS connection is up.",
+                1.0 if status.get("jetstream_connected") else 0.0,
+            )
+        ]
+        outbox = status.get("outbox")
+        if outbox is not None:
+            out += [
+                _gauge("bridge_outbox_pending", "Outbox rows waiting to be published.",
+                       outbox["pending"]),
+                _gauge("bridge_outbox_retrying",
+                       "Pending outbox rows that failed at least once and wait for a retry.",
+                       outbox["retried"]),
+                _gauge("bridge_outbox_failed",
+                       "Outbox rows that failed max_attempts times (need requeue).",
+                       outbox["failed"]),
+            ]  # fmt: skip
+            age = outbox.get("oldest_pending_age_seconds")
+            out.append(
+                _gauge(
+                    "bridge_outbox_oldest_pending_age_seconds",
+                    "Age of the oldest pending outbox row (0 when none is pending).",
+                    float(age) if age is not None else 0.0,
+                )
+            )
+        inbox = status.get("inbox")
+        if inbox is not None:
+            family = GaugeMetricFamily(
+                "bridge_inbox_records", "Inbox records by status.", labels=["status"]
+            )
+            for label, key in (
+                (INBOX_PROCESSED, "processed"),
+                (INBOX_FAILED, "failed"),
+                (INBOX_DEAD_LETTERED, "dead_lettered"),
+            ):
+                family.add_metric([label], float(inbox[key]))
+            out.append(family)
+        dead_letters = status.get("dead_letters")
+        if dead_letters is not None:
+            out.append(
+                _gauge(
+                    "bridge_dead_letters",
+                    "Messages on this app's dead-letter subject in the stream.",
+                    dead_letters,
+                )
+            )
+        consumer = status.get("consumer") or {}
+        for key, name, doc in (
+            ("num_pending", "bridge_consumer_pending", "Messages not yet delivered."),
+            ("num_ack_pending", "bridge_consumer_ack_pending", "Deliveries awaiting an ack."),
+        ):
+            if consumer.get(key) is not None:
+                out.append(_gauge(name, doc, consumer[key]))
+        return out
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=float(value))
+
+
+def counter_family(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    """A counter read from a source (exposed as ``<name>_total``)."""
+    return CounterMetricFamily(name, documentation, value=float(value))
+
+
+def _occurred_at(data: bytes) -> float | None:
+    """Epoch seconds of the body's ``occurred_at``, or ``None`` if it cannot be read."""
+    match = _OCCURRED_AT.search(data)
+    if match is None:
+        return None
+    try:
+        return parse_timestamp(match.group(1).decode()).timestamp()
+    except (EnvelopeError, UnicodeDecodeError):
+        return None
