@@ -9,6 +9,9 @@ engine.  With ``sync_enabled=False`` the API runs on its database alone (plain
 sessions, no outbox capture): used to measure the outbox's cost and to run the
 API without NATS.
 
+``GET /metrics`` and request tracing: :mod:`services.shared.observability`
+(``tracer_provider``: an OpenTelemetry SDK provider; default the global one).
+
 Errors are JSON: ``{"error": "..."}`` with HTTP 404/409/422, and for 422 a
 ``details`` list of ``{"field", "location", "message", "type"}``.  Bad input never
 produces a 500.
@@ -24,6 +27,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import TracerProvider
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -34,6 +38,7 @@ from bridge.runtime import Bridge
 from services.shared.db import make_engine
 from services.shared.errors import ServiceError
 from services.shared.handlers import SyncHandlers
+from services.shared.observability import install_observability, service_metrics
 from services.shared.repository import Repository
 from services.shared.routes import router as api_router
 from services.shared.settings import ServiceSettings
@@ -45,7 +50,12 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 
-def create_app(settings: ServiceSettings, *, bridge_config: BridgeConfig | None = None) -> FastAPI:
+def create_app(
+    settings: ServiceSettings,
+    *,
+    bridge_config: BridgeConfig | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
     """The service app for ``settings``; ``bridge_config`` replaces the one settings build."""
 
     @asynccontextmanager
@@ -60,12 +70,14 @@ def create_app(settings: ServiceSettings, *, bridge_config: BridgeConfig | None 
                     repository=Repository(settings.app_name),
                     bridge=None,
                 )
+                app.state.metrics = service_metrics(engine, None)
                 yield
                 return
             config = bridge_config or settings.to_bridge_config()
             router = Router()
             SyncHandlers(engine, config.app_name).register(router)
-            bridge = Bridge(config, engine=engine, router=router)
+            bridge = Bridge(config, engine=engine, router=router, tracer_provider=tracer_provider)
+            app.state.metrics = service_metrics(engine, bridge)
             app.state.service = ServiceState(
                 app_name=config.app_name,
                 engine=engine,
@@ -91,6 +103,7 @@ def create_app(settings: ServiceSettings, *, bridge_config: BridgeConfig | None 
         lifespan=lifespan,
     )
     app.include_router(api_router)
+    install_observability(app, tracer_provider=tracer_provider)
     _install_error_handlers(app)
     return app
 
