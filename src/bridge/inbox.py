@@ -11,16 +11,19 @@ Contract (DESIGN.md, "Inbox is idempotent and atomic with the handler"):
    already ``processed`` or ``dead_lettered`` is not claimed: a duplicate, acked
    later without running the handler.  A record another replica holds makes the
    claim wait for it, so an event is never applied twice concurrently.
-3. For each claimed delivery, in order, inside its own SAVEPOINT
-   (``session.begin_nested()``): run the handler, flush.  A failure rolls back
-   only that savepoint; its record goes back to ``failed`` (attempts, last_error)
-   in the same transaction, so ``/sync_status`` counts it once committed.
+3. Run the claimed deliveries' handlers in order (:mod:`bridge.inbox_apply`):
+   first optimistically, all in that one transaction WITHOUT savepoints, and
+   commit once.  If a handler raises or the commit fails, the whole transaction
+   is rolled back and the batch re-run with a SAVEPOINT per delivery, which
+   gives each delivery its own outcome (the failing handler is not run again;
+   its exception decides it).  Failures go back to ``failed`` (attempts,
+   last_error) in the committed transaction, so ``/sync_status`` counts them.
    Once a delivery of resource X failed, later deliveries of X in the batch are
-   not run but NAKed with the same delay, so they come back after it (per-resource
-   order) — except on their last allowed delivery, where they run anyway, so no
-   delivery is dead-lettered without its handler having run.
-4. Commit once.  If the commit fails, every delivery of the batch is NAKed
-   (nothing was acked, nothing recorded) with the backoff delay.
+   NAKed with the same delay without running (per-resource order), except on
+   their last allowed delivery.  Handlers other than the failing one may run
+   twice, the first run rolled back: see :mod:`bridge.inbox_apply`.
+4. If the batch cannot be committed on either path, every delivery of the batch
+   is NAKed (nothing was acked, nothing recorded) with the backoff delay.
 5. Only now: ack successes and duplicates; then for the failures either store a
    dead letter, mark the record ``dead_lettered`` (a short separate transaction)
    and ``term()``, or ``nak(delay)``.  If the dead-letter publish fails, the
@@ -32,20 +35,35 @@ backoff delay.  After ``max_deliver`` deliveries the server stops redelivering i
 the message stays in the stream for an operator (``MAX_DELIVERIES`` advisory).
 
 With ``use_inbox=False`` there is no idempotency record: handlers run for every
-delivery (at-least-once), still in one transaction with a savepoint each.
+delivery (at-least-once), with the same optimistic attempt and fallback.
 
-Throughput: savepoint statements dominate the per-event cost.  SQLAlchemy names
-each savepoint of a transaction differently (``sa_savepoint_<n>``) and its asyncpg
-dialect prepares every distinct statement, so give the engine a prepared-statement
-cache larger than ``2 * batch_size`` (``?prepared_statement_cache_size=1000`` in the
-URL); the default of 100 makes every SAVEPOINT/RELEASE a prepare + execute.
+Throughput, and what the application's engine should have (the application
+builds the engine; the library never reads settings):
+
+- Per event, an all-success batch costs the handler's own statements plus a
+  share of one claim statement and one commit; the savepoint path adds SAVEPOINT
+  and RELEASE (two round trips, ~0.4 ms of client CPU with SQLAlchemy) per
+  delivery.  ``benchmarks/consumer.py`` measures both.
+- ``prepared_statement_cache_size`` (asyncpg dialect; URL query or
+  ``connect_args``): SQLAlchemy names each savepoint of a transaction differently
+  (``sa_savepoint_<n>``) and prepares every distinct statement, so the fallback
+  needs a cache above ``2 * batch_size`` plus the handlers' statements (e.g.
+  1000) or every SAVEPOINT/RELEASE is a prepare + execute.  The optimistic path
+  needs only the handlers' statements and a few of its own (default 100 is fine).
+- ``pool_size`` at least ``consumer.concurrency`` plus what the relay and the web
+  requests use: each worker holds one connection for the whole batch.
+- A larger ``consumer.batch_size`` spreads the claim and the commit over more
+  events; a batch with a failure costs a re-run, so keep it moderate (64 to 256)
+  where failures are frequent.
+- Not ``synchronous_commit=off``: the ack follows the commit, and a commit the
+  server may still lose breaks that.  One commit per batch keeps it cheap anyway.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -56,8 +74,9 @@ from bridge.delivery import Delivery, NatsDelivery, Outcome, Received
 from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope
 from bridge.errors import DeadLetterError, EnvelopeError
-from bridge.outbox import SKIP_PUBLISH_KEY, skip_publish
-from bridge.router import Action, Decision, Handler, Router, decide, decide_unknown
+from bridge.inbox_apply import BatchApplier, BatchItem, error_text
+from bridge.outbox import SKIP_PUBLISH_KEY
+from bridge.router import Action, Decision, Router, decide
 from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
 
 __all__ = [
@@ -80,46 +99,6 @@ class InboxCounts:
     dead_lettered: int
 
 
-@dataclass(slots=True)
-class _Item:
-    """Per-delivery state while a batch is being applied."""
-
-    delivery: Delivery
-    envelope: Envelope | None = None
-    outcome: Outcome | None = None
-    decision: Decision | None = None
-    error: BaseException | None = None
-    record: bool = True  # record a failed attempt / dead letter in the inbox
-
-    @property
-    def event_id(self) -> str:
-        return self.envelope.event_id if self.envelope is not None else ""
-
-    @property
-    def key(self) -> str:
-        env = self.envelope
-        return f"{env.resource_type}:{env.resource_id}" if env is not None else ""
-
-
-@dataclass(slots=True)
-class _BatchState:
-    """Bookkeeping of one batch transaction."""
-
-    claimed: set[str] | None  # event ids claimed (None: inbox off)
-    done: set[str] = field(default_factory=set)  # applied in this batch
-    seen: set[str] = field(default_factory=set)  # run (or tried) in this batch
-    blocked: dict[str, float] = field(default_factory=dict)  # resource key -> NAK delay
-    failed: list[tuple[str, str | None]] = field(default_factory=list)  # ran and failed
-    held: list[tuple[str, str | None]] = field(default_factory=list)  # claimed, not run
-
-
-def _error_text(error: BaseException | None) -> str | None:
-    if error is None:
-        return None
-    text = f"{type(error).__name__}: {error}"
-    return text[: store.LAST_ERROR_LIMIT]
-
-
 class InboxProcessor:
     """Applies deliveries through the router with the inbox contract (module doc)."""
 
@@ -129,16 +108,29 @@ class InboxProcessor:
         session_factory: async_sessionmaker[AsyncSession],
         router: Router,
         dead_letters: DeadLetters | None,
+        *,
+        optimistic: bool = True,
     ) -> None:
+        """``optimistic=False`` applies every batch on the savepoint path (module doc)."""
         self._config = config
         self._session_factory = session_factory
-        self._router = router
         self._dead_letters = dead_letters if config.use_dlq else None
+        self._applier = BatchApplier(config, session_factory, router, optimistic=optimistic)
 
     @property
     def dead_letters(self) -> DeadLetters | None:
         """The DLQ in use (``None`` when ``use_dlq`` is off)."""
         return self._dead_letters
+
+    @property
+    def optimistic_batches(self) -> int:
+        """Batches committed on the optimistic path (no savepoints)."""
+        return self._applier.optimistic_batches
+
+    @property
+    def fallback_batches(self) -> int:
+        """Batches rolled back on the optimistic path and re-run with savepoints."""
+        return self._applier.fallback_batches
 
     # -- the batch ----------------------------------------------------------------
     async def process_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
@@ -147,7 +139,7 @@ class InboxProcessor:
         pending = [item for item in items if item.decision is None]
         if pending:
             try:
-                await self._apply(pending)
+                await self._applier.apply(pending)
             except Exception as exc:
                 log.error(
                     "inbox transaction failed; NAKing the batch",
@@ -164,8 +156,8 @@ class InboxProcessor:
         await self._settle_failures([item for item in items if item.outcome is None])
         return [item.outcome or Outcome.RETRIED for item in items]
 
-    def _decode(self, delivery: Delivery) -> _Item:
-        item = _Item(delivery)
+    def _decode(self, delivery: Delivery) -> BatchItem:
+        item = BatchItem(delivery)
         try:
             item.envelope = Envelope.from_bytes(delivery.data, delivery.headers)
         except EnvelopeError as exc:
@@ -174,97 +166,8 @@ class InboxProcessor:
             item.decision = decide(exc, num_delivered=delivery.num_delivered, config=self._config)
         return item
 
-    async def _apply(self, items: list[_Item]) -> None:
-        """Claim, run handlers (savepoint each), record failures; commit.  Raises on failure."""
-        use_inbox = self._config.use_inbox
-        async with self._session_factory() as session:
-            with skip_publish(session):
-                async with session.begin():
-                    claimed = await self._claim(session, items) if use_inbox else None
-                    state = _BatchState(claimed)
-                    for item in items:
-                        await self._apply_one(session, item, state)
-                    if use_inbox:
-                        await store.mark_failed(session, state.failed, ran=True)
-                        await store.mark_failed(session, state.held, ran=False)
-
-    @staticmethod
-    async def _claim(session: AsyncSession, items: list[_Item]) -> set[str]:
-        # one row per event id: the same event twice in a batch is claimed once
-        rows = {
-            item.event_id: store.inbox_row(item.envelope, item.delivery, INBOX_PROCESSED)
-            for item in items
-            if item.envelope is not None
-        }
-        return await store.claim(session, list(rows.values()))
-
-    async def _apply_one(self, session: AsyncSession, item: _Item, state: _BatchState) -> None:
-        envelope, delivery = item.envelope, item.delivery
-        assert envelope is not None
-        event_id = envelope.event_id
-        if state.claimed is not None:
-            if event_id in state.done or event_id not in state.claimed:
-                item.outcome = Outcome.DUPLICATE
-                return
-            if event_id in state.seen:
-                # the same event twice in one batch and the first one failed: its
-                # record is taken; retry this copy with it
-                item.record = False
-                item.decision = Decision(Action.RETRY, delay=state.blocked.get(item.key))
-                return
-            state.seen.add(event_id)
-        last_chance = delivery.num_delivered >= self._config.max_deliver
-        if item.key in state.blocked and not last_chance:
-            item.record = False
-            item.decision = Decision(Action.RETRY, delay=state.blocked[item.key])
-            state.held.append((event_id, "held back: an earlier event of this resource failed"))
-            return
-        handler: Handler | None = self._router.handler_for(envelope)
-        if handler is None:
-            item.decision = decide_unknown(
-                self._router.unknown_event_policy,
-                num_delivered=delivery.num_delivered,
-                config=self._config,
-            )
-            if item.decision is not None:
-                self._failed(state, item, LookupError(f"no handler for {envelope.event_type!r}"))
-                return
-        else:
-            try:
-                async with session.begin_nested():
-                    await handler(session, envelope)
-                    await session.flush()
-            except Exception as exc:
-                item.decision = decide(
-                    exc, num_delivered=delivery.num_delivered, config=self._config
-                )
-                self._failed(state, item, exc)
-                log.warning(
-                    "handler failed",
-                    extra={
-                        "event_id": event_id,
-                        "event_type": envelope.event_type,
-                        "stream_seq": delivery.stream_seq,
-                        "attempt": delivery.num_delivered,
-                        "action": str(item.decision.action),
-                        "error": _error_text(exc),
-                    },
-                )
-                return
-        item.outcome = Outcome.ACKED
-        state.done.add(event_id)
-
-    def _failed(self, state: _BatchState, item: _Item, error: BaseException) -> None:
-        decision = item.decision
-        assert decision is not None and item.envelope is not None
-        item.error = error
-        state.failed.append((item.envelope.event_id, _error_text(error)))
-        # Later deliveries of the resource come back no earlier than this one.
-        delay = decision.delay if decision.action is Action.RETRY else None
-        state.blocked.setdefault(item.key, delay if delay is not None else self._config.backoff[0])
-
     # -- after the commit ---------------------------------------------------------
-    async def _settle_failures(self, items: list[_Item]) -> None:
+    async def _settle_failures(self, items: list[BatchItem]) -> None:
         """Dead-letter or NAK every item that did not succeed (none is ever acked)."""
         if not items:
             return
@@ -303,7 +206,7 @@ class InboxProcessor:
                 assert item.decision is not None
                 await item.delivery.nak(item.decision.delay)
 
-    async def _record(self, items: list[_Item]) -> None:
+    async def _record(self, items: list[BatchItem]) -> None:
         """Mark dead-lettered records (separate short transaction, after the DLQ has them)."""
         rows = [
             store.inbox_row(
@@ -311,7 +214,7 @@ class InboxProcessor:
                 item.delivery,
                 INBOX_DEAD_LETTERED,
                 attempts=item.delivery.num_delivered,
-                last_error=_error_text(item.error),
+                last_error=error_text(item.error),
             )
             for item in items
             if item.record and item.envelope is not None and item.outcome is Outcome.DEAD_LETTERED

@@ -17,7 +17,17 @@ Outcome contract (:func:`decide`):
   max_deliver``) → dead letter ``max_deliver_exceeded``, then term, because the
   server would not deliver it again.
 
-Writes a handler made before it raised are rolled back with its savepoint.
+Writes a handler made before it raised are rolled back (with the whole batch
+transaction on the optimistic path, with its savepoint on the fallback path).
+
+A handler may run more than once for one delivery, its earlier runs rolled back:
+the inbox applies a batch in one transaction without savepoints and, when any
+handler in it raises or the commit fails, re-runs the batch (all but the handler
+that raised) with a savepoint per delivery (:mod:`bridge.inbox_apply`);
+redeliveries after a crash before the commit do the same.
+So a handler must keep its effects inside ``session``.  Anything outside it
+(another connection or transaction, an HTTP call, an e-mail, process memory) is
+not rolled back and must be idempotent, e.g. ``INSERT ... ON CONFLICT DO NOTHING``.
 """
 
 from __future__ import annotations

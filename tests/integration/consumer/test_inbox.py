@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from consumer_support import SpyDelivery, Stack, org_event, record_effect
 from sqlalchemy import String, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -56,9 +57,12 @@ async def test_ack_comes_after_commit_and_handler_session_suppresses_publishing(
     assert (counts.total, counts.processed) == (1, 1)
 
 
+@pytest.mark.parametrize("optimistic", [False, True], ids=["savepoints", "optimistic"])
 async def test_failure_rolls_back_only_its_savepoint_and_holds_later_same_resource(
-    stack: Stack,
+    stack: Stack, optimistic: bool
 ) -> None:
+    """Same outcome on both paths; the optimistic one rolls back at y:1 and re-runs
+    the batch with savepoints, running x:1 again but never y:1 (its failure is kept)."""
     calls: list[str] = []
 
     async def handler(session: AsyncSession, env: Envelope) -> None:
@@ -79,7 +83,10 @@ async def test_failure_rolls_back_only_its_savepoint_and_holds_later_same_resour
     for env in events:
         await stack.publish(env)
     batch = await fetch(stack, sub, len(events))
-    outcomes = await stack.processor.process_batch(batch)
+    processor = InboxProcessor(
+        stack.cfg, stack.sessions, stack.router, stack.dead_letters, optimistic=optimistic
+    )
+    outcomes = await processor.process_batch(batch)
 
     assert outcomes == [
         Outcome.ACKED,
@@ -88,8 +95,12 @@ async def test_failure_rolls_back_only_its_savepoint_and_holds_later_same_resour
         Outcome.RETRIED,
         Outcome.ACKED,
     ]
-    assert calls == ["x:1", "y:1", "x:2", "z:1"]  # y:2 held back, not run
-    # y:1's insert was rolled back with its savepoint; the others committed
+    if optimistic:  # attempt stopped at y:1; fallback re-ran x:1, kept y:1's failure
+        assert calls == ["x:1", "y:1", "x:1", "x:2", "z:1"]
+        assert (processor.optimistic_batches, processor.fallback_batches) == (0, 1)
+    else:
+        assert calls == ["x:1", "y:1", "x:2", "z:1"]
+    # y:2 was held back, never run; y:1's insert was rolled back, the others committed once
     assert await stack.effects() == 3
     assert batch[1].calls == [("nak", 0.3)]  # backoff[0] for the first delivery
     assert batch[3].calls == [("nak", 0.3)]  # same delay: comes back after y:1

@@ -1,0 +1,283 @@
+"""One batch transaction of the inbox: optimistic attempt, savepoint fallback.
+
+Used by :class:`~bridge.inbox.InboxProcessor` (whose module doc has the whole
+contract) after decoding and before acknowledging.  Every claimed delivery runs
+in order; outcomes are identical on both paths, only the cost differs.
+
+1. **Optimistic attempt** (``optimistic=True``, the default): claim the batch's
+   inbox records (one statement), run every handler in ONE transaction with NO
+   savepoints (flush after each), record the non-handler failures (unknown event
+   types, held-back deliveries), commit once.  Round trips per event: just the
+   handler's own statements.  If a handler raises, the attempt stops there (no
+   later handler runs in it) and the whole transaction is rolled back; if the
+   commit fails, likewise.  Nothing has been acked or recorded.
+2. **Fallback**, only after such a rollback: the same batch again in a fresh
+   transaction with a SAVEPOINT per delivery (``session.begin_nested()``).  A
+   failure rolls back only its savepoint; its record goes back to ``failed``
+   (attempts, last_error) in the same transaction.  Once a delivery of resource
+   X failed, later deliveries of X in the batch are not run but NAKed with the
+   same delay, so they come back after it (per-resource order) — except on their
+   last allowed delivery, where they run anyway, so no delivery is dead-lettered
+   without its handler having run.  The delivery whose handler raised in the
+   attempt is NOT run again: the exception it raised decides it (same decision as
+   if it had failed here).  The commit failing here fails the batch (the caller
+   NAKs every delivery).
+
+**Handlers may run twice**: every handler that ran before the failing one in a
+rolled-back attempt runs again in the fallback, as do all handlers of a batch
+whose optimistic commit failed.  The first run's database writes were rolled
+back, so this is safe as long as a handler keeps its effects inside the session
+it is given (see :mod:`bridge.router`); anything it does outside (another
+connection, an HTTP call) must be idempotent.
+
+Caveat kept from the savepoint path: a handler that catches a database error
+without a savepoint of its own leaves the transaction aborted; SQLAlchemy does
+not roll back to a savepoint whose RELEASE failed, so such a batch fails as a
+whole (every delivery NAKed, nothing acked).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bridge import inbox_store as store
+from bridge.config import BridgeConfig
+from bridge.delivery import Delivery, Outcome
+from bridge.envelope import Envelope
+from bridge.outbox import skip_publish
+from bridge.router import Action, Decision, Handler, Router, decide, decide_unknown
+from bridge.schema import INBOX_PROCESSED
+
+log = logging.getLogger("bridge.inbox")
+
+
+@dataclass(slots=True)
+class BatchItem:
+    """Per-delivery state while a batch is being applied."""
+
+    delivery: Delivery
+    envelope: Envelope | None = None
+    outcome: Outcome | None = None
+    decision: Decision | None = None
+    error: BaseException | None = None
+    record: bool = True  # record a failed attempt / dead letter in the inbox
+    # the handler's failure in the rolled-back optimistic attempt: the fallback
+    # decides with it instead of running the handler a second time
+    prior_failure: Exception | None = None
+
+    @property
+    def event_id(self) -> str:
+        return self.envelope.event_id if self.envelope is not None else ""
+
+    @property
+    def key(self) -> str:
+        env = self.envelope
+        return f"{env.resource_type}:{env.resource_id}" if env is not None else ""
+
+
+@dataclass(slots=True)
+class _BatchState:
+    """Bookkeeping of one batch transaction."""
+
+    claimed: set[str] | None  # event ids claimed (None: inbox off)
+    done: set[str] = field(default_factory=set)  # applied in this batch
+    seen: set[str] = field(default_factory=set)  # run (or tried) in this batch
+    blocked: dict[str, float] = field(default_factory=dict)  # resource key -> NAK delay
+    failed: list[tuple[str, str | None]] = field(default_factory=list)  # ran and failed
+    held: list[tuple[str, str | None]] = field(default_factory=list)  # claimed, not run
+
+
+class _RolledBack(Exception):
+    """The optimistic transaction was rolled back (a handler raised, or the commit failed)."""
+
+    def __init__(
+        self, cause: str, item: BatchItem | None = None, error: Exception | None = None
+    ) -> None:
+        super().__init__(cause)
+        self.item = item  # the delivery whose handler raised (None: the commit failed)
+        self.error = error
+
+
+async def _run(
+    session: AsyncSession, handler: Handler, item: BatchItem, savepoints: bool
+) -> Exception | None:
+    """Run one handler and flush; return its failure.
+
+    With ``savepoints`` a failure rolls back only the handler's savepoint.
+    Without, the first failure raises :class:`_RolledBack`: the transaction has no
+    way to undo just this handler, so the whole batch is rolled back.
+    """
+    assert item.envelope is not None
+    if not savepoints:
+        try:
+            await handler(session, item.envelope)
+            await session.flush()
+        except Exception as exc:
+            raise _RolledBack(f"handler failed on event {item.event_id}", item, exc) from exc
+        return None
+    try:
+        async with session.begin_nested():
+            await handler(session, item.envelope)
+            await session.flush()
+    except Exception as exc:
+        return exc
+    return None
+
+
+def error_text(error: BaseException | None) -> str | None:
+    """``"<class>: <message>"``, cut to what the inbox's ``last_error`` keeps."""
+    if error is None:
+        return None
+    text = f"{type(error).__name__}: {error}"
+    return text[: store.LAST_ERROR_LIMIT]
+
+
+class BatchApplier:
+    """Applies the decoded deliveries of one batch in the database (module doc).
+
+    Sets each item's ``outcome`` (``ACKED`` / ``DUPLICATE``) or ``decision`` (NAK
+    delay or dead letter) and ``error``; acknowledges nothing.  :meth:`apply`
+    raises when the batch transaction could not be committed on either path.
+    """
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        session_factory: async_sessionmaker[AsyncSession],
+        router: Router,
+        *,
+        optimistic: bool = True,
+    ) -> None:
+        self._config = config
+        self._session_factory = session_factory
+        self._router = router
+        self._optimistic = optimistic
+        self.optimistic_batches = 0  # committed without savepoints
+        self.fallback_batches = 0  # rolled back, then re-run with savepoints
+
+    async def apply(self, items: list[BatchItem]) -> None:
+        """Optimistic attempt first; on rollback, the savepoint path decides (module doc)."""
+        if self._optimistic:
+            try:
+                await self._apply(items, savepoints=False)
+            except _RolledBack as rolled_back:
+                self.fallback_batches += 1
+                log.debug(
+                    "optimistic batch rolled back; re-running it with a savepoint per delivery",
+                    extra={"deliveries": len(items), "cause": str(rolled_back)},
+                )
+                for item in items:  # nothing of the attempt was committed or acked
+                    item.outcome = item.decision = item.error = None
+                    item.record = True
+                if rolled_back.item is not None:
+                    rolled_back.item.prior_failure = rolled_back.error
+            else:
+                self.optimistic_batches += 1
+                return
+        await self._apply(items, savepoints=True)
+
+    async def _apply(self, items: list[BatchItem], *, savepoints: bool) -> None:
+        """Claim, run handlers, record failures; commit.  Raises on failure.
+
+        Without ``savepoints`` a handler failure or a failed commit raises
+        :class:`_RolledBack` after the whole transaction was rolled back.
+        """
+        use_inbox = self._config.use_inbox
+        handlers_ran = False
+        async with self._session_factory() as session:
+            with skip_publish(session):
+                try:
+                    async with session.begin():
+                        claimed = await self._claim(session, items) if use_inbox else None
+                        state = _BatchState(claimed)
+                        for item in items:
+                            await self._apply_one(session, item, state, savepoints)
+                        if use_inbox:
+                            await store.mark_failed(session, state.failed, ran=True)
+                            await store.mark_failed(session, state.held, ran=False)
+                        handlers_ran = True
+                except _RolledBack:
+                    raise
+                except Exception as exc:
+                    if handlers_ran and not savepoints:
+                        raise _RolledBack(f"commit failed: {exc!r}") from exc
+                    raise
+
+    @staticmethod
+    async def _claim(session: AsyncSession, items: list[BatchItem]) -> set[str]:
+        # one row per event id: the same event twice in a batch is claimed once
+        rows = {
+            item.event_id: store.inbox_row(item.envelope, item.delivery, INBOX_PROCESSED)
+            for item in items
+            if item.envelope is not None
+        }
+        return await store.claim(session, list(rows.values()))
+
+    async def _apply_one(
+        self, session: AsyncSession, item: BatchItem, state: _BatchState, savepoints: bool
+    ) -> None:
+        envelope, delivery = item.envelope, item.delivery
+        assert envelope is not None
+        event_id = envelope.event_id
+        if state.claimed is not None:
+            if event_id in state.done or event_id not in state.claimed:
+                item.outcome = Outcome.DUPLICATE
+                return
+            if event_id in state.seen:
+                # the same event twice in one batch and the first one failed: its
+                # record is taken; retry this copy with it
+                item.record = False
+                item.decision = Decision(Action.RETRY, delay=state.blocked.get(item.key))
+                return
+            state.seen.add(event_id)
+        last_chance = delivery.num_delivered >= self._config.max_deliver
+        if item.key in state.blocked and not last_chance:
+            item.record = False
+            item.decision = Decision(Action.RETRY, delay=state.blocked[item.key])
+            state.held.append((event_id, "held back: an earlier event of this resource failed"))
+            return
+        handler: Handler | None = self._router.handler_for(envelope)
+        if handler is None:
+            item.decision = decide_unknown(
+                self._router.unknown_event_policy,
+                num_delivered=delivery.num_delivered,
+                config=self._config,
+            )
+            if item.decision is not None:
+                self._failed(state, item, LookupError(f"no handler for {envelope.event_type!r}"))
+                return
+        else:
+            error = item.prior_failure
+            if error is None:
+                error = await _run(session, handler, item, savepoints)
+            if error is not None:
+                item.decision = decide(
+                    error, num_delivered=delivery.num_delivered, config=self._config
+                )
+                self._failed(state, item, error)
+                log.warning(
+                    "handler failed",
+                    extra={
+                        "event_id": event_id,
+                        "event_type": envelope.event_type,
+                        "stream_seq": delivery.stream_seq,
+                        "attempt": delivery.num_delivered,
+                        "action": str(item.decision.action),
+                        "error": error_text(error),
+                    },
+                )
+                return
+        item.outcome = Outcome.ACKED
+        state.done.add(event_id)
+
+    def _failed(self, state: _BatchState, item: BatchItem, error: BaseException) -> None:
+        decision = item.decision
+        assert decision is not None and item.envelope is not None
+        item.error = error
+        state.failed.append((item.envelope.event_id, error_text(error)))
+        # Later deliveries of the resource come back no earlier than this one.
+        delay = decision.delay if decision.action is Action.RETRY else None
+        state.blocked.setdefault(item.key, delay if delay is not None else self._config.backoff[0])
