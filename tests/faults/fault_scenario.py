@@ -1,0 +1,163 @@
+"""One fault scenario from load to verdict, and the JSON result file it leaves behind.
+
+:func:`run_scenario` is the shape every scenario shares:
+
+1. start the load (:class:`fault_load.Load`) against both sides and wait until it is
+   really running (some writes acknowledged);
+2. run ``inject`` — the fault itself — while the load goes on; it records what it did
+   in a :class:`FaultLog`;
+3. keep the load going ``after`` seconds more, then stop it;
+4. wait for quiescence with a deadline (:func:`fault_checker.wait_quiescent`);
+5. read both databases and the whole stream and :func:`fault_checker.check` them;
+6. write ``<results_dir>/<scenario>.json`` (passed or not) for
+   ``scripts/reliability_report.py``, and return the result.
+
+The caller asserts ``result.passed`` (the message lists the violations).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from fault_checker import check, read_side, read_stream, wait_quiescent
+from fault_history import History
+from fault_load import Load
+from fault_stack import Deployment
+
+
+@dataclass
+class FaultLog:
+    """What was injected, when (seconds since the load started), for how long."""
+
+    started: float = field(default_factory=time.monotonic)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+
+    def note(self, kind: str, target: str, **detail: Any) -> None:
+        self.faults.append(
+            {"kind": kind, "target": target, "at": round(time.monotonic() - self.started, 2)}
+            | detail
+        )
+
+
+@dataclass
+class ScenarioResult:
+    scenario: str
+    title: str
+    passed: bool
+    topology: str
+    config: dict[str, Any]
+    load: dict[str, Any]
+    faults: list[dict[str, Any]]
+    events_written: int
+    events_lost: int
+    duplicates_applied: int
+    duplicates_published: int
+    echoes: int
+    dead_letters: dict[str, int]
+    converged: bool
+    time_to_converge_seconds: float
+    stream_messages: dict[str, int]
+    rows: dict[str, int]
+    violations: list[str]
+    seed: int
+    wall_seconds: float
+    finished_at: str
+    python: str = field(default_factory=platform.python_version)
+
+    def failure_message(self) -> str:
+        head = f"{self.scenario}: {len(self.violations)} violation(s), seed {self.seed}"
+        return "\n".join([head, *self.violations[:30]])
+
+
+async def run_scenario(
+    *,
+    scenario: str,
+    title: str,
+    topology: str,
+    config: dict[str, Any],
+    deployment: Deployment,
+    inject: Callable[[FaultLog], Awaitable[None]],
+    results_dir: Path,
+    seed: int,
+    workers: int = 6,
+    warmup_acked: int = 40,
+    after: float = 2.0,
+    max_load_seconds: float = 60.0,
+    converge_timeout: float = 90.0,
+    expected_dead_letters: Counter[str] | None = None,
+    pace: float = 0.01,
+) -> ScenarioResult:
+    wall = time.monotonic()
+    history = History()
+    load = Load(deployment.sides, history, seed=seed, workers=workers, pace=pace)
+    faults = FaultLog()
+    load.start(max_load_seconds)
+    try:
+        await load.wait_acked(warmup_acked, timeout=30)
+        await inject(faults)
+        faults.note("load-continues", "load", seconds=after)
+        await _sleep_bounded(after)
+    finally:
+        await load.stop()
+    sides = [(s.app, s.peer, s.database_url) for s in deployment.sides]
+    converged, took, detail = await wait_quiescent(
+        sides, deployment.nats_urls, deployment.stream, timeout=converge_timeout
+    )
+    state_a = await read_side(deployment.a.database_url, deployment.a.app)
+    state_b = await read_side(deployment.b.database_url, deployment.b.app)
+    messages = await read_stream(deployment.nats_urls, deployment.stream)
+    verdict = check(
+        history, state_a, state_b, messages, expected_dead_letters=expected_dead_letters
+    )
+    if not converged:
+        verdict.fail(f"not quiescent within {converge_timeout}s: {detail}")
+    result = ScenarioResult(
+        scenario=scenario,
+        title=title,
+        passed=not verdict.violations,
+        topology=topology,
+        config=config,
+        load=history.summary() | {"workers": workers},
+        faults=faults.faults,
+        events_written=verdict.events_written,
+        events_lost=verdict.events_lost,
+        duplicates_applied=verdict.duplicates_applied,
+        duplicates_published=verdict.duplicates_published,
+        echoes=verdict.echoes,
+        dead_letters=verdict.dead_letters,
+        converged=converged,
+        time_to_converge_seconds=round(took, 2),
+        stream_messages=verdict.stream_messages,
+        rows=verdict.rows,
+        violations=verdict.violations,
+        seed=seed,
+        wall_seconds=round(time.monotonic() - wall, 1),
+        finished_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+    write_result(results_dir, result, history)
+    return result
+
+
+async def _sleep_bounded(seconds: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(max(0.0, min(seconds, 30.0)))
+
+
+def write_result(results_dir: Path, result: ScenarioResult, history: History) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{result.scenario}.json"
+    path.write_text(json.dumps(asdict(result), indent=2, sort_keys=True) + "\n")
+    # The full history next to it: what to read when a scenario fails.
+    (results_dir / f"{result.scenario}.history.json").write_text(
+        json.dumps(history.dump(), default=str) + "\n"
+    )
+    return path
