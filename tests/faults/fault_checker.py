@@ -32,6 +32,7 @@ outbox row, no failed inbox record, both durables with ``num_pending`` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -148,10 +149,8 @@ async def read_stream(nats_urls: Sequence[str], stream: str) -> list[StreamMessa
 def _parse(msg: Any) -> StreamMessage:
     headers = msg.headers or {}
     body: dict[str, Any] = {}
-    try:
+    with contextlib.suppress(ValueError):
         body = json.loads(msg.data)
-    except ValueError:
-        pass
     payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
     return StreamMessage(
         seq=msg.metadata.sequence.stream,
@@ -169,14 +168,19 @@ def _ts(value: Any) -> str | None:
     return format_timestamp(parse_timestamp(value)) if isinstance(value, str) else None
 
 
-async def consumer_lag(nats_urls: Sequence[str], stream: str, durables: Sequence[str]) -> dict[str, Any]:
+async def consumer_lag(
+    nats_urls: Sequence[str], stream: str, durables: Sequence[str]
+) -> dict[str, Any]:
     nc = await nats.connect(list(nats_urls), connect_timeout=2, max_reconnect_attempts=5)
     try:
         js = nc.jetstream(timeout=5)
         lag = {}
         for durable in durables:
             info = await js.consumer_info(stream, durable)
-            lag[durable] = {"num_pending": info.num_pending, "num_ack_pending": info.num_ack_pending}
+            lag[durable] = {
+                "num_pending": info.num_pending,
+                "num_ack_pending": info.num_ack_pending,
+            }
         return lag
     finally:
         await nc.close()
@@ -187,7 +191,9 @@ async def quiescent_now(
 ) -> tuple[bool, dict[str, Any]]:
     """``sides``: (app, peer, database_url).  True when nothing is left in flight."""
     states = [await read_side(url, app) for app, _peer, url in sides]
-    lag = await consumer_lag(nats_urls, stream, [Subjects(app, peer).durable for app, peer, _ in sides])
+    lag = await consumer_lag(
+        nats_urls, stream, [Subjects(app, peer).durable for app, peer, _ in sides]
+    )
     detail: dict[str, Any] = {"lag": lag}
     busy = False
     for state in states:
@@ -350,7 +356,9 @@ def _check_events(
             verdict.fail(f"{app}: outbox events missing from the stream: {sorted(unpublished)[:5]}")
         foreign = set(stream_ids) - set(outbox_ids)
         if foreign:
-            verdict.fail(f"{subject}: events no outbox row of {app} explains: {sorted(foreign)[:5]}")
+            verdict.fail(
+                f"{subject}: events no outbox row of {app} explains: {sorted(foreign)[:5]}"
+            )
 
         # every stream event applied exactly once, by the receiver only
         inbox = [r for r in receiver.inbox if r["subject"] == subject]
@@ -367,7 +375,9 @@ def _check_events(
             )
         phantom = set(inbox_ids) - set(stream_ids)
         if phantom:
-            verdict.fail(f"{receiver.app} inbox holds events not in {subject}: {sorted(phantom)[:5]}")
+            verdict.fail(
+                f"{receiver.app} inbox holds events not in {subject}: {sorted(phantom)[:5]}"
+            )
         own = {r["event_id"] for r in state.inbox} & set(outbox_ids)
         if own:
             verdict.duplicates_applied += len(own)

@@ -108,9 +108,7 @@ class History:
         return sum(1 for w in self.writes if w.outcome == "acked" and app in (None, w.app))
 
     def indeterminate_count(self, app: str | None = None) -> int:
-        return sum(
-            1 for w in self.writes if w.outcome == "indeterminate" and app in (None, w.app)
-        )
+        return sum(1 for w in self.writes if w.outcome == "indeterminate" and app in (None, w.app))
 
     def records(self) -> dict[tuple[str, str], list[Write]]:
         """Writes per known record ``(resource, id)``, in the order they were made."""

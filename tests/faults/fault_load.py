@@ -139,7 +139,9 @@ class Load:
             "name": f"user-{token}",
             "email": f"e{token}@example.com",
         }
-        write = await self._call(worker, app, instance, "create", "user", None, "POST", "/users", body)
+        write = await self._call(
+            worker, app, instance, "create", "user", None, "POST", "/users", body
+        )
         if write is not None:
             owned.append(Owned("user", write))
 
@@ -180,9 +182,7 @@ class Load:
         response: dict[str, Any] | None = None
         error: str | None = None
         try:
-            reply = await instance.client.request(
-                method, path, json=body, timeout=REQUEST_TIMEOUT
-            )
+            reply = await instance.client.request(method, path, json=body, timeout=REQUEST_TIMEOUT)
             status = reply.status_code
             if 200 <= status < 300:
                 outcome = "acked"

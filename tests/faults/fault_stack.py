@@ -262,9 +262,7 @@ def process_side(
     extra_env: Mapping[str, str] | None = None,
 ) -> Side:
     """A side of ``replicas`` uvicorn processes (not started: see :func:`start_all`)."""
-    env = process_env(
-        app, peer, database_url, stream=stream, nats_urls=nats_urls, extra=extra_env
-    )
+    env = process_env(app, peer, database_url, stream=stream, nats_urls=nats_urls, extra=extra_env)
     settings = settings_for(app, peer, database_url, stream, nats_urls)
     config = settings.to_bridge_config(env=env)
     instances: list[Instance] = [
