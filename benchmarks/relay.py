@@ -3,12 +3,16 @@
 - ``relay_raw_events_per_s``: raw nats-py JetStream publish of N envelopes of the
   same size as the outbox's, pipelined with the same ``max_in_flight`` (PubAcks
   awaited), each with its own ``Nats-Msg-Id``.
-- ``relay_events_per_s``: :class:`~bridge.relay.OutboxRelay` draining N
-  pre-committed outbox rows (claim + publish + mark sent, batch after batch).
-- ``relay_vs_raw_ratio``: the two divided (target >= 0.60).
+- ``relay_events_per_s``: :class:`~bridge.relay.OutboxRelay`'s own loop draining N
+  pre-committed outbox rows (claim + publish + mark sent), with the
+  ``high_throughput`` preset's relay options (batch 1000, 1024 PubAcks in flight).
+- ``relay_vs_raw_ratio``: the two divided (target >= 0.60).  Raw and relay run
+  back to back ``RUNS`` times; the pair with the median ratio is reported, and
+  ``relay_vs_raw_ratio_best`` is the best pair (the machine is shared and noisy).
 - ``relay_commit_to_puback_p50_ms`` / ``_p99_ms``: at a steady
   ``LATENCY_RATE`` events/s for ``LATENCY_SECONDS`` s, one row per transaction
-  committed through an outbox session with the relay running (woken by the
+  committed through an outbox session with the relay running with default
+  options (woken by the
   commit listener), from the moment ``commit()`` returned to the moment a core
   NATS subscriber on the subject receives the message — which the server routes
   when it stores it, i.e. when it sends the PubAck (target p99 < 50 ms).
@@ -33,7 +37,7 @@ from sqlalchemy import MetaData, String, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bridge.config import BridgeConfig, RelayOptions
+from bridge.config import PRESETS, BridgeConfig
 from bridge.envelope import MSG_ID_HEADER, Envelope
 from bridge.jsapi import JetStreamApi
 from bridge.outbox import Outbox, Synced
@@ -47,6 +51,7 @@ N = 5000
 LATENCY_RATE = 500.0
 LATENCY_SECONDS = 5.0
 PRODUCERS = 4
+RUNS = 3
 DEADLINE = 120.0
 
 Line = tuple[str, float, str]
@@ -181,13 +186,16 @@ async def _latency(cfg: BridgeConfig, nc: Client, engine: AsyncEngine) -> tuple[
 
 async def bench_relay(nats_url: str, database_url: str) -> list[Line]:
     tag = uuid.uuid4().hex[:8]
+    # Latency: the default relay options (what an application runs with).
     cfg = BridgeConfig(
         app_name=f"benchrelay{tag}",
         destination_app=f"benchpeer{tag}",
         stream_name=f"bench-relay-{tag}",
         nats_urls=(nats_url,),
-        relay=RelayOptions(poll_interval=0.5, lease=30.0, batch_size=1000, max_in_flight=1024),
     )
+    # Throughput: the high_throughput preset's relay options; raw gets the same
+    # number of PubAcks in flight.
+    bulk = cfg.with_(relay=PRESETS["high_throughput"]["relay"])
     nc = await nats.connect(nats_url)
     engine = create_async_engine(database_url, pool_size=PRODUCERS + 4)
     api = JetStreamApi(nc)
@@ -196,18 +204,19 @@ async def bench_relay(nats_url: str, database_url: str) -> list[Line]:
         await create_all(engine)
         async with engine.begin() as conn:
             await conn.run_sync(_Base.metadata.create_all)
-        # Alternate raw and relay twice and keep each side's best, so one noisy
-        # moment on a shared machine does not decide the ratio.
-        raw_runs: list[float] = []
-        relay_runs: list[float] = []
-        for _ in range(2):
-            raw_runs.append(await _raw(cfg, nc, N))
-            relay_runs.append(await _relay_drain(cfg, nc, engine, N))
-        raw, relay = max(raw_runs), max(relay_runs)
+        # Raw and relay back to back, RUNS times; the pair with the median ratio is
+        # reported, so one noisy moment on the shared machine does not decide it.
+        pairs: list[tuple[float, float]] = []
+        for _ in range(RUNS):
+            raw = await _raw(bulk, nc, N)
+            pairs.append((raw, await _relay_drain(bulk, nc, engine, N)))
+        pairs.sort(key=lambda pair: pair[1] / pair[0])
+        raw, relay = pairs[len(pairs) // 2]
         lines: list[Line] = [
             ("relay_raw_events_per_s", round(raw, 1), "events/s"),
             ("relay_events_per_s", round(relay, 1), "events/s"),
             ("relay_vs_raw_ratio", round(relay / raw, 3), "ratio"),
+            ("relay_vs_raw_ratio_best", round(pairs[-1][1] / pairs[-1][0], 3), "ratio"),
         ]
         lines.extend(await _latency(cfg, nc, engine))
         return lines

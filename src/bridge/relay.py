@@ -44,7 +44,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -65,6 +65,21 @@ log = logging.getLogger("bridge.relay")
 BATCHES_IN_FLIGHT = 3
 #: How often the LISTEN task checks that its connection is still open.
 LISTEN_CHECK_INTERVAL = 5.0
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What publishing one batch gave: PubAcks, failures, rows released untried."""
+
+    started: float
+    sent: list[tuple[int, int]] = field(default_factory=list)  # (row id, stream seq)
+    failures: list[Failure] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def _failed(task: asyncio.Task[int]) -> bool:
+    return task.cancelled() or task.exception() is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,42 +279,59 @@ class OutboxRelay:
     async def _drain(self) -> int:
         """Claim and publish until a claim comes back short; return rows claimed.
 
-        Batches overlap: while one batch waits for its PubAcks (and is marked), the
-        next is already claimed and published, up to ``BATCHES_IN_FLIGHT`` at once.
-        This keeps per-record order because a claim never returns a row while an
-        earlier row of its record is leased (here: to this relay, in a batch still
-        in flight) — so batches in flight never share a record.
+        Batches overlap: while up to ``BATCHES_IN_FLIGHT`` batches wait for their
+        PubAcks, the next is already claimed; a batch whose PubAcks are all in is
+        marked in its own task, off the critical path.  This keeps per-record
+        order because a claim never returns a row while an earlier row of its
+        record is leased (here: to this relay, in a batch not yet marked) — so
+        batches in flight never share a record.  The first claim of a round is a
+        quarter batch ("slow start"), so the first rows go out sooner.
         """
         claimed = 0
-        in_flight: set[asyncio.Task[int]] = set()
+        publishing: set[asyncio.Task[_Outcome]] = set()
+        settling: set[asyncio.Task[int]] = set()
+
+        def settle_done(tasks: set[asyncio.Task[_Outcome]]) -> None:
+            for task in tasks:
+                if not task.cancelled() and task.exception() is None:
+                    settling.add(asyncio.create_task(self._settle(task.result())))
+
+        limit = max(1, self._opts.batch_size // 4)
+        error: Exception | None = None
         async with self._batch_lock:
             try:
                 while True:
-                    rows = await self.claim()
+                    rows = await self.claim(limit)
                     claimed += len(rows)
                     if rows:
-                        in_flight.add(asyncio.create_task(self._batch(rows)))
-                    if len(rows) < self._opts.batch_size or self._stopping.is_set():
+                        publishing.add(asyncio.create_task(self._publish(rows)))
+                    if len(rows) < limit or self._stopping.is_set():
                         break
-                    if len(in_flight) >= BATCHES_IN_FLIGHT:
-                        _, in_flight = await asyncio.wait(
-                            in_flight, return_when=asyncio.FIRST_COMPLETED
+                    limit = self._opts.batch_size
+                    while len(publishing) >= BATCHES_IN_FLIGHT:
+                        done, publishing = await asyncio.wait(
+                            publishing, return_when=asyncio.FIRST_COMPLETED
                         )
-            finally:
-                # Even when cancelled or failing: batches in flight finish (and
-                # their errors surface) before the round ends.
-                results = await asyncio.gather(*in_flight, return_exceptions=True)
-                errors = [r for r in results if isinstance(r, BaseException)]
-            if errors:
-                raise errors[0]
+                        settle_done(done)
+                    settling = {t for t in settling if not t.done() or _failed(t)}
+            except asyncio.CancelledError:
+                # Cancelled (stop() timed out): abandon the batches; their rows stay
+                # leased and are published again once the lease expires.
+                for task in (*publishing, *settling):
+                    task.cancel()
+                await asyncio.gather(*publishing, *settling, return_exceptions=True)
+                raise
+            except Exception as exc:  # a failed claim: still finish what is in flight
+                error = exc
+            if publishing:
+                await asyncio.wait(publishing)
+                settle_done(publishing)
+            results = await asyncio.gather(*publishing, *settling, return_exceptions=True)
+        errors = [error] if error else []
+        errors += [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise errors[0]
         return claimed
-
-    async def _batch(self, rows: Sequence[ClaimedRow]) -> int:
-        started = time.perf_counter()
-        sent = await self.publish_claimed(rows)
-        self.batches_total += 1
-        self.last_batch_seconds = time.perf_counter() - started
-        return sent
 
     async def claim(self, limit: int | None = None) -> list[ClaimedRow]:
         """Lease up to ``limit`` (default ``batch_size``) due rows to this relay.
@@ -314,18 +346,17 @@ class OutboxRelay:
 
         Returns the number of rows published (PubAck received).
         """
-        started = time.perf_counter()
+        return await self._settle(await self._publish(rows))
+
+    async def _publish(self, rows: Sequence[ClaimedRow]) -> _Outcome:
+        """Publish ``rows``: records pipelined, each record's rows in id order."""
+        outcome = _Outcome(started=time.perf_counter())
         chains: dict[tuple[str, str], list[ClaimedRow]] = {}
         for row in sorted(rows, key=lambda r: r.id):
             chains.setdefault(row.resource_key, []).append(row)
         semaphore = self._in_flight
-        sent: list[tuple[int, int]] = []
-        failures: list[Failure] = []
-        released: list[int] = []
-        duplicates = 0
 
         async def run_chain(chain: list[ClaimedRow]) -> None:
-            nonlocal duplicates
             for index, row in enumerate(chain):
                 try:
                     async with semaphore:
@@ -334,23 +365,30 @@ class OutboxRelay:
                     delay = backoff_delay(
                         row.attempts + 1, base=self._opts.retry_base, maximum=self._opts.retry_max
                     )
-                    failures.append(Failure(row, str(exc), delay))
-                    released.extend(r.id for r in chain[index + 1 :])
+                    outcome.failures.append(Failure(row, str(exc), delay))
+                    outcome.released.extend(r.id for r in chain[index + 1 :])
                     return
-                sent.append((row.id, result.seq))
-                duplicates += result.duplicate
+                outcome.sent.append((row.id, result.seq))
+                outcome.duplicates += result.duplicate
 
         await asyncio.gather(*(run_chain(chain) for chain in chains.values()))
-        dead = await self._store.settle(sent, failures, released)
+        return outcome
+
+    async def _settle(self, outcome: _Outcome) -> int:
+        """Mark a published batch in the database; update counters; return rows sent."""
+        sent, failures = outcome.sent, outcome.failures
+        dead = await self._store.settle(sent, failures, outcome.released)
         self.published_total += len(sent)
-        self.duplicates_total += duplicates
+        self.duplicates_total += outcome.duplicates
         self.publish_failures_total += len(failures)
+        self.batches_total += 1
+        self.last_batch_seconds = time.perf_counter() - outcome.started
         if self.observer is not None:
             self.observer.relay_batch(
                 published=len(sent),
                 failures=len(failures),
-                duplicates=duplicates,
-                seconds=time.perf_counter() - started,
+                duplicates=outcome.duplicates,
+                seconds=self.last_batch_seconds,
             )
         if failures:
             self._note_failures(failures, dead)
