@@ -180,6 +180,8 @@ async def consumer_lag(
             lag[durable] = {
                 "num_pending": info.num_pending,
                 "num_ack_pending": info.num_ack_pending,
+                # Every delivery, redeliveries included, bumps the consumer sequence.
+                "deliveries": info.delivered.consumer_seq if info.delivered else 0,
             }
         return lag
     finally:

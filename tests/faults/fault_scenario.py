@@ -27,10 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fault_checker import check, read_side, read_stream, wait_quiescent
+from fault_checker import check, consumer_lag, read_side, read_stream, wait_quiescent
 from fault_history import History
 from fault_load import Load
 from fault_stack import Deployment
+
+from bridge.subjects import Subjects
 
 
 @dataclass
@@ -61,6 +63,8 @@ class ScenarioResult:
     duplicates_applied: int
     duplicates_published: int
     echoes: int
+    redeliveries: int
+    deliveries: dict[str, dict[str, int]]
     dead_letters: dict[str, int]
     converged: bool
     time_to_converge_seconds: float
@@ -117,6 +121,7 @@ async def run_scenario(
     verdict = check(
         history, state_a, state_b, messages, expected_dead_letters=expected_dead_letters
     )
+    deliveries = await _deliveries(deployment, verdict.stream_messages)
     if not converged:
         verdict.fail(f"not quiescent within {converge_timeout}s: {detail}")
     result = ScenarioResult(
@@ -132,6 +137,8 @@ async def run_scenario(
         duplicates_applied=verdict.duplicates_applied,
         duplicates_published=verdict.duplicates_published,
         echoes=verdict.echoes,
+        redeliveries=sum(d["redeliveries"] for d in deliveries.values()),
+        deliveries=deliveries,
         dead_letters=verdict.dead_letters,
         converged=converged,
         time_to_converge_seconds=round(took, 2),
@@ -144,6 +151,29 @@ async def run_scenario(
     )
     write_result(results_dir, result, history)
     return result
+
+
+async def _deliveries(
+    deployment: Deployment, stream_messages: dict[str, int]
+) -> dict[str, dict[str, int]]:
+    """Per durable: deliveries the server made, and how many were redeliveries.
+
+    Server-side evidence that the fault really hit in-flight deliveries: the consumer
+    sequence counts every delivery (NAKs with delay, ack-wait expiries, deliveries lost
+    with a killed process), the stream holds each message once.
+    """
+    out: dict[str, dict[str, int]] = {}
+    subjects = [Subjects(s.app, s.peer) for s in deployment.sides]
+    lag = await consumer_lag(deployment.nats_urls, deployment.stream, [s.durable for s in subjects])
+    for names in subjects:
+        delivered = int(lag[names.durable]["deliveries"])
+        messages = stream_messages.get(names.consume, 0)
+        out[names.durable] = {
+            "messages": messages,
+            "deliveries": delivered,
+            "redeliveries": delivered - messages,
+        }
+    return out
 
 
 async def _sleep_bounded(seconds: float) -> None:

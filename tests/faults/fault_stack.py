@@ -311,3 +311,28 @@ class RestartablePostgres:
 
     def cleanup(self) -> None:
         self.server.cleanup()
+
+
+def process_pair(
+    app_a: str,
+    app_b: str,
+    db_a: str,
+    db_b: str,
+    *,
+    stream: str,
+    nats_urls: Sequence[str],
+    log_dir: Path,
+    env: Mapping[str, str],
+    replicas: int = 1,
+) -> Deployment:
+    """System A and System B as ``replicas`` uvicorn processes each (not started yet)."""
+    common: dict[str, Any] = {
+        "stream": stream, "nats_urls": nats_urls, "log_dir": log_dir,
+        "replicas": replicas, "extra_env": env,
+    }  # fmt: skip
+    return Deployment(
+        process_side(app_a, app_b, db_a, module="services.system_a.main", **common),
+        process_side(app_b, app_a, db_b, module="services.system_b.main", **common),
+        stream,
+        tuple(nats_urls),
+    )
