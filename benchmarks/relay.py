@@ -47,7 +47,7 @@ from bridge.relay import OutboxRelay
 from bridge.schema import create_all
 from bridge.schema import outbox as outbox_table
 
-N = 5000
+N = 10_000
 LATENCY_RATE = 500.0
 LATENCY_SECONDS = 5.0
 PRODUCERS = 4

@@ -70,6 +70,9 @@ from bridge.envelope import MSG_ID_HEADER
 from bridge.outbox_admin import OutboxCounts, outbox_counts, requeue
 from bridge.publisher import OutgoingMessage
 
+#: Compact JSON for published bodies; one stateless encoder (json.dumps with
+#: non-default arguments builds a new encoder per call).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 #: Advisory lock key serialising claim transactions ("bridge" in ASCII).
 CLAIM_LOCK_KEY = 0x627269646765
 #: Rows deleted per statement by :meth:`OutboxStore.purge_sent` (short locks).
@@ -174,7 +177,7 @@ class ClaimedRow:
 
     def message(self) -> OutgoingMessage:
         """The stored envelope as compact JSON, with ``Nats-Msg-Id`` = the row's event id."""
-        data = json.dumps(self.payload, separators=(",", ":")).encode()
+        data = _COMPACT.encode(self.payload).encode()
         headers = {**self.headers, MSG_ID_HEADER: self.event_id}
         return OutgoingMessage(self.subject, data, headers)
 
