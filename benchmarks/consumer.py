@@ -232,22 +232,3 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[tuple[str, fl
         return lines
     finally:
         await conn.stop(timeout=5)
-
-
-async def _main() -> None:
-    from bridge.testing import NatsServer, PostgresServer
-
-    server = NatsServer().start()
-    postgres = PostgresServer()
-    url = await postgres.create_database()
-    try:
-        for name, value, unit in await bench_consumer(server.url, url):
-            print(f"bench {name} {value} {unit}")
-    finally:
-        await postgres.drop_database(url)
-        postgres.cleanup()
-        server.cleanup()
-
-
-if __name__ == "__main__":
-    asyncio.run(_main())

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import asdict
 from types import TracebackType
 from typing import Any
 
@@ -251,28 +252,13 @@ class Bridge:
         outbox: dict[str, Any] | None = None
         inbox: dict[str, Any] | None = None
         if self.relay is not None:
-            stats = await self.relay.stats()
-            outbox = {
-                "pending": stats.pending,
-                "sent": stats.sent,
-                "failed": stats.failed,
-                "retried": stats.retried,
-                "oldest_pending_age_seconds": stats.oldest_pending_age_seconds,
-                "published_total": stats.published_total,
-                "publish_failures_total": stats.publish_failures_total,
-            }
+            outbox = asdict(await self.relay.stats())
         if self.processor is not None:
-            counts = await self.processor.counts()
-            inbox = {
-                "total": counts.total,
-                "processed": counts.processed,
-                "failed": counts.failed,
-                "dead_lettered": counts.dead_lettered,
-            }
+            inbox = asdict(await self.processor.counts())
         consumer: dict[str, Any] = {"mode": self.config.consumer_mode}
         if self.consumer is not None:
             with contextlib.suppress(Exception):
-                consumer.update(_as_dict(self.consumer.stats()))
+                consumer.update(asdict(self.consumer.stats()))
         lag = await self.consumer_lag()
         consumer["num_pending"] = lag["num_pending"] if lag else None
         consumer["num_ack_pending"] = lag["num_ack_pending"] if lag else None
@@ -283,11 +269,3 @@ class Bridge:
             "dead_letters": await self.dead_letter_count(),
             "consumer": consumer,
         }
-
-
-def _as_dict(stats: Any) -> dict[str, Any]:
-    if hasattr(stats, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(stats)
-    return dict(stats)
