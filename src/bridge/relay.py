@@ -5,9 +5,10 @@ Contract:
   (``lease_owner``, ``lease_expires_at``); no row lock is held while publishing.
   Claims of all relays on a database are serialised by an advisory lock — why, and
   the exact claim rule, in :mod:`bridge.outbox_store`.
-- **Order per record**: a row is claimable only if no earlier *pending* row of the
-  same (resource_type, resource_id) is leased by someone or waiting for its retry
-  time.  Within a batch, rows of one record are published one after another in id
+- **Order per record**: a row is claimed only with every earlier *pending* row of
+  the same (resource_type, resource_id) — never while one is leased by someone or
+  waiting for its retry time (:mod:`bridge.outbox_store` has the exact rule).
+  Within a batch, rows of one record are published one after another in id
   order (each waits for its PubAck); different records are pipelined, at most
   ``relay.max_in_flight`` PubAcks outstanding.  A failure stops that record's chain
   for this round; its later rows are released untouched (no attempt counted).
@@ -24,15 +25,17 @@ Contract:
 - **Wake-ups**: the in-process commit listener of ``outbox``, PostgreSQL
   ``LISTEN bridge_outbox`` (commits in other processes), the earliest retry this
   relay scheduled, and polling every ``relay.poll_interval`` as a fallback.  A full
-  batch is followed immediately by the next one (drain).
+  batch is followed immediately by the next one, up to ``BATCHES_IN_FLIGHT``
+  batches awaiting PubAcks at once (see ``_drain``).
 - **Retention**: sent rows older than ``relay.retention`` are deleted every
   ``relay.cleanup_interval``.
 - **Observer** (optional, e.g. :class:`bridge.metrics.BridgeMetrics`): told after
   every published batch how many rows went out, failed and were duplicates, and
   how long publishing and settling the batch took.
-- ``stop(timeout)`` finishes the batch in flight (its PubAcks and marks), ends every
-  task it started, and cancels what is still running after ``timeout`` (rows of a
-  cancelled batch stay leased until the lease expires, then are published again).
+- ``stop(timeout)`` finishes the batches in flight (their PubAcks and marks) without
+  claiming more, ends every task it started, and cancels what is still running
+  after ``timeout`` (rows of a cancelled batch stay leased until the lease expires,
+  then are published again).
 """
 
 from __future__ import annotations
@@ -149,6 +152,7 @@ class OutboxRelay:
         # the loop wakes for them instead of waiting for the next poll.
         self._retry_due: list[float] = []
         self._listening = False
+        self._listen_interrupt = asyncio.Event()  # connection lost, or stopping
         self.published_total = 0
         self.publish_failures_total = 0
         self.duplicates_total = 0
@@ -182,12 +186,13 @@ class OutboxRelay:
         log.info("relay started", extra={"owner": self.owner})
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batch in flight, then end all tasks (cancelled after ``timeout``)."""
+        """Finish the batches in flight, then end all tasks (cancelled after ``timeout``)."""
         tasks, self._tasks = self._tasks, []
         if self._outbox is not None:
             self._outbox.remove_commit_listener(self._on_commit)
         self._stopping.set()
         self._wake.set()
+        self._listen_interrupt.set()
         if not tasks:
             return
         done, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -384,12 +389,15 @@ class OutboxRelay:
         self.batches_total += 1
         self.last_batch_seconds = time.perf_counter() - outcome.started
         if self.observer is not None:
-            self.observer.relay_batch(
-                published=len(sent),
-                failures=len(failures),
-                duplicates=outcome.duplicates,
-                seconds=self.last_batch_seconds,
-            )
+            try:
+                self.observer.relay_batch(
+                    published=len(sent),
+                    failures=len(failures),
+                    duplicates=outcome.duplicates,
+                    seconds=self.last_batch_seconds,
+                )
+            except Exception as exc:  # metrics must never stop the relay
+                log.warning("relay observer failed", extra={"error": repr(exc)})
         if failures:
             self._note_failures(failures, dead)
         return len(sent)
@@ -428,9 +436,15 @@ class OutboxRelay:
 
     # -- LISTEN/NOTIFY ----------------------------------------------------------------
     async def _listen(self) -> None:
-        """Hold a LISTEN connection; re-establish it if it drops.  Wake-ups only."""
+        """Hold a LISTEN connection; re-establish it if it drops.  Wake-ups only.
+
+        A dropped connection is noticed at once (asyncpg's termination listener),
+        or at the latest within ``LISTEN_CHECK_INTERVAL``; until it is back, the
+        poll (and the in-process commit listener) still wake the relay.
+        """
         failures = 0
         while not self._stopping.is_set():
+            self._listen_interrupt.clear()
             try:
                 async with self._engine.connect() as conn:
                     raw = await conn.get_raw_connection()
@@ -439,23 +453,41 @@ class OutboxRelay:
                     def notified(*_: object) -> None:
                         self._wake.set()
 
+                    def terminated(*_: object) -> None:
+                        self._listen_interrupt.set()
+
+                    driver.add_termination_listener(terminated)
                     await driver.add_listener(OUTBOX_CHANNEL, notified)
                     failures = 0
                     self._listening = True
                     self._wake.set()  # notifications may have been missed meanwhile
                     try:
                         while not self._stopping.is_set() and not driver.is_closed():
-                            await self._pause(LISTEN_CHECK_INTERVAL)
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(
+                                    self._listen_interrupt.wait(), LISTEN_CHECK_INTERVAL
+                                )
                     finally:
                         self._listening = False
-                        with contextlib.suppress(Exception):
-                            await driver.remove_listener(OUTBOX_CHANNEL, notified)
+                        driver.remove_termination_listener(terminated)
+                        if driver.is_closed():
+                            await conn.invalidate()  # never hand a dead connection back
+                        else:
+                            with contextlib.suppress(Exception):
+                                await driver.remove_listener(OUTBOX_CHANNEL, notified)
+                error = "connection closed"
             except Exception as exc:  # database restart etc.: polling covers the gap
-                failures += 1
-                log.warning("relay LISTEN connection lost", extra={"error": repr(exc)})
-                await self._pause(
-                    max(0.1, backoff_delay(failures, base=0.5, maximum=self._opts.retry_max))
-                )
+                error = repr(exc)
+            if self._stopping.is_set():
+                return
+            failures += 1
+            log.warning(
+                "relay LISTEN connection lost; reconnecting",
+                extra={"error": error, "owner": self.owner, "attempt": failures},
+            )
+            await self._pause(
+                max(0.1, backoff_delay(failures, base=0.5, maximum=self._opts.retry_max))
+            )
 
     # -- retention ----------------------------------------------------------------------
     async def _cleanup(self) -> None:

@@ -137,6 +137,42 @@ async def test_wakes_on_commit_listener_and_on_notify_not_polling(
     assert not relay.listening
 
 
+async def test_listen_connection_is_re_established_after_it_drops(
+    engine: AsyncEngine, nc: Client, nats_server: NatsServer, unique: str
+) -> None:
+    cfg = relay_config(nats_server.url, unique, poll_interval=60.0)
+    await provision_stream(nc, cfg)
+    relay = OutboxRelay(cfg, engine, publisher_for(nc, cfg))  # no in-process listener
+    await relay.start()
+    try:
+        await eventually(lambda: _listening(relay), what="relay LISTEN established")
+        # Kill the LISTEN backend, as a database restart or a network cut would.
+        old_pid = await _listen_backend(engine)
+        assert await scalar(engine, "SELECT pg_terminate_backend(:pid)", pid=old_pid) is True
+
+        async def relistened() -> bool:
+            pid = await _listen_backend(engine)
+            return relay.listening and pid is not None and pid != old_pid
+
+        await eventually(relistened, timeout=10.0, what="LISTEN re-established")
+
+        # A commit in "another process" wakes the relay through the new connection.
+        async with sessions_for(engine, Outbox(cfg)).begin() as session:
+            session.add(Widget(name="after the reconnect"))
+        await eventually(lambda: _count_is(nc, cfg, 1), timeout=5.0, what="NOTIFY wake-up")
+    finally:
+        await relay.stop(5.0)
+
+
+async def _listen_backend(engine: AsyncEngine) -> int | None:
+    pid = await scalar(
+        engine,
+        "SELECT pid FROM pg_stat_activity "
+        "WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    )
+    return None if pid is None else int(pid)
+
+
 async def _listening(relay: OutboxRelay) -> bool:
     return relay.listening
 
