@@ -132,17 +132,21 @@ class ProcessInstance:
         self.client = httpx.AsyncClient(base_url=self.url)
         await self.start()
 
-    async def stop(self) -> None:
-        await self.client.aclose()
+    async def terminate(self) -> None:
+        """SIGTERM and wait: graceful, the lifespan stops the bridge (consumer drained)."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)  # graceful: the lifespan stops the bridge
+        proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.to_thread(proc.wait, STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        await self.terminate()
 
     def log_tail(self, chars: int = 4000) -> str:
         if not self.log_path.exists():
