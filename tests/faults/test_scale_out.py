@@ -46,8 +46,8 @@ async def test_two_instances_per_side_under_load(
         await start_all(deployment)
 
         async def inject(faults: FaultLog) -> None:
-            await asyncio.sleep(3.0)  # four processes under load first
-            faults.note("scale-out load", "4 processes", seconds=3.0)
+            faults.note("4 processes under load", "all instances", seconds=3.0)
+            await asyncio.sleep(3.0)  # four processes under load before the restarts
             for side in deployment.sides:
                 instance = side.instances[0]
                 assert isinstance(instance, ProcessInstance)
