@@ -64,8 +64,10 @@ __all__ = ["ClaimedRow", "OutboxRelay", "RelayStats"]
 
 log = logging.getLogger("bridge.relay")
 
-#: Batches published concurrently by the drain loop (see ``OutboxRelay._drain``).
+#: Batches awaiting PubAcks at once in the drain loop (see ``OutboxRelay._drain``).
 BATCHES_IN_FLIGHT = 3
+#: Claims running at once in the drain loop (they queue on the advisory lock).
+CLAIMS_IN_FLIGHT = 2
 #: How often the LISTEN task checks that its connection is still open.
 LISTEN_CHECK_INTERVAL = 5.0
 
@@ -81,7 +83,7 @@ class _Outcome:
     duplicates: int = 0
 
 
-def _failed(task: asyncio.Task[int]) -> bool:
+def _failed(task: asyncio.Task[Any]) -> bool:
     return task.cancelled() or task.exception() is not None
 
 
@@ -284,54 +286,83 @@ class OutboxRelay:
     async def _drain(self) -> int:
         """Claim and publish until a claim comes back short; return rows claimed.
 
-        Batches overlap: while up to ``BATCHES_IN_FLIGHT`` batches wait for their
-        PubAcks, the next is already claimed; a batch whose PubAcks are all in is
-        marked in its own task, off the critical path.  This keeps per-record
-        order because a claim never returns a row while an earlier row of its
-        record is leased (here: to this relay, in a batch not yet marked) — so
-        batches in flight never share a record.  The first claim of a round is a
-        quarter batch ("slow start"), so the first rows go out sooner.
+        Pipelined: up to ``CLAIMS_IN_FLIGHT`` claims run while up to
+        ``BATCHES_IN_FLIGHT`` batches wait for their PubAcks, and a batch whose
+        PubAcks are all in is marked in its own task, off the critical path.  (A
+        claim costs several database round trips, each waiting its turn on an event
+        loop busy with PubAcks; one claim at a time left the publisher idle.)  This
+        keeps per-record order because a claim never returns a row while an earlier
+        row of its record is leased — here: to this relay, in a claim or batch
+        still in flight — so claims and batches in flight never share a record.
+        The first claim of a round is a quarter batch ("slow start"), so the first
+        rows go out sooner.
         """
         claimed = 0
+        claiming: dict[asyncio.Task[list[ClaimedRow]], int] = {}  # task -> its limit
         publishing: set[asyncio.Task[_Outcome]] = set()
         settling: set[asyncio.Task[int]] = set()
-
-        def settle_done(tasks: set[asyncio.Task[_Outcome]]) -> None:
-            for task in tasks:
-                if not task.cancelled() and task.exception() is None:
-                    settling.add(asyncio.create_task(self._settle(task.result())))
-
+        broken: list[asyncio.Task[_Outcome]] = []
         limit = max(1, self._opts.batch_size // 4)
+        exhausted = False  # a claim came back short: nothing more is due now
+
+        def claimed_rows(task: asyncio.Task[list[ClaimedRow]]) -> None:
+            nonlocal claimed, exhausted
+            asked = claiming.pop(task)
+            rows = task.result()  # a failed claim raises here and ends the round
+            claimed += len(rows)
+            exhausted = exhausted or len(rows) < asked
+            if rows:
+                publishing.add(asyncio.create_task(self._publish(rows)))
+
+        def published(task: asyncio.Task[_Outcome]) -> None:
+            publishing.discard(task)
+            if _failed(task):
+                broken.append(task)  # its rows stay leased; the error surfaces below
+            else:
+                settling.add(asyncio.create_task(self._settle(task.result())))
+
         error: Exception | None = None
         async with self._batch_lock:
             try:
                 while True:
-                    rows = await self.claim(limit)
-                    claimed += len(rows)
-                    if rows:
-                        publishing.add(asyncio.create_task(self._publish(rows)))
-                    if len(rows) < limit or self._stopping.is_set():
+                    while (
+                        not exhausted
+                        and not self._stopping.is_set()
+                        and len(claiming) < CLAIMS_IN_FLIGHT
+                        and len(claiming) + len(publishing) <= BATCHES_IN_FLIGHT
+                    ):
+                        claiming[asyncio.create_task(self.claim(limit))] = limit
+                        limit = self._opts.batch_size
+                    if not claiming and (exhausted or self._stopping.is_set()):
                         break
-                    limit = self._opts.batch_size
-                    while len(publishing) >= BATCHES_IN_FLIGHT:
-                        done, publishing = await asyncio.wait(
-                            publishing, return_when=asyncio.FIRST_COMPLETED
-                        )
-                        settle_done(done)
+                    await asyncio.wait(
+                        [*claiming, *publishing], return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for claim in [t for t in claiming if t.done()]:
+                        claimed_rows(claim)
+                    for batch in [t for t in publishing if t.done()]:
+                        published(batch)
                     settling = {t for t in settling if not t.done() or _failed(t)}
             except asyncio.CancelledError:
-                # Cancelled (stop() timed out): abandon the batches; their rows stay
-                # leased and are published again once the lease expires.
-                for task in (*publishing, *settling):
+                # Cancelled (stop() timed out): abandon everything in flight; the
+                # rows stay leased and are published again once the lease expires.
+                for task in (*claiming, *publishing, *settling):
                     task.cancel()
-                await asyncio.gather(*publishing, *settling, return_exceptions=True)
+                await asyncio.gather(*claiming, *publishing, *settling, return_exceptions=True)
                 raise
             except Exception as exc:  # a failed claim: still finish what is in flight
                 error = exc
-            if publishing:
-                await asyncio.wait(publishing)
-                settle_done(publishing)
-            results = await asyncio.gather(*publishing, *settling, return_exceptions=True)
+            # Whatever is still claiming or publishing is finished and marked.
+            while claiming or publishing:
+                await asyncio.wait([*claiming, *publishing], return_when=asyncio.FIRST_COMPLETED)
+                for claim in [t for t in claiming if t.done()]:
+                    try:
+                        claimed_rows(claim)
+                    except Exception as exc:
+                        error = error or exc
+                for batch in [t for t in publishing if t.done()]:
+                    published(batch)
+            results = await asyncio.gather(*broken, *settling, return_exceptions=True)
         errors = [error] if error else []
         errors += [r for r in results if isinstance(r, Exception)]
         if errors:
