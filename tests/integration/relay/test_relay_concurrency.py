@@ -200,6 +200,32 @@ async def test_claim_never_skips_ahead_of_an_earlier_row_of_the_same_record(
     assert order == await outbox_order(engine)
 
 
+async def test_claim_skips_a_record_whose_earlier_row_another_claim_is_locking(
+    engine: AsyncEngine, nc: Client, nats_server: NatsServer, unique: str
+) -> None:
+    """The race the advisory lock prevents, forced without it: another claim has
+    locked r1's first row but not committed its lease yet.  SKIP LOCKED skips that
+    row, and the claim must then leave r1's later rows alone too."""
+    cfg = relay_config(nats_server.url, unique)
+    box = Outbox(cfg)
+    sessions = sessions_for(engine, box)
+    for i in range(3):
+        async with sessions.begin() as session:
+            await box.enqueue(session, _event("r1", i))
+    async with sessions.begin() as session:
+        await box.enqueue(session, _event("r2", 0))
+    first_r1 = await engine_first_id(engine, "r1")
+    relay = OutboxRelay(cfg, engine, publisher_for(nc, cfg), owner="me")
+
+    async with engine.connect() as other:
+        await other.execute(
+            text("SELECT id FROM bridge_outbox WHERE id = :id FOR UPDATE"), {"id": first_r1}
+        )
+        claimed = await relay.claim()
+        await other.rollback()
+    assert [r.resource_key[1] for r in claimed] == ["r2"]
+
+
 def _event(resource_id: str, n: int) -> Envelope:
     return Envelope(
         event_type="thing.updated",
