@@ -8,10 +8,8 @@ Contract:
 - **Order per record**: a row is claimed only with every earlier *pending* row of
   the same (resource_type, resource_id) — never while one is leased by someone or
   waiting for its retry time (:mod:`bridge.outbox_store` has the exact rule).
-  Within a batch, rows of one record are published one after another in id
-  order (each waits for its PubAck); different records are pipelined, at most
-  ``relay.max_in_flight`` PubAcks outstanding.  A failure stops that record's chain
-  for this round; its later rows are released untouched (no attempt counted).
+  A batch publishes records concurrently (at most ``relay.max_in_flight`` PubAcks
+  outstanding) and each record's rows in id order (:mod:`bridge.relay_pipeline`).
 - **Mark sent** only where the lease is still ours; if the lease was lost, the other
   relay publishes again and JetStream's duplicate window (``Nats-Msg-Id`` = event
   id) drops the copy (``PubAck.duplicate``, counted in ``duplicates_total``).  A relay
@@ -25,8 +23,8 @@ Contract:
 - **Wake-ups**: the in-process commit listener of ``outbox``, PostgreSQL
   ``LISTEN bridge_outbox`` (commits in other processes), the earliest retry this
   relay scheduled, and polling every ``relay.poll_interval`` as a fallback.  A full
-  batch is followed immediately by the next one, up to ``BATCHES_IN_FLIGHT``
-  batches awaiting PubAcks at once (see ``_drain``).
+  batch is followed immediately by the next one, claims and batches pipelined
+  (:func:`bridge.relay_pipeline.drain`).
 - **Retention**: sent rows older than ``relay.retention`` are deleted every
   ``relay.cleanup_interval``.
 - **Observer** (optional, e.g. :class:`bridge.metrics.BridgeMetrics`): told after
@@ -47,44 +45,26 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.backoff import backoff_delay
 from bridge.config import BridgeConfig
-from bridge.errors import PublishError
 from bridge.outbox import Outbox
 from bridge.outbox_store import ClaimedRow, Failure, OutboxStore
+from bridge.pg_listen import NotifyListener
 from bridge.publisher import Publisher
+from bridge.relay_pipeline import BatchOutcome, drain, publish_batch
 from bridge.schema import OUTBOX_CHANNEL
 
 __all__ = ["ClaimedRow", "OutboxRelay", "RelayStats"]
 
 log = logging.getLogger("bridge.relay")
 
-#: Batches awaiting PubAcks at once in the drain loop (see ``OutboxRelay._drain``).
-BATCHES_IN_FLIGHT = 3
-#: Claims running at once in the drain loop (they queue on the advisory lock).
-CLAIMS_IN_FLIGHT = 2
 #: How often the LISTEN task checks that its connection is still open.
 LISTEN_CHECK_INTERVAL = 5.0
-
-
-@dataclass(slots=True)
-class _Outcome:
-    """What publishing one batch gave: PubAcks, failures, rows released untried."""
-
-    started: float
-    sent: list[tuple[int, int]] = field(default_factory=list)  # (row id, stream seq)
-    failures: list[Failure] = field(default_factory=list)
-    released: list[int] = field(default_factory=list)
-    duplicates: int = 0
-
-
-def _failed(task: asyncio.Task[Any]) -> bool:
-    return task.cancelled() or task.exception() is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +133,15 @@ class OutboxRelay:
         # Monotonic times at which rows this relay failed become due again (a heap):
         # the loop wakes for them instead of waiting for the next poll.
         self._retry_due: list[float] = []
-        self._listening = False
-        self._listen_interrupt = asyncio.Event()  # connection lost, or stopping
+        # Commits in other processes: PostgreSQL NOTIFY on the outbox channel.
+        self._listener = NotifyListener(
+            engine,
+            OUTBOX_CHANNEL,
+            self._wake.set,
+            retry_max=self._opts.retry_max,
+            check_interval=LISTEN_CHECK_INTERVAL,
+            name=self.owner,
+        )
         self.published_total = 0
         self.publish_failures_total = 0
         self.duplicates_total = 0
@@ -169,7 +156,7 @@ class OutboxRelay:
     @property
     def listening(self) -> bool:
         """True while the ``LISTEN bridge_outbox`` connection is established."""
-        return self._listening
+        return self._listener.listening
 
     async def start(self) -> None:
         """Start the relay loop, the LISTEN task and the retention task (idempotent)."""
@@ -179,9 +166,9 @@ class OutboxRelay:
         self._stopping.clear()
         if self._outbox is not None:
             self._outbox.add_commit_listener(self._on_commit)
+        await self._listener.start()
         self._tasks = [
             asyncio.create_task(self._run(), name=f"bridge-relay-{self.owner}"),
-            asyncio.create_task(self._listen(), name=f"bridge-relay-listen-{self.owner}"),
             asyncio.create_task(self._cleanup(), name=f"bridge-relay-cleanup-{self.owner}"),
         ]
         self._wake.set()  # drain whatever is already due
@@ -194,7 +181,7 @@ class OutboxRelay:
             self._outbox.remove_commit_listener(self._on_commit)
         self._stopping.set()
         self._wake.set()
-        self._listen_interrupt.set()
+        await self._listener.stop(timeout)
         if not tasks:
             return
         done, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -284,90 +271,16 @@ class OutboxRelay:
             return await self.publish_claimed(rows) if rows else 0
 
     async def _drain(self) -> int:
-        """Claim and publish until a claim comes back short; return rows claimed.
-
-        Pipelined: up to ``CLAIMS_IN_FLIGHT`` claims run while up to
-        ``BATCHES_IN_FLIGHT`` batches wait for their PubAcks, and a batch whose
-        PubAcks are all in is marked in its own task, off the critical path.  (A
-        claim costs several database round trips, each waiting its turn on an event
-        loop busy with PubAcks; one claim at a time left the publisher idle.)  This
-        keeps per-record order because a claim never returns a row while an earlier
-        row of its record is leased — here: to this relay, in a claim or batch
-        still in flight — so claims and batches in flight never share a record.
-        The first claim of a round is a quarter batch ("slow start"), so the first
-        rows go out sooner.
-        """
-        claimed = 0
-        claiming: dict[asyncio.Task[list[ClaimedRow]], int] = {}  # task -> its limit
-        publishing: set[asyncio.Task[_Outcome]] = set()
-        settling: set[asyncio.Task[int]] = set()
-        broken: list[asyncio.Task[_Outcome]] = []
-        limit = max(1, self._opts.batch_size // 4)
-        exhausted = False  # a claim came back short: nothing more is due now
-
-        def claimed_rows(task: asyncio.Task[list[ClaimedRow]]) -> None:
-            nonlocal claimed, exhausted
-            asked = claiming.pop(task)
-            rows = task.result()  # a failed claim raises here and ends the round
-            claimed += len(rows)
-            exhausted = exhausted or len(rows) < asked
-            if rows:
-                publishing.add(asyncio.create_task(self._publish(rows)))
-
-        def published(task: asyncio.Task[_Outcome]) -> None:
-            publishing.discard(task)
-            if _failed(task):
-                broken.append(task)  # its rows stay leased; the error surfaces below
-            else:
-                settling.add(asyncio.create_task(self._settle(task.result())))
-
-        error: Exception | None = None
+        """One round: claim and publish until a claim comes back short (pipelined,
+        :func:`bridge.relay_pipeline.drain`); return rows claimed."""
         async with self._batch_lock:
-            try:
-                while True:
-                    while (
-                        not exhausted
-                        and not self._stopping.is_set()
-                        and len(claiming) < CLAIMS_IN_FLIGHT
-                        and len(claiming) + len(publishing) <= BATCHES_IN_FLIGHT
-                    ):
-                        claiming[asyncio.create_task(self.claim(limit))] = limit
-                        limit = self._opts.batch_size
-                    if not claiming and (exhausted or self._stopping.is_set()):
-                        break
-                    await asyncio.wait(
-                        [*claiming, *publishing], return_when=asyncio.FIRST_COMPLETED
-                    )
-                    for claim in [t for t in claiming if t.done()]:
-                        claimed_rows(claim)
-                    for batch in [t for t in publishing if t.done()]:
-                        published(batch)
-                    settling = {t for t in settling if not t.done() or _failed(t)}
-            except asyncio.CancelledError:
-                # Cancelled (stop() timed out): abandon everything in flight; the
-                # rows stay leased and are published again once the lease expires.
-                for task in (*claiming, *publishing, *settling):
-                    task.cancel()
-                await asyncio.gather(*claiming, *publishing, *settling, return_exceptions=True)
-                raise
-            except Exception as exc:  # a failed claim: still finish what is in flight
-                error = exc
-            # Whatever is still claiming or publishing is finished and marked.
-            while claiming or publishing:
-                await asyncio.wait([*claiming, *publishing], return_when=asyncio.FIRST_COMPLETED)
-                for claim in [t for t in claiming if t.done()]:
-                    try:
-                        claimed_rows(claim)
-                    except Exception as exc:
-                        error = error or exc
-                for batch in [t for t in publishing if t.done()]:
-                    published(batch)
-            results = await asyncio.gather(*broken, *settling, return_exceptions=True)
-        errors = [error] if error else []
-        errors += [r for r in results if isinstance(r, Exception)]
-        if errors:
-            raise errors[0]
-        return claimed
+            return await drain(
+                self.claim,
+                self._publish,
+                self._settle,
+                batch_size=self._opts.batch_size,
+                stopping=self._stopping.is_set,
+            )
 
     async def claim(self, limit: int | None = None) -> list[ClaimedRow]:
         """Lease up to ``limit`` (default ``batch_size``) due rows to this relay.
@@ -384,33 +297,16 @@ class OutboxRelay:
         """
         return await self._settle(await self._publish(rows))
 
-    async def _publish(self, rows: Sequence[ClaimedRow]) -> _Outcome:
-        """Publish ``rows``: records pipelined, each record's rows in id order."""
-        outcome = _Outcome(started=time.perf_counter())
-        chains: dict[tuple[str, str], list[ClaimedRow]] = {}
-        for row in sorted(rows, key=lambda r: r.id):
-            chains.setdefault(row.resource_key, []).append(row)
-        semaphore = self._in_flight
+    async def _publish(self, rows: Sequence[ClaimedRow]) -> BatchOutcome:
+        return await publish_batch(
+            self._publisher,
+            rows,
+            in_flight=self._in_flight,
+            retry_base=self._opts.retry_base,
+            retry_max=self._opts.retry_max,
+        )
 
-        async def run_chain(chain: list[ClaimedRow]) -> None:
-            for index, row in enumerate(chain):
-                try:
-                    async with semaphore:
-                        result = await self._publisher.publish_raw(row.message())
-                except PublishError as exc:
-                    delay = backoff_delay(
-                        row.attempts + 1, base=self._opts.retry_base, maximum=self._opts.retry_max
-                    )
-                    outcome.failures.append(Failure(row, str(exc), delay))
-                    outcome.released.extend(r.id for r in chain[index + 1 :])
-                    return
-                outcome.sent.append((row.id, result.seq))
-                outcome.duplicates += result.duplicate
-
-        await asyncio.gather(*(run_chain(chain) for chain in chains.values()))
-        return outcome
-
-    async def _settle(self, outcome: _Outcome) -> int:
+    async def _settle(self, outcome: BatchOutcome) -> int:
         """Mark a published batch in the database; update counters; return rows sent."""
         sent, failures = outcome.sent, outcome.failures
         dead = await self._store.settle(sent, failures, outcome.released)
@@ -463,61 +359,6 @@ class OutboxRelay:
                     "attempt": failure.row.attempts + 1,
                     "error": failure.error,
                 },
-            )
-
-    # -- LISTEN/NOTIFY ----------------------------------------------------------------
-    async def _listen(self) -> None:
-        """Hold a LISTEN connection; re-establish it if it drops.  Wake-ups only.
-
-        A dropped connection is noticed at once (asyncpg's termination listener),
-        or at the latest within ``LISTEN_CHECK_INTERVAL``; until it is back, the
-        poll (and the in-process commit listener) still wake the relay.
-        """
-        failures = 0
-        while not self._stopping.is_set():
-            self._listen_interrupt.clear()
-            try:
-                async with self._engine.connect() as conn:
-                    raw = await conn.get_raw_connection()
-                    driver: Any = raw.driver_connection
-
-                    def notified(*_: object) -> None:
-                        self._wake.set()
-
-                    def terminated(*_: object) -> None:
-                        self._listen_interrupt.set()
-
-                    driver.add_termination_listener(terminated)
-                    await driver.add_listener(OUTBOX_CHANNEL, notified)
-                    failures = 0
-                    self._listening = True
-                    self._wake.set()  # notifications may have been missed meanwhile
-                    try:
-                        while not self._stopping.is_set() and not driver.is_closed():
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(
-                                    self._listen_interrupt.wait(), LISTEN_CHECK_INTERVAL
-                                )
-                    finally:
-                        self._listening = False
-                        driver.remove_termination_listener(terminated)
-                        if driver.is_closed():
-                            await conn.invalidate()  # never hand a dead connection back
-                        else:
-                            with contextlib.suppress(Exception):
-                                await driver.remove_listener(OUTBOX_CHANNEL, notified)
-                error = "connection closed"
-            except Exception as exc:  # database restart etc.: polling covers the gap
-                error = repr(exc)
-            if self._stopping.is_set():
-                return
-            failures += 1
-            log.warning(
-                "relay LISTEN connection lost; reconnecting",
-                extra={"error": error, "owner": self.owner, "attempt": failures},
-            )
-            await self._pause(
-                max(0.1, backoff_delay(failures, base=0.5, maximum=self._opts.retry_max))
             )
 
     # -- retention ----------------------------------------------------------------------

@@ -16,7 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bridge.outbox import Outbox
-from bridge.relay import BATCHES_IN_FLIGHT, OutboxRelay
+from bridge.relay import OutboxRelay
+from bridge.relay_pipeline import BATCHES_IN_FLIGHT
 from bridge.schema import outbox
 from bridge.testing import NatsServer
 

@@ -1,0 +1,127 @@
+"""``NotifyListener``: one PostgreSQL ``LISTEN`` connection that survives drops.
+
+Contract:
+- Holds a dedicated connection taken from the engine's pool (``engine.connect()``,
+  the asyncpg driver connection underneath) listening on ``channel``.
+- Calls ``on_notify()`` for every notification, and once after every (re)connect,
+  because notifications sent while it was not listening are lost — the callback
+  must be cheap (the relay sets an ``asyncio.Event``).
+- A dropped connection (database restart, network cut, terminated backend) is
+  noticed at once through asyncpg's termination listener — at the latest within
+  ``check_interval`` — is discarded from the pool, and is re-established with
+  exponential backoff and full jitter up to ``retry_max``.  Meanwhile the owner's
+  other wake-ups (polling) cover the gap.
+- ``start()`` / ``stop(timeout)``; the one task is owned and awaited on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bridge.backoff import backoff_delay
+
+log = logging.getLogger("bridge.pg_listen")
+
+
+class NotifyListener:
+    """LISTEN on ``channel`` and call ``on_notify`` (module doc for the contract)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        channel: str,
+        on_notify: Callable[[], None],
+        *,
+        retry_max: float = 30.0,
+        check_interval: float = 5.0,
+        name: str = "listener",
+    ) -> None:
+        self._engine = engine
+        self._channel = channel
+        self._on_notify = on_notify
+        self._retry_max = retry_max
+        self._check_interval = check_interval
+        self._name = name
+        self._stopping = asyncio.Event()
+        self._interrupt = asyncio.Event()  # connection lost, or stopping
+        self._task: asyncio.Task[None] | None = None
+        self._listening = False
+
+    @property
+    def listening(self) -> bool:
+        """True while the LISTEN connection is established."""
+        return self._listening
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=f"bridge-listen-{self._name}")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        task, self._task = self._task, None
+        self._stopping.set()
+        self._interrupt.set()
+        if task is None:
+            return
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._interrupt.clear()
+            try:
+                await self._listen_once()
+                failures = 0
+                error = "connection closed"
+            except Exception as exc:  # database restart etc.: the owner's polling covers it
+                error = repr(exc)
+            if self._stopping.is_set():
+                return
+            failures += 1
+            log.warning(
+                "LISTEN connection lost; reconnecting",
+                extra={"channel": self._channel, "error": error, "attempt": failures},
+            )
+            delay = max(0.1, backoff_delay(failures, base=0.5, maximum=self._retry_max))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _listen_once(self) -> None:
+        """Listen until the connection drops or stop() is called."""
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+
+            def notified(*_: object) -> None:
+                self._on_notify()
+
+            def terminated(*_: object) -> None:
+                self._interrupt.set()
+
+            driver.add_termination_listener(terminated)
+            await driver.add_listener(self._channel, notified)
+            self._listening = True
+            self._on_notify()  # notifications may have been missed while not listening
+            try:
+                while not self._stopping.is_set() and not driver.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._interrupt.wait(), self._check_interval)
+            finally:
+                self._listening = False
+                driver.remove_termination_listener(terminated)
+                if driver.is_closed():
+                    await conn.invalidate()  # never hand a dead connection back to the pool
+                else:
+                    with contextlib.suppress(Exception):
+                        await driver.remove_listener(self._channel, notified)
