@@ -130,17 +130,15 @@ async def _latency(cfg: BridgeConfig, nc: Client, engine: AsyncEngine) -> tuple[
     box = Outbox(cfg)
     sessions = async_sessionmaker(engine, sync_session_class=box.session_class)
     committed: dict[str, float] = {}
-    latencies: list[float] = []
+    arrived: dict[str, float] = {}
     total = int(LATENCY_RATE * LATENCY_SECONDS)
     all_received = asyncio.Event()
 
     async def received(msg: Msg) -> None:
-        now = time.perf_counter()
-        resource_id = json.loads(msg.data)["resource_id"]
-        at = committed.get(resource_id)
-        if at is not None:
-            latencies.append(now - at)
-        if len(latencies) >= total:
+        # Matched with the commit time afterwards: a message may arrive before its
+        # producer coroutine got back from commit() to record the time.
+        arrived[json.loads(msg.data)["resource_id"]] = time.perf_counter()
+        if len(arrived) >= total:
             all_received.set()
 
     sub = await nc.subscribe(cfg.subjects.publish, cb=received)
@@ -164,7 +162,7 @@ async def _latency(cfg: BridgeConfig, nc: Client, engine: AsyncEngine) -> tuple[
             async with sessions() as session:
                 session.add(BenchOrg(id=org_id, name=f"Org {k}", domain=f"org{k}.example"))
                 await session.commit()
-            committed[org_id] = time.perf_counter()
+                committed[org_id] = time.perf_counter()
 
     try:
         await asyncio.gather(*(producer(p) for p in range(PRODUCERS)))
@@ -174,7 +172,7 @@ async def _latency(cfg: BridgeConfig, nc: Client, engine: AsyncEngine) -> tuple[
     finally:
         await relay.stop(10.0)
         await sub.unsubscribe()
-    ms = sorted(x * 1000 for x in latencies)
+    ms = sorted((arrived[i] - at) * 1000 for i, at in committed.items() if i in arrived)
     p99 = ms[min(len(ms) - 1, int(len(ms) * 0.99))]
     return (
         ("relay_commit_to_puback_p50_ms", round(statistics.median(ms), 2), "ms"),
