@@ -83,6 +83,7 @@ class StreamMessage:
     resource_id: str | None
     updated_at: str | None
     reason: str | None  # x-dlq-reason on dead letters
+    detail: str | None = None  # the other x-dlq-* headers of a dead letter
 
 
 async def read_side(database_url: str, app: str) -> SideState:
@@ -161,6 +162,10 @@ def _parse(msg: Any) -> StreamMessage:
         resource_id=str(body["resource_id"]) if body.get("resource_id") is not None else None,
         updated_at=_ts(payload.get("updated_at")),
         reason=headers.get("x-dlq-reason"),
+        detail=", ".join(
+            f"{k[6:]}={v}" for k, v in sorted(headers.items()) if k.startswith("x-dlq-")
+        )
+        or None,
     )
 
 
@@ -411,6 +416,13 @@ def _check_dead_letters(
     verdict.unexpected_dead_letters = sum(unexpected.values())
     if unexpected:
         verdict.fail(f"unexpected dead letters: {dict(unexpected)}")
+        for app in states:
+            for message in by_subject.get(Subjects(app, "x").dlq, []):
+                if message.reason in unexpected:
+                    verdict.fail(
+                        f"dead letter {message.event_id} ({message.resource_type} "
+                        f"{message.resource_id}): {message.detail}"
+                    )
 
 
 def summarize_writes(writes: Sequence[Write]) -> Counter[str]:

@@ -176,6 +176,33 @@ async def _deliveries(
     return out
 
 
+def write_probe_result(
+    results_dir: Path,
+    *,
+    scenario: str,
+    title: str,
+    topology: str,
+    config: dict[str, Any],
+    faults: list[dict[str, Any]],
+    violations: list[str],
+    wall_seconds: float,
+) -> ScenarioResult:
+    """A result file for a targeted (not load-driven) fault test, so the report lists it."""
+    result = ScenarioResult(
+        scenario=scenario, title=title, passed=not violations, topology=topology,
+        config=config, faults=faults, violations=violations,
+        load={"workers": 0, "duration_seconds": 0.0, "writes": 2, "acked": 2, "rejected": 0,
+              "indeterminate": 0, "acked_by_kind": {}, "statuses": {}},
+        events_written=2, events_lost=len(violations), duplicates_applied=0,
+        duplicates_published=0, echoes=0, redeliveries=0, deliveries={},
+        dead_letters={}, converged=not violations, time_to_converge_seconds=0.0,
+        stream_messages={}, rows={}, seed=0, wall_seconds=round(wall_seconds, 1),
+        finished_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )  # fmt: skip
+    write_result(results_dir, result, History())
+    return result
+
+
 async def _sleep_bounded(seconds: float) -> None:
     import asyncio
 
