@@ -222,22 +222,3 @@ async def bench_relay(nats_url: str, database_url: str) -> list[Line]:
         await api.delete_stream(cfg.stream_name)
         await nc.close()
         await engine.dispose()
-
-
-async def _main() -> None:
-    from bridge.testing import NatsServer, PostgresServer
-
-    server = NatsServer().start()
-    postgres = PostgresServer()
-    url = await postgres.create_database()
-    try:
-        for name, value, unit in await bench_relay(server.url, url):
-            print(f"bench {name} {value} {unit}")
-    finally:
-        await postgres.drop_database(url)
-        postgres.cleanup()
-        server.cleanup()
-
-
-if __name__ == "__main__":
-    asyncio.run(_main())

@@ -215,20 +215,3 @@ async def bench_services(
         ("services_outbox_cost", round(max(0.0, 1 - best_on / best_off) * 100, 1), "%"),
     ]
     return results
-
-
-async def _main() -> None:
-    from bridge.testing import NatsServer, PostgresServer
-
-    nats = NatsServer().start()
-    postgres = PostgresServer()
-    try:
-        for name, value, unit in await bench_services(nats.url, postgres.create_database):
-            print(f"bench {name} {value} {unit}")
-    finally:
-        postgres.cleanup()
-        nats.cleanup()
-
-
-if __name__ == "__main__":
-    asyncio.run(_main())
