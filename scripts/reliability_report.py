@@ -148,6 +148,12 @@ def _dead_letters(result: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in sorted(letters.items())) or "0"
 
 
+def _converge(result: dict[str, Any]) -> str:
+    if not result.get("converged", True):
+        return "not converged"
+    return f"{result['time_to_converge_seconds']:.1f} s"
+
+
 def render(results: Sequence[dict[str, Any]]) -> str:
     lines = [INTRO, "## Results", ""]
     failed = [r["scenario"] for r in results if not r["passed"]]
@@ -170,7 +176,7 @@ def render(results: Sequence[dict[str, Any]]) -> str:
             f"| {r['events_written']} | {r['events_lost']} "
             f"| {r['duplicates_applied'] + r.get('echoes', 0)} | {r['duplicates_published']} "
             f"| {r.get('redeliveries', 'n/a')} | {_dead_letters(r)} "
-            f"| {r['time_to_converge_seconds']:.1f} s "
+            f"| {_converge(r)} "
             f"| {'pass' if r['passed'] else '**FAIL**'} |"
         )
     lines += ["", "Time to converge is measured from the end of the load (after the fault).", ""]

@@ -186,6 +186,7 @@ def write_probe_result(
     faults: list[dict[str, Any]],
     violations: list[str],
     wall_seconds: float,
+    dead_letters: dict[str, int],
 ) -> ScenarioResult:
     """A result file for a targeted (not load-driven) fault test, so the report lists it."""
     result = ScenarioResult(
@@ -195,7 +196,7 @@ def write_probe_result(
               "indeterminate": 0, "acked_by_kind": {}, "statuses": {}},
         events_written=2, events_lost=len(violations), duplicates_applied=0,
         duplicates_published=0, echoes=0, redeliveries=0, deliveries={},
-        dead_letters={}, converged=not violations, time_to_converge_seconds=0.0,
+        dead_letters=dead_letters, converged=not violations, time_to_converge_seconds=0.0,
         stream_messages={}, rows={}, seed=0, wall_seconds=round(wall_seconds, 1),
         finished_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )  # fmt: skip

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
+from fault_checker import read_stream
 from fault_scenario import write_probe_result
 from fault_stack import FAST, Deployment, in_process_side, new_database
 from sqlalchemy import text
@@ -95,6 +97,11 @@ async def test_user_of_an_organization_stuck_in_a_dead_relays_lease_is_not_dead_
             f"user {user_id} of organization {org.id} (outbox row leased by a dead relay "
             f"for {DEAD_LEASE:.0f} s): {outcome or 'not applied in time'}"
         )
+        letters = Counter(
+            m.reason or "unknown"
+            for m in await read_stream(urls, stream)
+            if m.subject.endswith(".sync.dlq")
+        )
         write_probe_result(
             results_dir,
             scenario="dead_relay_lease_vs_retry_budget",
@@ -111,5 +118,6 @@ async def test_user_of_an_organization_stuck_in_a_dead_relays_lease_is_not_dead_
             ],
             violations=[] if outcome == "applied" else [problem],
             wall_seconds=time.monotonic() - started,
+            dead_letters=dict(letters),
         )
         assert outcome == "applied", problem
