@@ -81,18 +81,18 @@ The checker itself is unit-tested on synthetic histories that break each promise
 ## Findings and limits (what the numbers below do not show)
 
 - **Relay retry budget vs. a NATS leader election.** While a cluster elects a new stream
-  leader (6 to 7 s measured in scenario 6) the client stays connected, so the relay's
+  leader (about 7 s measured in `cluster_leader_kill9`) the client stays connected, so the relay's
   "connected" probe does not hold it back and every publish attempt fails and counts.
   With the fast test timings used by the in-process scenarios (retry 0.05 s doubling to
-  0.5 s, 20 attempts: about 10 s) a first run of scenario 6 turned outbox rows `failed`
+  0.5 s, 20 attempts: about 10 s) a first run of `cluster_leader_kill9` turned outbox rows `failed`
   ("failed permanently after max attempts"). They were kept, not lost (visible in
   `/sync_status`, re-queued by `bridge outbox retry`), but sync stalls until an operator
-  re-queues them. Scenario 6 therefore runs with 0.1 s doubling to 2 s, 30 attempts; the
+  re-queues them. `cluster_leader_kill9` therefore runs with 0.1 s doubling to 2 s, 30 attempts; the
   library defaults (0.5 s doubling to 60 s, 20 attempts) give several minutes. To see it
   again, set `relay` back to `FAST["relay"]` in `tests/faults/test_cluster_node_kill.py`.
 - **Defect: a dead relay's lease can outlast the child's retry budget** (scenario
   `dead_relay_lease_vs_retry_budget`, `tests/faults/test_dead_relay_lease.py`; first seen
-  as an intermittent failure of scenario 2 with push consumers and `BACKOFF="0.5s 1s 2s
+  as an intermittent failure of `service_kill9_restart_push` and `BACKOFF="0.5s 1s 2s
   4s" MAX_DELIVER=8`). A relay killed after claiming leaves its rows leased for
   `relay.lease` (30 s by default; the services' environment cannot change it). The
   restarted process publishes *other* records at once — e.g. a user of an organization
@@ -102,18 +102,19 @@ The checker itself is unit-tested on synthetic histories that break each promise
   diverge, against DESIGN.md's "a child arriving before its parent is retried, not
   dead-lettered". It happens whenever the retry budget (the NAK delays over
   `max_deliver - 1` redeliveries) is shorter than the remaining lease: the library
-  defaults (1+5+15+30 = 51 s > 30 s) escape it, the `test` preset (0.8 s), the e2e and
-  fault-suite timings do not, and nothing validates the two against each other. Scenario 2
-  now runs with a budget of 47 s (`BACKOFF="1s 2s 4s 8s 16s 16s" MAX_DELIVER=7`) so it
-  measures the other promises; the targeted test reproduces the defect every time.
+  defaults (1+5+15+30 = 51 s > 30 s) escape it; the `test` preset (0.3 s), the e2e timings
+  (2.7 s) and the in-process fault timings (9.7 s) do not, and nothing validates the two
+  against each other. `service_kill9_restart_*` now runs with a budget of 47 s
+  (`BACKOFF="1s 2s 4s 8s 16s 16s" MAX_DELIVER=7`) so it measures the other promises; the
+  targeted test reproduces the defect every time.
 - **Outages longer than the redelivery budget become dead letters.** A consumer whose
   database is down NAKs with the backoff delay; after `max_deliver` deliveries
   (`sum(backoff)` plus the last delay repeated) the event is dead-lettered as
-  `max_deliver_exceeded`, kept and replayable, not applied. Scenario 4's 3 s outage is
+  `max_deliver_exceeded`, kept and replayable, not applied. `postgres_crash_restart`'s 3 s outage is
   inside the budget of its settings (about 10 s); a longer one was not run.
 - **SIGSTOP does not always hit a delivery.** An ack queued in a socket buffer while the
-  server is frozen often wins against the ack-wait timer after SIGCONT; scenario 3 freezes
-  three times to make in-flight deliveries likely, and the redeliveries column shows
+  server is frozen often wins against the ack-wait timer after SIGCONT; `nats_sigstop_over_ack_wait`
+  freezes three times to make in-flight deliveries likely, and the redeliveries column shows
   whether it did.
 """
 
