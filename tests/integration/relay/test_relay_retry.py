@@ -5,6 +5,7 @@ retention deletes old sent rows."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -79,7 +80,7 @@ class FailingFor:
         self.calls: list[str] = []
 
     async def publish_raw(self, message: OutgoingMessage) -> PublishResult:
-        resource_id = message.data.split(b'"resource_id":"', 1)[1].split(b'"', 1)[0].decode()
+        resource_id = str(json.loads(message.data)["resource_id"])
         self.calls.append(resource_id)
         if resource_id in self.failing:
             raise PublishError("injected: no PubAck")
