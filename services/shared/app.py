@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry.trace import TracerProvider
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge.config import BridgeConfig
@@ -48,6 +48,15 @@ log = logging.getLogger("bridge.services.app")
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+
+
+def build_bridge(
+    config: BridgeConfig, engine: AsyncEngine, *, tracer_provider: TracerProvider | None = None
+) -> Bridge:
+    """The service's bridge: the domain's sync handlers on its router (web and worker)."""
+    router = Router()
+    SyncHandlers(engine, config.app_name).register(router)
+    return Bridge(config, engine=engine, router=router, tracer_provider=tracer_provider)
 
 
 def create_app(
@@ -74,9 +83,7 @@ def create_app(
                 yield
                 return
             config = bridge_config or settings.to_bridge_config()
-            router = Router()
-            SyncHandlers(engine, config.app_name).register(router)
-            bridge = Bridge(config, engine=engine, router=router, tracer_provider=tracer_provider)
+            bridge = build_bridge(config, engine, tracer_provider=tracer_provider)
             app.state.metrics = service_metrics(engine, bridge)
             app.state.service = ServiceState(
                 app_name=config.app_name,

@@ -1,0 +1,53 @@
+"""Web and worker processes scale separately: B's API runs with its consumer off and
+B's worker (services.shared.worker, what ``python -m services.system_b.worker`` runs)
+applies A's changes."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+from e2e_support import eventually, start_side
+
+from bridge.testing import NatsServer, PostgresServer
+from services.shared.settings import ServiceSettings
+from services.shared.worker import run_worker
+
+
+async def test_worker_applies_changes_for_a_web_process_without_consumer(
+    nats_server: NatsServer, postgres: PostgresServer, unique: str
+) -> None:
+    stream = f"worker-{unique}"
+    async with AsyncExitStack() as stack:
+        a = await start_side(
+            stack, postgres, name=f"a{unique}", peer=f"b{unique}", stream=stream,
+            nats_url=nats_server.url,
+        )  # fmt: skip
+        b = await start_side(
+            stack, postgres, name=f"b{unique}", peer=f"a{unique}", stream=stream,
+            nats_url=nats_server.url, enable_consumer=False,
+        )  # fmt: skip
+        assert b.state.bridge is not None and b.state.bridge.consumer is None
+        created = await a.client.post(
+            "/organizations", json={"name": "Via worker", "domain": f"w{unique}.test"}
+        )
+        assert created.status_code == 201
+        org_id = created.json()["id"]
+        await asyncio.sleep(0.5)
+        assert (await b.get(f"/organizations/{org_id}")).status_code == 404  # nobody consumes
+
+        stop = asyncio.Event()
+        settings = ServiceSettings(
+            app_name=b.name, destination_app=a.name, database_url=b.database_url,
+            nats_url=nats_server.url, stream_name=stream, db_pool_size=3,
+        )  # fmt: skip
+        worker = asyncio.create_task(run_worker(settings, stop))
+        try:
+
+            async def arrived() -> bool:
+                return (await b.get(f"/organizations/{org_id}")).status_code == 200
+
+            await eventually(arrived, timeout=20.0, what="organization applied by B's worker")
+        finally:
+            stop.set()
+            await asyncio.wait_for(worker, 15.0)
