@@ -36,6 +36,7 @@ TARGETS = {
     "consumer_vs_raw_ratio": ">= 0.50",
     "services_sync_latency_p99": "< 100 ms",
     "services_outbox_cost": "<= 20 %",
+    "services_outbox_capture_cost": "<= 20 %",
 }
 
 
@@ -92,6 +93,17 @@ sync off for the API).
 {rows}
 
 What each figure measures is documented at the top of its module in `benchmarks/`.
+
+Reading the figures:
+
+- `consumer_vs_raw_ratio` is the best real-workload run (one upsert per event). A fetched
+  batch is applied in one transaction with one commit (savepoints only when a handler fails),
+  so the inbox itself costs little (`consumer_inbox_c1_noop_handler_vs_raw`); the handler's one
+  SQLAlchemy statement per event (~210 us here) is what bounds the ratio, far below the 50 %
+  target. Reaching it needs handlers that write a whole batch in one statement.
+- `services_outbox_cost` runs the relay in the same process as the API (the default);
+  `services_outbox_capture_cost` is the outbox row on the request path alone (relay in a
+  worker process, `ENABLE_RELAY=false`).
 """
     )
 
