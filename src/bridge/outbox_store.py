@@ -85,13 +85,25 @@ _LOCK = text(
     "set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true), "
     "set_config('enable_hashjoin', 'off', true), pg_advisory_xact_lock(:key)"
 )
+#: Relays that hold a liveness lock lease rows as ``live:<owner>`` and keep the session
+#: advisory lock (LIVENESS_LOCK_CLASS, hashtext(owner)) on their LISTEN connection while
+#: they run.  A ``live:`` lease whose lock is gone belongs to a dead process (its backend
+#: ended with it): the rows are claimable at once instead of after ``relay.lease``.
+LIVE_PREFIX = "live:"
+LIVENESS_LOCK_CLASS = 0x6272  # "br"
+
 _CLAIM = text(
     """
-    WITH candidates AS (
+    WITH live AS MATERIALIZED (
+        SELECT objid FROM pg_locks
+         WHERE locktype = 'advisory' AND classid = :live_class AND objsubid = 2 AND granted
+    ), candidates AS (
         SELECT o.id, o.resource_type, o.resource_id FROM bridge_outbox o
         WHERE o.status = 'pending'
           AND o.next_attempt_at <= now()
-          AND (o.lease_expires_at IS NULL OR o.lease_expires_at < now())
+          AND (o.lease_expires_at IS NULL OR o.lease_expires_at < now()
+               OR (o.lease_owner LIKE 'live:%'
+                   AND hashtext(o.lease_owner)::oid NOT IN (SELECT objid FROM live)))
           AND NOT EXISTS (
               SELECT 1 FROM bridge_outbox e
               WHERE e.status = 'pending'
@@ -99,7 +111,10 @@ _CLAIM = text(
                 AND e.resource_id = o.resource_id
                 AND e.id < o.id
                 AND (e.next_attempt_at > o.next_attempt_at
-                     OR (e.lease_expires_at IS NOT NULL AND e.lease_expires_at >= now()))
+                     OR (e.lease_expires_at IS NOT NULL AND e.lease_expires_at >= now()
+                         AND NOT (e.lease_owner LIKE 'live:%'
+                                  AND hashtext(e.lease_owner)::oid NOT IN
+                                      (SELECT objid FROM live))))
           )
         ORDER BY o.next_attempt_at, o.id
         LIMIT :limit
@@ -220,7 +235,13 @@ class OutboxStore:
         async with self._engine.begin() as conn:
             await conn.execute(_LOCK, {"key": CLAIM_LOCK_KEY})
             result = await conn.execute(
-                _CLAIM, {"limit": limit, "owner": self.owner, "lease": self._lease}
+                _CLAIM,
+                {
+                    "limit": limit,
+                    "owner": self.owner,
+                    "lease": self._lease,
+                    "live_class": LIVENESS_LOCK_CLASS,
+                },
             )
             records = result.mappings().all()
         rows = [

@@ -52,10 +52,20 @@ class NotifyListener:
         self._interrupt = asyncio.Event()  # connection lost, or stopping
         self._task: asyncio.Task[None] | None = None
         self._listening = False
+        self._listening_event = asyncio.Event()
+        #: (class, key): a session advisory lock ``pg_advisory_lock(class, hashtext(key))``
+        #: held on the LISTEN connection while it is up — proof of life for the owner.
+        self.session_lock: tuple[int, str] | None = None
 
     @property
     def listening(self) -> bool:
         """True while the LISTEN connection is established."""
+        return self._listening
+
+    async def wait_listening(self, timeout: float) -> bool:
+        """Wait until the connection (and its session lock) is up; False on timeout."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._listening_event.wait(), timeout)
         return self._listening
 
     async def start(self) -> None:
@@ -110,8 +120,13 @@ class NotifyListener:
                 self._interrupt.set()
 
             driver.add_termination_listener(terminated)
+            if self.session_lock is not None:
+                await driver.execute(
+                    "SELECT pg_advisory_lock($1, hashtext($2))", *self.session_lock
+                )
             await driver.add_listener(self._channel, notified)
             self._listening = True
+            self._listening_event.set()
             self._on_notify()  # notifications may have been missed while not listening
             try:
                 while not self._stopping.is_set() and not driver.is_closed():
@@ -119,9 +134,12 @@ class NotifyListener:
                         await asyncio.wait_for(self._interrupt.wait(), self._check_interval)
             finally:
                 self._listening = False
+                self._listening_event.clear()
                 driver.remove_termination_listener(terminated)
                 if driver.is_closed():
                     await conn.invalidate()  # never hand a dead connection back to the pool
                 else:
                     with contextlib.suppress(Exception):
                         await driver.remove_listener(self._channel, notified)
+                        # The connection goes back to the pool: drop the lock with it.
+                        await driver.execute("SELECT pg_advisory_unlock_all()")

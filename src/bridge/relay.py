@@ -53,7 +53,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bridge.backoff import backoff_delay
 from bridge.config import BridgeConfig
 from bridge.outbox import Outbox
-from bridge.outbox_store import ClaimedRow, Failure, OutboxStore
+from bridge.outbox_store import (
+    LIVE_PREFIX,
+    LIVENESS_LOCK_CLASS,
+    ClaimedRow,
+    Failure,
+    OutboxStore,
+)
 from bridge.pg_listen import NotifyListener
 from bridge.publisher import Publisher
 from bridge.relay_pipeline import BatchOutcome, drain, publish_batch
@@ -65,6 +71,8 @@ log = logging.getLogger("bridge.relay")
 
 #: How often the LISTEN task checks that its connection is still open.
 LISTEN_CHECK_INTERVAL = 5.0
+#: How long start() waits for the LISTEN connection and its liveness lock.
+LIVENESS_WAIT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +174,16 @@ class OutboxRelay:
         self._stopping.clear()
         if self._outbox is not None:
             self._outbox.add_commit_listener(self._on_commit)
+        # Liveness: lease as "live:<owner>" and hold the matching session lock on the
+        # LISTEN connection, so if this process dies its leases free at once (see
+        # bridge.outbox_store.LIVE_PREFIX) rather than after relay.lease.
+        if not self.owner.startswith(LIVE_PREFIX):
+            self.owner = (LIVE_PREFIX + self.owner)[:64]
+            self._store.owner = self.owner
+        self._listener.session_lock = (LIVENESS_LOCK_CLASS, self.owner)
         await self._listener.start()
+        if not await self._listener.wait_listening(LIVENESS_WAIT):
+            log.warning("relay starts without its liveness lock", extra={"owner": self.owner})
         self._tasks = [
             asyncio.create_task(self._run(), name=f"bridge-relay-{self.owner}"),
             asyncio.create_task(self._cleanup(), name=f"bridge-relay-cleanup-{self.owner}"),

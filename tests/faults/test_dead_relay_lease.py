@@ -12,8 +12,10 @@ databases diverge, against DESIGN.md's "a child arriving before its parent is re
 not dead-lettered".
 
 This test builds that state deterministically — the organization's outbox row leased to
-a relay that no longer exists, exactly what a relay killed after its claim leaves — and
-then creates the user through the API.  Expected: the user is applied on B once the
+a relay that no longer exists (a ``live:`` owner whose liveness lock died with its
+process), exactly what a relay killed after its claim leaves — and then creates the user
+through the API.  Fixed by relay liveness (bridge.outbox_store.LIVE_PREFIX): a dead
+owner's lease frees at once.  Expected: the user is applied on B once the
 organization arrives.  It FAILS today whenever ``sum(backoff over max_deliver)`` is
 shorter than the remaining lease (here FAST: 7 NAKs of 0.2+0.5+1+2+2+2+2 = 9.7 s < 30 s).
 """
@@ -35,16 +37,7 @@ from sqlalchemy import text
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.schemas import OrganizationCreate
 
-pytestmark = [
-    pytest.mark.faults,
-    # Known defect, kept visible: strict, so the test fails loudly once it is fixed.
-    pytest.mark.xfail(
-        strict=True,
-        reason="a crashed relay's lease (30 s) outlives a short consumer retry budget; "
-        "fix: relay liveness via a session advisory lock so a dead owner's lease frees at "
-        "once (see docs/RELIABILITY.md findings)",
-    ),
-]
+pytestmark = pytest.mark.faults
 
 DEAD_LEASE = 30.0  # RelayOptions.lease default: what the services run with
 
@@ -74,7 +67,7 @@ async def test_user_of_an_organization_stuck_in_a_dead_relays_lease_is_not_dead_
             await session.flush()
             await session.execute(
                 text(
-                    "UPDATE bridge_outbox SET lease_owner = 'relay-killed-by-sigkill', "
+                    "UPDATE bridge_outbox SET lease_owner = 'live:relay-killed-by-sigkill', "
                     "lease_expires_at = now() + make_interval(secs => :lease) "
                     "WHERE resource_id = :rid"
                 ),
