@@ -90,23 +90,19 @@ The checker itself is unit-tested on synthetic histories that break each promise
   re-queues them. `cluster_leader_kill9` therefore runs with 0.1 s doubling to 2 s, 30 attempts; the
   library defaults (0.5 s doubling to 60 s, 20 attempts) give several minutes. To see it
   again, set `relay` back to `FAST["relay"]` in `tests/faults/test_cluster_node_kill.py`.
-- **Defect: a dead relay's lease can outlast the child's retry budget** (scenario
+- **Fixed defect: a dead relay's lease outlasted the child's retry budget** (scenario
   `dead_relay_lease_vs_retry_budget`, `tests/faults/test_dead_relay_lease.py`; first seen
-  as an intermittent failure of `service_kill9_restart_push` and `BACKOFF="0.5s 1s 2s
-  4s" MAX_DELIVER=8`). A relay killed after claiming leaves its rows leased for
-  `relay.lease` (30 s by default; the services' environment cannot change it). The
-  restarted process publishes *other* records at once — e.g. a user of an organization
-  whose row is still leased — and the receiver retries the user (`Retry`: organization
-  missing) until `max_deliver` runs out, then dead-letters it `max_deliver_exceeded`.
-  The organization arrives later, the user never does (until replayed): the sides
-  diverge, against DESIGN.md's "a child arriving before its parent is retried, not
-  dead-lettered". It happens whenever the retry budget (the NAK delays over
-  `max_deliver - 1` redeliveries) is shorter than the remaining lease: the library
-  defaults (1+5+15+30 = 51 s > 30 s) escape it; the `test` preset (0.3 s), the e2e timings
-  (2.7 s) and the in-process fault timings (9.7 s) do not, and nothing validates the two
-  against each other. `service_kill9_restart_*` now runs with a budget of 47 s
-  (`BACKOFF="1s 2s 4s 8s 16s 16s" MAX_DELIVER=7`) so it measures the other promises; the
-  targeted test reproduces the defect every time.
+  as an intermittent failure of `service_kill9_restart_push` with `BACKOFF="0.5s 1s 2s
+  4s" MAX_DELIVER=8`). A relay killed after claiming left its rows leased for
+  `relay.lease` (30 s); the restarted process published *other* records at once — e.g. a
+  user of an organization whose row was still leased — and the receiver retried the user
+  until `max_deliver` ran out and dead-lettered it, so the sides diverged whenever the
+  retry budget was shorter than the remaining lease. Fix: a running relay leases rows as
+  `live:<owner>` and holds a PostgreSQL session advisory lock while it lives; a `live:`
+  lease whose lock is gone is claimable at once (`bridge/outbox_store.py`). The targeted
+  test now passes; the bridge also warns at start when `retry_budget <= relay.lease`.
+  `service_kill9_restart_*` still runs with a 47 s budget
+  (`BACKOFF="1s 2s 4s 8s 16s 16s" MAX_DELIVER=7`).
 - **Outages longer than the redelivery budget become dead letters.** A consumer whose
   database is down NAKs with the backoff delay; after `max_deliver` deliveries
   (`sum(backoff)` plus the last delay repeated) the event is dead-lettered as
