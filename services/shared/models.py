@@ -63,7 +63,18 @@ class Base(DeclarativeBase):
 metadata = Base.metadata
 
 
-class Organization(Synced, Base):
+class SyncedRow(Synced):
+    """Columns every synced record has: its version (``updated_at``, ``origin``) for
+    last-writer-wins, and ``deleted_at`` for tombstones (soft delete)."""
+
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    origin: Mapped[str] = mapped_column(String(64))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Organization(SyncedRow, Base):
     """An organization; ``domain`` is unique among live (not deleted) organizations."""
 
     __tablename__ = "organizations"
@@ -72,11 +83,6 @@ class Organization(Synced, Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(255))
     domain: Mapped[str] = mapped_column(String(255))
-    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    origin: Mapped[str] = mapped_column(String(64))
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index(
@@ -88,7 +94,7 @@ class Organization(Synced, Base):
     )
 
 
-class User(Synced, Base):
+class User(SyncedRow, Base):
     """A user of an organization; ``email`` is unique among live users."""
 
     __tablename__ = "users"
@@ -101,11 +107,6 @@ class User(Synced, Base):
     name: Mapped[str] = mapped_column(String(255))
     email: Mapped[str] = mapped_column(String(320))
     role: Mapped[str] = mapped_column(String(32))
-    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    origin: Mapped[str] = mapped_column(String(64))
-    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index(
