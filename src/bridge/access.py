@@ -152,6 +152,10 @@ async def _flush(nc: Client, timeout: float) -> None:
         await nc.flush(timeout=max(1, math.ceil(timeout)))
 
 
+#: How often a pending probe looks for an asynchronously reported permission violation.
+VIOLATION_POLL = 0.02
+
+
 async def _request_probe(
     nc: Client,
     subject: str,
@@ -165,10 +169,14 @@ async def _request_probe(
     task = asyncio.ensure_future(nc.request(subject, payload, timeout=timeout, headers=headers))
     try:
         # The server answers a denied PUB with -ERR before it answers the flush's
-        # PING, so after the flush a denial is already in ``violations``.
+        # PING, but nats-py hands errors to its callback on another task: under load
+        # the violation is recorded a little after the flush returns, so keep looking
+        # for it while the request is pending.
         await _flush(nc, timeout)
-        if _denied(violations(), "publish", subject) and not task.done():
-            return Probe.DENIED, None
+        while not task.done():
+            if _denied(violations(), "publish", subject):
+                return Probe.DENIED, None
+            await asyncio.wait({task}, timeout=VIOLATION_POLL)
         try:
             msg = await task
         except NoRespondersError:

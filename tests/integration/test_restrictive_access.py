@@ -110,8 +110,9 @@ async def test_wrong_permissions_fail_fast_naming_the_subject(envs: EnvFactory) 
     conn = await env.connect(env.a, wrong)
     started = time.monotonic()
     with pytest.raises(PermissionDeniedError, match=cfg_a.subjects.publish):
-        await verify_runtime_access(conn, wrong, timeout=3)
-    assert time.monotonic() - started < 2  # reported on the violation, not on a timeout
+        await verify_runtime_access(conn, wrong, timeout=10)
+    # Coarse: reported on the violation, not after the 10 s request timeout.
+    assert time.monotonic() - started < 5
 
 
 async def test_check_permissions_reports_each_needed_subject(envs: EnvFactory) -> None:  # noqa: F811
