@@ -30,9 +30,9 @@ async def test_verify_passes_for_pull_and_push_and_changes_nothing(envs: EnvFact
     a = await env.connect(env.a)
     b = await env.connect(env.b)
     started = time.monotonic()
-    await verify_runtime_access(a, cfg_a, timeout=2)
-    assert time.monotonic() - started < 3
-    await verify_runtime_access(b, cfg_b, timeout=2)
+    await verify_runtime_access(a, cfg_a, timeout=5)
+    assert time.monotonic() - started < 5  # every probe answered: no request timed out
+    await verify_runtime_access(b, cfg_b, timeout=5)
     info = await js.consumer_info(cfg_a.stream_name, cfg_a.subjects.durable)
     assert info.num_pending == 1 and info.delivered.consumer_seq == 0
     assert info.num_ack_pending == 0 and info.num_redelivered == 0

@@ -59,9 +59,9 @@ async def test_light_traffic_is_applied_without_waiting_for_the_fetch_timeout(
     stack: Stack,
 ) -> None:
     stack.router.on("organization.created", record_effect)
-    cfg = stack.cfg.with_(consumer=ConsumerOptions(batch_size=64, fetch_timeout=5.0))
+    cfg = stack.cfg.with_(consumer=ConsumerOptions(batch_size=64, fetch_timeout=10.0))
     consumer = await stack.start_consumer(cfg, stack.processor_for(cfg))
-    await asyncio.sleep(0.3)  # the consumer now waits inside a 5 s fetch
+    await asyncio.sleep(0.3)  # the consumer now waits inside a 10 s fetch
     start = time.monotonic()
     await stack.publish(org_event(cfg))
 
@@ -69,9 +69,9 @@ async def test_light_traffic_is_applied_without_waiting_for_the_fetch_timeout(
         return await stack.effects() == 1
 
     await wait_until(processed, timeout=10, interval=0.02)
-    assert time.monotonic() - start < 2.5  # far below the 5 s fetch timeout
+    assert time.monotonic() - start < 5  # coarse: far below the 10 s fetch timeout
     assert consumer.stats().outcomes == {"acked": 1}
-    await consumer.stop(timeout=1.0)  # does not wait out the 5 s fetch
+    await consumer.stop(timeout=1.0)  # does not wait out the 10 s fetch
     assert not consumer.stats().running
 
 
