@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack
 
 import nats
 import pytest
-from e2e_support import Pair, start_side
+from e2e_support import Pair, start_pair
 
 from bridge.testing import NatsServer, PostgresServer
 
@@ -22,14 +22,9 @@ async def pair(
 ) -> AsyncIterator[Pair]:
     stream = f"sync-{unique}"
     async with AsyncExitStack() as stack:
-        a = await start_side(
-            stack, postgres, name=f"a{unique}", peer=f"b{unique}", stream=stream,
-            nats_url=nats_server.url,
-        )  # fmt: skip
-        b = await start_side(
-            stack, postgres, name=f"b{unique}", peer=f"a{unique}", stream=stream,
-            nats_url=nats_server.url,
-        )  # fmt: skip
+        a, b = await start_pair(
+            stack, postgres, unique=unique, stream=stream, nats_url=nats_server.url
+        )
         nc = await nats.connect(nats_server.url)
         stack.push_async_callback(nc.close)
         yield Pair(a, b, stream, nc.jetstream())

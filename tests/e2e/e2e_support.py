@@ -125,3 +125,16 @@ async def start_side(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{name}")
     )
     return Side(name, app, client, url, config)
+
+
+async def start_pair(
+    stack: AsyncExitStack, postgres: PostgresServer, *, unique: str, stream: str, nats_url: str
+) -> tuple[Side, Side]:
+    """System A and System B of one test (names from ``unique``), syncing over ``stream``."""
+    a = await start_side(
+        stack, postgres, name=f"a{unique}", peer=f"b{unique}", stream=stream, nats_url=nats_url
+    )
+    b = await start_side(
+        stack, postgres, name=f"b{unique}", peer=f"a{unique}", stream=stream, nats_url=nats_url
+    )
+    return a, b

@@ -28,7 +28,7 @@ from services.shared.schemas import OrganizationCreate
 _E2E = str(Path(__file__).resolve().parents[1] / "e2e")
 if _E2E not in sys.path:  # the in-process service harness of the e2e tests
     sys.path.insert(0, _E2E)
-from e2e_support import Side, eventually, start_side  # noqa: E402
+from e2e_support import Side, eventually, start_pair, start_side  # noqa: E402
 
 OUTCOMES = ("acked", "duplicate", "retried", "dead_lettered")
 
@@ -84,15 +84,9 @@ async def sides(
 ) -> AsyncIterator[tuple[Side, Side]]:
     stream = f"metrics-{unique}"
     async with AsyncExitStack() as stack:
-        a = await start_side(
-            stack, postgres, name=f"a{unique}", peer=f"b{unique}", stream=stream,
-            nats_url=nats_server.url,
-        )  # fmt: skip
-        b = await start_side(
-            stack, postgres, name=f"b{unique}", peer=f"a{unique}", stream=stream,
-            nats_url=nats_server.url,
-        )  # fmt: skip
-        yield a, b
+        yield await start_pair(
+            stack, postgres, unique=unique, stream=stream, nats_url=nats_server.url
+        )
 
 
 async def test_three_creates_in_a_are_counted_on_both_sides(sides: tuple[Side, Side]) -> None:
