@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from bridge import outbox_admin
 from bridge.access import check_permissions
@@ -34,6 +34,7 @@ from bridge.dlq import DeadLetters
 from bridge.durations import parse_duration
 from bridge.envconfig import config_from_env, database_url_from_env
 from bridge.errors import BridgeError, ConfigError, ConnectionError, ProvisioningError
+from bridge.inbox import inbox_counts
 from bridge.jsapi import JetStreamApi
 from bridge.provisioning import Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
@@ -138,7 +139,8 @@ async def cmd_status(ctx: Context, args: argparse.Namespace, out: Output) -> int
     except ProvisioningError as exc:
         report["stream_error"] = str(exc)
     report["outbox"] = asdict(await outbox_admin.outbox_counts(ctx.db()))
-    report["inbox"] = await outbox_admin.inbox_counts(ctx.db())
+    async with AsyncSession(ctx.db()) as session:
+        report["inbox"] = asdict(await inbox_counts(session))
     consumer = report.get("consumer") or {}
     rows = [
         ["item", "value"],

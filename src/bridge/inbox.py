@@ -99,6 +99,17 @@ class InboxCounts:
     dead_lettered: int
 
 
+async def inbox_counts(session: AsyncSession) -> InboxCounts:
+    """Inbox records by status (also used by the ``bridge`` CLI)."""
+    by_status = await store.counts_by_status(session)
+    return InboxCounts(
+        total=sum(by_status.values()),
+        processed=by_status.get(INBOX_PROCESSED, 0),
+        failed=by_status.get(INBOX_FAILED, 0),
+        dead_lettered=by_status.get(INBOX_DEAD_LETTERED, 0),
+    )
+
+
 class InboxProcessor:
     """Applies deliveries through the router with the inbox contract (module doc)."""
 
@@ -257,10 +268,4 @@ class InboxProcessor:
     async def counts(self) -> InboxCounts:
         """Inbox records by status."""
         async with self._session_factory() as session:
-            by_status = await store.counts_by_status(session)
-        return InboxCounts(
-            total=sum(by_status.values()),
-            processed=by_status.get(INBOX_PROCESSED, 0),
-            failed=by_status.get(INBOX_FAILED, 0),
-            dead_lettered=by_status.get(INBOX_DEAD_LETTERED, 0),
-        )
+            return await inbox_counts(session)

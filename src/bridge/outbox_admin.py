@@ -97,23 +97,3 @@ async def purge(engine: AsyncEngine, *, older_than: float, status: str = "sent")
             {"status": status, "age": older_than},
         )
     return int(result.rowcount or 0)
-
-
-async def inbox_counts(engine: AsyncEngine) -> dict[str, int]:
-    async with engine.connect() as conn:
-        row = (
-            (
-                await conn.execute(
-                    text(
-                        "SELECT count(*) AS total, "
-                        "count(*) FILTER (WHERE status = 'processed') AS processed, "
-                        "count(*) FILTER (WHERE status = 'failed') AS failed, "
-                        "count(*) FILTER (WHERE status = 'dead_lettered') AS dead_lettered "
-                        "FROM bridge_inbox"
-                    )
-                )
-            )
-            .mappings()
-            .one()
-        )
-    return {k: int(v) for k, v in row.items()}
