@@ -73,6 +73,10 @@ class SyncedRow(Synced):
     origin: Mapped[str] = mapped_column(String(64))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
+    def bridge_snapshot_action(self) -> str:
+        """A tombstone is re-stated as ``deleted``, a live row as ``updated``."""
+        return "deleted" if self.deleted_at is not None else "updated"
+
 
 class Organization(SyncedRow, Base):
     """An organization; ``domain`` is unique among live (not deleted) organizations."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import decimal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime
 from typing import Any, ClassVar
 
@@ -65,6 +65,12 @@ class Synced:
             attr.key: json_safe(loaded[attr.key] if attr.key in loaded else getattr(self, attr.key))
             for attr in state.mapper.column_attrs
         }
+
+    def bridge_snapshot_action(self) -> str:
+        """The action of an event that re-states this row as it is now (backfill,
+        reconciliation): ``updated`` unless the model says otherwise (a tombstone
+        returns ``deleted``)."""
+        return "updated"
 
 
 def _sync_session(session: AsyncSession | Session) -> Session:
@@ -187,6 +193,23 @@ class Outbox:
     def _after_rollback(self, session: Session) -> None:
         session.info.pop(_SKIP_NEXT_FLUSH_KEY, None)
         session.info.pop(_CAPTURED_KEY, None)
+
+    async def emit_snapshots(self, session: AsyncSession, instances: Sequence[Synced]) -> int:
+        """Re-state rows as they are now: one outbox row per instance, in the caller's
+        transaction, action from :meth:`Synced.bridge_snapshot_action`.
+
+        Used by backfill and reconciliation.  The payload carries the row's stored
+        version, so a receiver that applies last-writer-wins treats a re-stated row
+        it already holds as the same version (no change) and never lets it
+        overwrite newer data.  Returns the number of outbox rows written.
+        """
+        rows = [
+            self.row_for(self.envelope_for(instance, instance.bridge_snapshot_action()))
+            for instance in instances
+        ]
+        if rows:
+            await session.run_sync(lambda s: self._write(s, rows))
+        return len(rows)
 
     async def enqueue(
         self, session: AsyncSession, envelope: Envelope, *, subject: str | None = None
