@@ -49,6 +49,9 @@ class ServiceSettings(BaseSettings):
     ack_wait: str | None = None
     backoff: str | None = None
     db_pool_size: int = 10
+    #: Worker processes: serve /metrics, /health and /sync_status on this port (0: any free
+    #: port; unset: no HTTP at all).  The web app serves them on ``port`` anyway.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
     log_level: str = "INFO"
 
     def urls(self) -> tuple[str, ...]:

@@ -7,6 +7,10 @@ Web processes then run with ``ENABLE_CONSUMER=false`` (and/or ``ENABLE_RELAY=fal
 any number of workers may run: relays share the outbox safely and consumers share
 the durable.  SIGTERM or SIGINT stops it gracefully: the consumer finishes and acks
 its in-flight deliveries, the relay finishes its batch, the connection drains.
+
+With ``METRICS_PORT`` set, the worker also serves ``GET /metrics``, ``/health`` and
+``/sync_status`` on that port (:mod:`services.shared.operations_server`); it starts
+after the bridge and stops before it.
 """
 
 from __future__ import annotations
@@ -14,25 +18,55 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from bridge.logs import configure_logging
 from services.shared.app import STOP_TIMEOUT, build_bridge
 from services.shared.db import make_engine
+from services.shared.observability import service_metrics
+from services.shared.operations_server import OperationsServer, operations_app
+from services.shared.repository import Repository
 from services.shared.settings import ServiceSettings
+from services.shared.state import ServiceState
 
 log = logging.getLogger("bridge.services.worker")
 
 
-async def run_worker(settings: ServiceSettings, stop: asyncio.Event) -> None:
-    """Run the bridge of ``settings`` until ``stop`` is set."""
+async def run_worker(
+    settings: ServiceSettings,
+    stop: asyncio.Event,
+    *,
+    listening: Callable[[int], None] | None = None,
+) -> None:
+    """Run the bridge of ``settings`` until ``stop`` is set.
+
+    ``listening`` is told the operations endpoint's port once it listens
+    (``METRICS_PORT`` set; port 0 picks a free one).
+    """
     config = settings.to_bridge_config(enable_consumer=True, enable_relay=True)
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     bridge = build_bridge(config, engine)
+    operations: OperationsServer | None = None
     try:
         await bridge.start()
+        if settings.metrics_port is not None:
+            state = ServiceState(
+                app_name=config.app_name,
+                engine=engine,
+                session_factory=bridge.session_factory,
+                repository=Repository(config.app_name, outbox=bridge.outbox),
+                bridge=bridge,
+            )
+            app = operations_app(state, service_metrics(engine, bridge))
+            operations = OperationsServer(app, host=settings.host, port=settings.metrics_port)
+            await operations.start()
+            if listening is not None and operations.port is not None:
+                listening(operations.port)
         log.info("worker running", extra={"app": config.app_name})
         await stop.wait()
     finally:
+        if operations is not None:
+            await operations.stop(STOP_TIMEOUT)
         await bridge.stop(STOP_TIMEOUT)
         await engine.dispose()
 

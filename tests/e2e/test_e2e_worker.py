@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
+import httpx
 from e2e_support import eventually, start_side
 
 from bridge.testing import NatsServer, PostgresServer
@@ -39,15 +40,32 @@ async def test_worker_applies_changes_for_a_web_process_without_consumer(
         stop = asyncio.Event()
         settings = ServiceSettings(
             app_name=b.name, destination_app=a.name, database_url=b.database_url,
-            nats_url=nats_server.url, stream_name=stream, db_pool_size=3,
+            nats_url=nats_server.url, stream_name=stream, db_pool_size=3, metrics_port=0,
         )  # fmt: skip
-        worker = asyncio.create_task(run_worker(settings, stop))
+        ports: list[int] = []
+        worker = asyncio.create_task(run_worker(settings, stop, listening=ports.append))
         try:
 
             async def arrived() -> bool:
                 return (await b.get(f"/organizations/{org_id}")).status_code == 200
 
             await eventually(arrived, timeout=20.0, what="organization applied by B's worker")
+
+            # The worker's own operations endpoint (METRICS_PORT) reports what it did.
+            assert len(ports) == 1
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as ops:
+                metrics = (await ops.get("/metrics")).text
+                processed = [
+                    line
+                    for line in metrics.splitlines()
+                    if line.startswith("bridge_deliveries_total{") and 'outcome="acked"' in line
+                ]
+                assert processed and float(processed[0].rsplit(" ", 1)[1]) >= 1.0, metrics
+                health = await ops.get("/health")
+                assert health.status_code == 200 and health.json()["status"] == "ok"
+                status = (await ops.get("/sync_status")).json()
+                assert status["organizations_count"] == 1 and status["processed_events_count"] >= 1
+                assert (await ops.get("/organizations")).status_code == 404  # no domain API
         finally:
             stop.set()
             await asyncio.wait_for(worker, 15.0)
