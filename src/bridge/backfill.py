@@ -172,13 +172,29 @@ class Backfill:
         self._clock = clock
         self._sleep = sleep
         rate = self.options.rate
-        self._bucket = TokenBucket(rate, clock=clock, sleep=sleep) if rate else None
+        self._bucket = TokenBucket(rate, clock=clock, sleep=self._pause) if rate else None
         self._stop = asyncio.Event()
         self._paused = 0.0
 
     def request_stop(self) -> None:
-        """Finish the batch in progress, then return a ``stopped`` report."""
+        """Finish the batch in progress, then return a ``stopped`` report (a wait for the
+        rate limit or the relay ends at once)."""
         self._stop.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` unless a stop is requested first; adds to ``paused_seconds``."""
+        if self._stop.is_set():
+            return
+        began = self._clock()
+        sleeper = asyncio.ensure_future(self._sleep(seconds))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+            self._paused += self._clock() - began
 
     def _session(self) -> AsyncSession:
         # The outbox's session class: its commit listeners wake an in-process relay.
@@ -311,7 +327,7 @@ class Backfill:
             if finished:
                 break
             if self._bucket is not None and count:
-                self._paused += await self._bucket.take(count)
+                await self._bucket.take(count)
         return ModelReport(resource, table.name, emitted, done, max(total, done), finished)
 
     async def _wait_for_relay(self, waiting: Callable[[int], None]) -> None:
@@ -340,9 +356,7 @@ class Backfill:
                 )
                 logged = True
             waiting(pending)
-            interval = self.options.pending_poll_interval
-            await self._sleep(interval)
-            self._paused += interval
+            await self._pause(self.options.pending_poll_interval)
 
 
 def _table(model: type[Synced]) -> Table:

@@ -290,7 +290,8 @@ async def cmd_doctor(ctx: Context, args: argparse.Namespace, out: Output) -> int
 
 
 async def cmd_backfill(ctx: Context, args: argparse.Namespace, out: Output) -> int:
-    """Backfill through the outbox (bridge.backfill); SIGTERM stops after the current batch."""
+    """Backfill through the outbox (bridge.backfill); Ctrl-C or SIGTERM stops after the
+    batch in flight (exit 1; run it again to resume)."""
     try:
         models = load_synced_models(args.models or models_module_from_env(ctx.env) or "")
         options = BackfillOptions(
@@ -311,13 +312,19 @@ async def cmd_backfill(ctx: Context, args: argparse.Namespace, out: Output) -> i
             )
 
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-        loop.add_signal_handler(signal.SIGTERM, backfill.request_stop)
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in stop_signals}
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # main thread only
+        for sig in stop_signals:  # finish the batch in flight, then stop
+            loop.add_signal_handler(sig, backfill.request_stop)
     try:
         report = await backfill.run(show)
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+        for sig, handler in previous.items():
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+                if handler is not None:
+                    signal.signal(sig, handler)
     rows: list[list[Any]] = [
         ["resource", "table", "emitted now", "emitted in run", "rows", "finished"]
     ]

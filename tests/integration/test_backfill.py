@@ -9,7 +9,11 @@ full, and two processes on one run share the work without duplicates.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -229,3 +233,47 @@ async def test_two_processes_on_one_run_share_the_work(engine: AsyncEngine, outb
     assert {r.status for r in reports} <= {STATUS_COMPLETED, STATUS_ALREADY_COMPLETED}
     counts = await emitted_per_row(engine)
     assert len(counts) == ROWS and set(counts.values()) == {1}
+
+
+async def test_stop_ends_a_rate_limit_wait_at_once(engine: AsyncEngine, outbox: Outbox) -> None:
+    async def never(_seconds: float) -> None:  # a wait far longer than the test
+        await asyncio.Event().wait()
+
+    options = BackfillOptions(batch_size=10, rate=1.0)
+    backfill = Backfill(engine, outbox, MODELS, options, sleep=never)
+    first_batch = asyncio.Event()
+    task = asyncio.create_task(backfill.run(lambda _p: first_batch.set()))
+    await asyncio.wait_for(first_batch.wait(), 10)
+    backfill.request_stop()
+    report = await asyncio.wait_for(task, 10)
+    assert report.status == STATUS_STOPPED and report.emitted == 10
+
+
+async def test_cli_sigterm_finishes_the_batch_and_exits_1(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(root / "src"), str(root), os.environ.get("PYTHONPATH", "")])
+    env = {
+        **os.environ,
+        "PYTHONPATH": path,
+        "APP_NAME": "system_a",
+        "DESTINATION_APP": "system_b",
+        "DATABASE_URL": database_url,
+        "BRIDGE_MODELS": "services.shared.models",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bridge.cli", "backfill", "--batch-size", "5", "--rate", "2",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    deadline = asyncio.get_running_loop().time() + 30
+    while await checkpoint_total(engine) == 0:
+        assert asyncio.get_running_loop().time() < deadline, "no batch committed"
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 1, err.decode()
+    assert "stopped: run the same command again to resume" in out.decode()
+    done = await checkpoint_total(engine)
+    assert 0 < done < ROWS
+    assert await scalar(engine, "SELECT count(*) FROM bridge_outbox") == done
