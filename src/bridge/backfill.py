@@ -239,9 +239,7 @@ class Backfill:
         status = STATUS_COMPLETED if done else STATUS_STOPPED
         emitted = sum(r.emitted for r in reports)
         log.info(
-            "backfill %s",
-            status,
-            extra={"run": opts.run_name, "emitted": emitted, "status": status},
+            "backfill finished", extra={"run": opts.run_name, "emitted": emitted, "status": status}
         )
         return BackfillReport(
             opts.run_name, status, tuple(reports), emitted, self._clock() - started, self._paused
