@@ -123,6 +123,8 @@ def app_environment(
         }
     )
     env.pop("NATS_URLS", None)
+    # Where `bridge backfill` (run with this environment) finds the synced models.
+    env.setdefault("BRIDGE_MODELS", "services.shared.models")
     env.update(app.env)
     return env
 

@@ -6,6 +6,7 @@ variables (see :mod:`bridge.envconfig`).
     bridge dlq list|show|replay|purge  inspect and replay dead letters
     bridge provision plan|apply|verify this app's stream and consumer
     bridge doctor                      every permission this app needs, pass/fail
+    bridge backfill                    re-emit every synced row through the outbox
 
 Every command prints a table for people or, with ``--json``, one JSON document.
 Exit codes: 0 ok, 1 a check failed or something is missing, 2 usage error,
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -28,16 +31,26 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from bridge import outbox_admin
 from bridge.access import check_permissions
+from bridge.backfill import (
+    STATUS_ALREADY_COMPLETED,
+    STATUS_COMPLETED,
+    STATUS_STOPPED,
+    Backfill,
+    BackfillOptions,
+    BackfillProgress,
+)
 from bridge.config import BridgeConfig
 from bridge.connection import Connection
 from bridge.dlq import DeadLetters
 from bridge.durations import parse_duration
-from bridge.envconfig import config_from_env, database_url_from_env
+from bridge.envconfig import config_from_env, database_url_from_env, models_module_from_env
 from bridge.errors import BridgeError, ConfigError, ConnectionError, ProvisioningError
 from bridge.inbox import inbox_counts
 from bridge.jsapi import JetStreamApi
+from bridge.outbox import Outbox
 from bridge.provisioning import Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
+from bridge.synced_models import load_synced_models
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -56,9 +69,13 @@ class Output:
         else:
             self.out.write(f"{data}\n")
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int, label: str = "") -> None:
         if not self.json_mode:
-            self.err.write(f"\r{done}/{total}")
+            bar = ""
+            if label:
+                filled = 20 * done // total if total else 20
+                bar = f"{label} [{'#' * filled}{'.' * (20 - filled)}] "
+            self.err.write(f"\r{bar}{done}/{total}")
             if done == total:
                 self.err.write("\n")
             self.err.flush()
@@ -80,13 +97,13 @@ class Context:
 
     def __init__(self, config: BridgeConfig, env: Mapping[str, str]) -> None:
         self.config = config
-        self._env = env
+        self.env = env
         self.engine: AsyncEngine | None = None
         self.connection: Connection | None = None
 
     def db(self) -> AsyncEngine:
         if self.engine is None:
-            self.engine = create_async_engine(database_url_from_env(self._env), pool_size=2)
+            self.engine = create_async_engine(database_url_from_env(self.env), pool_size=2)
         return self.engine
 
     async def nats(self) -> Connection:
@@ -272,12 +289,72 @@ async def cmd_doctor(ctx: Context, args: argparse.Namespace, out: Output) -> int
     return EXIT_OK if all(c.allowed for c in checks) else EXIT_FAILED
 
 
+async def cmd_backfill(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    """Backfill through the outbox (bridge.backfill); Ctrl-C or SIGTERM stops after the
+    batch in flight (exit 1; run it again to resume)."""
+    try:
+        models = load_synced_models(args.models or models_module_from_env(ctx.env) or "")
+        options = BackfillOptions(
+            run_name=args.run, batch_size=args.batch_size, rate=args.rate,
+            max_pending=args.max_pending or None, restart=args.restart,
+        )  # fmt: skip
+    except ConfigError as exc:
+        out.err.write(f"bridge backfill: {exc}\n")
+        return EXIT_USAGE
+    backfill = Backfill(ctx.db(), Outbox(ctx.config), models, options)
+
+    def show(p: BackfillProgress) -> None:
+        if p.waiting_for_relay is None:
+            out.progress(p.done, p.total, label=p.resource_type)
+        elif not out.json_mode:
+            out.err.write(
+                f"\r{p.resource_type}: waiting, {p.waiting_for_relay} outbox rows pending"
+            )
+
+    loop = asyncio.get_running_loop()
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in stop_signals}
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # main thread only
+        for sig in stop_signals:  # finish the batch in flight, then stop
+            loop.add_signal_handler(sig, backfill.request_stop)
+    try:
+        report = await backfill.run(show)
+    finally:
+        for sig, handler in previous.items():
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+                if handler is not None:
+                    signal.signal(sig, handler)
+    rows: list[list[Any]] = [
+        ["resource", "table", "emitted now", "emitted in run", "rows", "finished"]
+    ]
+    rows += [
+        [m.resource_type, m.table, m.emitted, m.rows_emitted, m.total, m.finished]
+        for m in report.models
+    ]
+    out.emit(asdict(report), rows)
+    if not out.json_mode:
+        rate = report.emitted / report.elapsed_seconds if report.elapsed_seconds else 0.0
+        notes = {
+            STATUS_COMPLETED: "completed; the running service's relay publishes the rows",
+            STATUS_ALREADY_COMPLETED: "was already completed: nothing emitted "
+            "(--restart or another --run to backfill again)",
+            STATUS_STOPPED: "stopped: run the same command again to resume",
+        }
+        out.out.write(
+            f"run {report.run_name!r} {notes[report.status]} — {report.emitted} rows in "
+            f"{report.elapsed_seconds:.1f}s ({rate:.0f}/s, paused {report.paused_seconds:.1f}s)\n"
+        )
+    return EXIT_OK if report.status != STATUS_STOPPED else EXIT_FAILED
+
+
 COMMANDS = {
     "status": cmd_status,
     "outbox": cmd_outbox,
     "dlq": cmd_dlq,
     "provision": cmd_provision,
     "doctor": cmd_doctor,
+    "backfill": cmd_backfill,
 }
 
 
@@ -299,6 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     prov = sub.add_parser("provision", help="plan / apply / verify this app's stream and consumer")
     prov.add_argument("action", choices=["plan", "apply", "verify"])
     sub.add_parser("doctor", help="check every permission this app needs")
+    bf = sub.add_parser("backfill", help="re-emit every synced row through the outbox")
+    bf.add_argument("--models", help="module declaring the synced models (default $BRIDGE_MODELS)")
+    bf.add_argument("--batch-size", type=int, default=500, help="rows per transaction")
+    bf.add_argument("--rate", type=float, help="rows per second (default: unlimited)")
+    bf.add_argument("--max-pending", type=int, default=10_000, help="pause above this (0: never)")
+    bf.add_argument("--run", default="default", help="run name: re-running it resumes")
+    bf.add_argument("--restart", action="store_true", help="start the run from the first row")
+    bf.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 

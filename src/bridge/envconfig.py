@@ -6,7 +6,8 @@ The names are the ones the services read (``services/shared/settings.py``):
 ``NATS_PASSWORD``, ``NATS_TOKEN``, ``NATS_CREDS``, ``NATS_INBOX_PREFIX``,
 ``STREAM_NAME``, ``MODE``, ``CONSUMER_MODE`` (and ``CONSUMER_MODE_<APP>``),
 ``MAX_DELIVER``, ``ACK_WAIT``, ``BACKOFF``; ``DATABASE_URL`` is returned beside
-the config.  The mapping is passed in: nothing reads ``os.environ`` implicitly.
+the config, ``BRIDGE_MODELS`` (the module declaring the synced models) too.
+The mapping is passed in: nothing reads ``os.environ`` implicitly.
 """
 
 from __future__ import annotations
@@ -59,3 +60,8 @@ def database_url_from_env(env: Mapping[str, str]) -> str:
     if not url:
         raise ConfigError("set DATABASE_URL (postgresql+asyncpg://user@host:5432/db)")
     return url
+
+
+def models_module_from_env(env: Mapping[str, str]) -> str | None:
+    """``BRIDGE_MODELS``: the module that declares the app's synced models, if set."""
+    return env.get("BRIDGE_MODELS") or None

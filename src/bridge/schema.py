@@ -1,4 +1,5 @@
-"""The bridge's own tables: the outbox (producer side) and the inbox (consumer side).
+"""The bridge's own tables: the outbox (producer side), the inbox (consumer side) and
+the backfill checkpoints.
 
 They live in :data:`metadata`, separate from the application's models, so an
 application's Alembic environment targets ``[app_metadata, bridge.schema.metadata]``
@@ -9,6 +10,8 @@ Outbox row life cycle: ``pending`` → (claimed by a relay: lease columns set) �
 re-queueable).  Inbox record life cycle: ``processed`` (committed in the same
 transaction as the handler's writes), ``failed`` (last attempt failed, will be
 redelivered), ``dead_lettered`` (sent to the DLQ; not "processed").
+Backfill checkpoint: one row per (run, table), advanced in the same transaction as
+the outbox rows of each batch (:mod:`bridge.backfill`).
 """
 
 from __future__ import annotations
@@ -123,6 +126,21 @@ inbox = Table(
     Column("processed_at", DateTime(timezone=True), nullable=True),
     Index("ix_bridge_inbox_status", "status"),
     Index("ix_bridge_inbox_processed_at", "processed_at"),
+)
+
+#: Backfill checkpoints: how far run ``run_name`` has re-emitted ``table_name``
+#: (``last_key``: the primary key of the last emitted row, as strings) — see bridge.backfill.
+backfill_runs = Table(
+    "bridge_backfill_runs",
+    metadata,
+    Column("run_name", String(128), primary_key=True),
+    Column("table_name", String(255), primary_key=True),
+    Column("resource_type", String(128), nullable=False),
+    Column("last_key", JSONB, nullable=True),
+    Column("rows_emitted", BigInteger, nullable=False, server_default="0"),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
 )
 
 

@@ -82,6 +82,7 @@ def test_each_profile_is_valid_and_lists_its_services(profile: str) -> None:
         assert service["command"] == ["uvicorn", module, "--host", "0.0.0.0", "--port", str(port)]
         assert service["ports"][0]["published"] == str(port)
         assert service["environment"]["PORT"] == str(port)
+        assert service["environment"]["BRIDGE_MODELS"] == "services.shared.models"
         assert "healthcheck" in service
         assert service["depends_on"][f"migrate-{name[7]}"]["condition"] == (
             "service_completed_successfully"

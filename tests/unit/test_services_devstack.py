@@ -32,6 +32,7 @@ def test_app_environment_sets_identity_and_mode() -> None:
     assert env["MODE"] == "non_restrictive" and env["CONSUMER_MODE"] == "pull"
     assert "CONSUMER_MODE_SYSTEM_A" not in env  # the command line decides the mode
     assert env["PORT"] == "3000" and env["PATH"] == "/bin"
+    assert env["BRIDGE_MODELS"] == "services.shared.models"  # for `bridge backfill`
     assert base["CONSUMER_MODE_SYSTEM_A"] == "push"  # the parent's mapping is untouched
 
 
