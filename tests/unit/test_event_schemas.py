@@ -6,11 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.errors import ConfigError, Reject
 from bridge.event_schemas import EventSchemas
 from bridge.router import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
+from bridge.runtime import Bridge
 
 
 def requires(*names: str) -> Any:
@@ -199,3 +202,16 @@ def test_declaring_twice_or_a_bad_version_is_a_config_error() -> None:
             schemas.version("widget", bad, requires())
     three_versions().check()  # a complete chain passes
     EventSchemas().check()  # nothing declared passes
+
+
+async def test_bridge_start_fails_fast_on_a_gap_before_connecting() -> None:
+    gap = EventSchemas()
+    gap.version("widget", 1, requires())
+    gap.version("widget", 2, requires())
+    engine = create_async_engine("postgresql+asyncpg://nobody@127.0.0.1:1/none")
+    config = BridgeConfig(app_name="a", destination_app="b", nats_urls=("nats://127.0.0.1:1",))
+    bridge = Bridge(config, engine=engine, event_schemas=gap)
+    with pytest.raises(ConfigError, match="widget: no upcaster from v1 to v2"):
+        await bridge.start(timeout=1)
+    assert not bridge.connection.is_connected
+    await engine.dispose()
