@@ -23,7 +23,8 @@ the oldest the consumer accepts.  :meth:`EventSchemas.check` (called by
 version between the two has no validator or a step has no upcaster.
 
 Producer: the outbox stamps ``schema_version`` with :meth:`EventSchemas.current_version`
-(1 for a type nobody declared, the wire of DESIGN.md).
+(1 for a type nobody declared, the wire of DESIGN.md), or with the version pinned by
+:meth:`EventSchemas.publish_version` while consumers are being upgraded.
 
 Consumer (:meth:`EventSchemas.resolve`, run by the inbox once per delivery before
 the handler):
@@ -85,6 +86,7 @@ class _Chain:
 
     validators: dict[int, PayloadValidator] = field(default_factory=dict)
     upcasters: dict[int, Upcaster] = field(default_factory=dict)
+    publish: int | None = None  # the version producers stamp, when pinned below current
 
     @property
     def current(self) -> int:
@@ -126,6 +128,17 @@ class EventSchemas:
             )
         chain.upcasters[from_version] = upcast
 
+    def publish_version(self, type_: str, version: int) -> None:
+        """Producers stamp ``version`` instead of the current one (a rollout step).
+
+        Lets a release that already *consumes* a new version keep *publishing* the
+        previous one until every consumer knows the new one ("upgrade consumers
+        first").  It only relabels: the payload is what the producer builds, so this
+        suits additive changes (older consumers ignore unknown fields).
+        """
+        _check_version(type_, version)
+        self._chains.setdefault(type_, _Chain()).publish = version
+
     def check(self) -> None:
         """Fail fast: every declared type has an unbroken chain oldest → current.
 
@@ -149,6 +162,11 @@ class EventSchemas:
                         f"{type_}: no upcaster from v{version} to v{version + 1} "
                         f"(the chain v{oldest} → v{current} has a gap)"
                     )
+            if chain.publish is not None and chain.publish not in chain.validators:
+                raise ConfigError(
+                    f"{type_}: publish version {chain.publish} is not a declared version "
+                    f"(v{oldest}..v{current})"
+                )
             stray = sorted(v for v in chain.upcasters if not oldest <= v < current)
             if stray:
                 raise ConfigError(
@@ -165,9 +183,13 @@ class EventSchemas:
         return None
 
     def current_version(self, event_type: str, resource_type: str) -> int:
-        """The version a producer stamps (1 when the type is not declared)."""
+        """The version a producer stamps: the current one unless pinned with
+        :meth:`publish_version` (1 when the type is not declared)."""
         found = self._chain(event_type, resource_type)
-        return found[1].current if found is not None else SCHEMA_VERSION
+        if found is None:
+            return SCHEMA_VERSION
+        chain = found[1]
+        return chain.publish if chain.publish is not None else chain.current
 
     @property
     def types(self) -> frozenset[str]:

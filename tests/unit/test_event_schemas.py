@@ -215,3 +215,16 @@ async def test_bridge_start_fails_fast_on_a_gap_before_connecting() -> None:
         await bridge.start(timeout=1)
     assert not bridge.connection.is_connected
     await engine.dispose()
+
+
+def test_publish_version_pins_what_producers_stamp_while_consuming_the_newest() -> None:
+    schemas = three_versions()
+    schemas.publish_version("widget", 2)
+    schemas.check()
+    assert schemas.current_version("widget.created", "widget") == 2
+    resolved = schemas.resolve(event(2, {"name": "w", "color": "red"}))
+    assert resolved.schema_version == 3 and resolved.payload["size"] == 0  # still consumes v3
+    bad = three_versions()
+    bad.publish_version("widget", 4)
+    with pytest.raises(ConfigError, match="widget: publish version 4 is not a declared version"):
+        bad.check()
