@@ -157,12 +157,15 @@ async def test_v3_event_is_dead_lettered_then_applied_after_upgrade_and_replay(
             later = gem_organization(origin=a.config.app_name, deleted_at=None)
             await publish_as(js, a, "organization", later, version=2)
 
-            async def later_applied() -> dict[str, Any] | None:
-                return await row(b, "organizations", later["id"])
-
-            await eventually(later_applied, what="the v2 event after the v3 one, on B")
             assert b.state.bridge is not None and b.state.bridge.dead_letters is not None
-            letters = await b.state.bridge.dead_letters.list()
+            dead_letters = b.state.bridge.dead_letters
+
+            async def settled() -> list[Any] | None:
+                applied = await row(b, "organizations", later["id"])
+                letters = await dead_letters.list()
+                return letters if applied is not None and letters else None
+
+            letters = await eventually(settled, what="v3 dead-lettered and the later v2 applied")
             assert [letter.reason for letter in letters] == ["unsupported_schema_version"]
             [letter] = letters
             assert letter.headers["x-dlq-reason"] == "unsupported_schema_version"
