@@ -32,11 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge.config import BridgeConfig
+from bridge.event_schemas import EventSchemas
 from bridge.integrations.fastapi import bridge_lifespan
 from bridge.router import Router
 from bridge.runtime import Bridge
 from services.shared.db import make_engine
 from services.shared.errors import ServiceError
+from services.shared.event_versions import event_schemas as domain_event_schemas
 from services.shared.handlers import SyncHandlers
 from services.shared.observability import install_observability, service_metrics
 from services.shared.repository import Repository
@@ -51,12 +53,26 @@ STOP_TIMEOUT = 10.0
 
 
 def build_bridge(
-    config: BridgeConfig, engine: AsyncEngine, *, tracer_provider: TracerProvider | None = None
+    config: BridgeConfig,
+    engine: AsyncEngine,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    event_schemas: EventSchemas | None = None,
 ) -> Bridge:
-    """The service's bridge: the domain's sync handlers on its router (web and worker)."""
+    """The service's bridge: the domain's sync handlers on its router (web and worker).
+
+    ``event_schemas`` defaults to the domain's declared versions
+    (:func:`services.shared.event_versions.event_schemas`).
+    """
     router = Router()
     SyncHandlers(engine, config.app_name).register(router)
-    return Bridge(config, engine=engine, router=router, tracer_provider=tracer_provider)
+    return Bridge(
+        config,
+        engine=engine,
+        router=router,
+        tracer_provider=tracer_provider,
+        event_schemas=event_schemas if event_schemas is not None else domain_event_schemas(),
+    )
 
 
 def create_app(
@@ -64,8 +80,10 @@ def create_app(
     *,
     bridge_config: BridgeConfig | None = None,
     tracer_provider: TracerProvider | None = None,
+    event_schemas: EventSchemas | None = None,
 ) -> FastAPI:
-    """The service app for ``settings``; ``bridge_config`` replaces the one settings build."""
+    """The service app for ``settings``; ``bridge_config`` replaces the one settings build,
+    ``event_schemas`` the domain's declared event versions."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,7 +101,9 @@ def create_app(
                 yield
                 return
             config = bridge_config or settings.to_bridge_config()
-            bridge = build_bridge(config, engine, tracer_provider=tracer_provider)
+            bridge = build_bridge(
+                config, engine, tracer_provider=tracer_provider, event_schemas=event_schemas
+            )
             app.state.metrics = service_metrics(engine, bridge)
             app.state.service = ServiceState(
                 app_name=config.app_name,

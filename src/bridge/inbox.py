@@ -20,8 +20,11 @@ Contract (DESIGN.md, "Inbox is idempotent and atomic with the handler"):
    last_error) in the committed transaction, so ``/sync_status`` counts them.
    Once a delivery of resource X failed, later deliveries of X in the batch are
    NAKed with the same delay without running (per-resource order), except on
-   their last allowed delivery.  Handlers other than the failing one may run
-   twice, the first run rolled back: see :mod:`bridge.inbox_apply`.
+   their last allowed delivery.  Before its handler, each delivery is brought to
+   the current schema version of its type (:mod:`bridge.event_schemas`); a version
+   the consumer does not know is dead-lettered ``unsupported_schema_version``.
+   Handlers other than the failing one may run twice, the first run rolled
+   back: see :mod:`bridge.inbox_apply`.
 4. If the batch cannot be committed on either path, every delivery of the batch
    is NAKed (nothing was acked, nothing recorded) with the backoff delay.
 5. Only now: ack successes and duplicates; then for the failures either store a
@@ -74,6 +77,7 @@ from bridge.delivery import Delivery, NatsDelivery, Outcome, Received
 from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope
 from bridge.errors import DeadLetterError, EnvelopeError
+from bridge.event_schemas import EventSchemas, SchemaObserver
 from bridge.inbox_apply import BatchApplier, BatchItem, error_text
 from bridge.outbox import SKIP_PUBLISH_KEY
 from bridge.router import Action, Decision, Router, decide
@@ -121,12 +125,25 @@ class InboxProcessor:
         dead_letters: DeadLetters | None,
         *,
         optimistic: bool = True,
+        schemas: EventSchemas | None = None,
+        schema_observer: SchemaObserver | None = None,
     ) -> None:
-        """``optimistic=False`` applies every batch on the savepoint path (module doc)."""
+        """``optimistic=False`` applies every batch on the savepoint path (module doc).
+
+        ``schemas``: the app's event versions; each delivery is upcast and validated
+        with them before its handler (:mod:`bridge.event_schemas`).
+        """
         self._config = config
         self._session_factory = session_factory
         self._dead_letters = dead_letters if config.use_dlq else None
-        self._applier = BatchApplier(config, session_factory, router, optimistic=optimistic)
+        self._applier = BatchApplier(
+            config,
+            session_factory,
+            router,
+            optimistic=optimistic,
+            schemas=schemas,
+            schema_observer=schema_observer,
+        )
 
     @property
     def dead_letters(self) -> DeadLetters | None:

@@ -47,6 +47,7 @@ from bridge import inbox_store as store
 from bridge.config import BridgeConfig
 from bridge.delivery import Delivery, Outcome
 from bridge.envelope import Envelope
+from bridge.event_schemas import EventSchemas, SchemaObserver
 from bridge.outbox import skip_publish
 from bridge.router import Action, Decision, Handler, Router, decide, decide_unknown
 from bridge.schema import INBOX_PROCESSED
@@ -67,6 +68,9 @@ class BatchItem:
     # the handler's failure in the rolled-back optimistic attempt: the fallback
     # decides with it instead of running the handler a second time
     prior_failure: Exception | None = None
+    # the envelope at the current schema version, or why it cannot be: computed
+    # once (bridge.event_schemas), kept when the batch is re-run
+    resolved: Envelope | Exception | None = None
 
     @property
     def event_id(self) -> str:
@@ -102,7 +106,7 @@ class _RolledBack(Exception):
 
 
 async def _run(
-    session: AsyncSession, handler: Handler, item: BatchItem, savepoints: bool
+    session: AsyncSession, handler: Handler, item: BatchItem, envelope: Envelope, savepoints: bool
 ) -> Exception | None:
     """Run one handler and flush; return its failure.
 
@@ -110,17 +114,16 @@ async def _run(
     Without, the first failure raises :class:`_RolledBack`: the transaction has no
     way to undo just this handler, so the whole batch is rolled back.
     """
-    assert item.envelope is not None
     if not savepoints:
         try:
-            await handler(session, item.envelope)
+            await handler(session, envelope)
             await session.flush()
         except Exception as exc:
             raise _RolledBack(f"handler failed on event {item.event_id}", item, exc) from exc
         return None
     try:
         async with session.begin_nested():
-            await handler(session, item.envelope)
+            await handler(session, envelope)
             await session.flush()
     except Exception as exc:
         return exc
@@ -150,11 +153,15 @@ class BatchApplier:
         router: Router,
         *,
         optimistic: bool = True,
+        schemas: EventSchemas | None = None,
+        schema_observer: SchemaObserver | None = None,
     ) -> None:
         self._config = config
         self._session_factory = session_factory
         self._router = router
         self._optimistic = optimistic
+        self._schemas = schemas
+        self._schema_observer = schema_observer
         self.optimistic_batches = 0  # committed without savepoints
         self.fallback_batches = 0  # rolled back, then re-run with savepoints
 
@@ -250,19 +257,23 @@ class BatchApplier:
                 self._failed(state, item, LookupError(f"no handler for {envelope.event_type!r}"))
                 return
         else:
+            resolved = self._resolve(item)
             error = item.prior_failure
-            if error is None:
-                error = await _run(session, handler, item, savepoints)
+            if isinstance(resolved, Exception):
+                error = resolved
+            elif error is None:
+                error = await _run(session, handler, item, resolved, savepoints)
             if error is not None:
                 item.decision = decide(
                     error, num_delivered=delivery.num_delivered, config=self._config
                 )
                 self._failed(state, item, error)
                 log.warning(
-                    "handler failed",
+                    "handler failed" if error is not resolved else "schema version not applicable",
                     extra={
                         "event_id": event_id,
                         "event_type": envelope.event_type,
+                        "schema_version": envelope.schema_version,
                         "stream_seq": delivery.stream_seq,
                         "attempt": delivery.num_delivered,
                         "action": str(item.decision.action),
@@ -272,6 +283,19 @@ class BatchApplier:
                 return
         item.outcome = Outcome.ACKED
         state.done.add(event_id)
+
+    def _resolve(self, item: BatchItem) -> Envelope | Exception:
+        """The envelope the handler gets (current schema version), or the error why not."""
+        if item.resolved is None:
+            assert item.envelope is not None
+            if self._schemas is None:
+                item.resolved = item.envelope
+            else:
+                try:
+                    item.resolved = self._schemas.resolve(item.envelope, self._schema_observer)
+                except Exception as exc:  # decided like a handler's failure
+                    item.resolved = exc
+        return item.resolved
 
     def _failed(self, state: _BatchState, item: BatchItem, error: BaseException) -> None:
         decision = item.decision

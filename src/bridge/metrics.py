@@ -8,7 +8,9 @@ System B in one test process — never collide.  Two kinds of metric:
   monotonic counters for the life of the ``BridgeMetrics``):
   :meth:`relay_batch` (the relay, after each published batch),
   :meth:`consumer_batch` (the consumer, after each processed batch, acks done),
-  :meth:`handler_done` (:class:`~bridge.tracing.TracedRouter`, after each handler call).
+  :meth:`handler_done` (:class:`~bridge.tracing.TracedRouter`, after each handler call),
+  :meth:`event_upcast` / :meth:`event_unsupported` (the inbox, once per delivery
+  of a versioned type, :mod:`bridge.event_schemas`).
 - **Gauges read at scrape time** from *sources* (:class:`MetricSource`: the
   bridge's database and NATS state, a service's own tables).  Prometheus'
   ``collect()`` is synchronous and queries are not, so :meth:`refresh` reads the
@@ -125,6 +127,18 @@ class BridgeMetrics:
             buckets=LAG_BUCKETS,
             registry=r,
         )
+        self.upcasts = Counter(
+            "bridge_event_upcasts",
+            "Upcaster steps run on consumed events, by event type and the version upcast from.",
+            ["event_type", "from_version"],
+            registry=r,
+        )
+        self.unsupported_versions = Counter(
+            "bridge_unsupported_schema_versions",
+            "Consumed events dead-lettered because their schema_version is unknown here.",
+            ["event_type", "version"],
+            registry=r,
+        )
         r.register(_SnapshotCollector(self))
 
     # -- hooks (synchronous, cheap, never raise into the caller) ------------------
@@ -155,6 +169,14 @@ class BridgeMetrics:
         self.handler_duration.labels(
             event_type=envelope.event_type, result="success" if error is None else "error"
         ).observe(seconds)
+
+    def event_upcast(self, event_type: str, from_version: int) -> None:
+        """One upcaster step ran (``from_version`` → ``from_version + 1``)."""
+        self.upcasts.labels(event_type=event_type, from_version=str(from_version)).inc()
+
+    def event_unsupported(self, event_type: str, version: int) -> None:
+        """A delivery's ``schema_version`` is one this consumer does not accept."""
+        self.unsupported_versions.labels(event_type=event_type, version=str(version)).inc()
 
     # -- scrape-time sources ----------------------------------------------------------
     def add_source(self, name: str, source: MetricSource) -> None:

@@ -13,6 +13,8 @@ Contract:
   it with a rolled-back savepoint), waking relays in other processes.
 - After commit the in-process commit listeners run (the relay's wake-up).  They
   never carry the only copy of an event: the row does.
+- Each envelope's ``schema_version`` is the current version of its type in the
+  outbox's :class:`~bridge.event_schemas.EventSchemas` (1 when not declared).
 - ``with skip_publish(session):`` captures nothing — used when applying the other
   side's change, so a change never echoes back.
 """
@@ -32,6 +34,7 @@ from sqlalchemy.orm import Session, UOWTransaction
 
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope, format_timestamp
+from bridge.event_schemas import EventSchemas
 from bridge.schema import outbox as outbox_table
 
 SKIP_PUBLISH_KEY = "bridge.skip_publish"
@@ -117,9 +120,11 @@ class Outbox:
         config: BridgeConfig,
         *,
         traceparent: Callable[[], str | None] | None = None,
+        schemas: EventSchemas | None = None,
     ) -> None:
         self._config = config
         self._traceparent = traceparent
+        self._schemas = schemas or EventSchemas()
         self._listeners: list[Callable[[], None]] = []
         # A subclass per Outbox: its events do not fire for other apps' sessions.
         self.session_class: type[Session] = type(f"BridgeSession_{config.app_name}", (Session,), {})
@@ -139,8 +144,10 @@ class Outbox:
     def envelope_for(self, instance: Synced, action: str) -> Envelope:
         resource = instance.__bridge_resource__
         traceparent = self._traceparent() if self._traceparent else None
+        event_type = f"{resource}.{action}"
         return Envelope(
-            event_type=f"{resource}.{action}",
+            event_type=event_type,
+            schema_version=self._schemas.current_version(event_type, resource),
             producer=self._config.app_name,
             resource_type=resource,
             resource_id=_primary_key(instance),

@@ -50,6 +50,10 @@ UNKNOWN_EVENT_POLICIES: tuple[str, ...] = ("dead_letter", "ack", "retry")
 REASON_MALFORMED = "malformed"
 REASON_UNKNOWN_EVENT_TYPE = "unknown_event_type"
 REASON_MAX_DELIVER = "max_deliver_exceeded"
+#: The event's schema_version is one the consumer does not know (bridge.event_schemas).
+REASON_UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+#: The payload does not fit its declared schema (bridge.event_schemas, handlers).
+REASON_INVALID_PAYLOAD = "invalid_payload"
 
 
 class Router:

@@ -1,6 +1,8 @@
 """``Bridge``: the composition root wiring connection, provisioning, relay and consumer.
 
-Start order: connect to NATS → provision (``auto_provision=True``: apply) or verify
+Start order: check the event schema versions (a gap in an upcaster chain is a
+ConfigError before anything connects, :mod:`bridge.event_schemas`) → connect to
+NATS → provision (``auto_provision=True``: apply) or verify
 (``auto_provision=False``: read-only; falls back to a permission-limited runtime
 probe when the app's NATS user may not call the JetStream management API) → start
 the outbox relay → start the consumer.  Stop order is the reverse: the consumer
@@ -39,6 +41,7 @@ from bridge.connection import Connection
 from bridge.consumer import PullConsumer, PushConsumer, make_consumer
 from bridge.dlq import DeadLetters
 from bridge.errors import BridgeError, PermissionDeniedError
+from bridge.event_schemas import EventSchemas
 from bridge.inbox import InboxProcessor
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import BridgeMetrics, BridgeStateSource
@@ -68,11 +71,18 @@ class Bridge:
         dispose_engine: bool = False,
         metrics: BridgeMetrics | None = None,
         tracer_provider: TracerProvider | None = None,
+        event_schemas: EventSchemas | None = None,
     ) -> None:
+        """``event_schemas``: the versions of the app's event types, used to stamp
+        published events and to upcast consumed ones (an ``outbox`` passed in
+        keeps its own)."""
         self.config = config
         self.engine = engine
         self.router = router or Router()
-        self.outbox = outbox or Outbox(config, traceparent=current_traceparent)
+        self.event_schemas = event_schemas or EventSchemas()
+        self.outbox = outbox or Outbox(
+            config, traceparent=current_traceparent, schemas=self.event_schemas
+        )
         self.metrics = metrics or BridgeMetrics()
         self.metrics.add_source("bridge", BridgeStateSource(self.status))
         self.tracer_provider = tracer_provider
@@ -95,6 +105,7 @@ class Bridge:
         """Connect, provision or verify, then start the relay and the consumer."""
         if self._started:
             return
+        self.event_schemas.check()
         try:
             await self.connection.start(timeout=timeout)
             await self._provision()
@@ -121,7 +132,12 @@ class Bridge:
                     on_handled=self.metrics.handler_done,
                 )
                 self.processor = InboxProcessor(
-                    self.config, self.session_factory, router, self.dead_letters
+                    self.config,
+                    self.session_factory,
+                    router,
+                    self.dead_letters,
+                    schemas=self.event_schemas,
+                    schema_observer=self.metrics,
                 )
                 self.consumer = make_consumer(self.config, self.connection, self.processor)
                 self.consumer.observer = self.metrics

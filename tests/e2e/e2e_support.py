@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import text
 
 from bridge.config import BridgeConfig, ConsumerOptions, RelayOptions
+from bridge.event_schemas import EventSchemas
 from bridge.testing import PostgresServer
 from services.shared.app import create_app
 from services.shared.db import migrate
@@ -100,6 +101,14 @@ class Pair:
         return dict(info.state.subjects or {})
 
 
+async def new_database(stack: AsyncExitStack, postgres: PostgresServer) -> str:
+    """A fresh, migrated database, dropped when ``stack`` closes."""
+    url = await postgres.create_database()
+    stack.push_async_callback(postgres.drop_database, url)
+    await migrate(url)
+    return url
+
+
 async def start_side(
     stack: AsyncExitStack,
     postgres: PostgresServer,
@@ -109,17 +118,18 @@ async def start_side(
     stream: str,
     nats_url: str,
     consumer_mode: Literal["pull", "push"] = "pull",
+    database_url: str | None = None,
+    event_schemas: EventSchemas | None = None,
     **overrides: Any,
 ) -> Side:
-    url = await postgres.create_database()
-    stack.push_async_callback(postgres.drop_database, url)
-    await migrate(url)
+    """Start one service; ``database_url`` reuses a database (a restart), else a new one."""
+    url = database_url or await new_database(stack, postgres)
     settings = ServiceSettings(
         app_name=name, destination_app=peer, database_url=url, nats_url=nats_url,
         stream_name=stream, consumer_mode=consumer_mode, db_pool_size=5,
     )  # fmt: skip
     config = settings.to_bridge_config(env={}, **{**FAST, **overrides})
-    app = create_app(settings, bridge_config=config)
+    app = create_app(settings, bridge_config=config, event_schemas=event_schemas)
     await stack.enter_async_context(app.router.lifespan_context(app))
     client = await stack.enter_async_context(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{name}")

@@ -1,0 +1,127 @@
+"""The schema versions of the events both systems publish and consume, declared once.
+
+The payload of ``organization.*`` and ``user.*`` events is the row snapshot.
+
+- **v1** is the row as the Ruby ``jetstream_bridge`` gem's examples publish it
+  (``seed/examples-README.md``: ``id``, ``name``, ``domain``/``organization_id``,
+  ``email``, ``role``, ``active``, ``created_at``, ``updated_at``) — no ``origin``
+  and no ``deleted_at``, because the gem's apps have neither last-writer-wins
+  versions nor tombstones.  Ids must be UUIDs (a Rails app with ``id: :uuid``):
+  both sides share one id per record.
+- **v2** (current, what our services publish) adds ``origin`` (the app that made
+  the change: the tie-break of last-writer-wins) and ``deleted_at`` (tombstones).
+
+Upcaster v1 → v2: ``origin`` ← the envelope's ``origin`` (which defaults to its
+``producer``), ``deleted_at`` ← ``None``; values already present are kept (our
+own producers stamped v1 on full rows before versions were declared).  A v1
+``*.deleted`` event therefore has no ``deleted_at``: the sync handler turns it into
+a tombstone at ``occurred_at``, as for any producer that hard-deletes.  So a Rails
+app still on the gem can feed a Python service.
+
+``active`` may be missing (the handler stores ``true``), as the sync handler has
+always tolerated.  Unknown fields are ignored.  The models only validate: the
+handler receives the payload as sent (or as upcast), JSON-shaped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StringConstraints
+
+from bridge.envelope import Envelope, parse_timestamp
+from bridge.errors import EnvelopeError
+from bridge.event_schemas import EventSchemas
+
+CURRENT_VERSION = 2
+
+Text = Annotated[str, StringConstraints(strict=True, min_length=1)]
+
+
+def _checked_timestamp(value: str) -> str:
+    try:
+        parse_timestamp(value)
+    except EnvelopeError as exc:  # a BridgeError; pydantic reports ValueErrors
+        raise ValueError(f"{value!r} is not an ISO 8601 timestamp") from exc
+    return value
+
+
+#: Timestamps stay strings on the wire (the handler parses them).
+Timestamp = Annotated[str, StringConstraints(strict=True), AfterValidator(_checked_timestamp)]
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: uuid.UUID
+    active: StrictBool = True
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class OrganizationV1(_Row):
+    """An organization row as the gem publishes it."""
+
+    name: Text
+    domain: Text
+
+
+class UserV1(_Row):
+    """A user row as the gem publishes it."""
+
+    organization_id: uuid.UUID
+    name: Text
+    email: Text
+    role: Text
+
+
+class _Versioned(BaseModel):
+    origin: Text
+    deleted_at: Timestamp | None = None
+
+
+class OrganizationV2(OrganizationV1, _Versioned):
+    """An organization row with its version (``origin``) and tombstone (``deleted_at``)."""
+
+
+class UserV2(UserV1, _Versioned):
+    """A user row with its version (``origin``) and tombstone (``deleted_at``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadModel:
+    """A pydantic model as a :data:`bridge.event_schemas.PayloadValidator`.
+
+    Raises pydantic's ``ValidationError`` (a ``ValueError`` naming the field);
+    returns the payload unchanged.
+    """
+
+    model: type[BaseModel]
+
+    def __call__(self, payload: Mapping[str, Any]) -> Mapping[str, Any]:
+        self.model.model_validate(payload)
+        return payload
+
+
+def row_v1_to_v2(payload: Mapping[str, Any], envelope: Envelope) -> Mapping[str, Any]:
+    """v1 → v2: ``origin`` from the envelope, ``deleted_at`` none (module doc)."""
+    row = dict(payload)
+    row.setdefault("origin", envelope.origin or envelope.producer)
+    row.setdefault("deleted_at", None)
+    return row
+
+
+def event_schemas() -> EventSchemas:
+    """A new registry with the versions of ``organization`` and ``user`` (module doc)."""
+    schemas = EventSchemas()
+    for resource, v1, v2 in (
+        ("organization", OrganizationV1, OrganizationV2),
+        ("user", UserV1, UserV2),
+    ):
+        schemas.version(resource, 1, PayloadModel(v1))
+        schemas.version(resource, 2, PayloadModel(v2))
+        schemas.upcaster(resource, 1, row_v1_to_v2)
+    return schemas
