@@ -35,6 +35,7 @@ from bridge.config import BridgeConfig
 from bridge.integrations.fastapi import bridge_lifespan
 from bridge.router import Router
 from bridge.runtime import Bridge
+from bridge.synced_models import load_synced_models
 from services.shared.db import make_engine
 from services.shared.errors import ServiceError
 from services.shared.handlers import SyncHandlers
@@ -46,6 +47,8 @@ from services.shared.state import ServiceState
 
 log = logging.getLogger("bridge.services.app")
 
+#: The module declaring the services' synced models (``BRIDGE_MODELS`` for the CLI).
+SYNCED_MODELS = "services.shared.models"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -53,10 +56,17 @@ STOP_TIMEOUT = 10.0
 def build_bridge(
     config: BridgeConfig, engine: AsyncEngine, *, tracer_provider: TracerProvider | None = None
 ) -> Bridge:
-    """The service's bridge: the domain's sync handlers on its router (web and worker)."""
+    """The service's bridge: the domain's sync handlers on its router (web and worker),
+    and its synced models (answers reconciliation requests, see :mod:`bridge.reconcile`)."""
     router = Router()
     SyncHandlers(engine, config.app_name).register(router)
-    return Bridge(config, engine=engine, router=router, tracer_provider=tracer_provider)
+    return Bridge(
+        config,
+        engine=engine,
+        router=router,
+        tracer_provider=tracer_provider,
+        synced_models=load_synced_models(SYNCED_MODELS),
+    )
 
 
 def create_app(

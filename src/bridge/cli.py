@@ -6,6 +6,7 @@ variables (see :mod:`bridge.envconfig`).
     bridge dlq list|show|replay|purge  inspect and replay dead letters
     bridge provision plan|apply|verify this app's stream and consumer
     bridge doctor                      every permission this app needs, pass/fail
+    bridge reconcile [--models MODULE] one anti-entropy pass against the peer
 
 Every command prints a table for people or, with ``--json``, one JSON document.
 Exit codes: 0 ok, 1 a check failed or something is missing, 2 usage error,
@@ -32,12 +33,21 @@ from bridge.config import BridgeConfig
 from bridge.connection import Connection
 from bridge.dlq import DeadLetters
 from bridge.durations import parse_duration
-from bridge.envconfig import config_from_env, database_url_from_env
-from bridge.errors import BridgeError, ConfigError, ConnectionError, ProvisioningError
+from bridge.envconfig import config_from_env, database_url_from_env, models_module_from_env
+from bridge.errors import (
+    BridgeError,
+    ConfigError,
+    ConnectionError,
+    ProvisioningError,
+    ReconcileBusyError,
+)
 from bridge.inbox import inbox_counts
 from bridge.jsapi import JetStreamApi
+from bridge.outbox import Outbox
 from bridge.provisioning import Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
+from bridge.reconcile import Reconciler
+from bridge.synced_models import load_synced_models
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -80,6 +90,7 @@ class Context:
 
     def __init__(self, config: BridgeConfig, env: Mapping[str, str]) -> None:
         self.config = config
+        self.env = env
         self._env = env
         self.engine: AsyncEngine | None = None
         self.connection: Connection | None = None
@@ -272,12 +283,31 @@ async def cmd_doctor(ctx: Context, args: argparse.Namespace, out: Output) -> int
     return EXIT_OK if all(c.allowed for c in checks) else EXIT_FAILED
 
 
+async def cmd_reconcile(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    try:
+        models = load_synced_models(args.models or models_module_from_env(ctx.env))
+    except ConfigError as exc:
+        out.err.write(f"bridge reconcile: {exc}\n")
+        return EXIT_USAGE
+    conn = await ctx.nats()
+    reconciler = Reconciler(ctx.config, conn.nc, ctx.db(), models, outbox=Outbox(ctx.config))
+    try:
+        report = await reconciler.run()
+    except ReconcileBusyError as exc:
+        out.emit({"ok": False, "error": str(exc)}, [["result"], [str(exc)]])
+        return EXIT_FAILED
+    data = report.to_dict()
+    out.emit(data, [["item", "value"], *data.items()])
+    return EXIT_OK
+
+
 COMMANDS = {
     "status": cmd_status,
     "outbox": cmd_outbox,
     "dlq": cmd_dlq,
     "provision": cmd_provision,
     "doctor": cmd_doctor,
+    "reconcile": cmd_reconcile,
 }
 
 
@@ -299,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     prov = sub.add_parser("provision", help="plan / apply / verify this app's stream and consumer")
     prov.add_argument("action", choices=["plan", "apply", "verify"])
     sub.add_parser("doctor", help="check every permission this app needs")
+    rec = sub.add_parser("reconcile", help="compare with the peer and re-emit differing rows")
+    rec.add_argument("--models", help="module declaring the synced models (env BRIDGE_MODELS)")
     return parser
 
 

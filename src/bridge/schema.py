@@ -9,6 +9,7 @@ Outbox row life cycle: ``pending`` â†’ (claimed by a relay: lease columns set) â
 re-queueable).  Inbox record life cycle: ``processed`` (committed in the same
 transaction as the handler's writes), ``failed`` (last attempt failed, will be
 redelivered), ``dead_lettered`` (sent to the DLQ; not "processed").
+``bridge_reconcile_runs`` keeps one row per reconciliation pass (:mod:`bridge.reconcile`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -123,6 +125,27 @@ inbox = Table(
     Column("processed_at", DateTime(timezone=True), nullable=True),
     Index("ix_bridge_inbox_status", "status"),
     Index("ix_bridge_inbox_processed_at", "processed_at"),
+)
+
+#: One row per reconciliation pass (periodic or ``bridge reconcile``), for /sync_status.
+reconcile_runs = Table(
+    "bridge_reconcile_runs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("peer", String(255), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("duration_seconds", Float, nullable=False),
+    Column("ranges_compared", Integer, nullable=False),
+    Column("rows_compared", Integer, nullable=False),
+    Column("repaired_to_peer", Integer, nullable=False),
+    Column("repaired_from_peer", Integer, nullable=False),
+    Column("unresolved", Integer, nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("bytes_sent", BigInteger, nullable=False),
+    Column("bytes_received", BigInteger, nullable=False),
+    Column("error", Text, nullable=True),
+    Index("ix_bridge_reconcile_runs_started_at", "started_at"),
 )
 
 
