@@ -34,8 +34,11 @@ first, :func:`bridge.synced_models.load_synced_models`):
    that, so "repaired" means "re-emitted".
 
 Only one pass per app runs at a time: a session advisory lock
-(:data:`LOCK_CLASS`, ``hashtext(app)``) on this app's database; a second pass
-raises :class:`~bridge.errors.ReconcileBusyError` instead of running.  Every pass
+(:data:`LOCK_CLASS`, ``hashtext(app)``) on this app's database, held on its own
+connection for the pass (session locks are reentrant, so the pass never takes it
+on a connection that could already hold it: that one is released or discarded
+before it goes back to the pool); a second pass raises
+:class:`~bridge.errors.ReconcileBusyError` instead of running.  Every pass
 (also a failed one, with its error) is recorded in ``bridge_reconcile_runs``.
 
 Limits: rows written while a pass runs may be reported as different and
@@ -241,12 +244,14 @@ class Reconciler:
             try:
                 return await self._run_locked()
             finally:
-                with contextlib.suppress(Exception):
+                try:
                     await lock_conn.execute(
                         text("SELECT pg_advisory_unlock(:cls, hashtext(:app))"),
                         {"cls": LOCK_CLASS, "app": self._config.app_name},
                     )
                     await lock_conn.commit()
+                except Exception:  # never return a connection holding the lock to the pool
+                    await lock_conn.invalidate()
 
     async def _run_locked(self) -> ReconcileReport:
         started, clock = datetime.now(UTC), time.monotonic()
