@@ -57,14 +57,15 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -228,6 +229,7 @@ class Reconciler:
         self._sessions = session_factory or async_sessionmaker(engine, expire_on_commit=False)
         self._models = [ModelDigests(m) for m in models]
         self._observer = observer
+        self._peer: PeerRequests | None = None
 
     async def run(self) -> ReconcileReport:
         """One pass (module doc); raises :class:`ReconcileBusyError` if one is running."""
@@ -256,7 +258,9 @@ class Reconciler:
     async def _run_locked(self) -> ReconcileReport:
         started, clock = datetime.now(UTC), time.monotonic()
         tally, error = _Tally(), None
+        self._peer = PeerRequests(self._nc, self._config)
         try:
+            await self._peer.start()
             for model in self._models:
                 tally.resources.append(model.resource)
                 await self._reconcile_model(model, tally)
@@ -264,6 +268,8 @@ class Reconciler:
             error = f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            await self._peer.stop()
+            self._peer = None
             report = ReconcileReport(
                 peer=self._config.destination_app,
                 started_at=started,
@@ -345,26 +351,67 @@ class Reconciler:
             tally.from_peer += int(reply.get("reemitted", 0))
 
     async def _request(self, request: proto.Request, tally: _Tally) -> dict[str, Any]:
+        assert self._peer is not None
         data = request.encode()
-        subject = self._config.subjects.peer_reconcile
-        try:
-            msg = await self._nc.request(
-                subject, data, timeout=self._config.reconcile.request_timeout
-            )
-        except NoRespondersError as exc:
-            raise ReconcileError(
-                f"no reconciliation responder on {subject}: is "
-                f"{self._config.destination_app} running with its synced models?"
-            ) from exc
-        except NatsTimeoutError as exc:
-            raise ReconcileError(
-                f"{request.op} request to {subject} timed out after "
-                f"{self._config.reconcile.request_timeout}s"
-            ) from exc
+        reply = await self._peer.request(
+            data, timeout=self._config.reconcile.request_timeout, op=request.op
+        )
         tally.requests += 1
         tally.sent += len(data)
-        tally.received += len(msg.data)
-        return proto.decode_reply(msg.data)
+        tally.received += len(reply)
+        return proto.decode_reply(reply)
+
+
+class PeerRequests:
+    """Requests to the peer's responder whose replies come back under this app's own
+    reconcile reply prefix (``{app}.bridge.reconcile.reply.<client>.<n>``), so in
+    restrictive mode the peer needs publish rights only there
+    (:mod:`bridge.permissions`).  One subscription per pass, owned by the pass."""
+
+    def __init__(self, nc: Client, config: BridgeConfig) -> None:
+        self._nc = nc
+        self._subject = config.subjects.peer_reconcile
+        self._peer = config.destination_app
+        self._prefix = f"{config.subjects.reconcile_replies}.{uuid.uuid4().hex}"
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._sent = 0
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):  # connection closing: nothing to clean up
+                await sub.unsubscribe()
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._waiting.pop(msg.subject, None)
+        if future is not None and not future.done():
+            future.set_result(msg)
+
+    async def request(self, data: bytes, *, timeout: float, op: str = "request") -> bytes:
+        """Send ``data``; the reply body, or :class:`ReconcileError` (no responder, timeout)."""
+        self._sent += 1
+        reply_to = f"{self._prefix}.{self._sent}"
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._waiting[reply_to] = future
+        try:
+            await self._nc.publish(self._subject, data, reply=reply_to)
+            msg = await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise ReconcileError(
+                f"{op} request to {self._subject} timed out after {timeout}s"
+            ) from exc
+        finally:
+            self._waiting.pop(reply_to, None)
+        if (msg.headers or {}).get("Status") == "503":
+            raise ReconcileError(
+                f"no reconciliation responder on {self._subject}: is {self._peer} "
+                "running with its synced models?"
+            )
+        return msg.data
 
 
 def _chunks(items: Sequence[str], size: int) -> list[tuple[str, ...]]:

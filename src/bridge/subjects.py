@@ -89,6 +89,17 @@ class Subjects:
         return f"{self.destination}.bridge.reconcile"
 
     @property
+    def reconcile_replies(self) -> str:
+        """Prefix of the reply subjects of this app's reconciliation requests: the peer
+        may publish only there (``.>``), not into this app's general reply inbox."""
+        return f"{self.app}.bridge.reconcile.reply"
+
+    @property
+    def peer_reconcile_replies(self) -> str:
+        """Where this app's responder answers the destination's requests."""
+        return f"{self.destination}.bridge.reconcile.reply"
+
+    @property
     def reconcile_group(self) -> str:
         """Queue group of this app's reconciliation responders (instances share requests)."""
         return f"{self.app}-reconcile"

@@ -55,6 +55,7 @@ async def test_migrated_schema_matches_metadata(database_url: str) -> None:
         "sync_stale_events",
         "bridge_outbox",
         "bridge_inbox",
+        "bridge_reconcile_runs",
     }
     # The bridge's indexes exactly as bridge.schema declares them.
     for table in (bridge_schema.outbox, bridge_schema.inbox):
