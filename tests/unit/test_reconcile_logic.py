@@ -104,3 +104,20 @@ def test_protocol_round_trip_and_refusals() -> None:
         proto.decode_reply(proto.error("no such"))
     reply = proto.decode_reply(proto.encode_digests([RangeDigest("a", 2, "d")]))
     assert proto.digests_of(reply) == [RangeDigest("a", 2, "d")]
+
+
+def test_reconcile_options_from_config_and_environment() -> None:
+    from bridge.config import ReconcileOptions
+    from bridge.envconfig import config_from_env, models_module_from_env
+    from bridge.errors import ConfigError
+
+    assert ReconcileOptions().interval_seconds is None  # off by default
+    assert ReconcileOptions(interval="0").interval_seconds is None
+    assert ReconcileOptions(interval="10m").interval_seconds == 600.0
+    with pytest.raises(ConfigError, match=r"reconcile\.leaf_rows"):
+        ReconcileOptions(leaf_rows=0)
+    env = {"APP_NAME": "a", "DESTINATION_APP": "b", "RECONCILE_INTERVAL": "90s"}
+    assert config_from_env(env).reconcile.interval_seconds == 90.0
+    assert models_module_from_env({"BRIDGE_MODELS": "services.shared.models"}) == (
+        "services.shared.models"
+    )
