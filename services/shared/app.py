@@ -36,6 +36,7 @@ from bridge.event_schemas import EventSchemas
 from bridge.integrations.fastapi import bridge_lifespan
 from bridge.router import Router
 from bridge.runtime import Bridge
+from bridge.synced_models import load_synced_models
 from services.shared.db import make_engine
 from services.shared.errors import ServiceError
 from services.shared.event_versions import event_schemas as domain_event_schemas
@@ -48,6 +49,8 @@ from services.shared.state import ServiceState
 
 log = logging.getLogger("bridge.services.app")
 
+#: The module declaring the services' synced models (``BRIDGE_MODELS`` for the CLI).
+SYNCED_MODELS = "services.shared.models"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
@@ -59,7 +62,8 @@ def build_bridge(
     tracer_provider: TracerProvider | None = None,
     event_schemas: EventSchemas | None = None,
 ) -> Bridge:
-    """The service's bridge: the domain's sync handlers on its router (web and worker).
+    """The service's bridge: the domain's sync handlers on its router (web and worker),
+    and its synced models (answers reconciliation requests, see :mod:`bridge.reconcile`).
 
     ``event_schemas`` defaults to the domain's declared versions
     (:func:`services.shared.event_versions.event_schemas`).
@@ -72,6 +76,7 @@ def build_bridge(
         router=router,
         tracer_provider=tracer_provider,
         event_schemas=event_schemas if event_schemas is not None else domain_event_schemas(),
+        synced_models=load_synced_models(SYNCED_MODELS),
     )
 
 

@@ -11,7 +11,10 @@ Contract, per event (the payload is the sender's full row snapshot):
   rejected (dead letter ``invalid_payload``) — retrying would not fix it.
 - Versions are compared with :func:`services.shared.versioning.judge` under a row
   lock.  Newer → every column is stored verbatim, including the sender's
-  ``updated_at`` and ``origin`` (never bumped).  The same version → nothing to do.
+  ``updated_at`` and ``origin`` (never bumped).  The same version → nothing to do,
+  except when the content differs and the event's producer is the version's
+  origin: a reconciliation re-emit repairing a hand edit that did not bump the
+  version (:mod:`bridge.reconcile`) — the row is overwritten, with a warning.
   Older → **stale**: acked, recorded in ``sync_stale_events`` (``/sync_status``
   ``stale_events``), nothing changed.
 - Deletes are versions too (a tombstone with ``deleted_at``); a ``*.deleted``
@@ -117,8 +120,20 @@ class SyncHandlers:
         current = Version(local.updated_at, local.origin) if local is not None else None
         verdict = judge(current, incoming)
         if verdict is Verdict.SAME:
-            return
-        if verdict is Verdict.STALE:
+            # Only a reconciliation re-emit by the version's origin may fix a row edited
+            # by hand without a version bump; any other same-version event is a no-op.
+            if local is None or envelope.producer != incoming.origin or not _differs(local, values):
+                return
+            log.warning(
+                "repaired divergent row",
+                extra={
+                    "event_id": envelope.event_id,
+                    "resource_type": envelope.resource_type,
+                    "resource_id": str(values["id"]),
+                    "producer": envelope.producer,
+                },
+            )
+        elif verdict is Verdict.STALE:
             assert current is not None
             await self._record_stale(session, envelope, values["id"], incoming, current)
             return
@@ -267,6 +282,10 @@ def decode(envelope: Envelope, spec: _Spec) -> dict[str, Any]:
         values["deleted_at"] = deleted_at
         values["updated_at"] = max(values["updated_at"], deleted_at)
     return values
+
+
+def _differs(local: Organization | User, values: Mapping[str, Any]) -> bool:
+    return any(getattr(local, name) != value for name, value in values.items())
 
 
 def _timestamp(value: Any) -> datetime:

@@ -3,7 +3,8 @@
 ``ServiceSettings`` reads ``APP_NAME``, ``DESTINATION_APP``, ``DATABASE_URL``,
 ``NATS_URL`` / ``NATS_URLS``, ``NATS_USER`` / ``NATS_PASSWORD`` / ``NATS_TOKEN`` /
 ``NATS_CREDS`` / ``NATS_INBOX_PREFIX``, ``MODE`` (non_restrictive|restrictive),
-``CONSUMER_MODE`` (and ``CONSUMER_MODE_<APP>``), ``STREAM_NAME``, ``PORT`` and a few
+``CONSUMER_MODE`` (and ``CONSUMER_MODE_<APP>``), ``STREAM_NAME``, ``PORT``,
+``RECONCILE_INTERVAL`` and a few
 tuning knobs, then :meth:`ServiceSettings.to_bridge_config` builds the library's
 frozen config with :func:`bridge.config.configure_bidirectional`.  Secrets are
 ``SecretStr`` so a logged settings object shows ``**********``.
@@ -18,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bridge.config import BridgeConfig, Credentials, configure_bidirectional
+from bridge.config import BridgeConfig, Credentials, ReconcileOptions, configure_bidirectional
 
 
 class ServiceSettings(BaseSettings):
@@ -48,6 +49,8 @@ class ServiceSettings(BaseSettings):
     max_deliver: int | None = None
     ack_wait: str | None = None
     backoff: str | None = None
+    #: Seconds (or "10m") between anti-entropy passes; unset or 0 = off.
+    reconcile_interval: str | None = None
     db_pool_size: int = 10
     #: Worker processes: serve /metrics, /health and /sync_status on this port (0: any free
     #: port; unset: no HTTP at all).  The web app serves them on ``port`` anyway.
@@ -88,6 +91,8 @@ class ServiceSettings(BaseSettings):
             values["ack_wait"] = self.ack_wait
         if self.backoff:
             values["backoff"] = self.backoff
+        if self.reconcile_interval:
+            values["reconcile"] = ReconcileOptions(interval=self.reconcile_interval)
         values.update(overrides)
         return configure_bidirectional(
             self.app_name,

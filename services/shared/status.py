@@ -9,8 +9,11 @@ change from the other side was applied here), ``jetstream_connected``,
 Additions: ``dead_lettered_events_count``, ``outbox`` (pending / sent / failed /
 oldest pending age), ``dead_letters`` (messages on this app's DLQ subject),
 ``conflicts`` (rows of ``sync_conflicts``), ``stale_events`` (rows of
-``sync_stale_events``) and ``consumer`` (mode, and lag where this app's NATS user
-may read consumer info; ``None`` otherwise — e.g. restrictive push mode).
+``sync_stale_events``), ``consumer`` (mode, and lag where this app's NATS user
+may read consumer info; ``None`` otherwise — e.g. restrictive push mode) and
+``reconciliation`` (the last anti-entropy pass, periodic or ``bridge reconcile``:
+``last_run_at``, ``ranges_compared``, ``rows_compared``, ``rows_repaired``,
+``bytes_transferred``, ``duration`` seconds, ``error``; ``None`` before the first).
 
 Counts come from this app's database in one round trip; NATS-side figures from
 :meth:`bridge.runtime.Bridge.status` when the bridge runs.
@@ -25,6 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import format_timestamp
+from bridge.reconcile import latest_run
 
 if TYPE_CHECKING:
     from bridge.runtime import Bridge
@@ -79,6 +83,7 @@ async def sync_status(session: AsyncSession, bridge: Bridge | None) -> dict[str,
         "conflicts": row["conflicts"],
         "stale_events": row["stale"],
         "consumer": bridge_status.get("consumer"),
+        "reconciliation": await latest_run(await session.connection()),
         "sync_enabled": bridge is not None,
     }
 

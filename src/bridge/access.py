@@ -476,8 +476,11 @@ async def check_permissions(
                     nc, config, timeout=timeout, violations=violations
                 )
             else:
+                # A literal subject (the peer's reconcile subject) is probed as itself:
+                # its responder ignores a message without a reply subject.
+                concrete = _probe_subject(subject) if subject.endswith(">") else subject
                 result = await probe_fire_and_forget(
-                    nc, _probe_subject(subject), timeout=timeout, violations=violations
+                    nc, concrete, timeout=timeout, violations=violations
                 )
             return _check("publish", subject, result)
 

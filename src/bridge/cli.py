@@ -7,6 +7,7 @@ variables (see :mod:`bridge.envconfig`).
     bridge provision plan|apply|verify this app's stream and consumer
     bridge doctor                      every permission this app needs, pass/fail
     bridge backfill                    re-emit every synced row through the outbox
+    bridge reconcile [--models MODULE] one anti-entropy pass against the peer
 
 Every command prints a table for people or, with ``--json``, one JSON document.
 Exit codes: 0 ok, 1 a check failed or something is missing, 2 usage error,
@@ -44,12 +45,19 @@ from bridge.connection import Connection
 from bridge.dlq import DeadLetters
 from bridge.durations import parse_duration
 from bridge.envconfig import config_from_env, database_url_from_env, models_module_from_env
-from bridge.errors import BridgeError, ConfigError, ConnectionError, ProvisioningError
+from bridge.errors import (
+    BridgeError,
+    ConfigError,
+    ConnectionError,
+    ProvisioningError,
+    ReconcileBusyError,
+)
 from bridge.inbox import inbox_counts
 from bridge.jsapi import JetStreamApi
 from bridge.outbox import Outbox
 from bridge.provisioning import Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
+from bridge.reconcile import Reconciler
 from bridge.synced_models import load_synced_models
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -348,6 +356,24 @@ async def cmd_backfill(ctx: Context, args: argparse.Namespace, out: Output) -> i
     return EXIT_OK if report.status != STATUS_STOPPED else EXIT_FAILED
 
 
+async def cmd_reconcile(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    try:
+        models = load_synced_models(args.models or models_module_from_env(ctx.env))
+    except ConfigError as exc:
+        out.err.write(f"bridge reconcile: {exc}\n")
+        return EXIT_USAGE
+    conn = await ctx.nats()
+    reconciler = Reconciler(ctx.config, conn.nc, ctx.db(), models, outbox=Outbox(ctx.config))
+    try:
+        report = await reconciler.run()
+    except ReconcileBusyError as exc:
+        out.emit({"ok": False, "error": str(exc)}, [["result"], [str(exc)]])
+        return EXIT_FAILED
+    data = report.to_dict()
+    out.emit(data, [["item", "value"], *data.items()])
+    return EXIT_OK
+
+
 COMMANDS = {
     "status": cmd_status,
     "outbox": cmd_outbox,
@@ -355,6 +381,7 @@ COMMANDS = {
     "provision": cmd_provision,
     "doctor": cmd_doctor,
     "backfill": cmd_backfill,
+    "reconcile": cmd_reconcile,
 }
 
 
@@ -384,6 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--run", default="default", help="run name: re-running it resumes")
     bf.add_argument("--restart", action="store_true", help="start the run from the first row")
     bf.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    rec = sub.add_parser("reconcile", help="compare with the peer and re-emit differing rows")
+    rec.add_argument("--models", help="module declaring the synced models (env BRIDGE_MODELS)")
     return parser
 
 

@@ -113,6 +113,41 @@ class ConsumerOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class ReconcileOptions:
+    """Anti-entropy reconciliation.  See :mod:`bridge.reconcile` for the contract.
+
+    ``interval``: seconds between periodic passes; ``None`` or 0 = off (the default;
+    ``bridge reconcile`` runs a pass on demand).  ``responder``: answer the peer's
+    requests (needs the app's synced models, see :class:`~bridge.runtime.Bridge`).
+    """
+
+    interval: float | str | None = None
+    request_timeout: float = 10.0
+    leaf_rows: int = 128
+    responder: bool = True
+
+    def __post_init__(self) -> None:
+        interval = self.interval
+        if interval is not None:
+            interval = parse_duration(interval, name="reconcile.interval")
+            if interval < 0:
+                raise ConfigError("reconcile.interval must not be negative")
+            object.__setattr__(self, "interval", interval or None)
+        object.__setattr__(
+            self,
+            "request_timeout",
+            parse_duration(self.request_timeout, name="reconcile.request_timeout"),
+        )
+        _positive("reconcile.request_timeout", self.request_timeout)
+        _positive("reconcile.leaf_rows", self.leaf_rows)
+
+    @property
+    def interval_seconds(self) -> float | None:
+        """Seconds between periodic passes, ``None`` when off (strings parsed at init)."""
+        return float(self.interval) if self.interval else None
+
+
+@dataclass(frozen=True, slots=True)
 class BridgeConfig:
     """Complete configuration of one side of a synced pair.
 
@@ -146,6 +181,7 @@ class BridgeConfig:
     enable_relay: bool = True
     relay: RelayOptions = field(default_factory=RelayOptions)
     consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
+    reconcile: ReconcileOptions = field(default_factory=ReconcileOptions)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise values once, here

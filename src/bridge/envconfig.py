@@ -5,9 +5,10 @@ The names are the ones the services read (``services/shared/settings.py``):
 ``APP_NAME``, ``DESTINATION_APP``, ``NATS_URLS``/``NATS_URL``, ``NATS_USER``/
 ``NATS_PASSWORD``, ``NATS_TOKEN``, ``NATS_CREDS``, ``NATS_INBOX_PREFIX``,
 ``STREAM_NAME``, ``MODE``, ``CONSUMER_MODE`` (and ``CONSUMER_MODE_<APP>``),
-``MAX_DELIVER``, ``ACK_WAIT``, ``BACKOFF``; ``DATABASE_URL`` is returned beside
-the config, ``BRIDGE_MODELS`` (the module declaring the synced models) too.
-The mapping is passed in: nothing reads ``os.environ`` implicitly.
+``MAX_DELIVER``, ``ACK_WAIT``, ``BACKOFF``, ``RECONCILE_INTERVAL``; ``DATABASE_URL``
+is returned beside the config, ``BRIDGE_MODELS`` (the module declaring the synced
+models) by :func:`models_module_from_env`.  The mapping is passed in: nothing reads
+``os.environ`` implicitly.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bridge.config import BridgeConfig, Credentials, configure_bidirectional
+from bridge.config import BridgeConfig, Credentials, ReconcileOptions, configure_bidirectional
 from bridge.errors import ConfigError
 
 
@@ -48,6 +49,8 @@ def config_from_env(env: Mapping[str, str], **overrides: Any) -> BridgeConfig:
         values["ack_wait"] = env["ACK_WAIT"]
     if env.get("BACKOFF"):
         values["backoff"] = env["BACKOFF"]
+    if env.get("RECONCILE_INTERVAL"):
+        values["reconcile"] = ReconcileOptions(interval=env["RECONCILE_INTERVAL"])
     values.update(overrides)
     mode = env.get("MODE") or "non_restrictive"
     if mode not in ("non_restrictive", "restrictive"):
@@ -62,6 +65,6 @@ def database_url_from_env(env: Mapping[str, str]) -> str:
     return url
 
 
-def models_module_from_env(env: Mapping[str, str]) -> str | None:
-    """``BRIDGE_MODELS``: the module that declares the app's synced models, if set."""
-    return env.get("BRIDGE_MODELS") or None
+def models_module_from_env(env: Mapping[str, str]) -> str:
+    """``BRIDGE_MODELS``: the module declaring the app's synced models ("" if unset)."""
+    return env.get("BRIDGE_MODELS", "")

@@ -82,3 +82,11 @@ class DeadLetterError(BridgeError):
 
 class DeadLetterNotFoundError(BridgeError, LookupError):
     """No dead letter is stored at the given DLQ stream sequence."""
+
+
+class ReconcileError(BridgeError):
+    """A reconciliation pass could not run or finish (peer unreachable, bad reply, limits)."""
+
+
+class ReconcileBusyError(ReconcileError):
+    """Another reconciliation of this app holds the advisory lock; this pass did not run."""

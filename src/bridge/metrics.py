@@ -11,6 +11,7 @@ System B in one test process — never collide.  Two kinds of metric:
   :meth:`handler_done` (:class:`~bridge.tracing.TracedRouter`, after each handler call),
   :meth:`event_upcast` / :meth:`event_unsupported` (the inbox, once per delivery
   of a versioned type, :mod:`bridge.event_schemas`).
+  :meth:`reconcile_done` (:class:`~bridge.reconcile.Reconciler`, after each pass).
 - **Gauges read at scrape time** from *sources* (:class:`MetricSource`: the
   bridge's database and NATS state, a service's own tables).  Prometheus'
   ``collect()`` is synchronous and queries are not, so :meth:`refresh` reads the
@@ -31,13 +32,14 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge.delivery import Outcome, Received
 from bridge.envelope import Envelope, parse_timestamp
 from bridge.errors import EnvelopeError
+from bridge.reconcile import ReconcileReport
 from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
 
 __all__ = [
@@ -139,6 +141,32 @@ class BridgeMetrics:
             ["event_type", "version"],
             registry=r,
         )
+        self.reconcile_runs = Counter(
+            "bridge_reconcile_runs",
+            "Reconciliation passes run by this process, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.reconcile_repaired = Counter(
+            "bridge_reconcile_rows_repaired",
+            "Rows re-emitted by reconciliation, by direction (to_peer: this app re-emitted).",
+            ["direction"],
+            registry=r,
+        )
+        self.reconcile_bytes = Counter(
+            "bridge_reconcile_bytes",
+            "Request and reply bytes of reconciliation passes (both directions).",
+            registry=r,
+        )
+        self.reconcile_last_run = Gauge(
+            "bridge_reconcile_last_run_timestamp_seconds",
+            "Unix time the last reconciliation pass of this process finished.",
+            registry=r,
+        )
+        for result in ("ok", "error"):
+            self.reconcile_runs.labels(result=result)
+        for direction in ("to_peer", "from_peer"):
+            self.reconcile_repaired.labels(direction=direction)
         r.register(_SnapshotCollector(self))
 
     # -- hooks (synchronous, cheap, never raise into the caller) ------------------
@@ -177,6 +205,14 @@ class BridgeMetrics:
     def event_unsupported(self, event_type: str, version: int) -> None:
         """A delivery's ``schema_version`` is one this consumer does not accept."""
         self.unsupported_versions.labels(event_type=event_type, version=str(version)).inc()
+
+    def reconcile_done(self, report: ReconcileReport) -> None:
+        """A reconciliation pass finished (called by :class:`~bridge.reconcile.Reconciler`)."""
+        self.reconcile_runs.labels(result="ok" if report.error is None else "error").inc()
+        self.reconcile_repaired.labels(direction="to_peer").inc(report.repaired_to_peer)
+        self.reconcile_repaired.labels(direction="from_peer").inc(report.repaired_from_peer)
+        self.reconcile_bytes.inc(report.bytes_transferred)
+        self.reconcile_last_run.set(report.finished_at.timestamp())
 
     # -- scrape-time sources ----------------------------------------------------------
     def add_source(self, name: str, source: MetricSource) -> None:

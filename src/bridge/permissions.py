@@ -19,6 +19,18 @@ push mode
   subscribe ``<deliver subject> <deliver group>``     queue subscription, that group only
             ``<inbox>.>``                             PubAcks
 
+reconciliation (both modes, :mod:`bridge.reconcile`)
+  publish   ``{B}.bridge.reconcile``                  requests to the peer's responder
+            ``{B}.bridge.reconcile.reply.>``          answers to the peer's requests
+  subscribe ``{A}.bridge.reconcile {A}-reconcile``    own responder, that queue group only
+            ``{A}.bridge.reconcile.reply.>``          answers to this app's requests
+
+Reconciliation requests carry a reply subject under ``{A}.bridge.reconcile.reply``
+rather than the connection's inbox: the peer's private inbox is not publishable, and
+nats-server's ``allow_responses`` would also let an app answer every message it
+receives — measured with 2.15, it makes ``$JS.ACK`` and ``$JS.FC`` unnecessary for
+plain acks, i.e. it grants more than reconciliation needs.
+
 ``<inbox>`` is ``_INBOX`` or, better, a private prefix per app
 (:attr:`~bridge.config.Credentials.inbox_prefix`, e.g. ``_INBOX_system_a``): with a
 shared ``_INBOX.>`` one app could subscribe to the other's replies.  Nothing in
@@ -107,6 +119,11 @@ def app_permissions(config: BridgeConfig, *, advisories: bool = False) -> AppPer
         publish.append(ack_subjects(config))
         publish.append(flow_control_subjects(config))
         subscribe.insert(0, f"{config.deliver_subject} {config.deliver_group}")
+    publish += [subjects.peer_reconcile, f"{subjects.peer_reconcile_replies}.>"]
+    subscribe += [
+        f"{subjects.reconcile} {subjects.reconcile_group}",
+        f"{subjects.reconcile_replies}.>",
+    ]
     if advisories:
         subscribe.append(max_deliveries_advisory(config))
         publish.append(f"$JS.API.DIRECT.GET.{config.stream_name}")

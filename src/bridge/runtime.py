@@ -10,6 +10,10 @@ finishes and acks its in-flight deliveries, the relay finishes its batch (PubAck
 then the connection drains.  A failure during start stops whatever had started and
 re-raises, so a misconfigured app fails fast with the provisioning error's message.
 
+With ``synced_models`` the bridge also answers the peer's reconciliation requests
+and, when ``reconcile.interval`` is set, runs periodic anti-entropy passes
+(:mod:`bridge.reconcile`); both stop first on shutdown.
+
 Web and worker processes scale separately: ``enable_consumer=False`` /
 ``enable_relay=False`` in the config turn either part off in a process.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from types import TracebackType
 from typing import Any
@@ -45,9 +50,11 @@ from bridge.event_schemas import EventSchemas
 from bridge.inbox import InboxProcessor
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import BridgeMetrics, BridgeStateSource
-from bridge.outbox import Outbox
+from bridge.outbox import Outbox, Synced
 from bridge.provisioning import Plan, Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
+from bridge.reconcile import PeriodicReconciler, Reconciler
+from bridge.reconcile_responder import ReconcileResponder
 from bridge.relay import OutboxRelay
 from bridge.router import Router
 from bridge.tracing import TracedRouter, current_traceparent
@@ -72,11 +79,15 @@ class Bridge:
         metrics: BridgeMetrics | None = None,
         tracer_provider: TracerProvider | None = None,
         event_schemas: EventSchemas | None = None,
+        synced_models: Sequence[type[Synced]] = (),
     ) -> None:
         """``event_schemas``: the versions of the app's event types, used to stamp
         published events and to upcast consumed ones (an ``outbox`` passed in
-        keeps its own)."""
+        keeps its own).  ``synced_models``: the app's :class:`~bridge.outbox.Synced`
+        models; with them the bridge answers the peer's reconciliation requests and
+        runs the periodic reconciler when ``reconcile.interval`` is set."""
         self.config = config
+        self.synced_models = tuple(synced_models)
         self.engine = engine
         self.router = router or Router()
         self.event_schemas = event_schemas or EventSchemas()
@@ -96,6 +107,8 @@ class Bridge:
         self.dead_letters: DeadLetters | None = None
         self.publisher: Publisher | None = None
         self.provisioning_plan: Plan | None = None
+        self.reconcile_responder: ReconcileResponder | None = None
+        self.periodic_reconciler: PeriodicReconciler | None = None
         self._dispose_engine = dispose_engine
         self._management_allowed: bool | None = None
         self._started = False
@@ -142,6 +155,7 @@ class Bridge:
                 self.consumer = make_consumer(self.config, self.connection, self.processor)
                 self.consumer.observer = self.metrics
                 await self.consumer.start()
+            await self._start_reconciliation()
         except BaseException:
             await self.stop(timeout=5.0)
             raise
@@ -170,6 +184,12 @@ class Bridge:
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop consumer, then relay, then drain the connection; each gets ``timeout``."""
         self._started = False
+        periodic, self.periodic_reconciler = self.periodic_reconciler, None
+        responder, self.reconcile_responder = self.reconcile_responder, None
+        if periodic is not None:
+            await periodic.stop(timeout)
+        if responder is not None:
+            await responder.stop(timeout)
         consumer, self.consumer = self.consumer, None
         relay, self.relay = self.relay, None
         if consumer is not None:
@@ -179,6 +199,38 @@ class Bridge:
         await self.connection.stop(timeout)
         if self._dispose_engine:
             await self.engine.dispose()
+
+    def reconciler(self) -> Reconciler:
+        """A reconciler of this bridge's synced models against the peer (connected)."""
+        return Reconciler(
+            self.config,
+            self.connection.nc,
+            self.engine,
+            self.synced_models,
+            outbox=self.outbox,
+            session_factory=self.session_factory,
+            observer=self.metrics,
+        )
+
+    async def _start_reconciliation(self) -> None:
+        """Anti-entropy (:mod:`bridge.reconcile`): only for a bridge given its synced models."""
+        if not self.synced_models:
+            return
+        options = self.config.reconcile
+        if options.responder:
+            self.reconcile_responder = ReconcileResponder(
+                self.config,
+                self.connection.nc,
+                self.engine,
+                self.synced_models,
+                outbox=self.outbox,
+                session_factory=self.session_factory,
+            )
+            await self.reconcile_responder.start()
+        interval = options.interval_seconds
+        if interval:
+            self.periodic_reconciler = PeriodicReconciler(self.reconciler(), interval)
+            await self.periodic_reconciler.start()
 
     async def __aenter__(self) -> Bridge:
         await self.start()

@@ -12,6 +12,7 @@ transaction as the handler's writes), ``failed`` (last attempt failed, will be
 redelivered), ``dead_lettered`` (sent to the DLQ; not "processed").
 Backfill checkpoint: one row per (run, table), advanced in the same transaction as
 the outbox rows of each batch (:mod:`bridge.backfill`).
+``bridge_reconcile_runs`` keeps one row per reconciliation pass (:mod:`bridge.reconcile`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -141,6 +143,27 @@ backfill_runs = Table(
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+)
+
+#: One row per reconciliation pass (periodic or ``bridge reconcile``), for /sync_status.
+reconcile_runs = Table(
+    "bridge_reconcile_runs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("peer", String(255), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=False),
+    Column("duration_seconds", Float, nullable=False),
+    Column("ranges_compared", Integer, nullable=False),
+    Column("rows_compared", Integer, nullable=False),
+    Column("repaired_to_peer", Integer, nullable=False),
+    Column("repaired_from_peer", Integer, nullable=False),
+    Column("unresolved", Integer, nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("bytes_sent", BigInteger, nullable=False),
+    Column("bytes_received", BigInteger, nullable=False),
+    Column("error", Text, nullable=True),
+    Index("ix_bridge_reconcile_runs_started_at", "started_at"),
 )
 
 

@@ -3,7 +3,8 @@
 Wire contract (compatible with the Ruby gem's topology): app ``A`` publishes on
 ``{A}.sync.{B}``, consumes ``{B}.sync.{A}`` with durable ``{A}-workers``, and dead
 letters go to ``{A}.sync.dlq``.  Push consumers deliver on ``{B}.sync.{A}.worker``
-to queue group ``{A}-workers``.
+to queue group ``{A}-workers``.  Reconciliation requests (core NATS, not the
+stream) go to ``{A}.bridge.reconcile``, answered by queue group ``{A}-reconcile``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,33 @@ class Subjects:
     def deliver_group(self) -> str:
         """Default push queue group of this app's consumer."""
         return self.durable
+
+    @property
+    def reconcile(self) -> str:
+        """Core NATS subject this app answers reconciliation requests on (never in the
+        stream: it lists literal ``.sync.`` subjects only)."""
+        return f"{self.app}.bridge.reconcile"
+
+    @property
+    def peer_reconcile(self) -> str:
+        """The destination's reconciliation subject (this app's requests go there)."""
+        return f"{self.destination}.bridge.reconcile"
+
+    @property
+    def reconcile_replies(self) -> str:
+        """Prefix of the reply subjects of this app's reconciliation requests: the peer
+        may publish only there (``.>``), not into this app's general reply inbox."""
+        return f"{self.app}.bridge.reconcile.reply"
+
+    @property
+    def peer_reconcile_replies(self) -> str:
+        """Where this app's responder answers the destination's requests."""
+        return f"{self.destination}.bridge.reconcile.reply"
+
+    @property
+    def reconcile_group(self) -> str:
+        """Queue group of this app's reconciliation responders (instances share requests)."""
+        return f"{self.app}-reconcile"
 
     def stream_subjects(self) -> tuple[str, ...]:
         """Literal subjects of both directions and both DLQs.

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import nats
 import pytest
-from e2e_support import start_side
+from e2e_support import Side, eventually, start_side
+from sqlalchemy import text
 from test_e2e_sync import crud_crosses
 
 from bridge.errors import MissingConsumerError, MissingStreamError
@@ -81,6 +82,23 @@ async def test_sync_both_ways_with_least_privilege_users(
         assert not a.config.auto_provision and a.config.credentials.user == a.name
         await crud_crosses(a, b, f"ra-{unique}")
         await crud_crosses(b, a, f"rb-{unique}")
+        if modes["a"] != modes["b"]:  # once: reconciliation with the app users' permissions
+            await reconcile_repairs_a_hand_edit(a, b)
+
+
+async def reconcile_repairs_a_hand_edit(a: Side, b: Side) -> None:
+    async with b.state.engine.begin() as conn:
+        await conn.execute(text("UPDATE organizations SET name = 'hand edit'"))
+    bridge = a.state.bridge
+    assert bridge is not None
+    report = await bridge.reconciler().run()
+    assert report.error is None and report.rows_repaired >= 1
+
+    async def same() -> bool:
+        return await a.rows("organizations") == await b.rows("organizations")
+
+    await eventually(same, what="the hand edit repaired")
+    assert not [e for e in bridge.connection.permission_errors if "reconcile" in e]
 
 
 async def test_missing_stream_or_consumer_fails_start_naming_it(

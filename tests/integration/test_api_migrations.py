@@ -56,6 +56,7 @@ async def test_migrated_schema_matches_metadata(database_url: str) -> None:
         "bridge_outbox",
         "bridge_inbox",
         "bridge_backfill_runs",
+        "bridge_reconcile_runs",
     }
     # The bridge's indexes exactly as bridge.schema declares them.
     for table in (bridge_schema.outbox, bridge_schema.inbox):

