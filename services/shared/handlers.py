@@ -55,14 +55,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bridge.envelope import Envelope, format_timestamp, parse_timestamp
 from bridge.errors import EnvelopeError, Reject, Retry
-from bridge.router import Router
+from bridge.router import REASON_INVALID_PAYLOAD, Router
 from services.shared.models import Organization, StaleEvent, SyncConflict, User
 from services.shared.versioning import Verdict, Version, judge
 
 log = logging.getLogger("bridge.services.sync")
 
 REASON_CONFLICT = "conflict"
-REASON_INVALID_PAYLOAD = "invalid_payload"
 
 
 @dataclass(frozen=True, slots=True)
