@@ -126,24 +126,26 @@ Scale figures (`benchmarks/scale.py`; `BENCH_SCALE_QUICK=1` or `BENCH_SCALE_EVEN
   side costs nothing (no contention between the competing relays and consumers), not the
   speed-up more cores would give.
 - `scale_cost_<n>_*`: per-event cost (relay publish + consumer apply) for n events, with
-  the relay's outbox retention running (1 s retention, 2 s cleanup interval here;
-  `relay.retention` / `relay.cleanup_interval`, default 7 days / 5 min). Flat
-  `us_per_event` across n means the cost does not grow with the table sizes; the outbox
-  is emptied by retention (`outbox_rows_after_retention`; its bytes stay at the
-  high-water mark, reused by later rows). The inbox has **no retention yet**: it keeps
-  one row per event (`inbox_rows` = n) and its size grows linearly.
+  the relay's outbox retention and the consumer's inbox retention running (1 s retention,
+  2 s cleanup interval here; `relay.retention` / `consumer.inbox_retention`, default
+  7 days). Flat `us_per_event` across n means the cost does not grow with the size; the
+  `peak_rows` figures stop growing with n once a run outlasts retention + interval (they
+  are bounded by the event rate, not by n), and both tables are empty again after the
+  cleanups (`*_rows_after_retention`); their bytes stay at the high-water mark (space of
+  deleted rows is reused by later rows, not returned to the OS).
 """
     )
 
 
-def _previous_lines(report: Path, fresh: set[str]) -> list[Line]:
-    """The figures of ``report`` not in ``fresh`` (parsed back from its table)."""
+def _previous_lines(report: Path, rerun: tuple[str, ...]) -> list[Line]:
+    """The figures of ``report`` (parsed back from its table) whose name does not start
+    with one of the ``rerun`` prefixes (the figures of the benchmarks run again)."""
     if not report.exists():
         return []
     kept: list[Line] = []
     for match in re.finditer(r"^\| `([^`]+)` \| ([^|]+) \| ([^|]*) \|", report.read_text(), re.M):
         name, value, unit = match.group(1), match.group(2).strip(), match.group(3).strip()
-        if name not in fresh:
+        if not name.startswith(rerun):
             kept.append((name, float(value), unit))
     return kept
 
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         report = Path(args.report)
         if args.names:
             # A subset run keeps the other benchmarks' figures of the previous report.
-            lines = [*_previous_lines(report, {name for name, _v, _u in lines}), *lines]
+            lines = [*_previous_lines(report, tuple(f"{n}_" for n in selected)), *lines]
         write_report(lines, report)
     return 0 if lines else 1
 

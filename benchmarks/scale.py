@@ -19,21 +19,22 @@ outbox, consumers share B's durable, all on one database pair):
   2x2 figure shows that competing relays and consumers stay correct and do not
   slow each other down, not a speed-up a bigger machine would show.
 
-Cost growth (both bridges in this process, 1 relay + 1 consumer, outbox retention
-running with ``retention=RETENTION`` s every ``CLEANUP_INTERVAL`` s): for each size in
+Cost growth (both bridges in this process, 1 relay + 1 consumer, the relay's outbox
+retention and the consumer's inbox retention running with ``RETENTION`` s every
+``CLEANUP_INTERVAL`` s): for each size in
 ``SCALE_SIZES`` a fresh database pair, rows committed in chunks of ``CHUNK`` while the
 bridges run, until B has applied them all.
 
 - ``scale_cost_<n>_us_per_event``: wall time per event (relay publish + consumer
   apply, with the producer's inserts in the same process) — flat when cost does not
   grow with the size.
-- ``scale_cost_<n>_outbox_peak_rows``: the most outbox rows seen during the run
-  (sampled every 0.5 s): bounded by rate * (retention + cleanup interval), not by n.
-- ``scale_cost_<n>_outbox_rows_after_retention`` / ``_outbox_bytes``: after the
-  cleanup ran (``pg_total_relation_size``: deleted rows' space is reused, not returned
-  to the OS, so bytes stay at the high-water mark).
-- ``scale_cost_<n>_inbox_rows`` / ``_inbox_bytes``: B's inbox after the run.  The
-  inbox has no retention yet, so it grows with n (one row per event).
+- ``scale_cost_<n>_outbox_peak_rows`` / ``_inbox_peak_rows``: the most rows seen in
+  A's outbox / B's inbox during the run (sampled every 0.5 s): bounded by
+  rate * (retention + cleanup interval) once n is large enough, not by n.
+- ``scale_cost_<n>_outbox_rows_after_retention`` / ``_inbox_rows_after_retention`` and
+  ``_outbox_bytes`` / ``_inbox_bytes``: after the cleanups ran
+  (``pg_total_relation_size``: deleted rows' space is reused by later rows, not
+  returned to the OS, so bytes stay at the table's high-water mark).
 
 Size knobs (environment): ``BENCH_SCALE_EVENTS`` (throughput events, default 5000)
 and ``BENCH_SCALE_SIZES`` (comma-separated, default ``1000,10000,100000``).
@@ -240,7 +241,9 @@ async def _bridge(
     config = settings.to_bridge_config(
         env={},
         relay=RelayOptions(retention=RETENTION, cleanup_interval=CLEANUP_INTERVAL),
-        consumer=ConsumerOptions(fetch_timeout=0.5),
+        consumer=ConsumerOptions(
+            fetch_timeout=0.5, inbox_retention=RETENTION, inbox_cleanup_interval=CLEANUP_INTERVAL
+        ),
     )
     engine = create_async_engine(url, pool_size=10)
     bridge = build_bridge(config, engine)
@@ -269,13 +272,14 @@ async def _cost(nats_url: str, factory: UrlFactory, created: list[str], n: int) 
         engine_a, engine_b = create_async_engine(url_a), create_async_engine(url_b)
         stack.push_async_callback(engine_a.dispose)
         stack.push_async_callback(engine_b.dispose)
-        peak = 0
+        peak_outbox = peak_inbox = 0
         done = asyncio.Event()
 
         async def sample() -> None:
-            nonlocal peak
+            nonlocal peak_outbox, peak_inbox
             while not done.is_set():
-                peak = max(peak, await _count(engine_a, "bridge_outbox"))
+                peak_outbox = max(peak_outbox, await _count(engine_a, "bridge_outbox"))
+                peak_inbox = max(peak_inbox, await _count(engine_b, "bridge_inbox"))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), 0.5)
 
@@ -286,17 +290,18 @@ async def _cost(nats_url: str, factory: UrlFactory, created: list[str], n: int) 
         elapsed = await _wait_applied(engine_b, n, started)
         done.set()
         await sampler
-        # Let the relay's retention run (rows older than RETENTION, every CLEANUP_INTERVAL).
+        # Let both retentions run (rows older than RETENTION, every CLEANUP_INTERVAL).
         await asyncio.sleep(RETENTION + CLEANUP_INTERVAL + 1.0)
         outbox_rows, outbox_bytes = await _table_size(engine_a, "bridge_outbox")
         inbox_rows, inbox_bytes = await _table_size(engine_b, "bridge_inbox")
     prefix = f"scale_cost_{n}"
     return [
         (f"{prefix}_us_per_event", round(elapsed / n * 1e6, 1), "us/event"),
-        (f"{prefix}_outbox_peak_rows", float(peak), "rows"),
+        (f"{prefix}_outbox_peak_rows", float(peak_outbox), "rows"),
         (f"{prefix}_outbox_rows_after_retention", float(outbox_rows), "rows"),
         (f"{prefix}_outbox_bytes", round(outbox_bytes / 1024, 1), "KiB"),
-        (f"{prefix}_inbox_rows", float(inbox_rows), "rows"),
+        (f"{prefix}_inbox_peak_rows", float(peak_inbox), "rows"),
+        (f"{prefix}_inbox_rows_after_retention", float(inbox_rows), "rows"),
         (f"{prefix}_inbox_bytes", round(inbox_bytes / 1024, 1), "KiB"),
     ]
 
