@@ -29,8 +29,12 @@ from pydantic import (
 
 from bridge.envelope import format_timestamp
 
+#: No NUL characters: PostgreSQL text cannot store them (it was a 500; now a 422).
 Name = Annotated[
-    str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=255)
+    str,
+    StringConstraints(
+        strict=True, strip_whitespace=True, min_length=1, max_length=255, pattern=r"^[^\x00]*$"
+    ),
 ]
 Domain = Annotated[
     str,

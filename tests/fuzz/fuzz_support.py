@@ -145,7 +145,10 @@ class FuzzedService:
         rows: dict[str, dict[str, Any]] = {}
         async with self._engine.connect() as conn:
             for resource, (model, out) in RESOURCES.items():
-                for row in (await conn.execute(select(model.__table__))).mappings():
+                # In creation order, not id order: ids are random, and a draw that picks
+                # "the n-th live record" must pick the same one in every run.
+                query = select(model.__table__).order_by(model.created_at, model.id)
+                for row in (await conn.execute(query)).mappings():
                     rendered = out.model_validate(dict(row)).model_dump(mode="json")
                     rendered["deleted"] = row["deleted_at"] is not None
                     rows[f"{resource}:{row['id']}"] = rendered
@@ -174,13 +177,13 @@ class FuzzedService:
         self.run(reset)
 
     def live_ids(self, resource: str) -> list[str]:
-        """Ids of live records of ``resource`` (for path parameters that hit something)."""
+        """Ids of live records of ``resource``, oldest first (for ids that hit something)."""
         snapshot = self.run(self._snapshot)
-        return sorted(
+        return [
             key.split(":", 1)[1]
             for key, row in snapshot.rows.items()
             if key.startswith(f"{resource}:") and not row["deleted"]
-        )
+        ]
 
     # -- one request ------------------------------------------------------------------
     def send(self, case: Case) -> httpx.Response:

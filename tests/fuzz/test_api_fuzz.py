@@ -139,6 +139,7 @@ def test_stateful_links(service: FuzzedService) -> None:
 
 def test_regressions_found_by_fuzzing(service: FuzzedService) -> None:
     """Each was a 500 or an undocumented status before the fuzzer found it."""
+    _seed(service)
     ops = service.schema
     # An offset past PostgreSQL's bigint was a database error (500); now a 422 on ``offset``.
     for path in ("/organizations", "/users"):
@@ -146,6 +147,26 @@ def test_regressions_found_by_fuzzing(service: FuzzedService) -> None:
         response = service.send(case)
         assert response.status_code == 422
         assert [d["field"] for d in response.json()["details"]] == ["offset"]
+    # A NUL character in a name was a database error (500); now a 422 on ``name``.
+    org = service.send(
+        ops["/organizations"]["POST"].Case(body={"name": "a\x00b", "domain": "nul.example.com"})
+    )
+    assert org.status_code == 422
+    assert [d["field"] for d in org.json()["details"]] == ["name"]
+    live = service.live_ids("organization")[0]
+    for path, key, body in (
+        ("/organizations/{org_id}", "org_id", {"name": "\x00"}),
+        (
+            "/users",
+            None,
+            {"organization_id": live, "name": "u\x00", "email": "nul@example.com"},
+        ),
+    ):
+        method = "PATCH" if key else "POST"
+        case = ops[path][method].Case(body=body, path_parameters={key: live} if key else None)
+        response = service.send(case)
+        assert response.status_code == 422, response.text
+        assert [d["field"] for d in response.json()["details"]] == ["name"]
     # A body that is not decodable at all is a 400 with a JSON error, and documented as such.
     case = ops["/organizations"]["POST"].Case(body=b"(.G\xff\xfey", media_type="application/json")
     response = service.send(case)
