@@ -39,7 +39,7 @@ TARGETS = {
     "services_sync_latency_p99": "< 100 ms",
     "services_outbox_cost": "<= 20 %",
     "services_outbox_capture_cost": "<= 20 %",
-    "scale_2x2_vs_1x1": ">= 0.9 (no slow-down; 2 cores)",
+    "scale_2x2_vs_1x1": ">= 0.9 (no slow-down)",
 }
 
 
@@ -121,10 +121,11 @@ Scale figures (`benchmarks/scale.py`; `BENCH_SCALE_QUICK=1` or `BENCH_SCALE_EVEN
 - `scale_1x1_events_per_s` / `scale_2x2_events_per_s`: A→B end to end (outbox commit on A
   to applied on B) with one and with two worker processes per side (competing relays on
   A's outbox, consumers sharing B's durable), against `scale_raw_events_per_s` (nats-py
-  publish + fetch/ack, no database) in the same run. This machine has 2 cores for four
-  workers, PostgreSQL and NATS, so `scale_2x2_vs_1x1` shows that a second instance per
-  side costs nothing (no contention between the competing relays and consumers), not the
-  speed-up more cores would give.
+  publish + fetch/ack, no database) in the same run. One consumer process (one core
+  for its Python) bounds the 1x1 figure; a second process per side uses the machine's
+  second core, so on these 2 cores `scale_2x2_vs_1x1` can reach about 2 and is noisy
+  (the four workers share the cores with PostgreSQL and NATS). Below 1 would mean the
+  competing relays or consumers slow each other down.
 - `scale_cost_<n>_*`: per-event cost (relay publish + consumer apply) for n events, with
   the relay's outbox retention and the consumer's inbox retention running (1 s retention,
   2 s cleanup interval here; `relay.retention` / `consumer.inbox_retention`, default
