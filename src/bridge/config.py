@@ -104,12 +104,18 @@ class ConsumerOptions:
     concurrency: int = 1
     in_progress_interval: float | None = None
     stop_timeout: float = 10.0
+    #: Settled inbox records older than this are deleted (see :mod:`bridge.inbox_retention`);
+    #: the default matches ``stream_max_age``, how long the stream may replay a message.
+    inbox_retention: float = 7 * 24 * 3600.0
+    inbox_cleanup_interval: float = 300.0
 
     def __post_init__(self) -> None:
         _positive("consumer.batch_size", self.batch_size)
         _positive("consumer.fetch_timeout", self.fetch_timeout)
         _positive("consumer.concurrency", self.concurrency)
         _positive("consumer.stop_timeout", self.stop_timeout)
+        _positive("consumer.inbox_retention", self.inbox_retention)
+        _positive("consumer.inbox_cleanup_interval", self.inbox_cleanup_interval)
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,6 +184,29 @@ async def is_final(session: AsyncSession, event_id: str) -> bool:
     return status in _FINAL
 
 
+_PURGE_SETTLED = text(
+    f"""
+    DELETE FROM {inbox.name} WHERE event_id IN (
+        SELECT event_id FROM {inbox.name}
+         WHERE (status = '{INBOX_PROCESSED}'
+                AND processed_at < now() - make_interval(secs => :age))
+            OR (status = '{INBOX_DEAD_LETTERED}'
+                AND received_at < now() - make_interval(secs => :age))
+         LIMIT :chunk)
+    """
+)
+
+
+async def purge_settled(session: AsyncSession, older_than: float, chunk: int) -> int:
+    """Delete up to ``chunk`` final records settled more than ``older_than`` seconds ago.
+
+    ``processed`` records by ``processed_at``, ``dead_lettered`` ones by ``received_at``;
+    ``failed`` records (still to be redelivered) are never deleted.  The caller commits.
+    """
+    result = await session.execute(_PURGE_SETTLED, {"age": older_than, "chunk": chunk})
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def counts_by_status(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status))
     return {str(status): int(n) for status, n in rows}

@@ -48,6 +48,7 @@ from bridge.dlq import DeadLetters
 from bridge.errors import BridgeError, PermissionDeniedError
 from bridge.event_schemas import EventSchemas
 from bridge.inbox import InboxProcessor
+from bridge.inbox_retention import InboxRetention
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import BridgeMetrics, BridgeStateSource
 from bridge.outbox import Outbox, Synced
@@ -104,6 +105,7 @@ class Bridge:
         self.relay: OutboxRelay | None = None
         self.consumer: PullConsumer | PushConsumer | None = None
         self.processor: InboxProcessor | None = None
+        self.inbox_retention: InboxRetention | None = None
         self.dead_letters: DeadLetters | None = None
         self.publisher: Publisher | None = None
         self.provisioning_plan: Plan | None = None
@@ -155,6 +157,9 @@ class Bridge:
                 self.consumer = make_consumer(self.config, self.connection, self.processor)
                 self.consumer.observer = self.metrics
                 await self.consumer.start()
+                if self.config.use_inbox:
+                    self.inbox_retention = InboxRetention(self.engine, self.config.consumer)
+                    await self.inbox_retention.start()
             await self._start_reconciliation()
         except BaseException:
             await self.stop(timeout=5.0)
@@ -192,8 +197,11 @@ class Bridge:
             await responder.stop(timeout)
         consumer, self.consumer = self.consumer, None
         relay, self.relay = self.relay, None
+        retention, self.inbox_retention = self.inbox_retention, None
         if consumer is not None:
             await consumer.stop(timeout)
+        if retention is not None:
+            await retention.stop(timeout)
         if relay is not None:
             await relay.stop(timeout)
         await self.connection.stop(timeout)
