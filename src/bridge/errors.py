@@ -26,7 +26,18 @@ class PublishError(BridgeError):
 
     The envelope may or may not be stored: callers retry with the same
     ``Nats-Msg-Id`` so the server's duplicate window collapses the retry.
+
+    ``rejected`` tells the two kinds apart: ``True`` when the server (or the
+    client, before sending) refused *this message* — a 400 from JetStream such as
+    a message over the stream's size limit, or a payload over the server's
+    maximum — so sending it again cannot succeed; ``False`` when JetStream was
+    unavailable (no PubAck in time, no responders, no stream leader, connection
+    lost), which says nothing about the message and passes by itself.
     """
+
+    def __init__(self, message: str, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 class ProvisioningError(BridgeError):

@@ -159,10 +159,12 @@ _FAIL = text(
        SET attempts = o.attempts + 1,
            last_error = v.error,
            next_attempt_at = now() + make_interval(secs => v.delay),
-           status = CASE WHEN o.attempts + 1 >= :max_attempts THEN 'failed' ELSE 'pending' END,
+           status = CASE WHEN v.rejected AND o.attempts + 1 >= :max_attempts
+                         THEN 'failed' ELSE 'pending' END,
            lease_owner = NULL, lease_expires_at = NULL
-      FROM unnest(CAST(:ids AS bigint[]), CAST(:errors AS text[]), CAST(:delays AS float8[]))
-           AS v(id, error, delay)
+      FROM unnest(CAST(:ids AS bigint[]), CAST(:errors AS text[]), CAST(:delays AS float8[]),
+                  CAST(:rejected AS boolean[]))
+           AS v(id, error, delay, rejected)
      WHERE o.id = v.id AND o.lease_owner = :owner
     RETURNING o.id, o.status
     """
@@ -213,6 +215,9 @@ class Failure:
     row: ClaimedRow
     error: str
     delay: float
+    #: The server refused the message itself (:attr:`bridge.errors.PublishError.rejected`):
+    #: only such failures count towards ``max_attempts``.
+    rejected: bool = False
 
 
 def _json(value: Any) -> Any:
@@ -288,6 +293,7 @@ class OutboxStore:
                         "ids": [f.row.id for f in failures],
                         "errors": [f.error[:2000] for f in failures],
                         "delays": [f.delay for f in failures],
+                        "rejected": [f.rejected for f in failures],
                         "max_attempts": self._max_attempts,
                         "owner": self.owner,
                     },

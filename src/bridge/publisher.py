@@ -4,7 +4,10 @@ Contract: :meth:`Publisher.publish` returns only after the server stored the
 message (or recognised it as a duplicate inside the duplicate window, reported
 as ``duplicate=True``).  Any failure raises :class:`~bridge.errors.PublishError`;
 the caller retries with the same envelope, which is safe because the event id is
-sent as ``Nats-Msg-Id``.
+sent as ``Nats-Msg-Id``.  ``PublishError.rejected`` is set only when the message
+itself was refused (a JetStream 400, a payload over the server's maximum);
+timeouts, no responders, 5xx (e.g. no stream leader during an election) and a
+lost connection are unavailability, not rejection.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from nats.errors import NoRespondersError
+from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
@@ -73,7 +76,17 @@ class Publisher:
                 f"no PubAck for {message.subject!r} within {self._timeout}s"
             ) from exc
         except APIError as exc:
-            raise PublishError(f"JetStream rejected publish to {message.subject!r}: {exc}") from exc
+            # 503 (no leader, JetStream unavailable) and 500 pass; a 4xx is about this message.
+            rejected = exc.code is not None and 400 <= exc.code < 500
+            raise PublishError(
+                f"JetStream rejected publish to {message.subject!r}: {exc}", rejected=rejected
+            ) from exc
+        except MaxPayloadError as exc:
+            raise PublishError(
+                f"publish to {message.subject!r}: {len(message.data)} bytes exceed the "
+                "server's max_payload",
+                rejected=True,
+            ) from exc
         except Exception as exc:  # connection closed/draining, etc.
             raise PublishError(f"publish to {message.subject!r} failed: {exc!r}") from exc
         return PublishResult(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))

@@ -16,10 +16,15 @@ Contract:
   killed mid-batch leaves leased rows that any relay claims after ``relay.lease``.
 - **Retry** a failed publish (no PubAck within ``relay.publish_timeout``, no stream,
   server error) after :func:`bridge.backoff.backoff_delay` (``retry_base`` doubling,
-  capped at ``retry_max``, full jitter); after ``relay.max_attempts`` failures the row
-  becomes ``failed`` (kept, visible in :meth:`stats`, :meth:`requeue_failed`).
-  While ``connected()`` reports NATS down the relay does not claim at all, so an
-  outage of any length burns no attempts: rows wait and go out after the reconnect.
+  capped at ``retry_max``, full jitter).  Only a *rejection* — the server refused the
+  message itself (:attr:`bridge.errors.PublishError.rejected`: a JetStream 4xx such as
+  a message over the stream's size limit) — counts towards ``relay.max_attempts``,
+  after which the row becomes ``failed`` (kept, visible in :meth:`stats`,
+  :meth:`requeue_failed`).  Unavailability (no PubAck in time, no responders, no
+  stream leader during a cluster election, a lost connection) is retried every
+  ``retry_max`` at most for as long as it lasts, because it says nothing about the
+  row and ends by itself: sync resumes without an operator.  While ``connected()``
+  reports NATS down the relay does not claim at all.
 - **Wake-ups**: the in-process commit listener of ``outbox``, PostgreSQL
   ``LISTEN bridge_outbox`` (commits in other processes), the earliest retry this
   relay scheduled, and polling every ``relay.poll_interval`` as a fallback.  A full

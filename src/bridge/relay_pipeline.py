@@ -25,7 +25,8 @@ Contract of :func:`publish_batch`:
   PubAck, so a record's events reach the stream in id order.
 - A failed publish (:class:`~bridge.errors.PublishError`: no PubAck in time, no
   stream, server error) stops its chain: the row is a :class:`Failure` carrying its
-  retry delay, the chain's later rows are *released* (never attempted this round).
+  retry delay and whether the server rejected the message, the chain's later rows
+  are *released* (never attempted this round).
 - Nothing touches the database here; the caller settles the :class:`BatchOutcome`.
 """
 
@@ -80,7 +81,7 @@ async def publish_batch(
                     result = await publisher.publish_raw(row.message())
             except PublishError as exc:
                 delay = backoff_delay(row.attempts + 1, base=retry_base, maximum=retry_max)
-                outcome.failures.append(Failure(row, str(exc), delay))
+                outcome.failures.append(Failure(row, str(exc), delay, rejected=exc.rejected))
                 outcome.released.extend(r.id for r in chain[index + 1 :])
                 return
             outcome.sent.append((row.id, result.seq))

@@ -257,9 +257,13 @@ async def test_publish_failures_and_failed_rows_are_counted(
             event_type="organization.created", producer=a.name, resource_type="organization",
             resource_id=str(uuid.uuid4()), payload={},
         )  # fmt: skip
+        # This subject belongs to another stream: JetStream refuses every attempt (the
+        # relay expects its own stream, a 400) — a rejection, so it counts to max_attempts.
+        nc = await nats.connect(nats_server.url)
+        stack.push_async_callback(nc.close)
+        await nc.jetstream().add_stream(name=f"other-{unique}", subjects=[f"elsewhere.{unique}"])
         async with bridge.session_factory.begin() as session:
-            # No stream binds this subject: every publish attempt fails (no responders).
-            await bridge.outbox.enqueue(session, envelope, subject=f"nowhere.{unique}")
+            await bridge.outbox.enqueue(session, envelope, subject=f"elsewhere.{unique}")
         result = await scrape_until(
             a, lambda s: s.value("bridge_outbox_failed") == 1, "the row failed"
         )

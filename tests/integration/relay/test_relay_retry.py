@@ -1,4 +1,5 @@
-"""Failed publishes: retried with capped exponential backoff, 'failed' after
+"""Failed publishes: retried with capped exponential backoff; unavailability (no
+stream, no PubAck) retried for as long as it lasts, a rejected message 'failed' after
 max_attempts, re-queueable; one record's failure does not hold up the others;
 retention deletes old sent rows."""
 
@@ -10,6 +11,7 @@ import time
 from typing import Any
 
 from nats.aio.client import Client
+from nats.js.api import StreamConfig
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -33,10 +35,11 @@ from .conftest import (
 )
 
 
-async def test_missing_stream_retries_then_fails_then_requeue_publishes(
+async def test_missing_stream_is_unavailability_retried_past_max_attempts_until_it_exists(
     engine: AsyncEngine, nc: Client, nats_server: NatsServer, unique: str
 ) -> None:
-    # poll_interval 60 s: the retries are driven by the relay's own retry schedule.
+    # No stream (no responders) says nothing about the row: it must not become 'failed'
+    # after max_attempts, and it goes out on its own once the stream exists.
     cfg = relay_config(
         nats_server.url, unique, max_attempts=3, retry_base=0.05, retry_max=0.1, poll_interval=60.0
     )
@@ -47,18 +50,56 @@ async def test_missing_stream_retries_then_fails_then_requeue_publishes(
         async with sessions_for(engine, box).begin() as session:
             session.add(Widget(name="early bird"))  # the stream does not exist yet
 
+        async def retried_past_max() -> bool:
+            return await count_rows(engine, "status = 'pending' AND attempts >= 6") == 1
+
+        await eventually(retried_past_max, timeout=10.0, what="retries past max_attempts")
+        assert await count_rows(engine, "status = 'failed'") == 0
+        last_error = await scalar(engine, "SELECT last_error FROM bridge_outbox")
+        assert "stream" in last_error.lower()
+        stats = await relay.stats()
+        assert (stats.failed, stats.sent) == (0, 0) and stats.publish_failures_total >= 6
+
+        await provision_stream(nc, cfg)  # the operator fixes it; nobody re-queues anything
+
+        async def sent() -> bool:
+            return await count_rows(engine, "status = 'sent'") == 1
+
+        await eventually(sent, timeout=5.0, what="row sent once the stream exists")
+    finally:
+        await relay.stop(5.0)
+    assert await message_count(nc, cfg) == 1
+
+
+async def test_a_rejected_message_fails_after_max_attempts_then_requeue_publishes(
+    engine: AsyncEngine, nc: Client, nats_server: NatsServer, unique: str
+) -> None:
+    # The stream refuses the message itself (over its max_msg_size): a JetStream 400.
+    cfg = relay_config(
+        nats_server.url, unique, max_attempts=3, retry_base=0.05, retry_max=0.1, poll_interval=60.0
+    )
+    js = nc.jetstream()
+    subjects = list(cfg.subjects.stream_subjects())
+    await js.add_stream(StreamConfig(name=cfg.stream_name, subjects=subjects, max_msg_size=64))
+    box = Outbox(cfg)
+    relay = OutboxRelay(cfg, engine, publisher_for(nc, cfg), outbox=box)
+    await relay.start()
+    try:
+        async with sessions_for(engine, box).begin() as session:
+            session.add(Widget(name="too big for this stream"))
+
         async def gave_up() -> bool:
             return await count_rows(engine, "status = 'failed'") == 1
 
         await eventually(gave_up, timeout=10.0, what="row failed after max_attempts")
         assert await scalar(engine, "SELECT attempts FROM bridge_outbox") == 3
         last_error = await scalar(engine, "SELECT last_error FROM bridge_outbox")
-        assert "stream" in last_error.lower()
+        assert "rejected" in last_error.lower() and "size" in last_error.lower()
         stats = await relay.stats()
         assert (stats.pending, stats.failed, stats.sent) == (0, 1, 0)
         assert stats.publish_failures_total == 3 and stats.published_total == 0
 
-        await provision_stream(nc, cfg)
+        await js.update_stream(StreamConfig(name=cfg.stream_name, subjects=subjects))
         assert await relay.requeue_failed() == 1
         assert await relay.requeue_failed() == 0  # nothing left in 'failed'
 
