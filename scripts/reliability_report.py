@@ -29,6 +29,7 @@ ORDER = (
     "postgres_crash_restart",
     "scale_out_2x2",
     "cluster_leader_kill9",
+    "poison_and_duplicates",
 )
 
 INTRO = """\
@@ -73,7 +74,13 @@ Replay a run's random load with `FAULTS_SEED=<seed>` (the seed of each run is be
    - **redeliveries**: deliveries the server made beyond one per message (the durable's
      consumer sequence minus the messages on its subject): the evidence that the fault hit
      deliveries in flight (NAKs with delay and ack-wait expiries included);
-   - **dead letters**: only the expected ones (none: the load never collides on a natural key).
+   - **dead letters**: only the expected ones (none: the load never collides on a natural key),
+     except in `poison_and_duplicates`, which publishes poison straight onto the stream (a
+     body that is not JSON, an envelope missing fields, a `Nats-Msg-Id` that disagrees with
+     the body, an unhandled event type, two payloads that are not rows, a too-new
+     `schema_version`): there the dead letters must be exactly those, each with its reason,
+     their inbox records `dead_lettered`, and the stream's 1 s duplicate window lets the
+     copies of applied events it republishes through, so only the inbox stops them.
 
 The checker itself is unit-tested on synthetic histories that break each promise
 (`tests/faults/test_checker.py`).
@@ -98,16 +105,17 @@ undecodable request body got an undocumented 400 (now in the OpenAPI of every wr
 
 ## Findings and limits (what the numbers below do not show)
 
-- **Relay retry budget vs. a NATS leader election.** While a cluster elects a new stream
-  leader (about 7 s measured in `cluster_leader_kill9`) the client stays connected, so the relay's
-  "connected" probe does not hold it back and every publish attempt fails and counts.
-  With the fast test timings used by the in-process scenarios (retry 0.05 s doubling to
-  0.5 s, 20 attempts: about 10 s) a first run of `cluster_leader_kill9` turned outbox rows `failed`
-  ("failed permanently after max attempts"). They were kept, not lost (visible in
-  `/sync_status`, re-queued by `bridge outbox retry`), but sync stalls until an operator
-  re-queues them. `cluster_leader_kill9` therefore runs with 0.1 s doubling to 2 s, 30 attempts; the
-  library defaults (0.5 s doubling to 60 s, 20 attempts) give several minutes. To see it
-  again, set `relay` back to `FAST["relay"]` in `tests/faults/test_cluster_node_kill.py`.
+- **Fixed defect: a NATS leader election turned outbox rows `failed`.** While a cluster
+  elects a new stream leader (about 7 s measured in `cluster_leader_kill9`) the client stays
+  connected, so the relay's "connected" probe does not hold it back and every publish
+  attempt fails. Each failure used to count towards `relay.max_attempts`; with the fast
+  test timings a first run of `cluster_leader_kill9` turned rows `failed` — kept, not lost,
+  but sync stalled until an operator re-queued them. Now only a *rejection* (JetStream
+  refusing the message itself, a 4xx such as a message over the stream's size limit)
+  counts; unavailability (no PubAck, no responders, no leader, a lost connection) is
+  retried every `relay.retry_max` at most for as long as it lasts
+  (`bridge/relay.py`, "Retry"). `cluster_leader_kill9` runs with `max_attempts=3` and
+  0.05 s doubling to 0.5 s to show it.
 - **Fixed defect: a dead relay's lease outlasted the child's retry budget** (scenario
   `dead_relay_lease_vs_retry_budget`, `tests/faults/test_dead_relay_lease.py`; first seen
   as an intermittent failure of `service_kill9_restart_push` with `BACKOFF="0.5s 1s 2s

@@ -26,7 +26,11 @@ outbox row, no failed inbox record, both durables with ``num_pending`` and
 - **no event applied twice**: each event id at most once in an inbox, only in the
   receiver's, never back in its producer's; stream copies beyond one per event id are
   counted as ``duplicates_published`` (absorbed by the inbox; not a violation);
-- **dead letters**: only the expected reasons (none for this load).
+- **dead letters**: only the expected reasons (none for this load);
+- **injected poison** (``injected``: stream sequences the scenario published itself,
+  bypassing every outbox): left out of the outbox/inbox accounting above, and each one
+  that carries an event id must be ``dead_lettered`` in the receiver's inbox — never
+  processed.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -260,14 +264,20 @@ def check(
     messages: Sequence[StreamMessage],
     *,
     expected_dead_letters: Counter[str] | None = None,
+    injected: Collection[int] = (),
 ) -> Verdict:
     verdict = Verdict()
     states = {a.app: a, b.app: b}
     peer = {a.app: b.app, b.app: a.app}
+    verdict.stream_messages = dict(sorted(Counter(m.subject for m in messages).items()))
+    poison = [m for m in messages if m.seq in injected]
+    if poison:
+        a, b = _check_poison(poison, a, b, verdict)
+        states = {a.app: a, b.app: b}
+        messages = [m for m in messages if m.seq not in injected]
     by_subject: dict[str, list[StreamMessage]] = {}
     for message in messages:
         by_subject.setdefault(message.subject, []).append(message)
-    verdict.stream_messages = {s: len(m) for s, m in sorted(by_subject.items())}
     verdict.rows = {f"{s.app}.{r}": len(s.rows[r]) for s in (a, b) for r in TABLES}
 
     # convergence: row for row
@@ -281,6 +291,25 @@ def check(
     _check_events(history, states, peer, by_subject, verdict)
     _check_dead_letters(states, by_subject, expected_dead_letters or Counter(), verdict)
     return verdict
+
+
+def _check_poison(
+    poison: Sequence[StreamMessage], a: SideState, b: SideState, verdict: Verdict
+) -> tuple[SideState, SideState]:
+    """Injected messages are dead letters in the receiver's inbox, never processed; the
+    states returned leave their inbox records out of the event accounting."""
+    ids = {m.event_id for m in poison if m.event_id} | {m.msg_id for m in poison if m.msg_id}
+    for side in (a, b):
+        for record in side.inbox:
+            if record["event_id"] in ids and record["status"] != "dead_lettered":
+                verdict.fail(
+                    f"injected poison {record['event_id']} is {record['status']} "
+                    f"in {side.app}'s inbox (want dead_lettered)"
+                )
+    return tuple(  # type: ignore[return-value]
+        SideState(s.app, s.rows, s.outbox, [r for r in s.inbox if r["event_id"] not in ids])
+        for s in (a, b)
+    )
 
 
 def _check_records(history: History, side: SideState, verdict: Verdict) -> None:

@@ -21,7 +21,7 @@ import json
 import platform
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,8 +97,11 @@ async def run_scenario(
     max_load_seconds: float = 60.0,
     converge_timeout: float = 90.0,
     expected_dead_letters: Counter[str] | None = None,
+    injected: Collection[int] = (),
     pace: float = 0.01,
 ) -> ScenarioResult:
+    """``injected``: stream sequences of messages ``inject`` published itself (poison),
+    read at check time (a set the injector fills is fine); see :func:`fault_checker.check`."""
     wall = time.monotonic()
     history = History()
     load = Load(deployment.sides, history, seed=seed, workers=workers, pace=pace)
@@ -119,7 +122,12 @@ async def run_scenario(
     state_b = await read_side(deployment.b.database_url, deployment.b.app)
     messages = await read_stream(deployment.nats_urls, deployment.stream)
     verdict = check(
-        history, state_a, state_b, messages, expected_dead_letters=expected_dead_letters
+        history,
+        state_a,
+        state_b,
+        messages,
+        expected_dead_letters=expected_dead_letters,
+        injected=injected,
     )
     deliveries = await _deliveries(deployment, verdict.stream_messages)
     if not converged:
