@@ -20,7 +20,11 @@ How a trace travels:
    ``CONSUMER`` span whose parent is the delivery's ``traceparent``
    (:func:`context_from`), so the handler's work — and anything it logs or calls —
    belongs to the producer's trace.  Handlers that need the context themselves
-   can call :func:`context_from` with their envelope.
+   can call :func:`context_from` with their envelope.  A batch handler call
+   (:meth:`bridge.router.Router.on_batch`) is ONE ``CONSUMER`` span
+   (:func:`batch_span`, a new root with ``messaging.batch.message_count``) that
+   links to every delivery's ``traceparent`` (a span has one parent, so the
+   producers' traces are links, not parents).
 
 Invalid or missing ``traceparent`` values are ignored (a fresh root instead),
 never an error: tracing must not decide whether an event is applied.
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,6 +42,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
+    Link,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -49,13 +54,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import TRACEPARENT_HEADER, Envelope
-from bridge.router import Handler, Router
+from bridge.router import BatchHandler, Handler, Router
 
 __all__ = [
     "TRACER_NAME",
     "HandledCallback",
     "TraceMiddleware",
     "TracedRouter",
+    "batch_span",
     "context_from",
     "current_traceparent",
     "handler_span",
@@ -154,6 +160,38 @@ def handler_span(
         yield span
 
 
+@contextmanager
+def batch_span(
+    envelopes: Sequence[Envelope], *, tracer_provider: TracerProvider | None = None
+) -> Iterator[Span]:
+    """Run the block as one ``CONSUMER`` span for a batch handler call (module doc, step 3).
+
+    The span is a new root linked to each envelope's valid ``traceparent``; an
+    exception raised in the block is recorded on it and re-raised unchanged.
+    """
+    tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    links = []
+    for envelope in envelopes:
+        if envelope.traceparent:
+            parent = trace.get_current_span(context_from(envelope)).get_span_context()
+            if parent.is_valid:
+                links.append(Link(parent, {"messaging.message.id": envelope.event_id}))
+    resource = envelopes[0].resource_type if envelopes else ""
+    with tracer.start_as_current_span(
+        f"{resource} process batch",
+        context=Context(),
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.batch.message_count": len(envelopes),
+            "bridge.resource_type": resource,
+        },
+    ) as span:
+        yield span
+
+
 class TracedRouter(Router):
     """A view of ``inner`` whose handlers run in :func:`handler_span` and are timed.
 
@@ -161,6 +199,8 @@ class TracedRouter(Router):
     unknown-event policy is ``inner``'s at construction.  ``on_handled`` gets
     ``(envelope, seconds, error)`` after every handler call — a call, not a
     delivery: a batch re-run on the inbox's savepoint path calls a handler again.
+    A batch handler call reports each of its envelopes with an equal share of the
+    call's time (the per-event cost) and the call's error.
     """
 
     def __init__(
@@ -181,6 +221,9 @@ class TracedRouter(Router):
     def on_resource(self, resource_type: str, handler: Handler) -> None:
         self.inner.on_resource(resource_type, handler)
 
+    def on_batch(self, resource_type: str, handler: BatchHandler) -> None:
+        self.inner.on_batch(resource_type, handler)
+
     @property
     def event_types(self) -> frozenset[str]:
         return self.inner.event_types
@@ -188,6 +231,33 @@ class TracedRouter(Router):
     @property
     def resource_types(self) -> frozenset[str]:
         return self.inner.resource_types
+
+    @property
+    def batch_resource_types(self) -> frozenset[str]:
+        return self.inner.batch_resource_types
+
+    def batch_handler_for(self, envelope: Envelope) -> BatchHandler | None:
+        handler = self.inner.batch_handler_for(envelope)
+        if handler is None:
+            return None
+        provider, on_handled = self._tracer_provider, self._on_handled
+
+        async def traced(session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                with batch_span(envelopes, tracer_provider=provider):
+                    await handler(session, envelopes)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if on_handled is not None and envelopes:
+                    share = (time.perf_counter() - started) / len(envelopes)
+                    for env in envelopes:
+                        on_handled(env, share, error)
+
+        return traced
 
     def handler_for(self, envelope: Envelope) -> Handler | None:
         handler = self.inner.handler_for(envelope)
