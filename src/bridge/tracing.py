@@ -24,7 +24,9 @@ How a trace travels:
    (:meth:`bridge.router.Router.on_batch`) is ONE ``CONSUMER`` span
    (:func:`batch_span`, a new root with ``messaging.batch.message_count``) that
    links to every delivery's ``traceparent`` (a span has one parent, so the
-   producers' traces are links, not parents).
+   producers' traces are links, not parents); each delivery still gets its
+   ``"<event_type> process"`` span, child of its ``traceparent`` and covering the
+   call, so every producer's trace continues into the consumer.
 
 Invalid or missing ``traceparent`` values are ignored (a fresh root instead),
 never an error: tracing must not decide whether an event is applied.
@@ -47,6 +49,8 @@ from opentelemetry.trace import (
     Span,
     SpanContext,
     SpanKind,
+    Status,
+    StatusCode,
     TraceFlags,
     TracerProvider,
 )
@@ -132,6 +136,18 @@ def _fresh_span_context() -> SpanContext:
 
 
 # -- consumer side -------------------------------------------------------------------
+def _consumer_attributes(envelope: Envelope) -> dict[str, str]:
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.message.id": envelope.event_id,
+        "bridge.event_type": envelope.event_type,
+        "bridge.resource_type": envelope.resource_type,
+        "bridge.resource_id": envelope.resource_id,
+        "bridge.producer": envelope.producer,
+    }
+
+
 @contextmanager
 def handler_span(
     envelope: Envelope, *, tracer_provider: TracerProvider | None = None
@@ -142,20 +158,11 @@ def handler_span(
     re-raised unchanged.
     """
     tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
-    attributes = {
-        "messaging.system": "nats",
-        "messaging.operation.type": "process",
-        "messaging.message.id": envelope.event_id,
-        "bridge.event_type": envelope.event_type,
-        "bridge.resource_type": envelope.resource_type,
-        "bridge.resource_id": envelope.resource_id,
-        "bridge.producer": envelope.producer,
-    }
     with tracer.start_as_current_span(
         f"{envelope.event_type} process",
         context=context_from(envelope),
         kind=SpanKind.CONSUMER,
-        attributes=attributes,
+        attributes=_consumer_attributes(envelope),
     ) as span:
         yield span
 
@@ -166,16 +173,20 @@ def batch_span(
 ) -> Iterator[Span]:
     """Run the block as one ``CONSUMER`` span for a batch handler call (module doc, step 3).
 
-    The span is a new root linked to each envelope's valid ``traceparent``; an
-    exception raised in the block is recorded on it and re-raised unchanged.
+    The batch span (current in the block) is a new root linked to each envelope's
+    valid ``traceparent``.  Each envelope also gets its ``"<event_type> process"``
+    span as in :func:`handler_span` (child of its ``traceparent``, linked to the
+    batch span, covering the call), so every producer's trace still continues
+    into the consumer.  An exception raised in the block is recorded on all of
+    them and re-raised unchanged.
     """
     tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    parents = [(envelope, context_from(envelope)) for envelope in envelopes]
     links = []
-    for envelope in envelopes:
-        if envelope.traceparent:
-            parent = trace.get_current_span(context_from(envelope)).get_span_context()
-            if parent.is_valid:
-                links.append(Link(parent, {"messaging.message.id": envelope.event_id}))
+    for envelope, parent in parents:
+        context = trace.get_current_span(parent).get_span_context()
+        if context.is_valid:
+            links.append(Link(context, {"messaging.message.id": envelope.event_id}))
     resource = envelopes[0].resource_type if envelopes else ""
     with tracer.start_as_current_span(
         f"{resource} process batch",
@@ -189,7 +200,27 @@ def batch_span(
             "bridge.resource_type": resource,
         },
     ) as span:
-        yield span
+        batch_link = [Link(span.get_span_context())]
+        spans = [
+            tracer.start_span(
+                f"{envelope.event_type} process",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                links=batch_link,
+                attributes=_consumer_attributes(envelope),
+            )
+            for envelope, parent in parents
+        ]
+        try:
+            yield span
+        except BaseException as exc:
+            for each in spans:
+                each.record_exception(exc)
+                each.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            for each in spans:
+                each.end()
 
 
 class TracedRouter(Router):

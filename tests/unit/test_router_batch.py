@@ -121,7 +121,25 @@ async def test_traced_batch_call_is_one_span_linked_to_each_delivery_and_reports
         await handler(AsyncSession(), envelopes)
 
     assert batch.seen == [["1", "2", "3"]]
-    [span] = exporter.get_finished_spans()
+    finished = exporter.get_finished_spans()
+    [span] = [s for s in finished if s.name.endswith("process batch")]
+    # each delivery keeps its own span in its producer's trace, linked to the batch span
+    deliveries = [s for s in finished if s is not span]
+    assert [s.name for s in deliveries] == ["organization.updated process"] * 3
+    assert [s.attributes and s.attributes["bridge.resource_id"] for s in deliveries] == [
+        "1",
+        "2",
+        "3",
+    ]
+    assert [s.parent and format(s.parent.span_id, "016x") for s in deliveries[:2]] == [
+        f"{i:016x}" for i in (1, 2)
+    ]
+    assert all(format(s.context.trace_id, "032x") == TRACE_ID for s in deliveries[:2])
+    assert deliveries[2].parent is None
+    assert all([link.context for link in s.links] == [span.context] for s in deliveries)
+    assert all(
+        s.status.status_code is (StatusCode.ERROR if fail else StatusCode.UNSET) for s in deliveries
+    )
     assert span.kind is SpanKind.CONSUMER and span.name == "organization process batch"
     assert span.attributes is not None
     assert span.attributes["messaging.batch.message_count"] == 3
