@@ -173,15 +173,7 @@ class SyncHandlers:
             # by hand without a version bump; any other same-version event is a no-op.
             if local is None or envelope.producer != incoming.origin or not _differs(local, values):
                 return
-            log.warning(
-                "repaired divergent row",
-                extra={
-                    "event_id": envelope.event_id,
-                    "resource_type": envelope.resource_type,
-                    "resource_id": str(values["id"]),
-                    "producer": envelope.producer,
-                },
-            )
+            _log_repaired(envelope)
         elif verdict is Verdict.STALE:
             assert current is not None
             await self._record_stale(session, envelope, values["id"], incoming, current)
@@ -313,6 +305,9 @@ async def _apply_batch(
     stale: dict[uuid.UUID, dict[str, Any]] = {}  # sync_stale_events rows by event id
     live: list[dict[str, Any]] = []  # applied live rows whose natural key must be free
     held: dict[Any, uuid.UUID] = {}  # natural key -> record written live earlier in the run
+    # logged once the run is written (a run that raises is re-run event by event, which logs)
+    repaired: list[Envelope] = []
+    stale_logs: list[tuple[Envelope, uuid.UUID, Version, Version]] = []
     for envelope, values in zip(envelopes, decoded, strict=True):
         record_id = values["id"]
         local = current.get(record_id)
@@ -323,20 +318,12 @@ async def _apply_batch(
             # as in _apply: only the version's origin may repair a divergent row
             if local is None or envelope.producer != incoming.origin or not _differs(local, values):
                 continue
-            log.warning(
-                "repaired divergent row",
-                extra={
-                    "event_id": envelope.event_id,
-                    "resource_type": envelope.resource_type,
-                    "resource_id": str(record_id),
-                    "producer": envelope.producer,
-                },
-            )
+            repaired.append(envelope)
         elif verdict is Verdict.STALE:
             assert local is not None and version is not None
             event_id = uuid.UUID(envelope.event_id)
             stale.setdefault(event_id, _stale_row(envelope, event_id, incoming, version))
-            _log_stale(envelope, record_id, incoming, version)
+            stale_logs.append((envelope, record_id, incoming, version))
             continue
         if local is not None and held.get(local[key]) == record_id:
             del held[local[key]]  # this record no longer holds its earlier key
@@ -380,6 +367,10 @@ async def _apply_batch(
                 set_={name: upsert.excluded[name] for name in locked[0] if name != "id"},
             )
         )
+    for envelope in repaired:
+        _log_repaired(envelope)
+    for args in stale_logs:
+        _log_stale(*args)
 
 
 def _stale_row(
@@ -394,6 +385,18 @@ def _stale_row(
         "local_updated_at": current.updated_at,
         "local_origin": current.origin,
     }
+
+
+def _log_repaired(envelope: Envelope) -> None:
+    log.warning(
+        "repaired divergent row",
+        extra={
+            "event_id": envelope.event_id,
+            "resource_type": envelope.resource_type,
+            "resource_id": envelope.resource_id,
+            "producer": envelope.producer,
+        },
+    )
 
 
 def _log_stale(
