@@ -106,11 +106,16 @@ What each figure measures is documented at the top of its module in `benchmarks/
 
 Reading the figures:
 
-- `consumer_vs_raw_ratio` is the best real-workload run (one upsert per event). A fetched
-  batch is applied in one transaction with one commit (savepoints only when a handler fails),
-  so the inbox itself costs little (`consumer_inbox_c1_noop_handler_vs_raw`); the handler's one
-  SQLAlchemy statement per event (~210 us here) is what bounds the ratio, far below the 50 %
-  target. Reaching it needs handlers that write a whole batch in one statement.
+- `consumer_vs_raw_ratio` is the best real-workload run (one row upserted per event),
+  per-event handler or batch handler (`Router.on_batch`, what the services use);
+  `consumer_per_event_vs_raw_ratio` is the best per-event-handler run alone. A fetched
+  batch is applied in one transaction with one commit (savepoints only when a handler
+  fails), so the inbox itself costs little (`consumer_inbox_c1_noop_handler_vs_raw`, which
+  still pays a handler call and a flush per event); a per-event handler's one SQLAlchemy
+  statement per event (~210 us here) bounds it far below the 50 % target, while a batch
+  handler writes each run of the batch in one statement
+  (`consumer_inbox_c1_batch_handler_vs_raw`). With concurrency 4 the batch is split across
+  workers (smaller runs, four transactions competing for two cores), so `_c4` is lower.
 - `services_outbox_cost` runs the relay in the same process as the API (the default);
   `services_outbox_capture_cost` is the outbox row on the request path alone (relay in a
   worker process, `ENABLE_RELAY=false`).

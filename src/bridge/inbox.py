@@ -24,7 +24,10 @@ Contract (DESIGN.md, "Inbox is idempotent and atomic with the handler"):
    the current schema version of its type (:mod:`bridge.event_schemas`); a version
    the consumer does not know is dead-lettered ``unsupported_schema_version``.
    Handlers other than the failing one may run twice, the first run rolled
-   back: see :mod:`bridge.inbox_apply`.
+   back: see :mod:`bridge.inbox_apply`.  A batch handler
+   (:meth:`bridge.router.Router.on_batch`) is called once per run of consecutive
+   deliveries of its resource type on the optimistic path and once per delivery
+   on the fallback path (:mod:`bridge.inbox_apply` has the rule).
 4. If the batch cannot be committed on either path, every delivery of the batch
    is NAKed (nothing was acked, nothing recorded) with the backoff delay.
 5. Only now: ack successes and duplicates; then for the failures either store a
@@ -46,7 +49,8 @@ builds the engine; the library never reads settings):
 - Per event, an all-success batch costs the handler's own statements plus a
   share of one claim statement and one commit; the savepoint path adds SAVEPOINT
   and RELEASE (two round trips, ~0.4 ms of client CPU with SQLAlchemy) per
-  delivery.  ``benchmarks/consumer.py`` measures both.
+  delivery.  A batch handler replaces the handler's statements per event by its
+  own per run (e.g. one multi-row upsert).  ``benchmarks/consumer.py`` measures all three.
 - ``prepared_statement_cache_size`` (asyncpg dialect; URL query or
   ``connect_args``): SQLAlchemy names each savepoint of a transaction differently
   (``sa_savepoint_<n>``) and prepares every distinct statement, so the fallback

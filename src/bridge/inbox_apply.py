@@ -30,6 +30,29 @@ back, so this is safe as long as a handler keeps its effects inside the session
 it is given (see :mod:`bridge.router`); anything it does outside (another
 connection, an HTTP call) must be idempotent.
 
+**Batch handlers** (:meth:`bridge.router.Router.on_batch`).  On the optimistic
+path the batch is split into *runs*: maximal sequences of deliveries, in delivery
+order, whose handler is the batch handler of one resource type; deliveries decided
+without a handler call (duplicates, held back, unknown type, schema version not
+applicable) neither join nor break a run.  Each run is ONE call
+``batch_handler(session, envelopes)`` (then a flush), made where the run ends, i.e.
+before the next handler of anything else runs.  Why runs and not "all of a resource
+at its first appearance": runs keep the order of every handler call across
+resources exactly as delivered (a user after its organization, an organization's
+later tombstone after a user that needed it live), so a handler sees the database
+as a per-event handler would at that point; grouping by resource would move later
+events of one resource before earlier events of another.  With the services'
+traffic (mostly one resource per burst) runs are long anyway.  Deliveries put into
+a run count as applied while the attempt goes on: if the call raises, the whole
+attempt is rolled back and nothing of it is kept, as for a per-event handler.
+A run of one delivery whose call raised keeps that exception for the fallback like
+a per-event handler; a longer run's failure cannot name the failing delivery, so
+the fallback runs each of them.  On the savepoint path every delivery of a
+batch-handled resource runs alone, ``batch_handler(session, [envelope])`` in its
+own savepoint, and is decided by the per-delivery rules above, unchanged.  Each
+envelope is brought to its current schema version before it joins a run; one that
+cannot be is decided alone and never reaches the batch handler.
+
 Caveat kept from the savepoint path: a handler that catches a database error
 without a savepoint of its own leaves the transaction aborted; SQLAlchemy does
 not roll back to a savepoint whose RELEASE failed, so such a batch fails as a
@@ -39,6 +62,7 @@ whole (every delivery NAKed, nothing acked).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -49,7 +73,15 @@ from bridge.delivery import Delivery, Outcome
 from bridge.envelope import Envelope
 from bridge.event_schemas import EventSchemas, SchemaObserver
 from bridge.outbox import skip_publish
-from bridge.router import Action, Decision, Handler, Router, decide, decide_unknown
+from bridge.router import (
+    Action,
+    BatchHandler,
+    Decision,
+    Handler,
+    Router,
+    decide,
+    decide_unknown,
+)
 from bridge.schema import INBOX_PROCESSED
 
 log = logging.getLogger("bridge.inbox")
@@ -92,6 +124,11 @@ class _BatchState:
     blocked: dict[str, float] = field(default_factory=dict)  # resource key -> NAK delay
     failed: list[tuple[str, str | None]] = field(default_factory=list)  # ran and failed
     held: list[tuple[str, str | None]] = field(default_factory=list)  # claimed, not run
+    # the optimistic path's open run of one batch handler (module doc): its
+    # resource type, handler and (item, resolved envelope) pairs
+    run_resource: str | None = None
+    run_handler: BatchHandler | None = None
+    run: list[tuple[BatchItem, Envelope]] = field(default_factory=list)
 
 
 class _RolledBack(Exception):
@@ -103,6 +140,25 @@ class _RolledBack(Exception):
         super().__init__(cause)
         self.item = item  # the delivery whose handler raised (None: the commit failed)
         self.error = error
+
+
+async def _run_batch(
+    session: AsyncSession, handler: BatchHandler, run: Sequence[tuple[BatchItem, Envelope]]
+) -> None:
+    """Call a batch handler once for a run and flush (optimistic path only).
+
+    A failure raises :class:`_RolledBack`; it names the delivery only when the run
+    has just one (a longer run's handler does not say which envelope failed).
+    """
+    try:
+        await handler(session, [envelope for _item, envelope in run])
+        await session.flush()
+    except Exception as exc:
+        item = run[0][0] if len(run) == 1 else None
+        first = run[0][0].event_id
+        raise _RolledBack(
+            f"batch handler failed on {len(run)} events from {first}", item, exc
+        ) from exc
 
 
 async def _run(
@@ -202,6 +258,7 @@ class BatchApplier:
                         state = _BatchState(claimed)
                         for item in items:
                             await self._apply_one(session, item, state, savepoints)
+                        await self._end_run(session, state)
                         if use_inbox:
                             await store.mark_failed(session, state.failed, ran=True)
                             await store.mark_failed(session, state.held, ran=False)
@@ -261,6 +318,15 @@ class BatchApplier:
             error = item.prior_failure
             if isinstance(resolved, Exception):
                 error = resolved
+            elif error is None and not savepoints:
+                batch_handler = self._router.batch_handler_for(envelope)
+                if batch_handler is not None:
+                    await self._join_run(session, state, batch_handler, item, resolved)
+                    item.outcome = Outcome.ACKED  # if the run fails, the attempt is rolled back
+                    state.done.add(event_id)
+                    return
+                await self._end_run(session, state)
+                error = await _run(session, handler, item, resolved, savepoints)
             elif error is None:
                 error = await _run(session, handler, item, resolved, savepoints)
             if error is not None:
@@ -283,6 +349,28 @@ class BatchApplier:
                 return
         item.outcome = Outcome.ACKED
         state.done.add(event_id)
+
+    async def _join_run(
+        self,
+        session: AsyncSession,
+        state: _BatchState,
+        handler: BatchHandler,
+        item: BatchItem,
+        envelope: Envelope,
+    ) -> None:
+        """Add a delivery to the open run, first ending a run of another resource type."""
+        if state.run_resource != envelope.resource_type:
+            await self._end_run(session, state)
+            state.run_resource, state.run_handler = envelope.resource_type, handler
+        state.run.append((item, envelope))
+
+    @staticmethod
+    async def _end_run(session: AsyncSession, state: _BatchState) -> None:
+        """Call the open run's batch handler, if any (raises :class:`_RolledBack`)."""
+        run, handler = state.run, state.run_handler
+        state.run, state.run_resource, state.run_handler = [], None, None
+        if run and handler is not None:
+            await _run_batch(session, handler, run)
 
     def _resolve(self, item: BatchItem) -> Envelope | Exception:
         """The envelope the handler gets (current schema version), or the error why not."""

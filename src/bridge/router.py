@@ -28,11 +28,25 @@ redeliveries after a crash before the commit do the same.
 So a handler must keep its effects inside ``session``.  Anything outside it
 (another connection or transaction, an HTTP call, an e-mail, process memory) is
 not rolled back and must be idempotent, e.g. ``INSERT ... ON CONFLICT DO NOTHING``.
+
+**Batch handlers** (:meth:`Router.on_batch`): ``async def handler(session,
+envelopes) -> None`` sees several deliveries of one resource type at once, so an
+application can apply N events in a constant number of statements.  Contract,
+all-or-raise: apply the envelopes in the order given (several events of one record
+arrive in delivery order), keep every effect inside ``session`` (it may run again
+after a rollback, like any handler), and raise if ANY envelope cannot be applied —
+it need not say which.  The inbox then re-runs each of those deliveries alone as
+``handler(session, [envelope])`` with its own savepoint, where its exception
+(``Retry`` / ``Reject`` / anything else) decides that delivery exactly as a
+per-event handler's would (:mod:`bridge.inbox_apply` has the run rule).  A resource
+has either a per-event handler (:meth:`Router.on_resource`) or a batch handler,
+never both; an exact event-type registration (:meth:`Router.on`) still wins for its
+event type, which is then handled one event at a time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -44,6 +58,8 @@ from bridge.envelope import Envelope
 from bridge.errors import ConfigError, EnvelopeError, Reject, Retry
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
+#: Applies several envelopes of one resource type, all or raise (module doc).
+BatchHandler = Callable[[AsyncSession, Sequence[Envelope]], Awaitable[None]]
 UnknownEventPolicy = Literal["dead_letter", "ack", "retry"]
 UNKNOWN_EVENT_POLICIES: tuple[str, ...] = ("dead_letter", "ack", "retry")
 
@@ -61,7 +77,8 @@ class Router:
 
     An exact event-type registration wins over a resource registration.
     Registering the same key twice raises :class:`~bridge.errors.ConfigError`
-    (two handlers for one event would make the outcome ambiguous).
+    (two handlers for one event would make the outcome ambiguous), and so does a
+    per-event and a batch handler for one resource type.
     """
 
     def __init__(self, *, unknown_event_policy: UnknownEventPolicy = "dead_letter") -> None:
@@ -73,6 +90,8 @@ class Router:
         self.unknown_event_policy: UnknownEventPolicy = unknown_event_policy
         self._by_event: dict[str, Handler] = {}
         self._by_resource: dict[str, Handler] = {}
+        self._batch_by_resource: dict[str, BatchHandler] = {}
+        self._batch_single: dict[str, Handler] = {}  # the batch handler, one envelope a call
 
     def on(self, event_type: str, handler: Handler) -> None:
         """Handle exactly ``event_type`` (e.g. ``"organization.created"``)."""
@@ -84,18 +103,42 @@ class Router:
 
     def on_resource(self, resource_type: str, handler: Handler) -> None:
         """Handle every action (created/updated/deleted, ...) of ``resource_type``."""
-        if not resource_type:
-            raise ConfigError("resource_type must not be empty")
-        if resource_type in self._by_resource:
-            raise ConfigError(f"a handler for resource {resource_type!r} is already registered")
+        self._check_free(resource_type)
         self._by_resource[resource_type] = handler
 
+    def on_batch(self, resource_type: str, handler: BatchHandler) -> None:
+        """Handle every action of ``resource_type`` several envelopes at a time (module doc)."""
+        self._check_free(resource_type)
+        self._batch_by_resource[resource_type] = handler
+
+        async def single(session: AsyncSession, envelope: Envelope) -> None:
+            await handler(session, (envelope,))
+
+        self._batch_single[resource_type] = single
+
+    def _check_free(self, resource_type: str) -> None:
+        if not resource_type:
+            raise ConfigError("resource_type must not be empty")
+        if resource_type in self._by_resource or resource_type in self._batch_by_resource:
+            raise ConfigError(f"a handler for resource {resource_type!r} is already registered")
+
     def handler_for(self, envelope: Envelope) -> Handler | None:
-        """The handler for ``envelope``, or ``None`` (then the unknown-event policy applies)."""
+        """The handler for ``envelope``, or ``None`` (then the unknown-event policy applies).
+
+        For a batch-handled resource: the batch handler called with ``[envelope]``.
+        """
         handler = self._by_event.get(envelope.event_type)
         if handler is None:
             handler = self._by_resource.get(envelope.resource_type)
+        if handler is None:
+            handler = self._batch_single.get(envelope.resource_type)
         return handler
+
+    def batch_handler_for(self, envelope: Envelope) -> BatchHandler | None:
+        """The batch handler of ``envelope``'s resource type, unless its event type has its own."""
+        if envelope.event_type in self._by_event:
+            return None
+        return self._batch_by_resource.get(envelope.resource_type)
 
     @property
     def event_types(self) -> frozenset[str]:
@@ -104,8 +147,13 @@ class Router:
 
     @property
     def resource_types(self) -> frozenset[str]:
-        """Resource types registered with :meth:`on_resource`."""
-        return frozenset(self._by_resource)
+        """Resource types registered with :meth:`on_resource` or :meth:`on_batch`."""
+        return frozenset(self._by_resource) | frozenset(self._batch_by_resource)
+
+    @property
+    def batch_resource_types(self) -> frozenset[str]:
+        """Resource types registered with :meth:`on_batch`."""
+        return frozenset(self._batch_by_resource)
 
 
 class Action(StrEnum):

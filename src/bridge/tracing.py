@@ -20,7 +20,13 @@ How a trace travels:
    ``CONSUMER`` span whose parent is the delivery's ``traceparent``
    (:func:`context_from`), so the handler's work — and anything it logs or calls —
    belongs to the producer's trace.  Handlers that need the context themselves
-   can call :func:`context_from` with their envelope.
+   can call :func:`context_from` with their envelope.  A batch handler call
+   (:meth:`bridge.router.Router.on_batch`) is ONE ``CONSUMER`` span
+   (:func:`batch_span`, a new root with ``messaging.batch.message_count``) that
+   links to every delivery's ``traceparent`` (a span has one parent, so the
+   producers' traces are links, not parents); each delivery still gets its
+   ``"<event_type> process"`` span, child of its ``traceparent`` and covering the
+   call, so every producer's trace continues into the consumer.
 
 Invalid or missing ``traceparent`` values are ignored (a fresh root instead),
 never an error: tracing must not decide whether an event is applied.
@@ -30,7 +36,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,10 +44,13 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
+    Link,
     NonRecordingSpan,
     Span,
     SpanContext,
     SpanKind,
+    Status,
+    StatusCode,
     TraceFlags,
     TracerProvider,
 )
@@ -49,13 +58,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import TRACEPARENT_HEADER, Envelope
-from bridge.router import Handler, Router
+from bridge.router import BatchHandler, Handler, Router
 
 __all__ = [
     "TRACER_NAME",
     "HandledCallback",
     "TraceMiddleware",
     "TracedRouter",
+    "batch_span",
     "context_from",
     "current_traceparent",
     "handler_span",
@@ -126,6 +136,18 @@ def _fresh_span_context() -> SpanContext:
 
 
 # -- consumer side -------------------------------------------------------------------
+def _consumer_attributes(envelope: Envelope) -> dict[str, str]:
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.message.id": envelope.event_id,
+        "bridge.event_type": envelope.event_type,
+        "bridge.resource_type": envelope.resource_type,
+        "bridge.resource_id": envelope.resource_id,
+        "bridge.producer": envelope.producer,
+    }
+
+
 @contextmanager
 def handler_span(
     envelope: Envelope, *, tracer_provider: TracerProvider | None = None
@@ -136,22 +158,69 @@ def handler_span(
     re-raised unchanged.
     """
     tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
-    attributes = {
-        "messaging.system": "nats",
-        "messaging.operation.type": "process",
-        "messaging.message.id": envelope.event_id,
-        "bridge.event_type": envelope.event_type,
-        "bridge.resource_type": envelope.resource_type,
-        "bridge.resource_id": envelope.resource_id,
-        "bridge.producer": envelope.producer,
-    }
     with tracer.start_as_current_span(
         f"{envelope.event_type} process",
         context=context_from(envelope),
         kind=SpanKind.CONSUMER,
-        attributes=attributes,
+        attributes=_consumer_attributes(envelope),
     ) as span:
         yield span
+
+
+@contextmanager
+def batch_span(
+    envelopes: Sequence[Envelope], *, tracer_provider: TracerProvider | None = None
+) -> Iterator[Span]:
+    """Run the block as one ``CONSUMER`` span for a batch handler call (module doc, step 3).
+
+    The batch span (current in the block) is a new root linked to each envelope's
+    valid ``traceparent``.  Each envelope also gets its ``"<event_type> process"``
+    span as in :func:`handler_span` (child of its ``traceparent``, linked to the
+    batch span, covering the call), so every producer's trace still continues
+    into the consumer.  An exception raised in the block is recorded on all of
+    them and re-raised unchanged.
+    """
+    tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    parents = [(envelope, context_from(envelope)) for envelope in envelopes]
+    links = []
+    for envelope, parent in parents:
+        context = trace.get_current_span(parent).get_span_context()
+        if context.is_valid:
+            links.append(Link(context, {"messaging.message.id": envelope.event_id}))
+    resource = envelopes[0].resource_type if envelopes else ""
+    with tracer.start_as_current_span(
+        f"{resource} process batch",
+        context=Context(),
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.batch.message_count": len(envelopes),
+            "bridge.resource_type": resource,
+        },
+    ) as span:
+        batch_link = [Link(span.get_span_context())]
+        spans = [
+            tracer.start_span(
+                f"{envelope.event_type} process",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                links=batch_link,
+                attributes=_consumer_attributes(envelope),
+            )
+            for envelope, parent in parents
+        ]
+        try:
+            yield span
+        except BaseException as exc:
+            for each in spans:
+                each.record_exception(exc)
+                each.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            for each in spans:
+                each.end()
 
 
 class TracedRouter(Router):
@@ -161,6 +230,8 @@ class TracedRouter(Router):
     unknown-event policy is ``inner``'s at construction.  ``on_handled`` gets
     ``(envelope, seconds, error)`` after every handler call — a call, not a
     delivery: a batch re-run on the inbox's savepoint path calls a handler again.
+    A batch handler call reports each of its envelopes with an equal share of the
+    call's time (the per-event cost) and the call's error.
     """
 
     def __init__(
@@ -181,6 +252,9 @@ class TracedRouter(Router):
     def on_resource(self, resource_type: str, handler: Handler) -> None:
         self.inner.on_resource(resource_type, handler)
 
+    def on_batch(self, resource_type: str, handler: BatchHandler) -> None:
+        self.inner.on_batch(resource_type, handler)
+
     @property
     def event_types(self) -> frozenset[str]:
         return self.inner.event_types
@@ -188,6 +262,33 @@ class TracedRouter(Router):
     @property
     def resource_types(self) -> frozenset[str]:
         return self.inner.resource_types
+
+    @property
+    def batch_resource_types(self) -> frozenset[str]:
+        return self.inner.batch_resource_types
+
+    def batch_handler_for(self, envelope: Envelope) -> BatchHandler | None:
+        handler = self.inner.batch_handler_for(envelope)
+        if handler is None:
+            return None
+        provider, on_handled = self._tracer_provider, self._on_handled
+
+        async def traced(session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                with batch_span(envelopes, tracer_provider=provider):
+                    await handler(session, envelopes)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if on_handled is not None and envelopes:
+                    share = (time.perf_counter() - started) / len(envelopes)
+                    for env in envelopes:
+                        on_handled(env, share, error)
+
+        return traced
 
     def handler_for(self, envelope: Envelope) -> Handler | None:
         handler = self.inner.handler_for(envelope)
