@@ -139,6 +139,14 @@ Scale figures (`benchmarks/scale.py`; `BENCH_SCALE_QUICK=1` or `BENCH_SCALE_EVEN
   are bounded by the event rate, not by n), and both tables are empty again after the
   cleanups (`*_rows_after_retention`); their bytes stay at the high-water mark (space of
   deleted rows is reused by later rows, not returned to the OS).
+- Known limit, seen since the consumer got batch handlers: the cost bench inserts n outbox
+  rows as fast as it can, so at n = 100000 the relay works through a backlog of tens of
+  thousands of pending rows, and `scale_cost_100000_us_per_event` came out about 3.7 times
+  the 10000 figure in the run after that change (flat before it, when the consumer was the
+  bottleneck). The claim walks the pending index past rows just leased or marked sent
+  whose index entries stay until autovacuum; a large backlog therefore slows the relay
+  until it drains. Not addressed yet (candidates: per-table autovacuum settings for
+  `bridge_outbox`, a claim that skips recently leased ids).
 """
     )
 
