@@ -23,14 +23,13 @@ consumer when ``use_inbox`` is on); several replicas purging at once is harmless
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bridge.config import ConsumerOptions
 from bridge.inbox_store import purge_settled
+from bridge.periodic import Periodic
 
 log = logging.getLogger("bridge.inbox_retention")
 
@@ -44,31 +43,22 @@ class InboxRetention:
         self._sessions = async_sessionmaker(engine, class_=AsyncSession)
         self._retention = options.inbox_retention
         self._interval = options.inbox_cleanup_interval
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self._cleanup, self._interval, name="bridge-inbox-retention", on_error=_failed
+        )
         self.purged_total = 0
 
     @property
     def running(self) -> bool:
-        return self._task is not None
+        return self._periodic.running
 
     async def start(self) -> None:
         """Start the cleanup loop (idempotent); the first cleanup is one interval away."""
-        if self._task is not None:
-            return
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="bridge-inbox-retention")
+        await self._periodic.start()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """End the loop; a chunk in progress finishes (cancelled after ``timeout``)."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping.set()
-        try:
-            await asyncio.wait_for(task, timeout)
-        except TimeoutError:
-            log.warning("inbox retention cancelled on stop", extra={"timeout": timeout})
+        await self._periodic.stop(timeout)
 
     async def purge(self, older_than: float | None = None) -> int:
         """Delete settled records older than ``older_than`` (default: the retention)."""
@@ -82,15 +72,11 @@ class InboxRetention:
                 self.purged_total += total
                 return total
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
-            if self._stopping.is_set():
-                return
-            try:
-                deleted = await self.purge()
-                if deleted:
-                    log.info("purged settled inbox records", extra={"records": deleted})
-            except Exception as exc:
-                log.warning("inbox retention cleanup failed", extra={"error": repr(exc)})
+    async def _cleanup(self) -> None:
+        deleted = await self.purge()
+        if deleted:
+            log.info("purged settled inbox records", extra={"records": deleted})
+
+
+def _failed(exc: Exception) -> None:
+    log.warning("inbox retention cleanup failed", extra={"error": repr(exc)})

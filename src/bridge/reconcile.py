@@ -73,6 +73,7 @@ from bridge import reconcile_protocol as proto
 from bridge.config import BridgeConfig
 from bridge.errors import ReconcileBusyError, ReconcileError
 from bridge.outbox import Outbox, Synced
+from bridge.periodic import Periodic
 from bridge.reconcile_digest import HEX, ModelDigests, RangeDigest, RowDigest
 from bridge.schema import reconcile_runs
 
@@ -442,41 +443,28 @@ class PeriodicReconciler:
 
     def __init__(self, reconciler: Reconciler, interval: float) -> None:
         self._reconciler = reconciler
-        self._interval = interval
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            self._pass, interval, name="bridge-reconcile", on_error=_pass_failed
+        )
         self.last_report: ReconcileReport | None = None
 
     async def start(self) -> None:
-        if self._task is None:
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._loop(), name="bridge-reconcile")
+        await self._periodic.start()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop scheduling; a running pass gets ``timeout`` seconds, then is cancelled."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._stopping.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._periodic.stop(timeout)
 
-    async def _loop(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
-            if self._stopping.is_set():
-                return
-            try:
-                self.last_report = await self._reconciler.run()
-            except ReconcileBusyError as exc:
-                log.info("reconciliation skipped", extra={"reason": str(exc)})
-            except Exception as exc:  # keep the schedule; the run row holds the error
-                log.warning("reconciliation failed", extra={"error": repr(exc)})
+    async def _pass(self) -> None:
+        try:
+            self.last_report = await self._reconciler.run()
+        except ReconcileBusyError as exc:
+            log.info("reconciliation skipped", extra={"reason": str(exc)})
+
+
+def _pass_failed(exc: Exception) -> None:
+    # Keep the schedule; the run's row holds the error.
+    log.warning("reconciliation failed", extra={"error": repr(exc)})
 
 
 async def latest_run(conn: AsyncConnection) -> dict[str, Any] | None:
