@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from bridge.config import BridgeConfig
 from bridge.durations import to_nanos
-from bridge.errors import DriftError, MissingConsumerError, MissingStreamError
+from bridge.errors import DriftError, MissingConsumerError, MissingStreamError, ProvisioningError
 from bridge.jsapi import JetStreamApi
 
 ChangeKind = Literal[
@@ -244,13 +244,34 @@ class Provisioner:
                 changes.append(Change("update_consumer", target, drift))
         return Plan(tuple(changes))
 
-    async def apply(self, stream: StreamSpec, consumers: Sequence[ConsumerSpec] = ()) -> Plan:
-        """Bring the server to the desired state; return the plan that was applied."""
+    async def _stream_exists(self, name: str) -> bool:
+        try:
+            await self._api.stream_info(name)
+        except MissingStreamError:
+            return False
+        return True
+
+    async def apply(
+        self, stream: StreamSpec, consumers: Sequence[ConsumerSpec] = (), *, _replan: bool = True
+    ) -> Plan:
+        """Bring the server to the desired state; return the plan that was applied.
+
+        Safe to run from several processes at once (both apps of a pair start
+        together): a stream created by someone else between this plan and this create
+        makes the create fail, so the plan is made again, once, against what exists.
+        """
         plan = await self.plan(stream, consumers)
         by_target = {spec.stream + "/" + spec.durable: spec for spec in consumers}
         for change in plan.changes:
             if change.kind == "create_stream":
-                await self._api.save_stream(stream.to_api(), create=True)
+                try:
+                    await self._api.save_stream(stream.to_api(), create=True)
+                except ProvisioningError:
+                    # The peer lists the same subjects in its own order, so JetStream
+                    # answers "already in use with a different configuration".
+                    if not _replan or not await self._stream_exists(stream.name):
+                        raise
+                    return await self.apply(stream, consumers, _replan=False)
             elif change.kind == "update_stream":
                 current = (await self._api.stream_info(stream.name))["config"]
                 merged = dict(current)  # keep every operator-set field
