@@ -195,6 +195,41 @@ async def new_database(postgres: PostgresServer, stack: AsyncExitStack) -> str:
     return url
 
 
+async def in_process_pair(
+    stack: AsyncExitStack,
+    postgres: PostgresServer,
+    unique: str,
+    *,
+    stream: str,
+    nats_urls: Sequence[str],
+    **overrides: Any,
+) -> Deployment:
+    """Apps ``a<unique>`` and ``b<unique>`` in this process, each on a fresh migrated
+    database, over ``stream``; ``stack`` stops both (and drops the databases)."""
+    db_a, db_b = await new_database(postgres, stack), await new_database(postgres, stack)
+    urls = tuple(nats_urls)
+    a = await in_process_side(
+        f"a{unique}", f"b{unique}", db_a, stream=stream, nats_urls=urls, **overrides
+    )
+    deployment = Deployment(a, a, stream, urls)  # b filled in below; stop() owns both
+    stack.push_async_callback(deployment.stop)
+    deployment.b = await in_process_side(
+        f"b{unique}", f"a{unique}", db_b, stream=stream, nats_urls=urls, **overrides
+    )
+    return deployment
+
+
+def fast_config(**extra: object) -> dict[str, object]:
+    """The result file's ``config`` of a scenario on the in-process FAST timings."""
+    return {
+        "consumer_mode": "pull",
+        "ack_wait": FAST["ack_wait"],
+        "backoff": list(FAST["backoff"]),
+        "max_deliver": FAST["max_deliver"],
+        **extra,
+    }
+
+
 async def _drop_quietly(postgres: PostgresServer, url: str) -> None:
     with contextlib.suppress(Exception):
         await postgres.drop_database(url)

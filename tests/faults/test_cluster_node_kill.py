@@ -22,7 +22,7 @@ from pathlib import Path
 import nats
 import pytest
 from fault_scenario import FaultLog, run_scenario
-from fault_stack import FAST, Deployment, in_process_side, new_database
+from fault_stack import fast_config, in_process_pair
 
 from bridge.config import RelayOptions
 from bridge.testing import NatsServer, PostgresServer, nats_cluster
@@ -101,14 +101,8 @@ async def test_cluster_stream_leader_killed_mid_load(
     await wait_jetstream(urls)
     overrides = {"stream_replicas": 3, "relay": RELAY}
     async with AsyncExitStack() as stack:
-        db_a, db_b = await new_database(postgres, stack), await new_database(postgres, stack)
-        a = await in_process_side(
-            f"a{unique}", f"b{unique}", db_a, stream=stream, nats_urls=urls, **overrides
-        )
-        deployment = Deployment(a, a, stream, urls)
-        stack.push_async_callback(deployment.stop)
-        deployment.b = await in_process_side(
-            f"b{unique}", f"a{unique}", db_b, stream=stream, nats_urls=urls, **overrides
+        deployment = await in_process_pair(
+            stack, postgres, unique, stream=stream, nats_urls=urls, **overrides
         )
 
         async def inject(faults: FaultLog) -> None:
@@ -128,14 +122,10 @@ async def test_cluster_stream_leader_killed_mid_load(
             scenario="cluster_leader_kill9",
             title="3-node NATS cluster, stream replicas 3, stream leader killed (-9) mid-load",
             topology="2 in-process services, 3-node nats cluster (R3 stream), local PostgreSQL",
-            config={
-                "consumer_mode": "pull",
-                "stream_replicas": 3,
-                "ack_wait": FAST["ack_wait"],
-                "backoff": list(FAST["backoff"]),
-                "max_deliver": FAST["max_deliver"],
-                "relay_retry": "0.05 s doubling to 0.5 s, max_attempts 3 (rejections only)",
-            },
+            config=fast_config(
+                stream_replicas=3,
+                relay_retry="0.05 s doubling to 0.5 s, max_attempts 3 (rejections only)",
+            ),
             deployment=deployment,
             inject=inject,
             results_dir=results_dir,

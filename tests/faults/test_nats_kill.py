@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 from fault_scenario import FaultLog, run_scenario
-from fault_stack import FAST, Deployment, in_process_side, new_database
+from fault_stack import fast_config, in_process_pair
 
 from bridge.testing import NatsServer, PostgresServer
 
@@ -31,13 +31,7 @@ async def test_nats_kill9_and_restart_mid_load(
     stream = f"faults-{unique}"
     urls = (own_nats.url,)
     async with AsyncExitStack() as stack:
-        db_a, db_b = await new_database(postgres, stack), await new_database(postgres, stack)
-        a = await in_process_side(f"a{unique}", f"b{unique}", db_a, stream=stream, nats_urls=urls)
-        deployment = Deployment(a, a, stream, urls)  # b filled in below; stop() owns both
-        stack.push_async_callback(deployment.stop)
-        deployment.b = await in_process_side(
-            f"b{unique}", f"a{unique}", db_b, stream=stream, nats_urls=urls
-        )
+        deployment = await in_process_pair(stack, postgres, unique, stream=stream, nats_urls=urls)
 
         async def inject(faults: FaultLog) -> None:
             await asyncio.to_thread(own_nats.stop, signal.SIGKILL)
@@ -50,7 +44,7 @@ async def test_nats_kill9_and_restart_mid_load(
             scenario="nats_kill9_restart",
             title="NATS kill -9 and restart mid-load",
             topology="2 in-process services, 1 nats-server (killed), local PostgreSQL",
-            config=_config(),
+            config=fast_config(),
             deployment=deployment,
             inject=inject,
             results_dir=results_dir,
@@ -61,12 +55,3 @@ async def test_nats_kill9_and_restart_mid_load(
     assert result.passed, result.failure_message()
     assert result.load["acked"] >= 100 and result.events_written >= result.load["acked"]
     assert any(f["kind"] == "kill -9" for f in result.faults)
-
-
-def _config() -> dict[str, object]:
-    return {
-        "consumer_mode": "pull",
-        "ack_wait": FAST["ack_wait"],
-        "backoff": list(FAST["backoff"]),
-        "max_deliver": FAST["max_deliver"],
-    }

@@ -30,7 +30,7 @@ from contextlib import AsyncExitStack
 import nats
 import pytest
 from fault_scenario import FaultLog, run_scenario
-from fault_stack import FAST, Deployment, Side, in_process_side, new_database
+from fault_stack import Side, fast_config, in_process_pair
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bridge.envelope import MSG_ID_HEADER, Envelope
@@ -127,17 +127,11 @@ async def test_duplicate_deliveries_and_poison_messages_mid_load(
     injected: set[int] = set()
     copies: dict[str, int] = {}
     async with AsyncExitStack() as stack:
-        db_a, db_b = await new_database(postgres, stack), await new_database(postgres, stack)
-        a = await in_process_side(
-            f"a{unique}", f"b{unique}", db_a, stream=stream, nats_urls=urls,
+        deployment = await in_process_pair(
+            stack, postgres, unique, stream=stream, nats_urls=urls,
             duplicate_window=DUPLICATE_WINDOW,
         )  # fmt: skip
-        deployment = Deployment(a, a, stream, urls)
-        stack.push_async_callback(deployment.stop)
-        deployment.b = await in_process_side(
-            f"b{unique}", f"a{unique}", db_b, stream=stream, nats_urls=urls,
-            duplicate_window=DUPLICATE_WINDOW,
-        )  # fmt: skip
+        a = deployment.a
         nc = await nats.connect(list(urls))
         stack.push_async_callback(nc.close)
         js = nc.jetstream(timeout=5)
@@ -163,13 +157,7 @@ async def test_duplicate_deliveries_and_poison_messages_mid_load(
             scenario="poison_and_duplicates",
             title="Duplicate deliveries past the dedup window and poison messages mid-load",
             topology="2 in-process services, 1 nats-server, local PostgreSQL",
-            config={
-                "consumer_mode": "pull",
-                "ack_wait": FAST["ack_wait"],
-                "backoff": list(FAST["backoff"]),
-                "max_deliver": FAST["max_deliver"],
-                "duplicate_window": DUPLICATE_WINDOW,
-            },
+            config=fast_config(duplicate_window=DUPLICATE_WINDOW),
             deployment=deployment,
             inject=inject,
             results_dir=results_dir,
