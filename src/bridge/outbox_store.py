@@ -50,6 +50,10 @@ lease means another relay owns the row now and will publish it again; the
   lease cleared, and ``status='failed'`` once ``attempts >= max_attempts``;
 - released (never attempted: its record's chain stopped) → lease cleared only.
 
+Renewing (``OutboxStore.renew``) extends the leases of rows still leased to this
+owner; releasing (``OutboxStore.release``) clears them (a stopping relay hands back
+what it will not settle).  Neither touches a row another relay owns now.
+
 ``failed`` rows no longer block later rows of their record (they are not pending):
 one poisoned event must not stop a record's sync forever, and since every event
 carries the full row snapshot, the later event supersedes it.  A requeued failed
@@ -151,6 +155,18 @@ _RELEASE = text(
     """
     UPDATE bridge_outbox SET lease_owner = NULL, lease_expires_at = NULL
      WHERE id = ANY(CAST(:ids AS bigint[])) AND lease_owner = :owner
+    """
+)
+# Renewal locks with SKIP LOCKED: a row locked right now is being settled (or claimed
+# after its lease expired), and waiting for it could deadlock with that transaction.
+_RENEW = text(
+    """
+    UPDATE bridge_outbox o SET lease_expires_at = now() + make_interval(secs => :lease)
+      FROM (SELECT id FROM bridge_outbox
+             WHERE id = ANY(CAST(:ids AS bigint[])) AND lease_owner = :owner
+               AND status = 'pending'
+             ORDER BY id FOR UPDATE SKIP LOCKED) AS r
+     WHERE o.id = r.id
     """
 )
 _FAIL = text(
@@ -300,6 +316,25 @@ class OutboxStore:
                 )
                 dead = [int(r.id) for r in result if r.status == "failed"]
         return dead
+
+    async def renew(self, ids: Sequence[int]) -> int:
+        """Extend the lease of rows ``ids`` still leased to this owner by ``lease`` from
+        now (rows locked by a concurrent settle are skipped); return rows renewed."""
+        if not ids:
+            return 0
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                _RENEW, {"ids": list(ids), "owner": self.owner, "lease": self._lease}
+            )
+        return int(result.rowcount or 0)
+
+    async def release(self, ids: Sequence[int]) -> int:
+        """Clear the lease of rows ``ids`` still leased to this owner (claimable at once)."""
+        if not ids:
+            return 0
+        async with self._engine.begin() as conn:
+            result = await conn.execute(_RELEASE, {"ids": list(ids), "owner": self.owner})
+        return int(result.rowcount or 0)
 
     async def counts(self) -> OutboxCounts:
         return await outbox_counts(self._engine)
