@@ -125,12 +125,18 @@ class ReconcileOptions:
     ``interval``: seconds between periodic passes; ``None`` or 0 = off (the default;
     ``bridge reconcile`` runs a pass on demand).  ``responder``: answer the peer's
     requests (needs the app's synced models, see :class:`~bridge.runtime.Bridge`).
+    ``max_concurrent_requests``: peer requests the responder serves at once (each holds
+    a database connection); more are refused "busy" at once.  ``statement_timeout``:
+    how long one request's SQL may run on the responder
+    (:mod:`bridge.reconcile_responder`).
     """
 
     interval: float | str | None = None
     request_timeout: float = 10.0
     leaf_rows: int = 128
     responder: bool = True
+    max_concurrent_requests: int = 4
+    statement_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         interval = self.interval
@@ -146,6 +152,23 @@ class ReconcileOptions:
         )
         _positive("reconcile.request_timeout", self.request_timeout)
         _positive("reconcile.leaf_rows", self.leaf_rows)
+        object.__setattr__(
+            self,
+            "statement_timeout",
+            parse_duration(self.statement_timeout, name="reconcile.statement_timeout"),
+        )
+        # PostgreSQL takes whole milliseconds up to 2^31 - 1; 0 would mean "no limit".
+        if not 0.001 <= self.statement_timeout <= 2_000_000:
+            raise ConfigError(
+                "reconcile.statement_timeout must be between 1ms and 2,000,000s, "
+                f"got {self.statement_timeout!r}"
+            )
+        count = self.max_concurrent_requests
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ConfigError(
+                f"reconcile.max_concurrent_requests must be an integer, got {count!r}"
+            )
+        _positive("reconcile.max_concurrent_requests", self.max_concurrent_requests)
 
     @property
     def interval_seconds(self) -> float | None:

@@ -101,3 +101,15 @@ class ReconcileError(BridgeError):
 
 class ReconcileBusyError(ReconcileError):
     """Another reconciliation of this app holds the advisory lock; this pass did not run."""
+
+
+class ReconcileRefusedError(ReconcileError):
+    """A reconciliation request was refused.  ``code`` says why, from a fixed set
+    (:data:`bridge.reconcile_protocol.REFUSALS`: ``bad_request``, ``too_large``,
+    ``unknown_resource``, ``busy``, ``timeout``, ``internal``); ``request_id`` names the
+    responder's log line that holds the details (a refusal carries none)."""
+
+    def __init__(self, message: str, *, code: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id

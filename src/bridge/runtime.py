@@ -233,6 +233,7 @@ class Bridge:
                 self.synced_models,
                 outbox=self.outbox,
                 session_factory=self.session_factory,
+                observer=self.metrics,
             )
             await self.reconcile_responder.start()
         interval = options.interval_seconds
