@@ -184,7 +184,7 @@ async def test_graceful_stop_during_a_slow_publish_republishes_nothing(
 async def test_a_publish_slower_than_the_lease_is_not_taken_over(
     engine: AsyncEngine, nc: Client, nats_server: NatsServer, unique: str
 ) -> None:
-    cfg = relay_config(nats_server.url, unique, lease=1.0)
+    cfg = relay_config(nats_server.url, unique, lease=2.0)  # renewed every 0.67 s
     await provision_stream(nc, cfg)
     box = Outbox(cfg)
     async with sessions_for(engine, box).begin() as session:
@@ -202,7 +202,7 @@ async def test_a_publish_slower_than_the_lease_is_not_taken_over(
         async def three_leases_passed() -> bool:
             nonlocal taken
             taken += await other.run_once()  # a second relay keeps looking for work
-            sql = "SELECT now() > CAST(:t AS timestamptz) + interval '3 seconds'"
+            sql = "SELECT now() > CAST(:t AS timestamptz) + interval '6 seconds'"
             return bool(await scalar(engine, sql, t=since))
 
         await eventually(three_leases_passed, timeout=30.0, what="three lease periods")
@@ -235,7 +235,7 @@ async def test_a_stop_that_times_out_releases_the_rows_it_holds(
     relay = OutboxRelay(cfg, engine, stuck, outbox=box)  # type: ignore[arg-type]
     await relay.start()
     await asyncio.wait_for(stuck.started.wait(), 10.0)
-    await relay.stop(timeout=0.5)  # the batch is cancelled: its rows are handed back
+    await relay.stop(timeout=3.0)  # the batch is cancelled: its rows are handed back
     assert await count_rows(engine, "lease_owner IS NOT NULL") == 0
     assert not await liveness_lock_held(engine, relay.owner)
     survivor = OutboxRelay(cfg, engine, Counting(publisher_for(nc, cfg), published))  # type: ignore[arg-type]
