@@ -24,6 +24,9 @@ ConsumerMode = Literal["pull", "push"]
 Mode = Literal["non_restrictive", "restrictive"]
 CONSUMER_MODES: tuple[str, ...] = ("pull", "push")
 DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0, 60.0)
+#: ``dlq_retention`` values: "never" = dead letters are kept until handled (replayed or
+#: purged) whatever the stream's max_age; "stream" = they age out with the stream.
+DLQ_RETENTIONS: tuple[str, ...] = ("never", "stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +214,8 @@ class BridgeConfig:
     relay: RelayOptions = field(default_factory=RelayOptions)
     consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
     reconcile: ReconcileOptions = field(default_factory=ReconcileOptions)
+    #: How long dead letters are kept (see :data:`DLQ_RETENTIONS`, :mod:`bridge.dlq`).
+    dlq_retention: str = "never"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise values once, here
@@ -258,6 +263,11 @@ class BridgeConfig:
             raise ConfigError("delivery_subject must not be blank")
         if self.push_consumer_group is not None:
             validate_token(self.push_consumer_group, name="push_consumer_group")
+        if self.dlq_retention not in DLQ_RETENTIONS:
+            raise ConfigError(
+                f"dlq_retention must be 'never' (kept until handled) or 'stream' (expire "
+                f"with the stream's max_age), got {self.dlq_retention!r}"
+            )
 
     # -- derived names ---------------------------------------------------------------
     @property

@@ -113,3 +113,17 @@ class ReconcileRefusedError(ReconcileError):
         super().__init__(message)
         self.code = code
         self.request_id = request_id
+
+
+class ReplayRefusedError(BridgeError):
+    """A dead letter that cannot be replayed (nothing was published for it).
+
+    ``reason``: ``malformed`` (the body is not an envelope) or ``foreign_subject``
+    (the letter names an original subject other than this app's consume subject, a
+    forged or misplaced letter).  ``seq`` is the letter's stream sequence.
+    """
+
+    def __init__(self, message: str, *, seq: int, reason: str) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.reason = reason

@@ -340,6 +340,16 @@ class BridgeStateSource:
                     dead_letters,
                 )
             )
+        oldest = status.get("dead_letters_oldest_age_seconds")
+        if oldest is not None:
+            out.append(
+                _gauge(
+                    "bridge_dead_letters_oldest_age_seconds",
+                    "Seconds the oldest unhandled dead letter of this app has waited "
+                    "(0 when there is none); dead letters stay until replayed or purged.",
+                    oldest,
+                )
+            )
         consumer = status.get("consumer") or {}
         for key, name, doc in (
             ("num_pending", "bridge_consumer_pending", "Messages not yet delivered."),
