@@ -48,7 +48,8 @@ lease means another relay owns the row now and will publish it again; the
 - sent → ``status='sent'``, ``sent_at``, ``stream_seq``, lease cleared;
 - failed → ``attempts + 1``, ``last_error``, ``next_attempt_at = now() + delay``,
   lease cleared, and ``status='failed'`` once ``attempts >= max_attempts``;
-- released (never attempted: its record's chain stopped) → lease cleared only.
+- released (never attempted: its record's chain stopped) → lease cleared, due no
+  earlier than the failed head's retry (so the next claim takes the whole chain).
 
 Renewing (``OutboxStore.renew``) extends the leases of rows still leased to this
 owner; releasing (``OutboxStore.release``) clears them (a stopping relay hands back
@@ -155,6 +156,20 @@ _RELEASE = text(
     """
     UPDATE bridge_outbox SET lease_owner = NULL, lease_expires_at = NULL
      WHERE id = ANY(CAST(:ids AS bigint[])) AND lease_owner = :owner
+    """
+)
+# A chain stopped by its failed head: its later rows become due with the head's retry,
+# not before it, so the next claim takes the whole chain again (the claim refuses a row
+# whose earlier pending row is due later than it).
+_RELEASE_CHAIN = text(
+    """
+    UPDATE bridge_outbox o
+       SET lease_owner = NULL, lease_expires_at = NULL,
+           next_attempt_at = GREATEST(o.next_attempt_at, COALESCE((
+               SELECT max(e.next_attempt_at) FROM bridge_outbox e
+                WHERE e.status = 'pending' AND e.resource_type = o.resource_type
+                  AND e.resource_id = o.resource_id AND e.id < o.id), o.next_attempt_at))
+     WHERE o.id = ANY(CAST(:ids AS bigint[])) AND o.lease_owner = :owner
     """
 )
 # Renewal locks with SKIP LOCKED: a row locked right now is being settled (or claimed
@@ -300,8 +315,6 @@ class OutboxStore:
                         "owner": self.owner,
                     },
                 )
-            if released:
-                await conn.execute(_RELEASE, {"ids": list(released), "owner": self.owner})
             if failures:
                 result = await conn.execute(
                     _FAIL,
@@ -315,6 +328,8 @@ class OutboxStore:
                     },
                 )
                 dead = [int(r.id) for r in result if r.status == "failed"]
+            if released:  # after the failures: their heads' retry times are set
+                await conn.execute(_RELEASE_CHAIN, {"ids": list(released), "owner": self.owner})
         return dead
 
     async def renew(self, ids: Sequence[int]) -> int:

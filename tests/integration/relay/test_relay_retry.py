@@ -195,9 +195,18 @@ async def test_a_failing_record_stops_only_its_own_chain(
         ("pending", 0, None),
         ("pending", 0, None),
     ]
-    # Whenever bad's rows are claimed again, it is the whole chain, first row first.
+    # When the head's retry falls due (time moved forward for the record), the next
+    # claim takes the whole chain, first row first -- not the head alone.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE bridge_outbox SET next_attempt_at = next_attempt_at - interval '1 hour'"
+                " WHERE resource_id = :rid"
+            ),
+            {"rid": str(bad.id)},
+        )
     claimed = [r.id for r in await relay.claim()]
-    assert claimed in ([], [r["id"] for r in rows])
+    assert claimed == [r["id"] for r in rows]
 
 
 async def test_retention_purges_old_sent_rows(
