@@ -11,6 +11,15 @@
 - :meth:`Provisioner.verify` is read-only and raises a
   :class:`~bridge.errors.ProvisioningError` subclass naming what is missing or drifted.
 
+The consumer's ``max_deliver`` on the server is NOT ``config.max_deliver``: with
+dead letters on it is unlimited (``-1``, :func:`server_max_deliver`).  The bridge
+itself allows ``config.max_deliver`` handler attempts and dead-letters any later
+delivery at once (the reserved delivery, :func:`bridge.router.decide_exhausted`),
+so a last attempt that never finished (process killed) comes back once more and is
+settled, in every mode and without extra permissions.  A consumer still carrying a
+finite limit (created by an older version) is drift: ``verify`` names it and
+``apply`` updates it in place.
+
 Durations are float seconds everywhere and become nanoseconds only in
 :meth:`StreamSpec.to_api` / :meth:`ConsumerSpec.to_api`.
 
@@ -99,6 +108,20 @@ class ConsumerSpec:
         return config
 
 
+#: ``max_deliver`` of a consumer the server redelivers to without limit.
+UNLIMITED_DELIVERIES = -1
+
+
+def server_max_deliver(config: BridgeConfig) -> int:
+    """The consumer's ``max_deliver`` on the server (see module doc).
+
+    Without dead letters (``use_dlq=False``) nothing could settle a reserved
+    delivery, so the server keeps ``config.max_deliver`` and stops redelivering
+    after it (the message stays in the stream).
+    """
+    return UNLIMITED_DELIVERIES if config.use_dlq else config.max_deliver
+
+
 def server_backoff(ack_wait: float, backoff: Sequence[float]) -> tuple[float, ...]:
     """The ack-timeout redelivery schedule sent to the server (see module doc)."""
     return tuple(max(ack_wait, b) for b in backoff)
@@ -122,7 +145,7 @@ def consumer_spec(config: BridgeConfig) -> ConsumerSpec:
         durable=config.subjects.durable,
         filter_subject=config.subjects.consume,
         ack_wait=config.ack_wait,
-        max_deliver=config.max_deliver,
+        max_deliver=server_max_deliver(config),
         backoff=server_backoff(config.ack_wait, config.backoff),
         mode=config.consumer_mode,
         deliver_subject=config.deliver_subject if push else None,
