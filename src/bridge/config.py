@@ -24,6 +24,8 @@ ConsumerMode = Literal["pull", "push"]
 Mode = Literal["non_restrictive", "restrictive"]
 CONSUMER_MODES: tuple[str, ...] = ("pull", "push")
 DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0, 60.0)
+#: NATS's conventional reply-inbox prefix; each app's default is ``_INBOX_<app>``.
+INBOX_PREFIX_BASE = "_INBOX"
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +252,13 @@ class BridgeConfig:
     def deliver_group(self) -> str:
         """Push queue group (explicit ``push_consumer_group`` or the default)."""
         return self.push_consumer_group or self.subjects.deliver_group
+
+    @property
+    def inbox_prefix(self) -> str:
+        """Reply-inbox prefix of this app's connections: ``credentials.inbox_prefix``, or
+        ``_INBOX_<app_name>`` — private to the app, so the generated permissions never
+        share an inbox between two apps (:mod:`bridge.permissions`)."""
+        return self.credentials.inbox_prefix or f"{INBOX_PREFIX_BASE}_{self.app_name}"
 
     def backoff_for(self, attempt: int) -> float:
         """Delay before redelivering after the ``attempt``-th failed delivery (1-based)."""

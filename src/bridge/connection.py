@@ -138,7 +138,11 @@ class Connection:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
-            **connect_options(self._config.credentials),
+            **{
+                **connect_options(self._config.credentials),
+                # the app's own reply inbox, the one its permissions grant
+                "inbox_prefix": self._config.inbox_prefix.encode(),
+            },
         )
 
     async def stop(self, timeout: float = 10.0) -> None:

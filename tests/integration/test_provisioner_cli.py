@@ -175,7 +175,7 @@ async def test_permissions_output_runs_a_real_server(tmp_path: Path, unique: str
     code, out, _ = await run("permissions", "--json", "--consumer-mode-for", f"{b}=push", env=env)
     sets = {u["user"]: u for u in json.loads(out)["users"]}
     assert sets[a]["subscribe"]["allow"] == [
-        "_INBOX.>",
+        f"_INBOX_{a}.>",  # its own reply inbox: never shared with the peer
         f"{a}.bridge.reconcile {a}-reconcile",
         f"{a}.bridge.reconcile.reply.>",
     ]

@@ -130,7 +130,7 @@ async def test_check_permissions_reports_each_needed_subject(envs: EnvFactory) -
     assert not by_subject[cfg_a.subjects.publish].allowed
     assert not by_subject[cfg_a.subjects.dlq].allowed
     assert not by_subject[f"$JS.ACK.{cfg_a.stream_name}.{cfg_a.subjects.durable}.>"].allowed
-    assert by_subject["_INBOX.>"].allowed
+    assert by_subject[f"{wrong.inbox_prefix}.>"].allowed  # B's user, B's own inbox
 
 
 async def test_check_permissions_verdicts_are_the_same_in_50_runs(envs: EnvFactory) -> None:  # noqa: F811
