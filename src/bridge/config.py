@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from bridge.config_rules import check_stream_rules, default_inbox_prefix
 from bridge.durations import parse_duration
 from bridge.errors import ConfigError
 from bridge.subjects import Subjects, validate_token
@@ -24,8 +25,6 @@ ConsumerMode = Literal["pull", "push"]
 Mode = Literal["non_restrictive", "restrictive"]
 CONSUMER_MODES: tuple[str, ...] = ("pull", "push")
 DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0, 60.0)
-#: NATS's conventional reply-inbox prefix; each app's default is ``_INBOX_<app>``.
-INBOX_PREFIX_BASE = "_INBOX"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +109,9 @@ class ConsumerOptions:
     #: the default matches ``stream_max_age``, how long the stream may replay a message.
     inbox_retention: float = 7 * 24 * 3600.0
     inbox_cleanup_interval: float = 300.0
+    #: Accept an ``inbox_retention`` shorter than ``stream_max_age`` (refused otherwise):
+    #: only for handlers that are idempotent on their own, e.g. last-writer-wins.
+    allow_short_inbox_retention: bool = False
 
     def __post_init__(self) -> None:
         _positive("consumer.batch_size", self.batch_size)
@@ -237,6 +239,7 @@ class BridgeConfig:
             raise ConfigError("delivery_subject must not be blank")
         if self.push_consumer_group is not None:
             validate_token(self.push_consumer_group, name="push_consumer_group")
+        check_stream_rules(self)
 
     # -- derived names ---------------------------------------------------------------
     @property
@@ -258,7 +261,7 @@ class BridgeConfig:
         """Reply-inbox prefix of this app's connections: ``credentials.inbox_prefix``, or
         ``_INBOX_<app_name>`` — private to the app, so the generated permissions never
         share an inbox between two apps (:mod:`bridge.permissions`)."""
-        return self.credentials.inbox_prefix or f"{INBOX_PREFIX_BASE}_{self.app_name}"
+        return self.credentials.inbox_prefix or default_inbox_prefix(self.app_name)
 
     def backoff_for(self, attempt: int) -> float:
         """Delay before redelivering after the ``attempt``-th failed delivery (1-based)."""

@@ -7,7 +7,15 @@
   the bridge owns; fields an operator set (limits, replicas, description,
   ``max_ack_pending``, extra stream subjects ...) are kept.  Applying twice is a
   no-op the second time.  A pull↔push switch recreates the consumer (the server
-  cannot change a consumer's type in place).
+  cannot change a consumer's type in place) starting after the old consumer's ack
+  floor (``deliver_policy: by_start_sequence``): acked messages are not delivered
+  again, un-acked ones are not lost (messages acked above the floor come again and
+  the inbox absorbs them).  Only if ``apply`` dies between the delete and the create
+  does the next ``apply`` create the consumer afresh, from the start of the stream.
+- The stream is created with ``discard: new`` (a field the bridge owns): a size
+  limit (``stream_max_bytes``, or one an operator set) makes the server refuse new
+  publishes — which the relay retries — instead of deleting the oldest messages,
+  which could be events no consumer has applied yet (:mod:`bridge.config_rules`).
 - :meth:`Provisioner.verify` is read-only and raises a
   :class:`~bridge.errors.ProvisioningError` subclass naming what is missing or drifted.
 
@@ -46,6 +54,8 @@ ChangeKind = Literal[
     "create_stream", "update_stream", "create_consumer", "update_consumer", "recreate_consumer"
 ]
 PUSH_IDLE_HEARTBEAT = 5.0
+#: A full stream refuses new messages; it never deletes stored ones (module doc).
+DISCARD = "new"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +74,7 @@ class StreamSpec:
             "subjects": list(self.subjects),
             "retention": "limits",
             "storage": self.storage,
-            "discard": "old",
+            "discard": DISCARD,
             "num_replicas": self.replicas,
             "duplicate_window": to_nanos(self.duplicate_window),
             "max_age": to_nanos(self.max_age),
@@ -202,6 +212,8 @@ def stream_drift(spec: StreamSpec, actual: dict[str, Any]) -> dict[str, tuple[An
         )
     if actual.get("storage") != spec.storage:
         drift["storage"] = (actual.get("storage"), spec.storage)
+    if actual.get("discard") != DISCARD:
+        drift["discard"] = (actual.get("discard"), DISCARD)
     return drift
 
 
@@ -300,14 +312,14 @@ class Provisioner:
                 merged = dict(current)  # keep every operator-set field
                 merged["subjects"] = change.fields.get("subjects", (None, current["subjects"]))[1]
                 merged["duplicate_window"] = to_nanos(stream.duplicate_window)
+                merged["discard"] = DISCARD
                 await self._api.save_stream(merged, create=False)
             else:
                 spec = by_target[change.target]
                 if change.kind == "create_consumer":
                     await self._api.save_consumer(spec.stream, spec.to_api(), action="create")
                 elif change.kind == "recreate_consumer":
-                    await self._api.delete_consumer(spec.stream, spec.durable)
-                    await self._api.save_consumer(spec.stream, spec.to_api(), action="create")
+                    await self._recreate(spec)
                 else:
                     current = (await self._api.consumer_info(spec.stream, spec.durable))["config"]
                     merged = dict(current)
@@ -322,6 +334,17 @@ class Provisioner:
                         merged[key] = owned[key]
                     await self._api.save_consumer(spec.stream, merged, action="update")
         return plan
+
+    async def _recreate(self, spec: ConsumerSpec) -> None:
+        """Delete and create ``spec``'s consumer, starting after the old one's ack floor."""
+        info = await self._api.consumer_info(spec.stream, spec.durable)
+        floor = int((info.get("ack_floor") or {}).get("stream_seq") or 0)
+        config = spec.to_api()
+        if floor:
+            config["deliver_policy"] = "by_start_sequence"
+            config["opt_start_seq"] = floor + 1
+        await self._api.delete_consumer(spec.stream, spec.durable)
+        await self._api.save_consumer(spec.stream, config, action="create")
 
     async def verify(self, stream: StreamSpec, consumers: Sequence[ConsumerSpec] = ()) -> None:
         """Raise if anything is missing or drifted; change nothing."""

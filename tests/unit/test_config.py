@@ -132,3 +132,47 @@ def test_retry_budget_sums_the_nak_delays_before_the_last_delivery() -> None:
     assert cfg.retry_budget > cfg.relay.lease  # defaults: a dead relay's lease frees in time
     short = BridgeConfig(app_name="a", destination_app="b", backoff=(0.2,), max_deliver=3)
     assert short.retry_budget == 0.4
+
+
+def test_inbox_retention_shorter_than_the_stream_keeps_messages_is_refused() -> None:
+    """An event the stream can still deliver again (consumer re-created or reset, a
+    republish) after its inbox record was purged would be applied twice."""
+    from bridge.config import ConsumerOptions
+
+    day = 24 * 3600.0
+    with pytest.raises(ConfigError, match=r"consumer\.inbox_retention.*stream_max_age") as err:
+        BridgeConfig(
+            app_name="a", destination_app="b", consumer=ConsumerOptions(inbox_retention=day)
+        )
+    assert "applied twice" in str(err.value) and "allow_short_inbox_retention" in str(err.value)
+    ok = BridgeConfig(
+        app_name="a",
+        destination_app="b",
+        stream_max_age=day,
+        consumer=ConsumerOptions(inbox_retention=day),
+    )
+    assert ok.consumer.inbox_retention == ok.stream_max_age
+    # no inbox, or handlers that are idempotent on their own: the operator's call
+    BridgeConfig(
+        app_name="a",
+        destination_app="b",
+        use_inbox=False,
+        consumer=ConsumerOptions(inbox_retention=1),
+    )
+    BridgeConfig(
+        app_name="a",
+        destination_app="b",
+        consumer=ConsumerOptions(inbox_retention=1, allow_short_inbox_retention=True),
+    )
+    # max_age 0 keeps messages for ever: no retention covers it
+    with pytest.raises(ConfigError, match="for ever"):
+        BridgeConfig(app_name="a", destination_app="b", stream_max_age=0)
+    with pytest.raises(ConfigError, match="stream_max_age"):
+        BridgeConfig(app_name="a", destination_app="b", stream_max_age=-1)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5])
+def test_stream_max_bytes_is_unlimited_or_positive(bad: object) -> None:
+    with pytest.raises(ConfigError, match="stream_max_bytes"):
+        BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=bad)  # type: ignore[arg-type]
+    assert BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=1024).stream_max_bytes

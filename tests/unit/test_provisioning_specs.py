@@ -30,3 +30,9 @@ def test_stream_lists_literal_subjects() -> None:
     spec = stream_spec(BridgeConfig(app_name="a", destination_app="b"))
     assert spec.subjects == ("a.sync.b", "b.sync.a", "a.sync.dlq", "b.sync.dlq")
     assert spec.to_api()["duplicate_window"] == 120 * 1_000_000_000
+
+
+def test_stream_refuses_new_messages_when_full_instead_of_dropping_old_ones() -> None:
+    spec = stream_spec(BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=1 << 30))
+    api = spec.to_api()
+    assert (api["discard"], api["max_bytes"]) == ("new", 1 << 30)
