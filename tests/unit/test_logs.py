@@ -7,28 +7,16 @@ from bridge.logs import JsonFormatter, TextFormatter, redact
 
 
 def make_record(**extra: object) -> logging.LogRecord:
-    record = logging.LogRecord(
-        "bridge.test",
-        logging.INFO,
-        __file__,
-        1,
-        "connected to %s",
-        ("nats://app:s3cret@127.0.0.1:4222",),
-        None,
-    )
+    record = logging.LogRecord("bridge.test", logging.INFO, __file__, 1, "connected to %s",
+                               ("nats://app:s3cret@127.0.0.1:4222",), None)
     record.__dict__.update(extra)
     return record
 
 
 def test_json_lines_carry_fields_and_no_credentials() -> None:
     line = JsonFormatter().format(
-        make_record(
-            event_id="e1",
-            stream_seq=7,
-            password="s3cret",
-            servers=["nats://u:s3cret@h:4222"],
-            nested={"token": "s3cret", "ok": 1},
-        )
+        make_record(event_id="e1", stream_seq=7, password="s3cret",
+                    servers=["nats://u:s3cret@h:4222"], nested={"token": "s3cret", "ok": 1})
     )
     body = json.loads(line)
     assert body["event_id"] == "e1" and body["stream_seq"] == 7 and body["level"] == "info"
