@@ -243,7 +243,11 @@ async def _bridge(
         env={},
         relay=RelayOptions(retention=RETENTION, cleanup_interval=CLEANUP_INTERVAL),
         consumer=ConsumerOptions(
-            fetch_timeout=0.5, inbox_retention=RETENTION, inbox_cleanup_interval=CLEANUP_INTERVAL
+            fetch_timeout=0.5,
+            inbox_retention=RETENTION,
+            inbox_cleanup_interval=CLEANUP_INTERVAL,
+            # the services' handlers are last-writer-wins: a 1 s inbox is safe here
+            allow_short_inbox_retention=True,
         ),
     )
     engine = create_async_engine(url, pool_size=10)

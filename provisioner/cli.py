@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     perms.add_argument(
         "--private-inboxes",
         action="store_true",
-        help="grant each app only _INBOX_<app>.> (apps must set that inbox prefix)",
+        help="kept for compatibility: each app is always granted only its own _INBOX_<app>.>",
     )
     perms.add_argument(
         "--advisories",

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from bridge.config import Credentials
 from bridge.permissions import app_permissions, render_authorization, render_server_config
 from provisioner.settings import ProvisionerSettings
 
@@ -39,11 +38,9 @@ def _pairs(items: Sequence[str], what: str) -> dict[str, str]:
 def cmd_permissions(
     args: argparse.Namespace, settings: ProvisionerSettings, env: Mapping[str, str], out: TextIO
 ) -> int:
+    # Each app's reply inbox is its own (``_INBOX_<app>``, BridgeConfig.inbox_prefix) —
+    # the prefix the app's connection uses unless NATS_INBOX_PREFIX says otherwise.
     configs = settings.app_configs()
-    if args.private_inboxes:
-        configs = [
-            c.with_(credentials=Credentials(inbox_prefix=f"_INBOX_{c.app_name}")) for c in configs
-        ]
     fmt = "json" if args.json else args.format
     if fmt == "json":
         sets = [app_permissions(c, advisories=args.advisories) for c in configs]

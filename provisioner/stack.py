@@ -160,15 +160,15 @@ def write_restrictive_stack(
     store_dir: Path | None = None,
     admin_user: str = "admin",
     passwords: Mapping[str, str] | None = None,
-    private_inboxes: bool = False,
 ) -> RestrictiveStack:
     """Write ``nats-restrictive.conf`` and ``credentials.env`` into ``workdir``.
 
     ``consumer_modes`` is one mode for every app or a mapping per app (default
     pull).  Passwords are random unless given in ``passwords`` (keys: app names
-    and ``admin_user``).  ``private_inboxes`` gives each app the reply-inbox
-    prefix ``_INBOX_<app>`` so no app can subscribe to another's replies (the app
-    must then connect with that ``inbox_prefix``: see ``app_env``).
+    and ``admin_user``).  Each app gets its own reply-inbox prefix
+    (``BridgeConfig.inbox_prefix``, ``_INBOX_<app>``), granted in its permissions and
+    exported by ``app_env`` as ``NATS_INBOX_PREFIX``, so no app can subscribe to
+    another's replies.
     """
     if len(apps) != 2:
         raise ConfigError(f"a stack syncs exactly two apps, got {list(apps)}")
@@ -182,9 +182,9 @@ def write_restrictive_stack(
         app: StackUser(
             app,
             given.get(app) or secrets.token_urlsafe(24),
-            f"_INBOX_{app}" if private_inboxes else None,
+            BridgeConfig(app_name=app, destination_app=peer).inbox_prefix,
         )
-        for app in apps
+        for app, peer in ((apps[0], apps[1]), (apps[1], apps[0]))
     }
     first, second = apps
     configs = [

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
+from bridge.config_rules import check_stream_rules, default_inbox_prefix
 from bridge.durations import parse_duration
 from bridge.errors import ConfigError
 from bridge.subjects import Subjects, validate_token
@@ -111,6 +112,9 @@ class ConsumerOptions:
     #: the default matches ``stream_max_age``, how long the stream may replay a message.
     inbox_retention: float = 7 * 24 * 3600.0
     inbox_cleanup_interval: float = 300.0
+    #: Accept an ``inbox_retention`` shorter than ``stream_max_age`` (refused otherwise):
+    #: only for handlers that are idempotent on their own, e.g. last-writer-wins.
+    allow_short_inbox_retention: bool = False
 
     def __post_init__(self) -> None:
         _positive("consumer.batch_size", self.batch_size)
@@ -268,6 +272,7 @@ class BridgeConfig:
                 f"dlq_retention must be 'never' (kept until handled) or 'stream' (expire "
                 f"with the stream's max_age), got {self.dlq_retention!r}"
             )
+        check_stream_rules(self)
 
     # -- derived names ---------------------------------------------------------------
     @property
@@ -283,6 +288,13 @@ class BridgeConfig:
     def deliver_group(self) -> str:
         """Push queue group (explicit ``push_consumer_group`` or the default)."""
         return self.push_consumer_group or self.subjects.deliver_group
+
+    @property
+    def inbox_prefix(self) -> str:
+        """Reply-inbox prefix of this app's connections: ``credentials.inbox_prefix``, or
+        ``_INBOX_<app_name>`` — private to the app, so the generated permissions never
+        share an inbox between two apps (:mod:`bridge.permissions`)."""
+        return self.credentials.inbox_prefix or default_inbox_prefix(self.app_name)
 
     def backoff_for(self, attempt: int) -> float:
         """Delay before redelivering after the ``attempt``-th failed delivery (1-based)."""

@@ -2,7 +2,10 @@
 
 Contract:
 - :meth:`Connection.start` connects, retrying with capped exponential backoff
-  until it succeeds or ``timeout`` passes (then :class:`~bridge.errors.ConnectionError`).
+  until it succeeds or ``timeout`` passes (then :class:`~bridge.errors.ConnectionError`
+  with the last error seen).  A server certificate that fails TLS verification
+  (wrong ``tls_ca_file``, or a certificate for another host) is not retried: the
+  ConnectionError names it and the CA file at once.
 - Once connected, nats-py reconnects forever (``max_reconnect_attempts=-1``), so
   a NATS outage of any length does not leave the process dead.
 - :meth:`Connection.stop` drains (subscriptions finish what they hold, pending
@@ -84,6 +87,11 @@ class Connection:
         self.permission_errors: deque[str] = deque(maxlen=50)
         self.reconnects = 0
         self._connected_at: float | None = None
+        # while start() connects: the last error nats-py reported, and a TLS
+        # verification failure that ends the attempt (see _connect_within)
+        self._reported: str | None = None
+        self._untrusted: ssl.SSLCertVerificationError | None = None
+        self._tls_failed: asyncio.Event | None = None
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self, timeout: float = 30.0) -> None:
@@ -96,12 +104,19 @@ class Connection:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                # nats-py retries the *initial* connect forever when reconnects are
-                # unbounded, so the overall start-up deadline is enforced here.
-                self._nc = await asyncio.wait_for(self._connect(), max(remaining, 0.1))
+                self._nc = await self._connect_within(max(remaining, 0.1))
                 break
+            except ssl.SSLCertVerificationError as exc:  # a wrong CA does not fix itself
+                self.state = ConnectionState.CLOSED
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                raise ConnectionError(self._untrusted_message(exc)) from exc
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if isinstance(exc, TimeoutError) and self._reported is not None:
+                    self.last_error = self._reported  # what nats-py saw, not the deadline
+                else:
+                    self.last_error = (
+                        f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    )
                 remaining = deadline - time.monotonic()
                 log.warning(
                     "nats connect failed",
@@ -124,6 +139,51 @@ class Connection:
         self._connected_at = time.monotonic()
         log.info("nats connected", extra={"server": redact_url(str(self._nc.connected_url or ""))})
 
+    async def _connect_within(self, timeout: float) -> Client:
+        """Connect within ``timeout``; raise a TLS verification failure at once.
+
+        nats-py retries the *initial* connect for ever when reconnects are unbounded
+        (reporting each failure to the error callback), so the start-up deadline is
+        enforced here, and a server certificate that fails verification — reported
+        through the callback — ends the attempt instead of being retried.
+        """
+        self._reported, self._untrusted = None, None
+        failed = asyncio.Event()
+        self._tls_failed = failed
+        connect = asyncio.ensure_future(self._connect())
+        untrusted = asyncio.ensure_future(failed.wait())
+        try:
+            await asyncio.wait(
+                {connect, untrusted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (connect, untrusted):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+        if connect.done() and not connect.cancelled() and connect.exception() is None:
+            return connect.result()
+        if self._untrusted is not None:
+            raise self._untrusted
+        if connect.done() and not connect.cancelled():
+            raise connect.exception()  # type: ignore[misc]
+        raise TimeoutError(f"no connection within {timeout:.1f}s")
+
+    def _untrusted_message(self, exc: ssl.SSLCertVerificationError) -> str:
+        servers = ", ".join(redact_url(u) for u in self._config.nats_urls)
+        ca = self._config.credentials.tls_ca_file
+        hint = (
+            f"credentials.tls_ca_file={ca!r} must be the CA that signed the server's certificate"
+            if ca
+            else "no credentials.tls_ca_file is set and the system's CAs do not trust it: "
+            "set tls_ca_file to the CA that signed the server's certificate"
+        )
+        return (
+            f"NATS server at {servers} failed TLS verification ({exc}); {hint}, and the "
+            "certificate must name the host used in nats_urls"
+        )
+
     async def _connect(self) -> Client:
         return await nats.connect(
             servers=list(self._config.nats_urls),
@@ -138,7 +198,11 @@ class Connection:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             closed_cb=self._on_closed,
-            **connect_options(self._config.credentials),
+            **{
+                **connect_options(self._config.credentials),
+                # the app's own reply inbox, the one its permissions grant
+                "inbox_prefix": self._config.inbox_prefix.encode(),
+            },
         )
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -190,6 +254,11 @@ class Connection:
     async def _on_error(self, exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}"
         self.last_error = text
+        if self.state == ConnectionState.CONNECTING:
+            self._reported = text
+            if isinstance(exc, ssl.SSLCertVerificationError) and self._tls_failed is not None:
+                self._untrusted = exc
+                self._tls_failed.set()
         if "permissions violation" in str(exc).lower():
             self.permission_errors.append(str(exc))
             log.error("nats permission violation", extra={"error": str(exc)})

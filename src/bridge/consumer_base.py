@@ -89,8 +89,11 @@ class BaseConsumer:
         observer: BatchObserver | None = None,
     ) -> None:
         """``watch_max_deliveries`` (default: ``config.auto_provision``) starts a
-        :class:`~bridge.dlq.MaxDeliveriesWatcher`; restrictive apps usually lack the
-        permission to read advisories and messages by sequence, so it is off there.
+        :class:`~bridge.dlq.MaxDeliveriesWatcher`, a safety net for consumers still
+        provisioned with a finite server-side ``max_deliver``; restrictive apps lack
+        the permission to read advisories and messages by sequence and do not need
+        it: a delivery after the last attempt is dead-lettered by the inbox (the
+        reserved delivery, :func:`bridge.router.decide_exhausted`) in every mode.
         ``observer`` (also settable before :meth:`start`) sees every processed batch."""
         self.observer = observer
         self._config = config

@@ -13,11 +13,16 @@ dead letters but usually may not read them.  :meth:`DeadLetters.replay` follows
 the rules of :mod:`bridge.dlq_replay`: only to this app's consume subject, under a
 deterministic id, and a replayed letter is removed from the DLQ.
 
-:class:`MaxDeliveriesWatcher` covers the one path the consumer cannot see: a
-message whose last delivery timed out (process killed mid-handler).  The server
-then publishes a ``MAX_DELIVERIES`` advisory; the watcher reads the message by
-stream sequence and dead-letters it as ``max_deliver_exceeded`` unless the inbox
-says it was already processed or dead-lettered.
+A message whose last attempt never finished (process killed mid-handler) is
+settled by the consumer itself: the server redelivers without limit and the
+delivery after the last attempt is dead-lettered at once (the reserved delivery,
+:func:`bridge.router.decide_exhausted`), which needs no permission beyond the
+app's own.  :class:`MaxDeliveriesWatcher` is only a safety net for a consumer
+still provisioned with a finite server-side ``max_deliver`` (drift, e.g. created
+by an older version before ``bridge-provision apply`` updated it): the server then
+gives up and publishes a ``MAX_DELIVERIES`` advisory; the watcher reads the
+message by stream sequence and dead-letters it as ``max_deliver_exceeded`` unless
+the inbox says it was already processed or dead-lettered.
 """
 
 from __future__ import annotations
@@ -314,6 +319,10 @@ class AbandonedSink(Protocol):
 class MaxDeliveriesWatcher:
     """Dead-letter messages the server stopped redelivering (``MAX_DELIVERIES`` advisory).
 
+    Only a consumer with a finite server-side ``max_deliver`` (drift; see the
+    module doc) ever stops redelivering; the bridge provisions an unlimited one.
+    Needs subscribe permission on the advisory and the stream's direct get, so it
+    runs only where the app manages JetStream (:class:`bridge.consumer_base.BaseConsumer`).
     Subscribes with the durable name as queue group, so one replica handles each
     advisory.  Failures are logged and left: the message stays in the stream
     (and the dead-letter publish is idempotent), so nothing is lost.

@@ -127,3 +127,18 @@ class ReplayRefusedError(BridgeError):
         super().__init__(message)
         self.seq = seq
         self.reason = reason
+
+
+class AttemptsExhausted(BridgeError):
+    """A delivery came after its ``max_deliver`` handler attempts (the reserved delivery).
+
+    Its last attempt never finished — the process was killed or stalled past
+    ``ack_wait`` — so it is dead-lettered without running the handler again
+    (:func:`bridge.router.decide_exhausted`).
+    """
+
+    def __init__(self, num_delivered: int, max_deliver: int) -> None:
+        super().__init__(
+            f"delivery {num_delivered} after {max_deliver} attempts: the last attempt never "
+            "finished (process killed or stalled past ack_wait)"
+        )

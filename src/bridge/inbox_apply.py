@@ -80,6 +80,7 @@ from bridge.router import (
     Handler,
     Router,
     decide,
+    decide_exhausted,
     decide_unknown,
 )
 from bridge.schema import INBOX_PROCESSED
@@ -297,6 +298,10 @@ class BatchApplier:
                 item.decision = Decision(Action.RETRY, delay=state.blocked.get(item.key))
                 return
             state.seen.add(event_id)
+        if exhausted := decide_exhausted(delivery.num_delivered, config=self._config):
+            item.decision = exhausted[0]  # the reserved delivery (bridge.router)
+            self._failed(state, item, exhausted[1])
+            return
         last_chance = delivery.num_delivered >= self._config.max_deliver
         if item.key in state.blocked and not last_chance:
             item.record = False

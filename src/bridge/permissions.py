@@ -31,9 +31,11 @@ nats-server's ``allow_responses`` would also let an app answer every message it
 receives — measured with 2.15, it makes ``$JS.ACK`` and ``$JS.FC`` unnecessary for
 plain acks, i.e. it grants more than reconciliation needs.
 
-``<inbox>`` is ``_INBOX`` or, better, a private prefix per app
-(:attr:`~bridge.config.Credentials.inbox_prefix`, e.g. ``_INBOX_system_a``): with a
-shared ``_INBOX.>`` one app could subscribe to the other's replies.  Nothing in
+``<inbox>`` is the app's own reply-inbox prefix, ``_INBOX_<app>`` unless
+:attr:`~bridge.config.Credentials.inbox_prefix` names another
+(:attr:`~bridge.config.BridgeConfig.inbox_prefix`; the app's connection uses the
+same one): with a shared ``_INBOX.>`` one app could subscribe to the other's
+PubAcks and fetched messages.  Nothing in
 ``$JS.API.>`` is granted except the pull request subject: apps cannot create,
 update, delete or even inspect streams and consumers.
 
@@ -43,9 +45,14 @@ Dead letters are published with ``Nats-TTL: never`` (kept past the stream's
 Not granted by default (operators run these with admin credentials): listing and
 replaying dead letters (``$JS.API.DIRECT.GET``/``STREAM.MSG.GET``/``STREAM.MSG.DELETE``,
 and publishing on the app's consume subject, the only subject a replay goes to) and the
-``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`` advisory.  ``advisories=True`` adds
-the advisory subscription and the direct-get request an app needs to dead-letter
-messages the server gave up on itself.
+``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`` advisory.  Apps do not need the
+advisory: the server never gives up on a consumer the provisioner created, and a
+delivery after the last attempt is dead-lettered by the app itself (the reserved
+delivery, :func:`bridge.router.decide_exhausted`).  ``advisories=True`` still adds the
+advisory subscription and the direct-get request for a deployment that runs
+:class:`bridge.dlq.MaxDeliveriesWatcher` on a consumer with a finite limit — at the
+price that a direct get by sequence reads any message of the stream (the peer's
+events and dead letters too).
 """
 
 from __future__ import annotations
@@ -58,12 +65,10 @@ from typing import Any
 from bridge.config import BridgeConfig
 from bridge.errors import ConfigError
 
-DEFAULT_INBOX_PREFIX = "_INBOX"
-
 
 def inbox_prefix(config: BridgeConfig) -> str:
-    """The reply-inbox prefix the app's connection uses."""
-    return config.credentials.inbox_prefix or DEFAULT_INBOX_PREFIX
+    """The reply-inbox prefix the app's connection uses (private to the app by default)."""
+    return config.inbox_prefix
 
 
 def msg_next_subject(config: BridgeConfig) -> str:

@@ -7,12 +7,29 @@
   the bridge owns; fields an operator set (limits, replicas, description,
   ``max_ack_pending``, extra stream subjects ...) are kept.  Applying twice is a
   no-op the second time.  A pull↔push switch recreates the consumer (the server
-  cannot change a consumer's type in place).
+  cannot change a consumer's type in place) starting after the old consumer's ack
+  floor (``deliver_policy: by_start_sequence``): acked messages are not delivered
+  again, un-acked ones are not lost (messages acked above the floor come again and
+  the inbox absorbs them).  Only if ``apply`` dies between the delete and the create
+  does the next ``apply`` create the consumer afresh, from the start of the stream.
+- The stream is created with ``discard: new`` (a field the bridge owns): a size
+  limit (``stream_max_bytes``, or one an operator set) makes the server refuse new
+  publishes — which the relay retries — instead of deleting the oldest messages,
+  which could be events no consumer has applied yet (:mod:`bridge.config_rules`).
 - The stream allows per-message TTL when ``dlq_retention`` is ``"never"`` (dead
   letters then outlive ``max_age``, :mod:`bridge.dlq_letter`); a stream without it is
   drift, and apply turns it on (JetStream never turns it off again).
 - :meth:`Provisioner.verify` is read-only and raises a
   :class:`~bridge.errors.ProvisioningError` subclass naming what is missing or drifted.
+
+The consumer's ``max_deliver`` on the server is NOT ``config.max_deliver``: with
+dead letters on it is unlimited (``-1``, :func:`server_max_deliver`).  The bridge
+itself allows ``config.max_deliver`` handler attempts and dead-letters any later
+delivery at once (the reserved delivery, :func:`bridge.router.decide_exhausted`),
+so a last attempt that never finished (process killed) comes back once more and is
+settled, in every mode and without extra permissions.  A consumer still carrying a
+finite limit (created by an older version) is drift: ``verify`` names it and
+``apply`` updates it in place.
 
 Durations are float seconds everywhere and become nanoseconds only in
 :meth:`StreamSpec.to_api` / :meth:`ConsumerSpec.to_api`.
@@ -40,6 +57,8 @@ ChangeKind = Literal[
     "create_stream", "update_stream", "create_consumer", "update_consumer", "recreate_consumer"
 ]
 PUSH_IDLE_HEARTBEAT = 5.0
+#: A full stream refuses new messages; it never deletes stored ones (module doc).
+DISCARD = "new"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +80,7 @@ class StreamSpec:
             "subjects": list(self.subjects),
             "retention": "limits",
             "storage": self.storage,
-            "discard": "old",
+            "discard": DISCARD,
             "num_replicas": self.replicas,
             "duplicate_window": to_nanos(self.duplicate_window),
             "max_age": to_nanos(self.max_age),
@@ -108,6 +127,20 @@ class ConsumerSpec:
         return config
 
 
+#: ``max_deliver`` of a consumer the server redelivers to without limit.
+UNLIMITED_DELIVERIES = -1
+
+
+def server_max_deliver(config: BridgeConfig) -> int:
+    """The consumer's ``max_deliver`` on the server (see module doc).
+
+    Without dead letters (``use_dlq=False``) nothing could settle a reserved
+    delivery, so the server keeps ``config.max_deliver`` and stops redelivering
+    after it (the message stays in the stream).
+    """
+    return UNLIMITED_DELIVERIES if config.use_dlq else config.max_deliver
+
+
 def server_backoff(ack_wait: float, backoff: Sequence[float]) -> tuple[float, ...]:
     """The ack-timeout redelivery schedule sent to the server (see module doc)."""
     return tuple(max(ack_wait, b) for b in backoff)
@@ -132,7 +165,7 @@ def consumer_spec(config: BridgeConfig) -> ConsumerSpec:
         durable=config.subjects.durable,
         filter_subject=config.subjects.consume,
         ack_wait=config.ack_wait,
-        max_deliver=config.max_deliver,
+        max_deliver=server_max_deliver(config),
         backoff=server_backoff(config.ack_wait, config.backoff),
         mode=config.consumer_mode,
         deliver_subject=config.deliver_subject if push else None,
@@ -191,6 +224,8 @@ def stream_drift(spec: StreamSpec, actual: dict[str, Any]) -> dict[str, tuple[An
         drift["storage"] = (actual.get("storage"), spec.storage)
     if spec.allow_msg_ttl and not actual.get("allow_msg_ttl"):
         drift["allow_msg_ttl"] = (bool(actual.get("allow_msg_ttl")), True)
+    if actual.get("discard") != DISCARD:
+        drift["discard"] = (actual.get("discard"), DISCARD)
     return drift
 
 
@@ -290,14 +325,14 @@ class Provisioner:
                 merged["subjects"] = change.fields.get("subjects", (None, current["subjects"]))[1]
                 merged["duplicate_window"] = to_nanos(stream.duplicate_window)
                 merged["allow_msg_ttl"] = bool(current.get("allow_msg_ttl")) or stream.allow_msg_ttl
+                merged["discard"] = DISCARD
                 await self._api.save_stream(merged, create=False)
             else:
                 spec = by_target[change.target]
                 if change.kind == "create_consumer":
                     await self._api.save_consumer(spec.stream, spec.to_api(), action="create")
                 elif change.kind == "recreate_consumer":
-                    await self._api.delete_consumer(spec.stream, spec.durable)
-                    await self._api.save_consumer(spec.stream, spec.to_api(), action="create")
+                    await self._recreate(spec)
                 else:
                     current = (await self._api.consumer_info(spec.stream, spec.durable))["config"]
                     merged = dict(current)
@@ -312,6 +347,17 @@ class Provisioner:
                         merged[key] = owned[key]
                     await self._api.save_consumer(spec.stream, merged, action="update")
         return plan
+
+    async def _recreate(self, spec: ConsumerSpec) -> None:
+        """Delete and create ``spec``'s consumer, starting after the old one's ack floor."""
+        info = await self._api.consumer_info(spec.stream, spec.durable)
+        floor = int((info.get("ack_floor") or {}).get("stream_seq") or 0)
+        config = spec.to_api()
+        if floor:
+            config["deliver_policy"] = "by_start_sequence"
+            config["opt_start_seq"] = floor + 1
+        await self._api.delete_consumer(spec.stream, spec.durable)
+        await self._api.save_consumer(spec.stream, config, action="create")
 
     async def verify(self, stream: StreamSpec, consumers: Sequence[ConsumerSpec] = ()) -> None:
         """Raise if anything is missing or drifted; change nothing."""

@@ -14,8 +14,20 @@ Outcome contract (:func:`decide`):
   ``Reject.reason`` (``rejected``, ``conflict``, ...), then term;
 - raise anything else → treated as transient (like ``Retry``);
 - a transient failure on the last allowed delivery (``num_delivered >=
-  max_deliver``) → dead letter ``max_deliver_exceeded``, then term, because the
-  server would not deliver it again.
+  max_deliver``) → dead letter ``max_deliver_exceeded``, then term: the handler
+  has had its ``max_deliver`` attempts.
+- the **reserved delivery** (:func:`decide_exhausted`): a delivery with
+  ``num_delivered > max_deliver`` → dead letter ``max_deliver_exceeded`` at once,
+  WITHOUT running the handler (once the inbox has said the event is not already
+  applied — an applied one is a duplicate and is acked).  It exists because the
+  last attempt may never finish: a process killed (or stalled past ``ack_wait``)
+  on attempt ``max_deliver`` leaves the delivery neither applied nor
+  dead-lettered.  The server's consumer therefore redelivers without limit
+  (``max_deliver = -1``, :func:`bridge.provisioning.server_max_deliver`), so such a
+  delivery always comes back once more and is settled here — and if the dead-letter
+  publish itself fails (or the process dies during it) it is NAKed and comes back
+  again.  No advisory subscription and no direct get are needed, so this holds with
+  the least-privilege users of restrictive mode too.
 
 Writes a handler made before it raised are rolled back (with the whole batch
 transaction on the optimistic path, with its savepoint on the fallback path).
@@ -55,7 +67,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
-from bridge.errors import ConfigError, EnvelopeError, Reject, Retry
+from bridge.errors import AttemptsExhausted, ConfigError, EnvelopeError, Reject, Retry
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
 #: Applies several envelopes of one resource type, all or raise (module doc).
@@ -185,6 +197,20 @@ def decide(error: BaseException, *, num_delivered: int, config: BridgeConfig) ->
     if delay is None:
         delay = config.backoff_for(num_delivered)
     return Decision(Action.RETRY, delay=delay)
+
+
+def decide_exhausted(
+    num_delivered: int, *, config: BridgeConfig
+) -> tuple[Decision, AttemptsExhausted] | None:
+    """Dead letter (and its error) for the reserved delivery, ``num_delivered > max_deliver``.
+
+    ``None`` for every other delivery.  The caller decides with it before running
+    the handler, after the inbox check (see the module doc).  Pure, no I/O.
+    """
+    if num_delivered > config.max_deliver:
+        error = AttemptsExhausted(num_delivered, config.max_deliver)
+        return Decision(Action.DEAD_LETTER, reason=REASON_MAX_DELIVER), error
+    return None
 
 
 def decide_unknown(

@@ -76,25 +76,24 @@ async def test_drift_makes_verify_fail_naming_the_field(
 
     code, out, _ = await run("verify", env=env)
     assert code == 1
-    assert f"DRIFT consumer s{unique}/{durable}: max_deliver: 9 (want 5)" in out
+    # The server redelivers without limit; the bridge counts attempts (reserved delivery).
+    assert f"DRIFT consumer s{unique}/{durable}: max_deliver: 9 (want -1)" in out
 
     code, out, _ = await run("verify", "--json", env=env)
     report = json.loads(out)
     assert code == 1 and report["ok"] is False
     (problem,) = report["problems"]
     assert problem["target"] == f"s{unique}/{durable}"
-    assert problem["fields"]["max_deliver"] == {"actual": 9, "desired": 5}
+    assert problem["fields"]["max_deliver"] == {"actual": 9, "desired": -1}
 
     code, out, _ = await run("plan", "--json", env=env)
     plan = json.loads(out)
     assert code == 0 and plan["in_sync"] is False
     assert plan["changes"][0]["kind"] == "update_consumer"
 
-    # Flags override the environment: asking for 9 matches the server again.
-    code, _, _ = await run(
-        "verify", "--max-deliver", "9", "--consumer-mode-for", f"a{unique}=pull", env=env
-    )
-    assert code == 1  # B still wants 5
+    # Flags override the environment: verify compares against --ack-wait, not ACK_WAIT.
+    code, out, _ = await run("verify", "--ack-wait", "45s", env=env)
+    assert code == 1 and "ack_wait: 30.0 (want 45.0)" in out
     assert (await run("apply", env=env))[0] == 0
     assert (await run("verify", env=env))[0] == 0
 
@@ -199,7 +198,7 @@ async def test_permissions_output_runs_a_real_server(tmp_path: Path, unique: str
     code, out, _ = await run("permissions", "--json", "--consumer-mode-for", f"{b}=push", env=env)
     sets = {u["user"]: u for u in json.loads(out)["users"]}
     assert sets[a]["subscribe"]["allow"] == [
-        "_INBOX.>",
+        f"_INBOX_{a}.>",  # its own reply inbox: never shared with the peer
         f"{a}.bridge.reconcile {a}-reconcile",
         f"{a}.bridge.reconcile.reply.>",
     ]

@@ -68,7 +68,7 @@ async def test_consumer_backoff_and_ack_wait_read_back_in_seconds(
     info = await nc.jetstream().consumer_info(cfg.stream_name, cfg.subjects.durable)
     assert info.config.ack_wait == 2.0
     assert info.config.backoff == [2.0, 5.0, 15.0]
-    assert info.config.max_deliver == cfg.max_deliver
+    assert info.config.max_deliver == -1  # unlimited: the bridge counts the attempts
 
 
 async def test_verify_names_missing_stream_and_consumer(
@@ -90,8 +90,8 @@ async def test_verify_names_drifted_consumer_and_apply_is_idempotent(
     prov = await provision(nc, cfg)
     again = await prov.apply(stream_spec(cfg), [consumer_spec(cfg)])
     assert again.empty, again.describe()
-    drifted = cfg.with_(max_deliver=7)
-    with pytest.raises(DriftError, match=r"a\w+-workers.*max_deliver"):
+    drifted = cfg.with_(ack_wait=45.0)
+    with pytest.raises(DriftError, match=r"a\w+-workers.*ack_wait"):
         await prov.verify(stream_spec(drifted), [consumer_spec(drifted)])
 
 
@@ -110,14 +110,14 @@ async def test_apply_keeps_operator_set_fields(
     consumer["description"] = "set by ops"
     await api.save_consumer(cfg.stream_name, consumer, action="update")
 
-    changed = cfg.with_(max_deliver=6, duplicate_window=60.0)
+    changed = cfg.with_(ack_wait=45.0, duplicate_window=60.0)
     plan = await prov.apply(stream_spec(changed), [consumer_spec(changed)])
     assert {c.kind for c in plan.changes} == {"update_stream", "update_consumer"}
     stream = (await api.stream_info(cfg.stream_name))["config"]
     consumer = (await api.consumer_info(cfg.stream_name, cfg.subjects.durable))["config"]
     assert stream["max_msgs"] == 12345 and f"extra{unique}.events" in stream["subjects"]
     assert consumer["max_ack_pending"] == 77 and consumer["description"] == "set by ops"
-    assert consumer["max_deliver"] == 6
+    assert consumer["ack_wait"] == 45_000_000_000
     await prov.verify(stream_spec(changed), [consumer_spec(changed)])
 
 

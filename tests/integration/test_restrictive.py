@@ -57,7 +57,7 @@ async def envs(tmp_path: Path, unique: str) -> AsyncIterator[Callable[..., Await
     """Factory of stacks; modes by role: {"a": "pull", "b": "push"}."""
     made: list[Env] = []
 
-    async def make(modes: Modes | None = None, *, private_inboxes: bool = False) -> Env:
+    async def make(modes: Modes | None = None) -> Env:
         a, b = f"a{unique}", f"b{unique}"
         named = {a: (modes or {}).get("a", "pull"), b: (modes or {}).get("b", "pull")}
         stack = write_restrictive_stack(
@@ -66,7 +66,6 @@ async def envs(tmp_path: Path, unique: str) -> AsyncIterator[Callable[..., Await
             consumer_modes=named,
             port=free_port(),
             stream_name=f"s{unique}",
-            private_inboxes=private_inboxes,
         )
         server = NatsServer(config=stack.authorization, port=stack.port).start()
         admin = await nats.connect(server.url, user=stack.admin.user, password=stack.admin.password)
@@ -214,7 +213,7 @@ async def test_push_app_receives_on_queue_group_answers_flow_control_and_acks(
 
 
 async def test_apps_cannot_use_each_others_consumer_or_subject(envs: EnvFactory) -> None:
-    env = await envs({"a": "pull", "b": "push"}, private_inboxes=True)
+    env = await envs({"a": "pull", "b": "push"})
     await env.provision(env.a, env.b)
     a = await env.connect(env.a)
     b = await env.connect(env.b)
@@ -232,9 +231,13 @@ async def test_apps_cannot_use_each_others_consumer_or_subject(envs: EnvFactory)
     with pytest.raises(Exception):
         await sub.fetch(1, timeout=1)
     await violation(b, f'publish to "$JS.API.CONSUMER.MSG.NEXT.{cfg_a.stream_name}.')
-    # With private inboxes, neither can listen to the other's replies.
+    # Each app has its own reply inbox (the default): neither can listen to the
+    # other's replies, not even through the shared prefix.
+    assert a.nc.new_inbox().startswith(f"_INBOX_{env.a}.")
     await b.nc.subscribe("_INBOX_" + env.a + ".>")
     await violation(b, f'subscription to "_INBOX_{env.a}.>"')
+    await b.nc.subscribe("_INBOX.>")
+    await violation(b, 'subscription to "_INBOX.>"')
     # The queue-group restriction holds even on B's own deliver subject.
     await b.nc.subscribe(cfg_b.deliver_subject)
     await violation(b, f'subscription to "{cfg_b.deliver_subject}"')

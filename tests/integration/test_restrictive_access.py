@@ -130,4 +130,32 @@ async def test_check_permissions_reports_each_needed_subject(envs: EnvFactory) -
     assert not by_subject[cfg_a.subjects.publish].allowed
     assert not by_subject[cfg_a.subjects.dlq].allowed
     assert not by_subject[f"$JS.ACK.{cfg_a.stream_name}.{cfg_a.subjects.durable}.>"].allowed
-    assert by_subject["_INBOX.>"].allowed
+    assert by_subject[f"{wrong.inbox_prefix}.>"].allowed  # B's user, B's own inbox
+
+
+async def test_check_permissions_verdicts_are_the_same_in_50_runs(envs: EnvFactory) -> None:  # noqa: F811
+    """The verdict is the server's, not the outcome of a race with its -ERR: every
+    run of the check, for the app's own user and for a user lacking A's subjects,
+    reports exactly the same allowed/denied per subject."""
+    env = await envs({"a": "pull", "b": "push"})
+    await env.provision(env.a, env.b)
+    cfg_a = env.cfg(env.a)
+    own = await env.connect(env.a)
+    wrong_cfg = cfg_a.with_(credentials=env.stack.apps[env.b].credentials())
+    wrong = await env.connect(env.a, wrong_cfg)
+    denied = {
+        cfg_a.subjects.publish,
+        cfg_a.subjects.dlq,
+        f"$JS.API.CONSUMER.MSG.NEXT.{cfg_a.stream_name}.{cfg_a.subjects.durable}",
+        f"$JS.ACK.{cfg_a.stream_name}.{cfg_a.subjects.durable}.>",
+        cfg_a.subjects.peer_reconcile,
+        f"{cfg_a.subjects.peer_reconcile_replies}.>",
+        f"{cfg_a.subjects.reconcile} {cfg_a.subjects.reconcile_group}",
+        f"{cfg_a.subjects.reconcile_replies}.>",
+    }
+    for run in range(50):
+        checks = await check_permissions(own.nc, cfg_a, timeout=5)
+        assert [c for c in checks if not c.allowed] == [], f"run {run}"
+        by_subject = {c.subject: c.allowed for c in await check_permissions(
+            wrong.nc, wrong_cfg, timeout=5)}  # fmt: skip
+        assert {s for s, allowed in by_subject.items() if not allowed} == denied, f"run {run}"

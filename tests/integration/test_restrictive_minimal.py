@@ -76,7 +76,8 @@ def variants(unique: str) -> list[Variant]:
 
 def _rename(entry: str, base: BridgeConfig, cfg: BridgeConfig) -> str:
     return (
-        entry.replace(base.stream_name, cfg.stream_name)
+        entry.replace("_INBOX_x.", f"_INBOX_{cfg.app_name}.")
+        .replace(base.stream_name, cfg.stream_name)
         .replace("x.bridge.", f"{cfg.app_name}.bridge.")
         .replace("x-reconcile", f"{cfg.app_name}-reconcile")
         .replace("y.bridge.", f"{cfg.destination_app}.bridge.")
@@ -222,7 +223,7 @@ EXPECTED = {
     "$JS.API.CONSUMER.MSG.NEXT.": "receive",
     "$JS.ACK.": "ack",
     "$JS.FC.": "flow_control",
-    "_INBOX.>": "publish",  # no PubAck without the reply inbox
+    "_INBOX_{app}.>": "publish",  # no PubAck without the app's own reply inbox
     "{dest}.sync.{app}.worker": "receive",
     "{app}.bridge.reconcile": "respond",  # also its .reply.> (request)
     "{dest}.bridge.reconcile": "request",  # also its .reply.> (respond)

@@ -139,3 +139,47 @@ def test_dlq_retention_defaults_to_kept_until_handled_and_is_validated() -> None
     assert BridgeConfig(app_name="a", destination_app="b", dlq_retention="stream")
     with pytest.raises(ConfigError, match=r"dlq_retention must be 'never'.*'forever'"):
         BridgeConfig(app_name="a", destination_app="b", dlq_retention="forever")
+
+
+def test_inbox_retention_shorter_than_the_stream_keeps_messages_is_refused() -> None:
+    """An event the stream can still deliver again (consumer re-created or reset, a
+    republish) after its inbox record was purged would be applied twice."""
+    from bridge.config import ConsumerOptions
+
+    day = 24 * 3600.0
+    with pytest.raises(ConfigError, match=r"consumer\.inbox_retention.*stream_max_age") as err:
+        BridgeConfig(
+            app_name="a", destination_app="b", consumer=ConsumerOptions(inbox_retention=day)
+        )
+    assert "applied twice" in str(err.value) and "allow_short_inbox_retention" in str(err.value)
+    ok = BridgeConfig(
+        app_name="a",
+        destination_app="b",
+        stream_max_age=day,
+        consumer=ConsumerOptions(inbox_retention=day),
+    )
+    assert ok.consumer.inbox_retention == ok.stream_max_age
+    # no inbox, or handlers that are idempotent on their own: the operator's call
+    BridgeConfig(
+        app_name="a",
+        destination_app="b",
+        use_inbox=False,
+        consumer=ConsumerOptions(inbox_retention=1),
+    )
+    BridgeConfig(
+        app_name="a",
+        destination_app="b",
+        consumer=ConsumerOptions(inbox_retention=1, allow_short_inbox_retention=True),
+    )
+    # max_age 0 keeps messages for ever: no retention covers it
+    with pytest.raises(ConfigError, match="for ever"):
+        BridgeConfig(app_name="a", destination_app="b", stream_max_age=0)
+    with pytest.raises(ConfigError, match="stream_max_age"):
+        BridgeConfig(app_name="a", destination_app="b", stream_max_age=-1)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5])
+def test_stream_max_bytes_is_unlimited_or_positive(bad: object) -> None:
+    with pytest.raises(ConfigError, match="stream_max_bytes"):
+        BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=bad)  # type: ignore[arg-type]
+    assert BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=1024).stream_max_bytes

@@ -29,7 +29,7 @@ def test_pull_set_is_exact() -> None:
         "system_b.bridge.reconcile.reply.>",
     )
     assert perms.subscribe == (
-        "_INBOX.>",
+        "_INBOX_system_a.>",
         "system_a.bridge.reconcile system_a-reconcile",
         "system_a.bridge.reconcile.reply.>",
     )
@@ -47,25 +47,34 @@ def test_push_set_is_exact_and_has_no_js_api() -> None:
     )
     assert perms.subscribe == (
         "system_b.sync.system_a.worker system_a-workers",
-        "_INBOX.>",
+        "_INBOX_system_a.>",
         "system_a.bridge.reconcile system_a-reconcile",
         "system_a.bridge.reconcile.reply.>",
     )
     assert not any(s.startswith("$JS.API") for s in perms.publish + perms.subscribe)
 
 
-def test_private_inbox_custom_deliver_and_no_dlq() -> None:
+def test_each_app_has_its_own_reply_inbox_by_default() -> None:
+    """No subscribe entry is shared between the two users of a pair: with a shared
+    ``_INBOX.>`` one app could read the other's PubAcks and fetched messages."""
+    a, b = cfg(), cfg("system_b", "system_a", consumer_mode="push")
+    assert (a.inbox_prefix, b.inbox_prefix) == ("_INBOX_system_a", "_INBOX_system_b")
+    assert not set(app_permissions(a).subscribe) & set(app_permissions(b).subscribe)
+    assert not any(s.startswith("_INBOX.") for s in app_permissions(a).subscribe)
+
+
+def test_custom_inbox_custom_deliver_and_no_dlq() -> None:
     perms = app_permissions(
         cfg(
             consumer_mode="push",
-            credentials=Credentials(inbox_prefix="_INBOX_system_a"),
+            credentials=Credentials(inbox_prefix="_INBOX_custom"),
             delivery_subject="custom.deliver",
             push_consumer_group="grp",
             stream_name="other",
             use_dlq=False,
         )
     )
-    assert perms.subscribe[:2] == ("custom.deliver grp", "_INBOX_system_a.>")
+    assert perms.subscribe[:2] == ("custom.deliver grp", "_INBOX_custom.>")
     assert "system_a.sync.dlq" not in perms.publish
     assert "$JS.ACK.other.system_a-workers.>" in perms.publish
 

@@ -42,3 +42,9 @@ def test_stream_allows_message_ttl_so_dead_letters_outlive_max_age() -> None:
     assert stream_drift(kept, kept.to_api()) == {}
     # JetStream cannot turn it off again: a stream that has it is no drift for "stream"
     assert stream_drift(following, kept.to_api()) == {}
+
+
+def test_stream_refuses_new_messages_when_full_instead_of_dropping_old_ones() -> None:
+    spec = stream_spec(BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=1 << 30))
+    api = spec.to_api()
+    assert (api["discard"], api["max_bytes"]) == ("new", 1 << 30)

@@ -8,8 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge.config import BridgeConfig
 from bridge.delivery import partition_key
 from bridge.envelope import Envelope
-from bridge.errors import ConfigError, EnvelopeError, Reject, Retry
-from bridge.router import Action, Decision, Router, decide, decide_unknown
+from bridge.errors import AttemptsExhausted, ConfigError, EnvelopeError, Reject, Retry
+from bridge.router import Action, Decision, Router, decide, decide_exhausted, decide_unknown
 
 CFG = BridgeConfig(app_name="a", destination_app="b", max_deliver=4, backoff=(1.0, 5.0, 15.0))
 
@@ -93,3 +93,14 @@ def test_partition_key_reads_resource_or_falls_back() -> None:
     assert partition_key(envelope().to_bytes()) == "organization:1"
     assert partition_key(b"{not json") == ""
     assert partition_key(b"[1, 2]") == ""
+
+
+def test_only_a_delivery_after_the_last_attempt_is_the_reserved_one() -> None:
+    for n in range(1, CFG.max_deliver + 1):
+        assert decide_exhausted(n, config=CFG) is None
+    reserved = decide_exhausted(CFG.max_deliver + 1, config=CFG)
+    assert reserved is not None
+    decision, error = reserved
+    assert decision == Decision(Action.DEAD_LETTER, reason="max_deliver_exceeded")
+    assert isinstance(error, AttemptsExhausted) and "after 4 attempts" in str(error)
+    assert decide_exhausted(99, config=CFG) is not None

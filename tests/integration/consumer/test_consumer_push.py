@@ -94,7 +94,7 @@ authorization {{
     {{ user: "{app}", password: "apppw",
       permissions: {{
         publish: {{ allow: ["{publish}", "{dlq}", "$JS.ACK.>", "$JS.FC.>"] }},
-        subscribe: {{ allow: ["{deliver}", "_INBOX.>"] }}
+        subscribe: {{ allow: ["{deliver}", "{inbox}.>"] }}
       }} }}
   ]
 }}
@@ -112,6 +112,7 @@ async def test_push_with_an_app_user_that_has_no_js_api_permission(
             publish=subjects.publish,
             dlq=subjects.dlq,
             deliver=probe.deliver_subject,
+            inbox=probe.inbox_prefix,  # the app's own reply inbox, _INBOX_<app>
         )
     ).start()
     try:

@@ -24,6 +24,7 @@ from bridge.delivery import NatsDelivery, Outcome, StoredMessage
 from bridge.dlq import DeadLetters, MaxDeliveriesWatcher, dead_letter_msg_id
 from bridge.envelope import Envelope
 from bridge.errors import DeadLetterNotFoundError, Reject
+from bridge.jsapi import JetStreamApi
 from bridge.publisher import Publisher
 from bridge.testing import NatsServer
 
@@ -168,11 +169,15 @@ async def test_without_dlq_a_permanent_failure_is_left_unacked(stack: Stack) -> 
 async def test_watcher_dead_letters_what_the_server_gave_up_on(
     nats_server: NatsServer, unique: str, database_url: str
 ) -> None:
-    """A delivery whose last attempt timed out (process killed mid-handler) is
-    abandoned by the server; the MAX_DELIVERIES advisory brings it to the DLQ."""
+    """A consumer still provisioned with a finite server-side max_deliver (by an
+    older version: drift) abandons a delivery whose last attempt timed out; the
+    MAX_DELIVERIES advisory brings it to the DLQ."""
     cfg = make_config(nats_server.url, unique, ack_wait=0.5, backoff=(0.5,), max_deliver=2)
     stack = await build_stack(cfg, database_url)
     try:
+        api = JetStreamApi(stack.connection.nc)
+        current = (await api.consumer_info(cfg.stream_name, cfg.subjects.durable))["config"]
+        await api.save_consumer(cfg.stream_name, {**current, "max_deliver": 2}, action="update")
         watcher = MaxDeliveriesWatcher(
             cfg, stack.connection.nc, stack.dead_letters, stack.processor
         )
