@@ -24,6 +24,10 @@ ConsumerMode = Literal["pull", "push"]
 Mode = Literal["non_restrictive", "restrictive"]
 CONSUMER_MODES: tuple[str, ...] = ("pull", "push")
 DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0, 60.0)
+#: Width of the inbox's ``resource_id`` column (bridge.schema): the most ``max_id_length`` may be.
+INBOX_ID_WIDTH = 255
+#: The most ``consumer.max_json_depth`` may be (parsing recurses once per level).
+MAX_JSON_DEPTH_LIMIT = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,12 @@ class ConsumerOptions:
     #: the default matches ``stream_max_age``, how long the stream may replay a message.
     inbox_retention: float = 7 * 24 * 3600.0
     inbox_cleanup_interval: float = 300.0
+    #: Limits on an incoming body (:mod:`bridge.envelope_limits`): a larger body, deeper
+    #: JSON nesting or a longer id is dead-lettered ``malformed`` on its first delivery.
+    #: The server's ``max_payload`` (1 MiB by default) already bounds what can arrive.
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    max_id_length: int = 255
 
     def __post_init__(self) -> None:
         _positive("consumer.batch_size", self.batch_size)
@@ -116,6 +126,19 @@ class ConsumerOptions:
         _positive("consumer.stop_timeout", self.stop_timeout)
         _positive("consumer.inbox_retention", self.inbox_retention)
         _positive("consumer.inbox_cleanup_interval", self.inbox_cleanup_interval)
+        _positive("consumer.max_body_bytes", self.max_body_bytes)
+        # An envelope is an object holding a payload object (depth 2); far below the
+        # interpreter's recursion limit, so parsing an accepted body can never recurse out.
+        if not 2 <= self.max_json_depth <= MAX_JSON_DEPTH_LIMIT:
+            raise ConfigError(
+                f"consumer.max_json_depth must be between 2 and {MAX_JSON_DEPTH_LIMIT}, "
+                f"got {self.max_json_depth!r}"
+            )
+        if not 1 <= self.max_id_length <= INBOX_ID_WIDTH:
+            raise ConfigError(
+                f"consumer.max_id_length must be between 1 and {INBOX_ID_WIDTH} (the width "
+                f"of the inbox's resource_id column), got {self.max_id_length!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
