@@ -80,6 +80,7 @@ from bridge.config import BridgeConfig
 from bridge.delivery import Delivery, NatsDelivery, Outcome, Received
 from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope
+from bridge.envelope_limits import EnvelopeLimits
 from bridge.errors import DeadLetterError, EnvelopeError
 from bridge.event_schemas import EventSchemas, SchemaObserver
 from bridge.inbox_apply import BatchApplier, BatchItem, error_text
@@ -89,6 +90,7 @@ from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
 
 __all__ = [
     "SKIP_PUBLISH_KEY",
+    "BatchItem",
     "Delivery",
     "InboxCounts",
     "InboxProcessor",
@@ -140,6 +142,7 @@ class InboxProcessor:
         self._config = config
         self._session_factory = session_factory
         self._dead_letters = dead_letters if config.use_dlq else None
+        self._limits = EnvelopeLimits.from_options(config.consumer)
         self._applier = BatchApplier(
             config,
             session_factory,
@@ -167,7 +170,14 @@ class InboxProcessor:
     # -- the batch ----------------------------------------------------------------
     async def process_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Apply ``deliveries`` (one transaction), acknowledge each; return outcomes in order."""
-        items = [self._decode(d) for d in deliveries]
+        return await self.process_decoded([self.decode(d) for d in deliveries])
+
+    async def process_decoded(self, items: Sequence[BatchItem]) -> list[Outcome]:
+        """:meth:`process_batch` for deliveries already through :meth:`decode`.
+
+        The consumer decodes each delivery once, when it partitions a batch by
+        record, and hands the decoded items here (the body is never parsed twice).
+        """
         pending = [item for item in items if item.decision is None]
         if pending:
             try:
@@ -175,7 +185,7 @@ class InboxProcessor:
             except Exception as exc:
                 log.error(
                     "inbox transaction failed; NAKing the batch",
-                    extra={"deliveries": len(deliveries), "error": repr(exc)},
+                    extra={"deliveries": len(items), "error": repr(exc)},
                 )
                 for item in pending:
                     item.outcome, item.error, item.record = None, exc, False
@@ -188,14 +198,29 @@ class InboxProcessor:
         await self._settle_failures([item for item in items if item.outcome is None])
         return [item.outcome or Outcome.RETRIED for item in items]
 
-    def _decode(self, delivery: Delivery) -> BatchItem:
+    def decode(self, delivery: Delivery) -> BatchItem:
+        """Decode one delivery within the configured limits; never raises an Exception.
+
+        A body that cannot be an envelope (:mod:`bridge.envelope_limits`: size,
+        UTF-8, nesting, strict JSON, field types and lengths, or anything else that
+        goes wrong while decoding it) is decided ``malformed`` here, alone: it gets
+        a dead letter on this first delivery and no inbox record (it has no usable
+        event id); the other deliveries of its batch are not affected.
+        """
         item = BatchItem(delivery)
         try:
-            item.envelope = Envelope.from_bytes(delivery.data, delivery.headers)
-        except EnvelopeError as exc:
-            item.error = exc
+            item.envelope = Envelope.from_bytes(
+                delivery.data, delivery.headers, limits=self._limits
+            )
+        except Exception as exc:  # every decoding failure is the body's, never the batch's
+            error = (
+                exc
+                if isinstance(exc, EnvelopeError)
+                else EnvelopeError(f"body cannot be decoded: {type(exc).__name__}: {exc}")
+            )
+            item.error = error
             item.record = False
-            item.decision = decide(exc, num_delivered=delivery.num_delivered, config=self._config)
+            item.decision = decide(error, num_delivered=delivery.num_delivered, config=self._config)
         return item
 
     # -- after the commit ---------------------------------------------------------
@@ -265,7 +290,7 @@ class InboxProcessor:
     async def settled(self, data: bytes) -> bool:
         """True when the event in ``data`` is already processed or dead-lettered."""
         try:
-            event_id = Envelope.from_bytes(data).event_id
+            event_id = Envelope.from_bytes(data, limits=self._limits).event_id
         except EnvelopeError:
             return False
         async with self._session_factory() as session:
@@ -274,7 +299,7 @@ class InboxProcessor:
     async def mark_dead_lettered(self, message: Received, reason: str) -> None:
         """Record a dead letter stored outside a batch (server gave up on it)."""
         try:
-            envelope = Envelope.from_bytes(message.data)
+            envelope = Envelope.from_bytes(message.data, limits=self._limits)
         except EnvelopeError:
             return
         row = store.inbox_row(
