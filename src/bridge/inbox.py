@@ -2,9 +2,13 @@
 
 Contract (DESIGN.md, "Inbox is idempotent and atomic with the handler"):
 
-1. Decode every delivery.  A malformed body (:class:`~bridge.errors.EnvelopeError`,
-   which includes a ``Nats-Msg-Id`` header that differs from ``event_id``) is
-   dead-lettered as ``malformed``; it has no event id, so no inbox record.
+1. Decode every delivery, each on its own (:meth:`InboxProcessor.decode`).  A
+   malformed body (:class:`~bridge.errors.EnvelopeError`: not a valid envelope, a
+   ``Nats-Msg-Id`` header that differs from ``event_id``, or over a limit of
+   :mod:`bridge.envelope_limits` — size, nesting, strict JSON, field lengths) and
+   anything else that goes wrong while decoding it is dead-lettered as
+   ``malformed`` on this first delivery, alone: it has no event id, so no inbox
+   record, and the other deliveries of the batch go on as if it were not there.
 2. Open ONE transaction for the batch, with publishing suppressed on the session
    (handlers never echo), and claim the inbox records of the whole batch in one
    statement (:func:`bridge.inbox_store.claim`).  An event whose record is
@@ -18,11 +22,14 @@ Contract (DESIGN.md, "Inbox is idempotent and atomic with the handler"):
    gives each delivery its own outcome (the failing handler is not run again;
    its exception decides it).  Failures go back to ``failed`` (attempts,
    last_error) in the committed transaction, so ``/sync_status`` counts them.
-   Once a delivery of resource X failed, later deliveries of X in the batch are
-   NAKed with the same delay without running (per-resource order), except on
-   their last allowed delivery.  Before its handler, each delivery is brought to
-   the current schema version of its type (:mod:`bridge.event_schemas`); a version
-   the consumer does not know is dead-lettered ``unsupported_schema_version``.
+   Per-record order (:mod:`bridge.inbox_order`): once a delivery of record X
+   failed, later deliveries of X in the batch are NAKed with the same delay
+   without running; a delivery of X whose record has an earlier ``failed`` event
+   still waiting for its redelivery (from an earlier batch or another replica) is
+   held back likewise — never on its own last allowed delivery.  Before its
+   handler, each delivery is brought to the current schema version of its type
+   (:mod:`bridge.event_schemas`); a version the consumer does not know is
+   dead-lettered ``unsupported_schema_version``.
    Handlers other than the failing one may run twice, the first run rolled
    back: see :mod:`bridge.inbox_apply`.  A batch handler
    (:meth:`bridge.router.Router.on_batch`) is called once per run of consecutive
@@ -41,13 +48,15 @@ backoff delay.  After ``max_deliver`` deliveries the server stops redelivering i
 the message stays in the stream for an operator (``MAX_DELIVERIES`` advisory).
 
 With ``use_inbox=False`` there is no idempotency record: handlers run for every
-delivery (at-least-once), with the same optimistic attempt and fallback.
+delivery (at-least-once), with the same optimistic attempt and fallback; per-record
+order then holds within a batch only (no ``failed`` records to wait for).
 
 Throughput, and what the application's engine should have (the application
 builds the engine; the library never reads settings):
 
 - Per event, an all-success batch costs the handler's own statements plus a
-  share of one claim statement and one commit; the savepoint path adds SAVEPOINT
+  share of one look-up of waiting ``failed`` records, one claim statement and one
+  commit; the savepoint path adds SAVEPOINT
   and RELEASE (two round trips, ~0.4 ms of client CPU with SQLAlchemy) per
   delivery.  A batch handler replaces the handler's statements per event by its
   own per run (e.g. one multi-row upsert).  ``benchmarks/consumer.py`` measures all three.

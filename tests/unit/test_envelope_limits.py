@@ -10,11 +10,15 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
-from bridge.config import ConsumerOptions
+from bridge.config import BridgeConfig, ConsumerOptions
+from bridge.delivery import StoredMessage
 from bridge.envelope import MSG_ID_HEADER, Envelope
 from bridge.envelope_limits import EnvelopeLimits, json_depth_exceeds
 from bridge.errors import ConfigError, EnvelopeError
+from bridge.inbox import InboxProcessor
+from bridge.router import Router
 from bridge.schema import inbox
 
 
@@ -153,3 +157,48 @@ def test_limits_fit_the_inbox_columns_and_are_validated() -> None:
         ConsumerOptions(max_json_depth=10_000)
     with pytest.raises(ConfigError, match=r"consumer\.max_body_bytes"):
         ConsumerOptions(max_body_bytes=0)
+
+
+class Killer(BaseException):
+    """Not an Exception: decode must let it through (the consumer's supervisor handles it)."""
+
+
+def test_decode_gives_the_partition_key_and_never_raises_for_a_body() -> None:
+    cfg = BridgeConfig(app_name="a", destination_app="b")
+    processor = InboxProcessor(cfg, async_sessionmaker(), Router(), None)
+
+    def message(data: bytes) -> StoredMessage:
+        return StoredMessage(data=data, headers=None, subject="b.sync.a", stream="s", stream_seq=1)
+
+    good = processor.decode(message(encode(body(resource_id="42"))))  # type: ignore[arg-type]
+    assert good.decision is None and good.key == "organization:42"
+    for data in (b"{not json", b"[1, 2]", b"[" * 100_000, encode(body(resource_id="r" * 300))):
+        item = processor.decode(message(data))  # type: ignore[arg-type]
+        assert item.key == "" and item.envelope is None and item.record is False
+        assert item.decision is not None and item.decision.reason == "malformed"
+        assert isinstance(item.error, EnvelopeError)
+
+
+def test_decode_turns_an_unexpected_error_into_a_malformed_decision() -> None:
+    processor = InboxProcessor(BridgeConfig(app_name="a", destination_app="b"),
+                               async_sessionmaker(), Router(), None)  # fmt: skip
+
+    class Odd:
+        headers = None
+        subject, stream, stream_seq, num_delivered = "b.sync.a", "s", 1, 1
+
+        @property
+        def data(self) -> bytes:
+            raise LookupError("the body went missing")
+
+    item = processor.decode(Odd())  # type: ignore[arg-type]
+    assert item.decision is not None and item.decision.reason == "malformed"
+    assert "LookupError" in str(item.error)
+
+    class Fatal(Odd):
+        @property
+        def data(self) -> bytes:
+            raise Killer("not mine to catch")
+
+    with pytest.raises(Killer):
+        processor.decode(Fatal())  # type: ignore[arg-type]
