@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import zlib
@@ -146,7 +147,7 @@ class BaseConsumer:
         self._queues = [asyncio.Queue(maxsize=1) for _ in range(self._concurrency)]
         for i, queue in enumerate(self._queues):
             name = f"worker-{i}"
-            self._supervisor.start(name, lambda n=name, q=queue: self._work(n, q))  # type: ignore[misc]
+            self._supervisor.start(name, functools.partial(self._work, name, queue))
         self._supervisor.start(PROGRESS, self._tick)
         self._supervisor.start(RECEIVE, self._run)
         dead_letters = self._processor.dead_letters
