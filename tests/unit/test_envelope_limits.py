@@ -5,6 +5,7 @@ later (pure logic; the consumer-level proof is tests/integration/consumer/test_p
 from __future__ import annotations
 
 import json
+import random
 import time
 import uuid
 from typing import Any
@@ -202,3 +203,35 @@ def test_decode_turns_an_unexpected_error_into_a_malformed_decision() -> None:
 
     with pytest.raises(Killer):
         processor.decode(Fatal())  # type: ignore[arg-type]
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def test_the_depth_check_agrees_with_the_real_depth_of_random_documents() -> None:
+    rng = random.Random(20261202)
+    tricky = ['"', "\\", "[", "]", "{", "}", "\\\\", '\\"', "x", "\u00e9", "\n"]
+
+    def text() -> str:
+        return "".join(rng.choice(tricky) for _ in range(rng.randint(0, 8)))
+
+    def value(depth: int) -> Any:
+        kind = rng.random()
+        if depth <= 0 or kind < 0.3:
+            return rng.choice([text(), 1, 2.5, None, True])
+        if kind < 0.65:
+            return [value(depth - 1) for _ in range(rng.randint(0, 4))]
+        return {text(): value(depth - 1) for _ in range(rng.randint(0, 4))}
+
+    for _ in range(400):
+        document = value(rng.randint(1, 12))
+        encoded = json.dumps(document, ensure_ascii=rng.random() < 0.5)
+        depth = _depth(document)
+        assert not json_depth_exceeds(encoded, depth), encoded
+        if depth > 1:
+            assert json_depth_exceeds(encoded, depth - 1), encoded
