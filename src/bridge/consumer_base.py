@@ -14,8 +14,8 @@ ack / NAK / dead letter.  This module owns everything around that:
   ``in_progress()`` each interval, so the server does not redeliver it while it
   waits in a queue or while its batch is being applied.
 - **Decode once**: the receive loop decodes each delivery
-  (:meth:`~bridge.inbox.InboxProcessor.decode`, which never raises: a poison body
-  is decided ``malformed`` there, alone) and partitions the decoded items by record;
+  (:meth:`~bridge.inbox.InboxProcessor.decode`, which raises no ``Exception``: a
+  poison body is decided ``malformed`` there, alone) and partitions the decoded items by record;
   the worker applies them without parsing the body again.
 - **Never dies**: receive errors (NATS restart, missing consumer) are logged and
   retried after a short, growing pause; a failing batch is logged with its
