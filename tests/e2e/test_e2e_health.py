@@ -109,7 +109,7 @@ async def test_health_is_503_while_a_consumer_task_keeps_dying(
             response = await side.get("/health")
             return response.json() if response.status_code == 503 else None
 
-        body = await eventually(unhealthy, timeout=10, what="503 while the worker keeps dying")
+        body = await eventually(unhealthy, timeout=20, what="503 while the worker keeps dying")
         assert body["status"] == "degraded"
         assert body["nats"]["connected"] is True and body["database"]["connected"] is True
         consumer = body["consumer"]

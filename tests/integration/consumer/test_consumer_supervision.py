@@ -3,9 +3,9 @@
 Fault injection: :class:`Killer` derives from ``BaseException``, so no ``except
 Exception`` in the library stops it — the way a library bug, a stray
 ``CancelledError`` or an exotic exception from a handler ends a task.  Everything
-else is real (nats-server, PostgreSQL).  Every wait is shorter than ``ack_wait``
-(5 s): the deliveries a dead task held must come back at once (NAKed), not be kept
-alive by the in-progress ticker nor wait for the server's ack timeout.
+else is real (nats-server, PostgreSQL).  ``ack_wait`` is 30 s here and every wait a
+third of it: the deliveries a dead task held must come back at once (NAKed), not be
+kept alive by the in-progress ticker nor wait for the server's ack timeout.
 """
 
 from __future__ import annotations
@@ -13,13 +13,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from consumer_support import Stack, org_event, record_effect, wait_until
+from consumer_support import Stack, make_config, org_event, record_effect, wait_until
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bridge.config import ConsumerOptions
+from bridge.config import BridgeConfig, ConsumerOptions
 from bridge.consumer import PullConsumer, PushConsumer
 from bridge.delivery import Delivery
 from bridge.envelope import Envelope
+from bridge.testing import NatsServer
+
+ACK_WAIT = 30.0
+WITHIN = ACK_WAIT / 3
+
+
+@pytest.fixture
+def cfg(nats_server: NatsServer, unique: str) -> BridgeConfig:
+    return make_config(nats_server.url, unique, ack_wait=ACK_WAIT)
 
 
 class Killer(BaseException):
@@ -43,13 +52,13 @@ async def test_a_worker_killed_by_an_unexpected_exception_is_restarted(stack: St
     async def applied_first() -> bool:
         return await stack.effects() == 1
 
-    await wait_until(applied_first, timeout=4.0)
+    await wait_until(applied_first, timeout=WITHIN)
     await stack.publish(org_event(stack.cfg, "2"))
 
     async def applied_second() -> bool:
         return await stack.effects() == 2
 
-    await wait_until(applied_second, timeout=4.0)
+    await wait_until(applied_second, timeout=WITHIN)
     stats = consumer.stats()
     assert stats.task_restarts == 1 and stats.running
     assert stats.in_flight == 0
@@ -71,7 +80,7 @@ async def test_a_worker_that_keeps_dying_makes_the_consumer_unhealthy(stack: Sta
     async def crash_looping() -> bool:
         return any("crash-looping" in problem for problem in consumer.health().problems)
 
-    await wait_until(crash_looping, timeout=4.0)
+    await wait_until(crash_looping, timeout=WITHIN)
     health = consumer.health()
     assert not health.healthy and health.task_restarts >= 3
     assert any("worker-0" in problem and "Killer" in problem for problem in health.problems), health
@@ -154,7 +163,7 @@ async def test_a_dead_receive_task_is_restarted_and_its_batch_comes_back(
 
     # The receive task died holding 5 deliveries: they are NAKed, not kept alive by
     # the in-progress ticker (which would hide them from the server for ever).
-    await wait_until(all_applied, timeout=4.0)
+    await wait_until(all_applied, timeout=WITHIN)
     assert consumer.trapped
     stats = consumer.stats()
     assert stats.task_restarts == 1 and stats.running
@@ -164,7 +173,7 @@ async def test_a_dead_receive_task_is_restarted_and_its_batch_comes_back(
     async def six() -> bool:
         return await stack.effects() == 6
 
-    await wait_until(six, timeout=4.0)
+    await wait_until(six, timeout=WITHIN)
 
 
 async def test_a_dead_push_receive_task_is_restarted(stack: Stack) -> None:
@@ -180,5 +189,5 @@ async def test_a_dead_push_receive_task_is_restarted(stack: Stack) -> None:
     async def all_applied() -> bool:
         return await stack.effects() == 3
 
-    await wait_until(all_applied, timeout=4.0)
+    await wait_until(all_applied, timeout=WITHIN)
     assert consumer.trapped and consumer.stats().task_restarts == 1

@@ -4,8 +4,8 @@ first delivery, alone; every other delivery of its batch is applied and acked.
 Real nats-server and PostgreSQL.  The burst is published before the consumer starts,
 so a pull consumer receives it in one fetch (``batch_size`` is larger than the burst);
 with ``concurrency=2`` the receive loop partitions it across two workers.  Nothing
-here waits for ``ack_wait`` (5 s): the good events must be applied at once, not after
-a redelivery.
+may depend on a redelivery: every dead letter records delivery 1 and the consumer
+counts no redelivery at all.
 """
 
 from __future__ import annotations
@@ -137,8 +137,7 @@ async def test_poison_in_a_burst_is_dead_lettered_alone_on_its_first_delivery(
         letters = await stack.dead_letters.list(limit=100)
         return len(applied) >= len(good) and len(letters) >= len(poison_seqs)
 
-    # well within ack_wait (5 s): nothing may depend on a redelivery
-    await wait_until(settled, timeout=4.5)
+    await wait_until(settled, timeout=15)
     assert sorted(applied) == sorted(good)  # each once
     letters = await stack.dead_letters.list(limit=100)
     assert len(letters) == len(poison_seqs)
