@@ -8,10 +8,10 @@ in order; outcomes are identical on both paths, only the cost differs.
    inbox records (one statement, after one look-up of the records still waiting
    for a redelivery, :mod:`bridge.inbox_order`), run every handler in ONE
    transaction with NO savepoints (flush after each), record the non-handler
-   failures (unknown event types, held-back deliveries), commit once.  Round trips
-   per event: just the handler's own statements.  If a handler raises, the attempt stops there (no
-   later handler runs in it) and the whole transaction is rolled back; if the
-   commit fails, likewise.  Nothing has been acked or recorded.
+   failures (unknown event types, held-back deliveries), commit once.  Round
+   trips per event: just the handler's own statements.  If a handler raises, the
+   attempt stops there (no later handler runs in it) and the whole transaction is
+   rolled back; if the commit fails, likewise.  Nothing has been acked or recorded.
 2. **Fallback**, only after such a rollback: the same batch again in a fresh
    transaction with a SAVEPOINT per delivery (``session.begin_nested()``).  A
    failure rolls back only its savepoint; its record goes back to ``failed``
