@@ -55,13 +55,14 @@ async def test_a_worker_killed_by_an_unexpected_exception_is_restarted(stack: St
     await wait_until(applied_first, timeout=WITHIN)
     await stack.publish(org_event(stack.cfg, "2"))
 
-    async def applied_second() -> bool:
-        return await stack.effects() == 2
+    async def acked_second() -> bool:  # counted once its ack is sent
+        stats = consumer.stats()
+        return stats.outcomes.get("acked") == 2 and stats.in_flight == 0
 
-    await wait_until(applied_second, timeout=WITHIN)
+    await wait_until(acked_second, timeout=WITHIN)
+    assert await stack.effects() == 2
     stats = consumer.stats()
     assert stats.task_restarts == 1 and stats.running
-    assert stats.in_flight == 0
     health = consumer.health()
     assert health.healthy, health  # one death, restarted at once: not a crash loop
     assert "Killer" in (health.last_error or "")
@@ -158,13 +159,13 @@ async def test_a_dead_receive_task_is_restarted_and_its_batch_comes_back(
     stack.consumers.append(consumer)
     await consumer.start()
 
-    async def all_applied() -> bool:
-        return await stack.effects() == 5
+    async def all_acked() -> bool:
+        return consumer.stats().outcomes.get("acked") == 5
 
     # The receive task died holding 5 deliveries: they are NAKed, not kept alive by
     # the in-progress ticker (which would hide them from the server for ever).
-    await wait_until(all_applied, timeout=WITHIN)
-    assert consumer.trapped
+    await wait_until(all_acked, timeout=WITHIN)
+    assert consumer.trapped and await stack.effects() == 5
     stats = consumer.stats()
     assert stats.task_restarts == 1 and stats.running
     assert stats.outcomes == {"acked": 5}
