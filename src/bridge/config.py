@@ -28,6 +28,10 @@ DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0, 60.0)
 #: ``dlq_retention`` values: "never" = dead letters are kept until handled (replayed or
 #: purged) whatever the stream's max_age; "stream" = they age out with the stream.
 DLQ_RETENTIONS: tuple[str, ...] = ("never", "stream")
+#: Width of the inbox's ``resource_id`` column (bridge.schema): the most ``max_id_length`` may be.
+INBOX_ID_WIDTH = 255
+#: The most ``consumer.max_json_depth`` may be (parsing recurses once per level).
+MAX_JSON_DEPTH_LIMIT = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,12 @@ class ConsumerOptions:
     #: Accept an ``inbox_retention`` shorter than ``stream_max_age`` (refused otherwise):
     #: only for handlers that are idempotent on their own, e.g. last-writer-wins.
     allow_short_inbox_retention: bool = False
+    #: Limits on an incoming body (:mod:`bridge.envelope_limits`): a larger body, deeper
+    #: JSON nesting or a longer id is dead-lettered ``malformed`` on its first delivery.
+    #: The server's ``max_payload`` (1 MiB by default) already bounds what can arrive.
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    max_id_length: int = 255
 
     def __post_init__(self) -> None:
         _positive("consumer.batch_size", self.batch_size)
@@ -123,6 +133,19 @@ class ConsumerOptions:
         _positive("consumer.stop_timeout", self.stop_timeout)
         _positive("consumer.inbox_retention", self.inbox_retention)
         _positive("consumer.inbox_cleanup_interval", self.inbox_cleanup_interval)
+        _positive("consumer.max_body_bytes", self.max_body_bytes)
+        # An envelope is an object holding a payload object (depth 2); far below the
+        # interpreter's recursion limit, so parsing an accepted body can never recurse out.
+        if not 2 <= self.max_json_depth <= MAX_JSON_DEPTH_LIMIT:
+            raise ConfigError(
+                f"consumer.max_json_depth must be between 2 and {MAX_JSON_DEPTH_LIMIT}, "
+                f"got {self.max_json_depth!r}"
+            )
+        if not 1 <= self.max_id_length <= INBOX_ID_WIDTH:
+            raise ConfigError(
+                f"consumer.max_id_length must be between 1 and {INBOX_ID_WIDTH} (the width "
+                f"of the inbox's resource_id column), got {self.max_id_length!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)

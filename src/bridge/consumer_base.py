@@ -13,9 +13,19 @@ ack / NAK / dead letter.  This module owns everything around that:
   interval (``consumer.in_progress_interval`` or ``ack_wait / 2``) gets
   ``in_progress()`` each interval, so the server does not redeliver it while it
   waits in a queue or while its batch is being applied.
+- **Decode once**: the receive loop decodes each delivery
+  (:meth:`~bridge.inbox.InboxProcessor.decode`, which raises no ``Exception``: a
+  poison body is decided ``malformed`` there, alone) and partitions the decoded items by record;
+  the worker applies them without parsing the body again.
 - **Never dies**: receive errors (NATS restart, missing consumer) are logged and
-  retried after a short, growing pause; a failing batch is logged and the loop
-  goes on (its deliveries are NAKed or time out and are redelivered).
+  retried after a short, growing pause; a failing batch is logged with its
+  traceback and counted (``batch_errors``), and the loop goes on (its deliveries
+  are NAKed or time out and are redelivered).  What still ends a task (a
+  ``BaseException``, a cancellation from outside) is caught by the
+  :class:`~bridge.supervisor.TaskSupervisor`: the task is restarted and counted
+  (``task_restarts``), and the deliveries it held are NAKed at once, never kept
+  alive by the in-progress ticker.  :meth:`BaseConsumer.health` is unhealthy while a
+  task is dead or crash-looping (``/health`` answers 503).
 - **stop(timeout)**: stop receiving, let the workers finish and acknowledge what
   they hold, flush the acks; whatever is still un-acked when ``timeout`` runs
   out is abandoned (its transaction rolls back) and redelivered by the server.
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import zlib
@@ -38,14 +49,17 @@ from typing import Protocol
 
 from bridge.config import BridgeConfig
 from bridge.connection import Connection
-from bridge.delivery import Delivery, Outcome, partition_key
+from bridge.delivery import Delivery, Outcome
 from bridge.dlq import MaxDeliveriesWatcher
-from bridge.inbox import InboxProcessor
+from bridge.inbox import BatchItem, InboxProcessor
+from bridge.supervisor import TaskHealth, TaskSupervisor
 
 log = logging.getLogger("bridge.consumer")
 
 RECEIVE_RETRY_MIN = 0.1
 RECEIVE_RETRY_MAX = 2.0
+RECEIVE = "receive"
+PROGRESS = "progress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,8 @@ class ConsumerStats:
     redeliveries: int = 0  # received deliveries with num_delivered > 1
     batches: int = 0
     receive_errors: int = 0
+    batch_errors: int = 0  # batches whose processing raised (logged with traceback)
+    task_restarts: int = 0  # receive/worker/progress tasks that died and were restarted
 
     @property
     def processed(self) -> int:
@@ -107,10 +123,13 @@ class BaseConsumer:
             config.auto_provision if watch_max_deliveries is None else watch_max_deliveries
         )
         self._watcher: MaxDeliveriesWatcher | None = None
-        self._queues: list[asyncio.Queue[list[Delivery] | None]] = []
-        self._workers: list[asyncio.Task[None]] = []
-        self._loop_task: asyncio.Task[None] | None = None
-        self._ticker: asyncio.Task[None] | None = None
+        self._queues: list[asyncio.Queue[list[BatchItem] | None]] = []
+        self._supervisor = TaskSupervisor(f"{self.mode}-consumer", on_death=self._task_died)
+        # deliveries a task holds and no one else will settle if it dies: the receive
+        # task's not yet handed to a worker, each worker's current batch
+        self._holding: dict[str, list[Delivery]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._started = False
         self._stopping = asyncio.Event()
         self._in_flight: dict[int, tuple[Delivery, float]] = {}
         self._outcomes: Counter[str] = Counter()
@@ -118,21 +137,22 @@ class BaseConsumer:
         self._redeliveries = 0
         self._batches = 0
         self._receive_errors = 0
+        self._batch_errors = 0
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
         """Subscribe and start the receive loop, the workers and the in-progress ticker."""
-        if self._loop_task is not None:
+        if self._started:
             return
         self._stopping.clear()
         await self._open()
+        self._started = True
         self._queues = [asyncio.Queue(maxsize=1) for _ in range(self._concurrency)]
-        self._workers = [
-            asyncio.create_task(self._work(q), name=f"bridge-{self.mode}-worker-{i}")
-            for i, q in enumerate(self._queues)
-        ]
-        self._ticker = asyncio.create_task(self._tick(), name=f"bridge-{self.mode}-progress")
-        self._loop_task = asyncio.create_task(self._run(), name=f"bridge-{self.mode}-receive")
+        for i, queue in enumerate(self._queues):
+            name = f"worker-{i}"
+            self._supervisor.start(name, functools.partial(self._work, name, queue))
+        self._supervisor.start(PROGRESS, self._tick)
+        self._supervisor.start(RECEIVE, self._run)
         dead_letters = self._processor.dead_letters
         if self._watch and dead_letters is not None:
             self._watcher = MaxDeliveriesWatcher(
@@ -155,27 +175,31 @@ class BaseConsumer:
         Deliveries not acknowledged by then are left to the server, which
         redelivers them after ``ack_wait`` (the inbox makes that safe).
         """
-        if self._loop_task is None:
+        if not self._started:
             return
+        self._started = False
         deadline = time.monotonic() + timeout
         self._stopping.set()
+        self._supervisor.closing()
         await self._close_intake()
-        loop_task, self._loop_task = self._loop_task, None
-        await _finish(loop_task, deadline)
+        supervised = self._supervisor
+        await _finish(supervised.task(RECEIVE), deadline)
         for queue in self._queues:
             try:
                 queue.put_nowait(None)
             except asyncio.QueueFull:  # a batch is still waiting for this worker
                 await _put_before(queue, None, deadline)
-        for worker in self._workers:
-            await _finish(worker, deadline)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+        for name in supervised.names:
+            if name.startswith("worker-"):
+                await _finish(supervised.task(name), deadline)
+        await _finish(supervised.task(PROGRESS), time.monotonic())  # cancelled at once
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=max(deadline - time.monotonic(), 0.1))
         if self._watcher is not None:
             await self._watcher.stop(max(deadline - time.monotonic(), 0.1))
-        self._workers, self._queues, self._ticker, self._watcher = [], [], None, None
+        supervised.clear()
+        self._queues, self._watcher = [], None
+        self._holding.clear()
         await self._close()
         with contextlib.suppress(Exception):  # acks were written; push them out now
             await self._connection.nc.flush(timeout=max(1, round(deadline - time.monotonic())))
@@ -183,16 +207,23 @@ class BaseConsumer:
         self._in_flight.clear()
 
     def stats(self) -> ConsumerStats:
+        receive = self._supervisor.task(RECEIVE)
         return ConsumerStats(
             mode=self.mode,
-            running=self._loop_task is not None and not self._loop_task.done(),
+            running=self._started and receive is not None and not receive.done(),
             outcomes={str(k): v for k, v in self._outcomes.items()},
             in_flight=len(self._in_flight),
             last_delivery_at=self._last_delivery_at,
             redeliveries=self._redeliveries,
             batches=self._batches,
             receive_errors=self._receive_errors,
+            batch_errors=self._batch_errors,
+            task_restarts=self._supervisor.restarts,
         )
+
+    def health(self) -> TaskHealth:
+        """Unhealthy while a consumer task is dead or crash-looping (what died, and how)."""
+        return self._supervisor.health()
 
     # -- subclass hooks -----------------------------------------------------------
     async def _open(self) -> None:
@@ -231,8 +262,18 @@ class BaseConsumer:
                 pause = min(pause * 2, RECEIVE_RETRY_MAX)
                 continue
             pause = RECEIVE_RETRY_MIN
-            if deliveries:
+            if not deliveries:
+                continue
+            try:
                 await self._dispatch(deliveries)
+            except Exception as exc:  # a bug: what was not handed out comes back at once
+                self._batch_errors += 1
+                log.error(
+                    "dispatching a batch failed; NAKing what was not handed out",
+                    extra={"mode": self.mode, "size": len(deliveries), "error": repr(exc)},
+                    exc_info=True,
+                )
+                await self._release(self._holding.pop(RECEIVE, []))
 
     async def _dispatch(self, deliveries: Sequence[Delivery]) -> None:
         now = time.monotonic()
@@ -241,34 +282,65 @@ class BaseConsumer:
             self._in_flight[id(delivery)] = (delivery, now)
             if delivery.num_delivered > 1:
                 self._redeliveries += 1
+        self._holding[RECEIVE] = list(deliveries)  # until each is in a worker's queue
+        items = [self._processor.decode(delivery) for delivery in deliveries]
         if self._concurrency == 1:
-            await self._queues[0].put(list(deliveries))
-            return
-        groups: list[list[Delivery]] = [[] for _ in range(self._concurrency)]
-        for delivery in deliveries:
-            key = partition_key(delivery.data).encode()
-            groups[zlib.crc32(key) % self._concurrency].append(delivery)
+            groups = [items]
+        else:  # one record, one worker (a malformed body has key "" and a worker too)
+            groups = [[] for _ in range(self._concurrency)]
+            for item in items:
+                groups[zlib.crc32(item.key.encode()) % self._concurrency].append(item)
         for queue, group in zip(self._queues, groups, strict=True):
             if group:
                 await queue.put(group)
+                handed = {id(item.delivery) for item in group}
+                self._holding[RECEIVE] = [d for d in self._holding[RECEIVE] if id(d) not in handed]
+        self._holding.pop(RECEIVE, None)
 
-    async def _work(self, queue: asyncio.Queue[list[Delivery] | None]) -> None:
+    async def _work(self, name: str, queue: asyncio.Queue[list[BatchItem] | None]) -> None:
         while (batch := await queue.get()) is not None:
+            deliveries = [item.delivery for item in batch]
+            self._holding[name] = deliveries  # settled by the processor, or NAKed if we die
             try:
                 started = time.perf_counter()
-                outcomes = await self._processor.process_batch(batch)
+                outcomes = await self._processor.process_decoded(batch)
                 self._outcomes.update(str(o) for o in outcomes)
                 self._batches += 1
                 if self.observer is not None:
-                    self.observer.consumer_batch(batch, outcomes, time.perf_counter() - started)
+                    self.observer.consumer_batch(
+                        deliveries, outcomes, time.perf_counter() - started
+                    )
             except Exception as exc:  # a bug or a dead connection: un-acked ones come back
+                self._batch_errors += 1
                 log.error(
                     "batch failed",
                     extra={"mode": self.mode, "size": len(batch), "error": repr(exc)},
+                    exc_info=True,
                 )
-            finally:
-                for delivery in batch:
-                    self._in_flight.pop(id(delivery), None)
+            # not in a finally: if this task dies, the death hook NAKs the batch
+            self._holding.pop(name, None)
+            for delivery in deliveries:
+                self._in_flight.pop(id(delivery), None)
+
+    def _task_died(self, name: str) -> None:
+        """Death hook (:mod:`bridge.supervisor`): NAK what the dead task held."""
+        held = self._holding.pop(name, [])
+        if held:
+            cleanup = asyncio.create_task(self._release(held), name=f"bridge-{self.mode}-release")
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
+
+    async def _release(self, deliveries: Sequence[Delivery]) -> None:
+        """Stop keeping ``deliveries`` alive and NAK them with their backoff delay.
+
+        A NAK after an ack or term of the same delivery is refused (and ignored):
+        only what nobody settled comes back.
+        """
+        for delivery in deliveries:
+            self._in_flight.pop(id(delivery), None)
+        for delivery in deliveries:
+            with contextlib.suppress(Exception):  # best effort; ack_wait is the fallback
+                await delivery.nak(self._config.backoff_for(delivery.num_delivered))
 
     async def _tick(self) -> None:
         # Every in-flight delivery is touched each interval, so at most ack_wait / 2
@@ -280,20 +352,28 @@ class BaseConsumer:
                     await delivery.in_progress()
 
 
-async def _finish(task: asyncio.Task[None], deadline: float) -> None:
-    """Await ``task`` until ``deadline``; cancel it if it is still running then."""
+async def _finish(task: asyncio.Task[None] | None, deadline: float) -> None:
+    """Await ``task`` until ``deadline``; cancel it if it is still running then.
+
+    Whatever the task ended with is logged, never raised: stop() must finish.
+    """
+    if task is None:
+        return
     try:
         await asyncio.wait_for(asyncio.shield(task), max(deadline - time.monotonic(), 0.0))
     except TimeoutError:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
+        with contextlib.suppress(BaseException):
             await task
-    except Exception as exc:
-        log.error("consumer task failed", extra={"error": repr(exc)})
+    except BaseException as exc:
+        if not task.done():  # this coroutine is being cancelled, not the task
+            raise
+        if not task.cancelled():
+            log.error("consumer task failed", extra={"task": task.get_name(), "error": repr(exc)})
 
 
 async def _put_before(
-    queue: asyncio.Queue[list[Delivery] | None], item: None, deadline: float
+    queue: asyncio.Queue[list[BatchItem] | None], item: None, deadline: float
 ) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(queue.put(item), max(deadline - time.monotonic(), 0.0))

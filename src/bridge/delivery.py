@@ -17,7 +17,6 @@ Acknowledgement vocabulary (JetStream):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -143,18 +142,3 @@ class StoredMessage:
     stream_seq: int
     num_delivered: int = 0
 
-
-def partition_key(data: bytes) -> str:
-    """``resource_type:resource_id`` of a body, or ``""`` when it cannot be read.
-
-    Used to pin every delivery of one resource to one worker so per-resource
-    order holds with ``concurrency > 1``; a malformed body goes to the ``""``
-    partition and is dead-lettered there.
-    """
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        return ""
-    if not isinstance(body, dict):
-        return ""
-    return f"{body.get('resource_type')}:{body.get('resource_id')}"

@@ -13,18 +13,28 @@ deduplicates) and ``traceparent`` when tracing is on.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from bridge.envelope_limits import (
+    DEFAULT_LIMITS,
+    TIMESTAMP_WIDTH,
+    EnvelopeLimits,
+    load_json,
+    text_field,
+)
 from bridge.errors import EnvelopeError
 
 SCHEMA_VERSION = 1
 MSG_ID_HEADER = "Nats-Msg-Id"
 TRACEPARENT_HEADER = "traceparent"
 _REQUIRED = ("event_id", "event_type", "producer", "resource_type", "resource_id", "occurred_at")
+# The form PostgreSQL's uuid type and Python's uuid.UUID both read (any case).
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
 def utcnow() -> datetime:
@@ -42,11 +52,19 @@ def parse_timestamp(value: str) -> datetime:
     """Parse an ISO 8601 timestamp into an aware UTC datetime."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise EnvelopeError(f"occurred_at: {value!r} is not an ISO 8601 timestamp") from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        # near year 1 or 9999 an offset moves the instant out of datetime's range
+        return parsed.astimezone(UTC)
+    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise EnvelopeError(
+            f"occurred_at: {str(value)[:80]!r} is not an ISO 8601 timestamp in range"
+        ) from exc
+
+
+def _optional_text(body: Mapping[str, Any], name: str, max_length: int, limit: str) -> str | None:
+    value = body.get(name)
+    return None if value is None else text_field(value, name, max_length, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,57 +129,88 @@ class Envelope:
         )
 
     @classmethod
-    def from_dict(cls, body: Mapping[str, Any], *, traceparent: str | None = None) -> Envelope:
-        """Validate and build an envelope; raise :class:`EnvelopeError` naming the field."""
+    def from_dict(
+        cls,
+        body: Mapping[str, Any],
+        *,
+        traceparent: str | None = None,
+        limits: EnvelopeLimits = DEFAULT_LIMITS,
+    ) -> Envelope:
+        """Validate and build an envelope; raise :class:`EnvelopeError` naming the field.
+
+        Every string field is checked for type and length (:func:`text_field`:
+        names fit the inbox's columns, ids ``limits.max_id_length``), so nothing
+        here can produce a value the inbox cannot store.
+        """
         if not isinstance(body, Mapping):
             raise EnvelopeError("envelope body must be a JSON object")
         missing = [name for name in _REQUIRED if not body.get(name)]
         if missing:
             raise EnvelopeError(f"envelope is missing field(s): {', '.join(missing)}")
-        try:
-            uuid.UUID(str(body["event_id"]))
-        except ValueError as exc:
-            raise EnvelopeError(f"event_id {body['event_id']!r} is not a UUID") from exc
+        event_id = body["event_id"]
+        if not isinstance(event_id, str) or not _UUID_TEXT.fullmatch(event_id):
+            raise EnvelopeError(
+                f"event_id {str(event_id)[:80]!r} is not a UUID in its standard 8-4-4-4-12 hex form"
+            )
         payload = body.get("payload", {})
         if not isinstance(payload, Mapping):
             raise EnvelopeError("payload must be a JSON object")
         version = body.get("schema_version", SCHEMA_VERSION)
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise EnvelopeError(f"schema_version must be a positive integer, got {version!r}")
-        for name in ("event_type", "producer", "resource_type"):
-            if not isinstance(body[name], str):
-                raise EnvelopeError(f"{name} must be a string")
-        parse_timestamp(str(body["occurred_at"]))
+        names, ids = limits.max_name_length, limits.max_id_length
+        columns, id_limit = "the inbox column width", "consumer.max_id_length"
+        event_type = text_field(body["event_type"], "event_type", names, columns)
+        producer = text_field(body["producer"], "producer", names, columns)
+        resource_type = text_field(body["resource_type"], "resource_type", names, columns)
+        resource_id = body["resource_id"]
+        if isinstance(resource_id, int) and not isinstance(resource_id, bool):
+            resource_id = str(resource_id)  # a numeric key is the same record as its text
+        resource_id = text_field(resource_id, "resource_id", ids, id_limit)
+        occurred_at = text_field(
+            body["occurred_at"], "occurred_at", TIMESTAMP_WIDTH, "a timestamp's length"
+        )
+        origin = text_field(body.get("origin") or producer, "origin", names, columns)
+        trace_id = _optional_text(body, "trace_id", ids, id_limit)
+        causation_id = _optional_text(body, "causation_id", ids, id_limit)
+        parse_timestamp(occurred_at)
         return cls(
-            event_id=str(body["event_id"]),
+            event_id=event_id,
             schema_version=version,
-            event_type=body["event_type"],
-            producer=body["producer"],
-            resource_type=body["resource_type"],
-            resource_id=str(body["resource_id"]),
-            occurred_at=str(body["occurred_at"]),
-            trace_id=body.get("trace_id"),
+            event_type=event_type,
+            producer=producer,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            occurred_at=occurred_at,
+            trace_id=trace_id,
             payload=dict(payload),
-            origin=body.get("origin") or body["producer"],
-            causation_id=body.get("causation_id"),
+            origin=origin,
+            causation_id=causation_id,
             traceparent=traceparent,
         )
 
     @classmethod
-    def from_bytes(cls, data: bytes, headers: Mapping[str, str] | None = None) -> Envelope:
+    def from_bytes(
+        cls,
+        data: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        limits: EnvelopeLimits = DEFAULT_LIMITS,
+    ) -> Envelope:
         """Decode a message body; raise :class:`EnvelopeError` if it is malformed.
 
-        When a ``Nats-Msg-Id`` header is present it must equal ``event_id``.
+        The body is parsed within ``limits`` (:mod:`bridge.envelope_limits`: size
+        first, then UTF-8, nesting depth, strict JSON, field lengths), so no body can
+        make this raise anything else.  When a ``Nats-Msg-Id`` header is present it
+        must equal ``event_id``.
         """
-        try:
-            body = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise EnvelopeError(f"body is not valid JSON: {exc}") from exc
+        body = load_json(data, limits)
         headers = headers or {}
-        envelope = cls.from_dict(body, traceparent=headers.get(TRACEPARENT_HEADER))
+        envelope = cls.from_dict(body, traceparent=headers.get(TRACEPARENT_HEADER), limits=limits)
         msg_id = headers.get(MSG_ID_HEADER)
         if msg_id is not None and msg_id != envelope.event_id:
             raise EnvelopeError(
-                f"{MSG_ID_HEADER} header {msg_id!r} does not match event_id {envelope.event_id!r}"
+                f"{MSG_ID_HEADER} header {msg_id[:80]!r} does not match event_id "
+                f"{envelope.event_id!r}"
             )
         return envelope

@@ -2,9 +2,13 @@
 
 Contract (DESIGN.md, "Inbox is idempotent and atomic with the handler"):
 
-1. Decode every delivery.  A malformed body (:class:`~bridge.errors.EnvelopeError`,
-   which includes a ``Nats-Msg-Id`` header that differs from ``event_id``) is
-   dead-lettered as ``malformed``; it has no event id, so no inbox record.
+1. Decode every delivery, each on its own (:meth:`InboxProcessor.decode`).  A
+   malformed body (:class:`~bridge.errors.EnvelopeError`: not a valid envelope, a
+   ``Nats-Msg-Id`` header that differs from ``event_id``, or over a limit of
+   :mod:`bridge.envelope_limits` — size, nesting, strict JSON, field lengths) and
+   anything else that goes wrong while decoding it is dead-lettered as
+   ``malformed`` on this first delivery, alone: it has no event id, so no inbox
+   record, and the other deliveries of the batch go on as if it were not there.
 2. Open ONE transaction for the batch, with publishing suppressed on the session
    (handlers never echo), and claim the inbox records of the whole batch in one
    statement (:func:`bridge.inbox_store.claim`).  An event whose record is
@@ -18,11 +22,14 @@ Contract (DESIGN.md, "Inbox is idempotent and atomic with the handler"):
    gives each delivery its own outcome (the failing handler is not run again;
    its exception decides it).  Failures go back to ``failed`` (attempts,
    last_error) in the committed transaction, so ``/sync_status`` counts them.
-   Once a delivery of resource X failed, later deliveries of X in the batch are
-   NAKed with the same delay without running (per-resource order), except on
-   their last allowed delivery.  Before its handler, each delivery is brought to
-   the current schema version of its type (:mod:`bridge.event_schemas`); a version
-   the consumer does not know is dead-lettered ``unsupported_schema_version``.
+   Per-record order (:mod:`bridge.inbox_order`): once a delivery of record X
+   failed, later deliveries of X in the batch are NAKed with the same delay
+   without running; a delivery of X whose record has an earlier ``failed`` event
+   still waiting for its redelivery (from an earlier batch or another replica) is
+   held back likewise — never on its own last allowed delivery.  Before its
+   handler, each delivery is brought to the current schema version of its type
+   (:mod:`bridge.event_schemas`); a version the consumer does not know is
+   dead-lettered ``unsupported_schema_version``.
    Handlers other than the failing one may run twice, the first run rolled
    back: see :mod:`bridge.inbox_apply`.  A batch handler
    (:meth:`bridge.router.Router.on_batch`) is called once per run of consecutive
@@ -41,13 +48,15 @@ backoff delay.  After ``max_deliver`` deliveries the server stops redelivering i
 the message stays in the stream for an operator (``MAX_DELIVERIES`` advisory).
 
 With ``use_inbox=False`` there is no idempotency record: handlers run for every
-delivery (at-least-once), with the same optimistic attempt and fallback.
+delivery (at-least-once), with the same optimistic attempt and fallback; per-record
+order then holds within a batch only (no ``failed`` records to wait for).
 
 Throughput, and what the application's engine should have (the application
 builds the engine; the library never reads settings):
 
 - Per event, an all-success batch costs the handler's own statements plus a
-  share of one claim statement and one commit; the savepoint path adds SAVEPOINT
+  share of one look-up of waiting ``failed`` records, one claim statement and one
+  commit; the savepoint path adds SAVEPOINT
   and RELEASE (two round trips, ~0.4 ms of client CPU with SQLAlchemy) per
   delivery.  A batch handler replaces the handler's statements per event by its
   own per run (e.g. one multi-row upsert).  ``benchmarks/consumer.py`` measures all three.
@@ -80,6 +89,7 @@ from bridge.config import BridgeConfig
 from bridge.delivery import Delivery, NatsDelivery, Outcome, Received
 from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope
+from bridge.envelope_limits import EnvelopeLimits
 from bridge.errors import DeadLetterError, EnvelopeError
 from bridge.event_schemas import EventSchemas, SchemaObserver
 from bridge.inbox_apply import BatchApplier, BatchItem, error_text
@@ -89,6 +99,7 @@ from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
 
 __all__ = [
     "SKIP_PUBLISH_KEY",
+    "BatchItem",
     "Delivery",
     "InboxCounts",
     "InboxProcessor",
@@ -140,6 +151,7 @@ class InboxProcessor:
         self._config = config
         self._session_factory = session_factory
         self._dead_letters = dead_letters if config.use_dlq else None
+        self._limits = EnvelopeLimits.from_options(config.consumer)
         self._applier = BatchApplier(
             config,
             session_factory,
@@ -167,7 +179,14 @@ class InboxProcessor:
     # -- the batch ----------------------------------------------------------------
     async def process_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Apply ``deliveries`` (one transaction), acknowledge each; return outcomes in order."""
-        items = [self._decode(d) for d in deliveries]
+        return await self.process_decoded([self.decode(d) for d in deliveries])
+
+    async def process_decoded(self, items: Sequence[BatchItem]) -> list[Outcome]:
+        """:meth:`process_batch` for deliveries already through :meth:`decode`.
+
+        The consumer decodes each delivery once, when it partitions a batch by
+        record, and hands the decoded items here (the body is never parsed twice).
+        """
         pending = [item for item in items if item.decision is None]
         if pending:
             try:
@@ -175,7 +194,7 @@ class InboxProcessor:
             except Exception as exc:
                 log.error(
                     "inbox transaction failed; NAKing the batch",
-                    extra={"deliveries": len(deliveries), "error": repr(exc)},
+                    extra={"deliveries": len(items), "error": repr(exc)},
                 )
                 for item in pending:
                     item.outcome, item.error, item.record = None, exc, False
@@ -188,14 +207,29 @@ class InboxProcessor:
         await self._settle_failures([item for item in items if item.outcome is None])
         return [item.outcome or Outcome.RETRIED for item in items]
 
-    def _decode(self, delivery: Delivery) -> BatchItem:
+    def decode(self, delivery: Delivery) -> BatchItem:
+        """Decode one delivery within the configured limits; never raises an Exception.
+
+        A body that cannot be an envelope (:mod:`bridge.envelope_limits`: size,
+        UTF-8, nesting, strict JSON, field types and lengths, or anything else that
+        goes wrong while decoding it) is decided ``malformed`` here, alone: it gets
+        a dead letter on this first delivery and no inbox record (it has no usable
+        event id); the other deliveries of its batch are not affected.
+        """
         item = BatchItem(delivery)
         try:
-            item.envelope = Envelope.from_bytes(delivery.data, delivery.headers)
-        except EnvelopeError as exc:
-            item.error = exc
+            item.envelope = Envelope.from_bytes(
+                delivery.data, delivery.headers, limits=self._limits
+            )
+        except Exception as exc:  # every decoding failure is the body's, never the batch's
+            error = (
+                exc
+                if isinstance(exc, EnvelopeError)
+                else EnvelopeError(f"body cannot be decoded: {type(exc).__name__}: {exc}")
+            )
+            item.error = error
             item.record = False
-            item.decision = decide(exc, num_delivered=delivery.num_delivered, config=self._config)
+            item.decision = decide(error, num_delivered=delivery.num_delivered, config=self._config)
         return item
 
     # -- after the commit ---------------------------------------------------------
@@ -265,7 +299,7 @@ class InboxProcessor:
     async def settled(self, data: bytes) -> bool:
         """True when the event in ``data`` is already processed or dead-lettered."""
         try:
-            event_id = Envelope.from_bytes(data).event_id
+            event_id = Envelope.from_bytes(data, limits=self._limits).event_id
         except EnvelopeError:
             return False
         async with self._session_factory() as session:
@@ -274,7 +308,7 @@ class InboxProcessor:
     async def mark_dead_lettered(self, message: Received, reason: str) -> None:
         """Record a dead letter stored outside a batch (server gave up on it)."""
         try:
-            envelope = Envelope.from_bytes(message.data)
+            envelope = Envelope.from_bytes(message.data, limits=self._limits)
         except EnvelopeError:
             return
         row = store.inbox_row(

@@ -5,20 +5,21 @@ contract) after decoding and before acknowledging.  Every claimed delivery runs
 in order; outcomes are identical on both paths, only the cost differs.
 
 1. **Optimistic attempt** (``optimistic=True``, the default): claim the batch's
-   inbox records (one statement), run every handler in ONE transaction with NO
-   savepoints (flush after each), record the non-handler failures (unknown event
-   types, held-back deliveries), commit once.  Round trips per event: just the
-   handler's own statements.  If a handler raises, the attempt stops there (no
-   later handler runs in it) and the whole transaction is rolled back; if the
-   commit fails, likewise.  Nothing has been acked or recorded.
+   inbox records (one statement, after one look-up of the records still waiting
+   for a redelivery, :mod:`bridge.inbox_order`), run every handler in ONE
+   transaction with NO savepoints (flush after each), record the non-handler
+   failures (unknown event types, held-back deliveries), commit once.  Round
+   trips per event: just the handler's own statements.  If a handler raises, the
+   attempt stops there (no later handler runs in it) and the whole transaction is
+   rolled back; if the commit fails, likewise.  Nothing has been acked or recorded.
 2. **Fallback**, only after such a rollback: the same batch again in a fresh
    transaction with a SAVEPOINT per delivery (``session.begin_nested()``).  A
    failure rolls back only its savepoint; its record goes back to ``failed``
-   (attempts, last_error) in the same transaction.  Once a delivery of resource
-   X failed, later deliveries of X in the batch are not run but NAKed with the
-   same delay, so they come back after it (per-resource order) — except on their
-   last allowed delivery, where they run anyway, so no delivery is dead-lettered
-   without its handler having run.  The delivery whose handler raised in the
+   (attempts, last_error, retry_at) in the same transaction.  A delivery that must
+   wait for an earlier event of its record — one that failed earlier in the batch,
+   or a ``failed`` record of an earlier batch or another replica — is held back,
+   not run (:mod:`bridge.inbox_order`; on both paths alike, never on its last
+   allowed delivery).  The delivery whose handler raised in the
    attempt is NOT run again: the exception it raised decides it (same decision as
    if it had failed here).  The commit failing here fails the batch (the caller
    NAKs every delivery).
@@ -72,6 +73,7 @@ from bridge.config import BridgeConfig
 from bridge.delivery import Delivery, Outcome
 from bridge.envelope import Envelope
 from bridge.event_schemas import EventSchemas, SchemaObserver
+from bridge.inbox_order import RecordOrder
 from bridge.outbox import skip_publish
 from bridge.router import (
     Action,
@@ -120,11 +122,11 @@ class _BatchState:
     """Bookkeeping of one batch transaction."""
 
     claimed: set[str] | None  # event ids claimed (None: inbox off)
+    order: RecordOrder  # which deliveries wait for an earlier one (bridge.inbox_order)
     done: set[str] = field(default_factory=set)  # applied in this batch
     seen: set[str] = field(default_factory=set)  # run (or tried) in this batch
-    blocked: dict[str, float] = field(default_factory=dict)  # resource key -> NAK delay
-    failed: list[tuple[str, str | None]] = field(default_factory=list)  # ran and failed
-    held: list[tuple[str, str | None]] = field(default_factory=list)  # claimed, not run
+    failed: list[store.Failure] = field(default_factory=list)  # ran and failed
+    held: list[store.Failure] = field(default_factory=list)  # claimed, not run
     # the optimistic path's open run of one batch handler (module doc): its
     # resource type, handler and (item, resolved envelope) pairs
     run_resource: str | None = None
@@ -255,8 +257,11 @@ class BatchApplier:
             with skip_publish(session):
                 try:
                     async with session.begin():
+                        # before the claim, which takes the batch's own records out of failed
+                        envelopes = [item.envelope for item in items]
+                        order = await RecordOrder.load(session, self._config, envelopes, use_inbox)
                         claimed = await self._claim(session, items) if use_inbox else None
-                        state = _BatchState(claimed)
+                        state = _BatchState(claimed, order)
                         for item in items:
                             await self._apply_one(session, item, state, savepoints)
                         await self._end_run(session, state)
@@ -295,18 +300,17 @@ class BatchApplier:
                 # the same event twice in one batch and the first one failed: its
                 # record is taken; retry this copy with it
                 item.record = False
-                item.decision = Decision(Action.RETRY, delay=state.blocked.get(item.key))
+                item.decision = Decision(Action.RETRY, delay=state.order.blocked.get(item.key))
                 return
             state.seen.add(event_id)
         if exhausted := decide_exhausted(delivery.num_delivered, config=self._config):
             item.decision = exhausted[0]  # the reserved delivery (bridge.router)
             self._failed(state, item, exhausted[1])
             return
-        last_chance = delivery.num_delivered >= self._config.max_deliver
-        if item.key in state.blocked and not last_chance:
-            item.record = False
-            item.decision = Decision(Action.RETRY, delay=state.blocked[item.key])
-            state.held.append((event_id, "held back: an earlier event of this resource failed"))
+        hold = state.order.hold(item.key, envelope, delivery, state.done)
+        if hold is not None:  # waits for an earlier event of its record (bridge.inbox_order)
+            item.record, item.decision = False, Decision(Action.RETRY, delay=hold[0])
+            state.held.append((event_id, hold[1], hold[0]))
             return
         handler: Handler | None = self._router.handler_for(envelope)
         if handler is None:
@@ -394,7 +398,7 @@ class BatchApplier:
         decision = item.decision
         assert decision is not None and item.envelope is not None
         item.error = error
-        state.failed.append((item.envelope.event_id, error_text(error)))
         # Later deliveries of the resource come back no earlier than this one.
         delay = decision.delay if decision.action is Action.RETRY else None
-        state.blocked.setdefault(item.key, delay if delay is not None else self._config.backoff[0])
+        state.failed.append((item.envelope.event_id, error_text(error), delay or 0.0))
+        state.order.block(item.key, delay if delay is not None else self._config.backoff[0])

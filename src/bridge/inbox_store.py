@@ -1,8 +1,8 @@
 """SQL on the ``bridge_inbox`` table, used by :class:`~bridge.inbox.InboxProcessor`.
 
 Record life cycle: ``processed`` (claimed and committed with the handler's
-writes), ``failed`` (not applied yet; will be redelivered), ``dead_lettered``
-(stored in the DLQ).  ``processed`` and ``dead_lettered`` are final: nothing
+writes), ``failed`` (not applied yet; will be redelivered at ``retry_at``),
+``dead_lettered`` (stored in the DLQ).  ``processed`` and ``dead_lettered`` are final: nothing
 here ever changes them, so a record can only be claimed from nothing or from
 ``failed``.
 
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, literal_column, select, text, update
+from sqlalchemy import Interval, bindparam, func, literal_column, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -29,6 +31,8 @@ from bridge.envelope import Envelope
 from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED, inbox
 
 LAST_ERROR_LIMIT = 2000
+#: ``(event_id, last_error, retry_in seconds)`` of a record going back to ``failed``.
+Failure = tuple[str, str | None, float]
 _COLUMNS = (
     "event_id",
     "subject",
@@ -109,6 +113,8 @@ def _record_statement() -> Any:
 
 
 _RECORD = _record_statement()
+# clock_timestamp(), not now(): now() is when the batch's transaction began, and the
+# NAK that schedules the redelivery is sent after it commits.
 _MARK_FAILED = (
     update(inbox)
     .where(inbox.c.event_id == bindparam("id"), inbox.c.status == INBOX_PROCESSED)
@@ -117,6 +123,7 @@ _MARK_FAILED = (
         attempts=inbox.c.attempts + bindparam("attempt_delta"),
         last_error=bindparam("error"),
         processed_at=None,
+        retry_at=func.clock_timestamp() + bindparam("retry_in", type_=Interval()),
     )
 )
 _FINAL = (INBOX_PROCESSED, INBOX_DEAD_LETTERED)
@@ -158,19 +165,79 @@ def _canonical(event_id: object) -> str:
 
 
 async def mark_failed(
-    session: AsyncSession, failures: Iterable[tuple[str, str | None]], *, ran: bool = True
+    session: AsyncSession, failures: Iterable[Failure], *, ran: bool = True
 ) -> None:
-    """Turn claimed records back to ``failed`` with ``(event_id, last_error)``.
+    """Turn claimed records back to ``failed`` with ``(event_id, last_error, retry_in)``.
 
-    ``ran=False`` (held back without running) also takes back the attempt the
-    claim counted, so ``attempts`` stays the number of handler runs.
+    ``retry_in``: seconds until the delivery comes back (its NAK delay), stored as
+    ``retry_at`` for :func:`waiting`.  ``ran=False`` (held back without running) also
+    takes back the attempt the claim counted, so ``attempts`` stays the number of
+    handler runs.
     """
     params = [
-        {"id": event_id, "error": error, "attempt_delta": 0 if ran else -1}
-        for event_id, error in failures
+        {
+            "id": event_id,
+            "error": error,
+            "attempt_delta": 0 if ran else -1,
+            "retry_in": timedelta(seconds=max(retry_in, 0.0)),
+        }
+        for event_id, error, retry_in in failures
     ]
     if params:
         await session.execute(_MARK_FAILED, params)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A ``failed`` record whose delivery is still to come back (see :func:`waiting`)."""
+
+    event_id: str  # lower-case, hyphenated (as PostgreSQL returns a uuid)
+    stream_seq: int | None
+    retry_in: float  # seconds until its redelivery is due (negative: overdue)
+
+
+_WAITING = text(
+    f"""
+    SELECT i.event_id, i.resource_type, i.resource_id, i.stream_seq,
+           CAST(EXTRACT(EPOCH FROM i.retry_at - clock_timestamp()) AS float8)
+      FROM {inbox.name} AS i
+      JOIN unnest(CAST(:resource_types AS text[]), CAST(:resource_ids AS text[]))
+           AS k(resource_type, resource_id)
+        ON i.resource_type = k.resource_type AND i.resource_id = k.resource_id
+     WHERE i.status = '{INBOX_FAILED}'
+       AND i.retry_at > clock_timestamp() - make_interval(secs => :stale)
+    """
+)
+
+
+async def waiting(
+    session: AsyncSession, resources: Iterable[tuple[str, str]], *, stale_after: float
+) -> dict[tuple[str, str], list[Waiting]]:
+    """``failed`` records of ``resources`` ((resource_type, resource_id) pairs) that
+    still wait for their redelivery, by resource.
+
+    One statement over the partial index of ``failed`` records.  A record whose
+    ``retry_at`` passed more than ``stale_after`` seconds ago is not waited for any
+    more (its redelivery would have come: the server gave up on it, or no consumer
+    ran); one without ``retry_at`` (failed before the column existed) neither.
+    """
+    keys = sorted(set(resources))
+    if not keys:
+        return {}
+    result = await session.execute(
+        _WAITING,
+        {
+            "resource_types": [resource_type for resource_type, _ in keys],
+            "resource_ids": [resource_id for _, resource_id in keys],
+            "stale": stale_after,
+        },
+    )
+    found: dict[tuple[str, str], list[Waiting]] = {}
+    for event_id, resource_type, resource_id, stream_seq, retry_in in result:
+        found.setdefault((resource_type, resource_id), []).append(
+            Waiting(str(event_id), stream_seq, float(retry_in))
+        )
+    return found
 
 
 async def record(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

@@ -284,20 +284,34 @@ class Bridge:
         return True, None
 
     async def health(self) -> dict[str, Any]:
-        """Liveness of NATS, the database, the relay and the consumer (no secrets)."""
+        """Liveness of NATS, the database, the relay and the consumer (no secrets).
+
+        ``degraded`` (``/health`` answers 503) when NATS or the database is down, or
+        when a consumer task is dead or crash-looping (:meth:`BaseConsumer.health`:
+        ``consumer.problems`` says which task died and how).
+        """
         db_ok, db_error = await self._database_ok()
         nats = self.connection.snapshot()
-        ok = db_ok and bool(nats["connected"])
+        consumer: dict[str, Any] = {"running": False, "mode": self.config.consumer_mode}
+        consumer_ok = True
+        if self.consumer is not None:
+            tasks = self.consumer.health()
+            consumer_ok = tasks.healthy
+            consumer.update(
+                running=self.consumer.stats().running,
+                healthy=tasks.healthy,
+                problems=list(tasks.problems),
+                task_restarts=tasks.task_restarts,
+                last_error=tasks.last_error,
+            )
+        ok = db_ok and bool(nats["connected"]) and consumer_ok
         return {
             "status": "ok" if ok else "degraded",
             "app": self.config.app_name,
             "nats": nats,
             "database": {"connected": db_ok, "error": db_error},
             "relay": {"running": self.relay is not None},
-            "consumer": {
-                "running": self.consumer is not None,
-                "mode": self.config.consumer_mode,
-            },
+            "consumer": consumer,
         }
 
     async def _management(self, subject: str, body: dict[str, Any] | None) -> dict[str, Any] | None:

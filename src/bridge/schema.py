@@ -8,8 +8,9 @@ and the bridge never touches tables it does not own.
 Outbox row life cycle: ``pending`` → (claimed by a relay: lease columns set) →
 ``sent``; or after ``max_attempts`` failed publishes → ``failed`` (visible and
 re-queueable).  Inbox record life cycle: ``processed`` (committed in the same
-transaction as the handler's writes), ``failed`` (last attempt failed, will be
-redelivered), ``dead_lettered`` (sent to the DLQ; not "processed").
+transaction as the handler's writes), ``failed`` (last attempt failed or was held
+back, will be redelivered at ``retry_at``), ``dead_lettered`` (sent to the DLQ; not
+"processed").
 Backfill checkpoint: one row per (run, table), advanced in the same transaction as
 the outbox rows of each batch (:mod:`bridge.backfill`).
 ``bridge_reconcile_runs`` keeps one row per reconciliation pass (:mod:`bridge.reconcile`).
@@ -126,8 +127,19 @@ inbox = Table(
     Column("last_error", Text, nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("processed_at", DateTime(timezone=True), nullable=True),
+    # When a ``failed`` record's delivery comes back (its NAK delay): later events of
+    # its record are held back until then (bridge.inbox_order, per-record order).
+    Column("retry_at", DateTime(timezone=True), nullable=True),
     Index("ix_bridge_inbox_status", "status"),
     Index("ix_bridge_inbox_processed_at", "processed_at"),
+    # The claim's one look-up of waiting records of the batch's resources; only
+    # ``failed`` records are indexed, so it stays tiny and cheap to maintain.
+    Index(
+        "ix_bridge_inbox_failed_resource",
+        "resource_type",
+        "resource_id",
+        postgresql_where=text("status = 'failed'"),
+    ),
 )
 
 #: Backfill checkpoints: how far run ``run_name`` has re-emitted ``table_name``

@@ -52,6 +52,7 @@ from fault_history import NATURAL_KEYS, History, Write
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bridge.envelope import format_timestamp, parse_timestamp
+from bridge.errors import EnvelopeError
 from bridge.subjects import Subjects
 from bridge.testing import to_plain_url
 
@@ -154,16 +155,19 @@ async def read_stream(nats_urls: Sequence[str], stream: str) -> list[StreamMessa
 def _parse(msg: Any) -> StreamMessage:
     headers = msg.headers or {}
     body: dict[str, Any] = {}
-    with contextlib.suppress(ValueError):
-        body = json.loads(msg.data)
+    # injected poison may be anything (nested too deep to parse, not an object, ...)
+    with contextlib.suppress(ValueError, RecursionError):
+        parsed = json.loads(msg.data)
+        body = parsed if isinstance(parsed, dict) else {}
     payload = body.get("payload") if isinstance(body.get("payload"), dict) else {}
+    resource_id = body.get("resource_id")
     return StreamMessage(
         seq=msg.metadata.sequence.stream,
         subject=msg.subject,
         msg_id=headers.get("Nats-Msg-Id"),
-        event_id=body.get("event_id"),
-        resource_type=body.get("resource_type"),
-        resource_id=str(body["resource_id"]) if body.get("resource_id") is not None else None,
+        event_id=_text(body.get("event_id")),
+        resource_type=_text(body.get("resource_type")),
+        resource_id=str(resource_id) if isinstance(resource_id, (str, int)) else None,
         updated_at=_ts(payload.get("updated_at")),
         reason=headers.get("x-dlq-reason"),
         detail=", ".join(
@@ -174,7 +178,16 @@ def _parse(msg: Any) -> StreamMessage:
 
 
 def _ts(value: Any) -> str | None:
-    return format_timestamp(parse_timestamp(value)) if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return format_timestamp(parse_timestamp(value))
+    except EnvelopeError:  # injected poison
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 async def consumer_lag(

@@ -6,7 +6,6 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig
-from bridge.delivery import partition_key
 from bridge.envelope import Envelope
 from bridge.errors import AttemptsExhausted, ConfigError, EnvelopeError, Reject, Retry
 from bridge.router import Action, Decision, Router, decide, decide_exhausted, decide_unknown
@@ -87,12 +86,6 @@ def test_unknown_event_policies() -> None:
     )
     assert decide_unknown("retry", num_delivered=1, config=CFG) == Decision(Action.RETRY, delay=1.0)
     assert decide_unknown("retry", num_delivered=4, config=CFG).action is Action.DEAD_LETTER  # type: ignore[union-attr]
-
-
-def test_partition_key_reads_resource_or_falls_back() -> None:
-    assert partition_key(envelope().to_bytes()) == "organization:1"
-    assert partition_key(b"{not json") == ""
-    assert partition_key(b"[1, 2]") == ""
 
 
 def test_only_a_delivery_after_the_last_attempt_is_the_reserved_one() -> None:
