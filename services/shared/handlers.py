@@ -9,6 +9,10 @@ Contract, per event (the payload is the sender's full row snapshot):
 
 - The payload is validated; a payload that is not a row of this resource is
   rejected (dead letter ``invalid_payload``) — retrying would not fix it.
+- A payload ``updated_at`` later than this side's clock + ``max_clock_skew`` is a
+  version from the future: dead letter ``future_version``, never applied
+  (:func:`bridge.version_time.check_version_time`; replayable once the clocks agree).
+  Stored, it would win every comparison and could leave no room for a newer version.
 - Versions are compared with :func:`services.shared.versioning.judge` under a row
   lock.  Newer → every column is stored verbatim, including the sender's
   ``updated_at`` and ``origin`` (never bumped).  The same version → nothing to do,
@@ -53,7 +57,8 @@ ones (a record a concurrent transaction inserted meanwhile then fails the call
 instead of being overwritten unjudged, as a per-event insert would fail).
 
 They take only the easy road.  Anything that needs the per-event rules'
-judgement makes the call raise: an invalid payload, a missing organization, ANY
+judgement makes the call raise: an invalid payload, a version from the future,
+a missing organization, ANY
 live natural-key holder other than the incoming record (in the database before
 the run, or written earlier in the run).  The inbox then rolls the attempt back
 and re-runs each event alone, and a call with one envelope IS the per-event
@@ -75,9 +80,11 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from bridge.envelope import Envelope, format_timestamp, parse_timestamp
+from bridge.config import DEFAULT_MAX_CLOCK_SKEW, Clock
+from bridge.envelope import Envelope, format_timestamp, parse_timestamp, utcnow
 from bridge.errors import EnvelopeError, Reject, Retry
 from bridge.router import REASON_INVALID_PAYLOAD, Router
+from bridge.version_time import check_version_time
 from services.shared.models import Organization, StaleEvent, SyncConflict, User
 from services.shared.versioning import Verdict, Version, judge
 
@@ -101,11 +108,23 @@ USER = _Spec(User, "email", ("name", "email", "role", "origin"), ("id", "organiz
 
 
 class SyncHandlers:
-    """The two handlers of one app; ``engine`` records conflicts outside the inbox transaction."""
+    """The two handlers of one app; ``engine`` records conflicts outside the inbox transaction.
 
-    def __init__(self, engine: AsyncEngine, app_name: str) -> None:
+    ``clock`` and ``max_clock_skew`` bound incoming versions: pass the bridge config's.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        app_name: str,
+        *,
+        clock: Clock = utcnow,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+    ) -> None:
         self._engine = engine
         self.app_name = app_name
+        self._clock = clock
+        self._max_clock_skew = max_clock_skew
 
     def register(self, router: Router, *, batch: bool = True) -> None:
         """Register the batch handlers (``batch=False``: the per-event ones)."""
@@ -117,10 +136,10 @@ class SyncHandlers:
             router.on_resource("user", self.user)
 
     async def organization(self, session: AsyncSession, envelope: Envelope) -> None:
-        await self._apply(session, envelope, ORGANIZATION, decode(envelope, ORGANIZATION))
+        await self._apply(session, envelope, ORGANIZATION, self._decode(envelope, ORGANIZATION))
 
     async def user(self, session: AsyncSession, envelope: Envelope) -> None:
-        values = decode(envelope, USER)
+        values = self._decode(envelope, USER)
         org_id = values["organization_id"]
         known = await session.scalar(select(Organization.id).where(Organization.id == org_id))
         if known is None:
@@ -132,7 +151,7 @@ class SyncHandlers:
         if len(envelopes) == 1:
             await self.organization(session, envelopes[0])
             return
-        decoded = [decode(envelope, ORGANIZATION) for envelope in envelopes]
+        decoded = [self._decode(envelope, ORGANIZATION) for envelope in envelopes]
         await _apply_batch(session, envelopes, ORGANIZATION, decoded)
 
     async def users(self, session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
@@ -140,7 +159,7 @@ class SyncHandlers:
         if len(envelopes) == 1:
             await self.user(session, envelopes[0])
             return
-        decoded = [decode(envelope, USER) for envelope in envelopes]
+        decoded = [self._decode(envelope, USER) for envelope in envelopes]
         wanted = {values["organization_id"] for values in decoded}
         known = set(
             await session.scalars(select(Organization.id).where(Organization.id.in_(wanted)))
@@ -149,6 +168,21 @@ class SyncHandlers:
             missing = ", ".join(sorted(str(org_id) for org_id in wanted - known))
             raise Retry(f"organizations {missing} of users in this batch have not arrived yet")
         await _apply_batch(session, envelopes, USER, decoded)
+
+    def _decode(self, envelope: Envelope, spec: _Spec) -> dict[str, Any]:
+        """:func:`decode`, then the version bound: Reject ``future_version`` beyond it.
+
+        In a batch call the Reject makes the call raise, so the inbox re-runs each
+        delivery alone and this same check decides the one it concerns.
+        """
+        values = decode(envelope, spec)
+        check_version_time(
+            values["updated_at"],
+            now=self._clock(),
+            max_clock_skew=self._max_clock_skew,
+            what=f"{envelope.event_type} payload updated_at",
+        )
+        return values
 
     async def _apply(
         self, session: AsyncSession, envelope: Envelope, spec: _Spec, values: dict[str, Any]

@@ -83,6 +83,7 @@ from bridge.router import (
     decide_unknown,
 )
 from bridge.schema import INBOX_PROCESSED
+from bridge.version_time import refusal
 
 log = logging.getLogger("bridge.inbox")
 
@@ -302,6 +303,11 @@ class BatchApplier:
             item.record = False
             item.decision = Decision(Action.RETRY, delay=state.blocked[item.key])
             state.held.append((event_id, "held back: an earlier event of this resource failed"))
+            return
+        refused = refusal(envelope, self._config)  # before any handler: bridge.version_time
+        if refused is not None:  # a Reject: dead letter with its reason, like a handler's
+            item.decision = Decision(Action.DEAD_LETTER, reason=refused.reason)
+            self._failed(state, item, refused)
             return
         handler: Handler | None = self._router.handler_for(envelope)
         if handler is None:
