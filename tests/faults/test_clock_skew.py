@@ -18,7 +18,10 @@ subject: a live record's payload with ``updated_at`` 9999-12-31T23:59:59.999999Z
    (``future_version`` x2, ``unknown_origin``), never applied.
 2. ``clock_skew_10m_over_bound`` — the default 5 min bound: every event of A's is a
    version from the future for B, dead-lettered ``future_version`` (B diverges meanwhile;
-   A still applies B's events, which are in its past).  After the load the clocks are
+   A still applies B's events, which are in its past).  The relay stamps ``occurred_at``
+   with the real clock, so here B's sync handlers' bound on the payload's ``updated_at``
+   refuses them (libfaketime on a process would skew ``occurred_at`` too, and the inbox's
+   envelope check would refuse them first, with the same reason).  After the load the clocks are
    fixed and time catches up with A's versions — simulated by moving B's injected clock
    to A's time (in real life: fix A's clock, then wait until real time passes the
    versions A wrote, at most the skew) — and every such dead letter is replayed
