@@ -6,7 +6,9 @@
    really running (some writes acknowledged);
 2. run ``inject`` — the fault itself — while the load goes on; it records what it did
    in a :class:`FaultLog`;
-3. keep the load going ``after`` seconds more, then stop it; run ``settle`` if given
+3. keep the load going ``after`` seconds more (and, with ``min_acked``, until that many
+   writes were acknowledged: a condition, not a time, on a slow machine), then stop it;
+   run ``settle`` if given
    (what the scenario does once the load stopped, e.g. fix a clock and replay dead
    letters; it records what it did in the same :class:`FaultLog`);
 4. wait for quiescence with a deadline (:func:`fault_checker.wait_quiescent`);
@@ -102,6 +104,7 @@ async def run_scenario(
     injected: Collection[int] = (),
     pace: float = 0.01,
     shared: bool = False,
+    min_acked: int = 0,
     settle: Callable[[FaultLog], Awaitable[None]] | None = None,
     replayed_reasons: Collection[str] = (),
 ) -> ScenarioResult:
@@ -122,6 +125,8 @@ async def run_scenario(
         await inject(faults)
         faults.note("load-continues", "load", seconds=after)
         await _sleep_bounded(after)
+        if min_acked:
+            await load.wait_acked(min_acked, timeout=max_load_seconds)
     finally:
         await load.stop()
     if settle is not None:
