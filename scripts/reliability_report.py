@@ -30,6 +30,7 @@ ORDER = (
     "scale_out_2x2",
     "cluster_leader_kill9",
     "poison_and_duplicates",
+    "clock_skew",
 )
 
 INTRO = """\
@@ -53,7 +54,10 @@ Replay a run's random load with `FAULTS_SEED=<seed>` (the seed of each run is be
    each on its own PostgreSQL database, over a real nats-server (or a 3-node cluster).
 2. Load: 6 to 8 workers make creates and updates of organizations and users through **both**
    services' HTTP APIs. Each worker owns the records it creates and writes them one request
-   at a time on a random side, so every record has a linear history. Every write is recorded
+   at a time on a random side, so every record has a linear history (except in the
+   `clock_skew_*` scenarios: there every worker writes any record on either side, so the same
+   records are written on both sides concurrently, and reads the record's version on that
+   instance just before each update). Every write is recorded
    with its outcome: **acked** (2xx), **rejected** (4xx, or connection refused — nothing
    committed) or **indeterminate** (5xx, timeout, connection cut mid-request — may have
    committed).
@@ -66,6 +70,10 @@ Replay a run's random load with `FAULTS_SEED=<seed>` (the seed of each run is be
    - **events lost**: acknowledged writes whose record does not end at that write (or at a
      later indeterminate write of it), acknowledged writes without their event in the
      stream, outbox rows not sent, stream events not `processed` in the receiver's inbox;
+     with concurrent writers (`clock_skew_*`) last-writer-wins' rule instead: a write
+     acknowledged after its side applied version X never loses to X (its version is greater
+     and the final one at least as great), no acknowledged version is lost, and the final
+     row is the row of the acknowledged write with the greatest version;
    - **duplicates applied**: inbox records beyond one per event id, and events applied by
      their own producer (echo loop); **echoes**: outbox rows beyond the API writes that
      committed on that side (an applied change re-published);
@@ -80,7 +88,13 @@ Replay a run's random load with `FAULTS_SEED=<seed>` (the seed of each run is be
      the body, an unhandled event type, two payloads that are not rows, a too-new
      `schema_version`): there the dead letters must be exactly those, each with its reason,
      their inbox records `dead_lettered`, and the stream's 1 s duplicate window lets the
-     copies of applied events it republishes through, so only the inbox stops them.
+     copies of applied events it republishes through, so only the inbox stops them; and in
+     `clock_skew_*`, which publish a live record's payload with `updated_at`
+     9999-12-31T23:59:59.999999Z, an `occurred_at` that far ahead and a forged `origin`:
+     exactly those dead letters (`future_version` x2, `unknown_origin`), never applied. In
+     `clock_skew_10m_over_bound` the events of the side 10 min ahead are also dead-lettered
+     `future_version` (beyond the 5 min bound), then replayed once the clocks agree; each
+     replay chain counts as its event, which must be applied exactly once.
 
 The checker itself is unit-tested on synthetic histories that break each promise
 (`tests/faults/test_checker.py`).
@@ -134,6 +148,15 @@ undecodable request body got an undocumented 400 (now in the OpenAPI of every wr
   (`sum(backoff)` plus the last delay repeated) the event is dead-lettered as
   `max_deliver_exceeded`, kept and replayable, not applied. `postgres_crash_restart`'s 3 s outage is
   inside the budget of its settings (about 10 s); a longer one was not run.
+- **Clock skew decides concurrent writes; beyond `max_clock_skew` it stops sync.** In
+  `clock_skew_10m_accepted` (bound 15 min) the side 10 min ahead wins every write made
+  concurrently on both sides — last-writer-wins orders them by timestamp — while a write
+  acknowledged after its side applied the other's version still wins over it (the scenario
+  counts such writes on the slow side). In `clock_skew_10m_over_bound` (default 5 min) the
+  other side applies none of the fast side's changes: they are dead-lettered, the sides
+  differ until the clocks agree and the dead letters are replayed. The scenario simulates
+  time catching up by moving the slow side's injected clock to the fast side's time; in
+  production that is waiting (at most the skew minus the bound) after fixing the clock.
 - **SIGSTOP does not always hit a delivery.** An ack queued in a socket buffer while the
   server is frozen often wins against the ack-wait timer after SIGCONT; `nats_sigstop_over_ack_wait`
   freezes three times to make in-flight deliveries likely, and the redeliveries column shows

@@ -69,7 +69,9 @@ def build_bridge(
     (:func:`services.shared.event_versions.event_schemas`).
     """
     router = Router()
-    SyncHandlers(engine, config.app_name).register(router)
+    SyncHandlers(
+        engine, config.app_name, clock=config.clock, max_clock_skew=config.max_clock_skew
+    ).register(router)
     return Bridge(
         config,
         engine=engine,
@@ -77,6 +79,16 @@ def build_bridge(
         tracer_provider=tracer_provider,
         event_schemas=event_schemas if event_schemas is not None else domain_event_schemas(),
         synced_models=load_synced_models(SYNCED_MODELS),
+    )
+
+
+def repository_for(config: BridgeConfig, bridge: Bridge) -> Repository:
+    """The API's repository on ``bridge``: its outbox, and the config's clock and skew bound."""
+    return Repository(
+        config.app_name,
+        outbox=bridge.outbox,
+        clock=config.clock,
+        max_clock_skew=config.max_clock_skew,
     )
 
 
@@ -114,7 +126,7 @@ def create_app(
                 app_name=config.app_name,
                 engine=engine,
                 session_factory=bridge.session_factory,
-                repository=Repository(config.app_name, outbox=bridge.outbox),
+                repository=repository_for(config, bridge),
                 bridge=bridge,
             )
             run_bridge = bridge_lifespan(

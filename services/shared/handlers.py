@@ -9,6 +9,10 @@ Contract, per event (the payload is the sender's full row snapshot):
 
 - The payload is validated; a payload that is not a row of this resource is
   rejected (dead letter ``invalid_payload``) — retrying would not fix it.
+- A payload ``updated_at`` later than this side's clock + ``max_clock_skew`` is a
+  version from the future: dead letter ``future_version``, never applied
+  (:func:`bridge.version_time.check_version_time`; replayable once the clocks agree).
+  Stored, it would win every comparison and could leave no room for a newer version.
 - Versions are compared with :func:`services.shared.versioning.judge` under a row
   lock.  Newer → every column is stored verbatim, including the sender's
   ``updated_at`` and ``origin`` (never bumped).  The same version → nothing to do,
@@ -40,26 +44,27 @@ Contract, per event (the payload is the sender's full row snapshot):
     replayed once the move arrived.
 
 Batch versions (:meth:`SyncHandlers.organizations`, :meth:`SyncHandlers.users`,
-registered by :meth:`SyncHandlers.register` with :meth:`bridge.router.Router.on_batch`)
-apply a run of events of one resource with the same contract in a constant number
-of statements: decode all; for users ONE parent query; lock and load every local
-row of the run in ONE ``SELECT ... FOR UPDATE`` (key share, in id order so
-concurrent consumers lock in one order); judge each event in order against the
-row as the events before it in the run left it; ONE natural-key query for every
-incoming live key; ONE ``INSERT ... ON CONFLICT DO NOTHING`` for the stale
-events; the final rows of the records applied in ONE ``INSERT ... ON CONFLICT
-(id) DO UPDATE`` for those found (and locked) and ONE plain ``INSERT`` for new
-ones (a record a concurrent transaction inserted meanwhile then fails the call
-instead of being overwritten unjudged, as a per-event insert would fail).
+registered by :meth:`SyncHandlers.register` with :meth:`bridge.router.Router.on_batch`;
+the statements are :func:`services.shared.sync_batch.apply_batch`, payload decoding is
+:func:`services.shared.sync_rows.decode`) apply a run of events of one resource with the
+same contract in a constant number of statements: decode all; for users ONE parent
+query; lock and load every local row of the run in ONE ``SELECT ... FOR UPDATE`` (key
+share, in id order so concurrent consumers lock in one order); judge each event in order
+against the row as the events before it in the run left it; ONE natural-key query for
+every incoming live key; ONE ``INSERT ... ON CONFLICT DO NOTHING`` for the stale events;
+the final rows of the records applied in ONE ``INSERT ... ON CONFLICT (id) DO UPDATE``
+for those found (and locked) and ONE plain ``INSERT`` for new ones (a record a
+concurrent transaction inserted meanwhile then fails the call instead of being
+overwritten unjudged, as a per-event insert would fail).
 
 They take only the easy road.  Anything that needs the per-event rules'
-judgement makes the call raise: an invalid payload, a missing organization, ANY
-live natural-key holder other than the incoming record (in the database before
-the run, or written earlier in the run).  The inbox then rolls the attempt back
-and re-runs each event alone, and a call with one envelope IS the per-event
-handler.  So outcomes (dead-letter reasons, conflicts, retries) are the
-per-event ones by construction; the batch path only decides runs where every
-event applies, is the same version, or is stale.
+judgement makes the call raise: an invalid payload, a version from the future, a
+missing organization, ANY live natural-key holder other than the incoming record (in
+the database before the run, or written earlier in the run).  The inbox then rolls the
+attempt back and re-runs each event alone, and a call with one envelope IS the
+per-event handler.  So outcomes (dead-letter reasons, conflicts, retries) are the
+per-event ones by construction; the batch path only decides runs where every event
+applies, is the same version, or is stale.
 """
 
 from __future__ import annotations
@@ -67,18 +72,29 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from bridge.envelope import Envelope, format_timestamp, parse_timestamp
-from bridge.errors import EnvelopeError, Reject, Retry
-from bridge.router import REASON_INVALID_PAYLOAD, Router
+from bridge.config import DEFAULT_MAX_CLOCK_SKEW, Clock
+from bridge.envelope import Envelope, utcnow
+from bridge.errors import Reject, Retry
+from bridge.router import Router
+from bridge.version_time import check_version_time
 from services.shared.models import Organization, StaleEvent, SyncConflict, User
+from services.shared.sync_batch import apply_batch
+from services.shared.sync_rows import (
+    ORGANIZATION,
+    USER,
+    Spec,
+    decode,
+    differs,
+    json_row,
+    log_repaired,
+    log_stale,
+)
 from services.shared.versioning import Verdict, Version, judge
 
 log = logging.getLogger("bridge.services.sync")
@@ -86,26 +102,24 @@ log = logging.getLogger("bridge.services.sync")
 REASON_CONFLICT = "conflict"
 
 
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    """What differs between the two synced resources."""
-
-    model: type[Organization] | type[User]
-    natural_key: str
-    strings: tuple[str, ...]
-    uuids: tuple[str, ...]
-
-
-ORGANIZATION = _Spec(Organization, "domain", ("name", "domain", "origin"), ("id",))
-USER = _Spec(User, "email", ("name", "email", "role", "origin"), ("id", "organization_id"))
-
-
 class SyncHandlers:
-    """The two handlers of one app; ``engine`` records conflicts outside the inbox transaction."""
+    """The two handlers of one app; ``engine`` records conflicts outside the inbox transaction.
 
-    def __init__(self, engine: AsyncEngine, app_name: str) -> None:
+    ``clock`` and ``max_clock_skew`` bound incoming versions: pass the bridge config's.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        app_name: str,
+        *,
+        clock: Clock = utcnow,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+    ) -> None:
         self._engine = engine
         self.app_name = app_name
+        self._clock = clock
+        self._max_clock_skew = max_clock_skew
 
     def register(self, router: Router, *, batch: bool = True) -> None:
         """Register the batch handlers (``batch=False``: the per-event ones)."""
@@ -117,10 +131,10 @@ class SyncHandlers:
             router.on_resource("user", self.user)
 
     async def organization(self, session: AsyncSession, envelope: Envelope) -> None:
-        await self._apply(session, envelope, ORGANIZATION, decode(envelope, ORGANIZATION))
+        await self._apply(session, envelope, ORGANIZATION, self._decode(envelope, ORGANIZATION))
 
     async def user(self, session: AsyncSession, envelope: Envelope) -> None:
-        values = decode(envelope, USER)
+        values = self._decode(envelope, USER)
         org_id = values["organization_id"]
         known = await session.scalar(select(Organization.id).where(Organization.id == org_id))
         if known is None:
@@ -132,15 +146,15 @@ class SyncHandlers:
         if len(envelopes) == 1:
             await self.organization(session, envelopes[0])
             return
-        decoded = [decode(envelope, ORGANIZATION) for envelope in envelopes]
-        await _apply_batch(session, envelopes, ORGANIZATION, decoded)
+        decoded = [self._decode(envelope, ORGANIZATION) for envelope in envelopes]
+        await apply_batch(session, envelopes, ORGANIZATION, decoded)
 
     async def users(self, session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
         """Batch version of :meth:`user` (module doc): all applied, or raise."""
         if len(envelopes) == 1:
             await self.user(session, envelopes[0])
             return
-        decoded = [decode(envelope, USER) for envelope in envelopes]
+        decoded = [self._decode(envelope, USER) for envelope in envelopes]
         wanted = {values["organization_id"] for values in decoded}
         known = set(
             await session.scalars(select(Organization.id).where(Organization.id.in_(wanted)))
@@ -148,10 +162,25 @@ class SyncHandlers:
         if wanted - known:
             missing = ", ".join(sorted(str(org_id) for org_id in wanted - known))
             raise Retry(f"organizations {missing} of users in this batch have not arrived yet")
-        await _apply_batch(session, envelopes, USER, decoded)
+        await apply_batch(session, envelopes, USER, decoded)
+
+    def _decode(self, envelope: Envelope, spec: Spec) -> dict[str, Any]:
+        """:func:`decode`, then the version bound: Reject ``future_version`` beyond it.
+
+        In a batch call the Reject makes the call raise, so the inbox re-runs each
+        delivery alone and this same check decides the one it concerns.
+        """
+        values = decode(envelope, spec)
+        check_version_time(
+            values["updated_at"],
+            now=self._clock(),
+            max_clock_skew=self._max_clock_skew,
+            what=f"{envelope.event_type} payload updated_at",
+        )
+        return values
 
     async def _apply(
-        self, session: AsyncSession, envelope: Envelope, spec: _Spec, values: dict[str, Any]
+        self, session: AsyncSession, envelope: Envelope, spec: Spec, values: dict[str, Any]
     ) -> None:
         model = spec.model
         local = cast(
@@ -171,9 +200,9 @@ class SyncHandlers:
         if verdict is Verdict.SAME:
             # Only a reconciliation re-emit by the version's origin may fix a row edited
             # by hand without a version bump; any other same-version event is a no-op.
-            if local is None or envelope.producer != incoming.origin or not _differs(local, values):
+            if local is None or envelope.producer != incoming.origin or not differs(local, values):
                 return
-            _log_repaired(envelope)
+            log_repaired(envelope)
         elif verdict is Verdict.STALE:
             assert current is not None
             await self._record_stale(session, envelope, values["id"], incoming, current)
@@ -188,7 +217,7 @@ class SyncHandlers:
         await session.flush()
 
     async def _check_natural_key(
-        self, session: AsyncSession, envelope: Envelope, spec: _Spec, values: dict[str, Any]
+        self, session: AsyncSession, envelope: Envelope, spec: Spec, values: dict[str, Any]
     ) -> None:
         model, key = spec.model, spec.natural_key
         holder = cast(
@@ -222,7 +251,7 @@ class SyncHandlers:
     async def _record_conflict(
         self,
         envelope: Envelope,
-        spec: _Spec,
+        spec: Spec,
         holder: Organization | User,
         values: Mapping[str, Any],
     ) -> None:
@@ -235,7 +264,7 @@ class SyncHandlers:
             "local_id": holder.id,
             "incoming_id": values["id"],
             "incoming_origin": envelope.producer,
-            "local_values": _json_row(holder),
+            "local_values": json_row(holder),
             "incoming_values": dict(envelope.payload),
         }
         async with self._engine.begin() as conn:
@@ -275,202 +304,4 @@ class SyncHandlers:
             )
             .on_conflict_do_nothing()
         )
-        _log_stale(envelope, record_id, incoming, current)
-
-
-class _Collision(Retry):
-    """A batch met a natural-key holder: the per-event rules decide (module doc)."""
-
-
-async def _apply_batch(
-    session: AsyncSession,
-    envelopes: Sequence[Envelope],
-    spec: _Spec,
-    decoded: Sequence[dict[str, Any]],
-) -> None:
-    """The batch path of both resources (module doc); ``decoded[i]`` is ``envelopes[i]``'s."""
-    table = cast("Table", spec.model.__table__)
-    key = spec.natural_key
-    ids = sorted({values["id"] for values in decoded})
-    loaded = await session.execute(
-        select(table)
-        .where(table.c.id.in_(ids))
-        .order_by(table.c.id)
-        .with_for_update(key_share=True)
-    )
-    # each record as the events before the current one in this run left it
-    current: dict[uuid.UUID, Mapping[Any, Any]] = {row["id"]: row for row in loaded.mappings()}
-    known = set(current)  # locked until the commit
-    writes: dict[uuid.UUID, dict[str, Any]] = {}  # final row of every record applied
-    stale: dict[uuid.UUID, dict[str, Any]] = {}  # sync_stale_events rows by event id
-    live: list[dict[str, Any]] = []  # applied live rows whose natural key must be free
-    held: dict[Any, uuid.UUID] = {}  # natural key -> record written live earlier in the run
-    # logged once the run is written (a run that raises is re-run event by event, which logs)
-    repaired: list[Envelope] = []
-    stale_logs: list[tuple[Envelope, uuid.UUID, Version, Version]] = []
-    for envelope, values in zip(envelopes, decoded, strict=True):
-        record_id = values["id"]
-        local = current.get(record_id)
-        incoming = Version(values["updated_at"], values["origin"])
-        version = Version(local["updated_at"], local["origin"]) if local is not None else None
-        verdict = judge(version, incoming)
-        if verdict is Verdict.SAME:
-            # as in _apply: only the version's origin may repair a divergent row
-            if local is None or envelope.producer != incoming.origin or not _differs(local, values):
-                continue
-            repaired.append(envelope)
-        elif verdict is Verdict.STALE:
-            assert local is not None and version is not None
-            event_id = uuid.UUID(envelope.event_id)
-            stale.setdefault(event_id, _stale_row(envelope, event_id, incoming, version))
-            stale_logs.append((envelope, record_id, incoming, version))
-            continue
-        if local is not None and held.get(local[key]) == record_id:
-            del held[local[key]]  # this record no longer holds its earlier key
-        if values["deleted_at"] is None:
-            holder = held.get(values[key])
-            if holder is not None and holder != record_id:
-                raise _Collision(f"{key} {values[key]!r} of {record_id} is held by {holder}")
-            held[values[key]] = record_id
-            live.append(values)
-        current[record_id] = writes[record_id] = values
-    if live:
-        column = table.c[key]
-        holders = await session.execute(
-            select(table.c.id, column).where(
-                column.in_({values[key] for values in live}), table.c.deleted_at.is_(None)
-            )
-        )
-        by_key = {row[1]: row[0] for row in holders}
-        for values in live:
-            holder_id = by_key.get(values[key])
-            if holder_id is not None and holder_id != values["id"]:
-                raise _Collision(f"{key} {values[key]!r} of {values['id']} is held by {holder_id}")
-    if stale:
-        stale_table = cast("Table", StaleEvent.__table__)
-        await session.execute(
-            pg_insert(stale_table).values(list(stale.values())).on_conflict_do_nothing()
-        )
-    locked = [values for record_id, values in writes.items() if record_id in known]
-    new = [values for record_id, values in writes.items() if record_id not in known]
-    if new:
-        # No ON CONFLICT: a record another transaction inserted meanwhile was never
-        # judged here, so its unique violation fails the call and the per-event
-        # rules decide (as a per-event insert would fail).
-        await session.execute(pg_insert(table).values(new))
-    if locked:
-        # Rows locked above: the conflict always hits the row that was judged.
-        upsert = pg_insert(table).values(locked)
-        await session.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[table.c.id],
-                set_={name: upsert.excluded[name] for name in locked[0] if name != "id"},
-            )
-        )
-    for envelope in repaired:
-        _log_repaired(envelope)
-    for args in stale_logs:
-        _log_stale(*args)
-
-
-def _stale_row(
-    envelope: Envelope, event_id: uuid.UUID, incoming: Version, current: Version
-) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "resource_type": envelope.resource_type,
-        "resource_id": uuid.UUID(envelope.resource_id),
-        "incoming_updated_at": incoming.updated_at,
-        "incoming_origin": incoming.origin,
-        "local_updated_at": current.updated_at,
-        "local_origin": current.origin,
-    }
-
-
-def _log_repaired(envelope: Envelope) -> None:
-    log.warning(
-        "repaired divergent row",
-        extra={
-            "event_id": envelope.event_id,
-            "resource_type": envelope.resource_type,
-            "resource_id": envelope.resource_id,
-            "producer": envelope.producer,
-        },
-    )
-
-
-def _log_stale(
-    envelope: Envelope, record_id: uuid.UUID, incoming: Version, current: Version
-) -> None:
-    log.info(
-        "stale event ignored",
-        extra={
-            "event_id": envelope.event_id,
-            "resource_type": envelope.resource_type,
-            "resource_id": str(record_id),
-            "incoming_updated_at": format_timestamp(incoming.updated_at),
-            "local_updated_at": format_timestamp(current.updated_at),
-        },
-    )
-
-
-def decode(envelope: Envelope, spec: _Spec) -> dict[str, Any]:
-    """The payload as column values of ``spec.model``; Reject ``invalid_payload`` if it is not."""
-    payload = envelope.payload
-    try:
-        values: dict[str, Any] = {}
-        for name in spec.uuids:
-            values[name] = uuid.UUID(str(payload[name]))
-        for name in spec.strings:
-            value = payload[name]
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty string")
-            values[name] = value
-        active = payload.get("active", True)
-        if not isinstance(active, bool):
-            raise ValueError("active must be a boolean")
-        values["active"] = active
-        values["created_at"] = _timestamp(payload["created_at"])
-        values["updated_at"] = _timestamp(payload["updated_at"])
-        deleted = payload.get("deleted_at")
-        values["deleted_at"] = _timestamp(deleted) if deleted is not None else None
-    except (KeyError, ValueError, TypeError, EnvelopeError) as exc:
-        raise Reject(
-            f"{envelope.event_type} payload is not a {envelope.resource_type} row: {exc!r}",
-            reason=REASON_INVALID_PAYLOAD,
-        ) from exc
-    if str(values["id"]) != envelope.resource_id:
-        raise Reject(
-            f"payload id {values['id']} differs from resource_id {envelope.resource_id}",
-            reason=REASON_INVALID_PAYLOAD,
-        )
-    if envelope.action == "deleted" and values["deleted_at"] is None:
-        # A producer that hard-deletes sends no deleted_at: the delete is a version at occurred_at.
-        deleted_at = parse_timestamp(envelope.occurred_at)
-        values["deleted_at"] = deleted_at
-        values["updated_at"] = max(values["updated_at"], deleted_at)
-    return values
-
-
-def _differs(local: Organization | User | Mapping[Any, Any], values: Mapping[str, Any]) -> bool:
-    if isinstance(local, Mapping):
-        return any(local[name] != value for name, value in values.items())
-    return any(getattr(local, name) != value for name, value in values.items())
-
-
-def _timestamp(value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise ValueError(f"timestamp must be an ISO 8601 string, got {value!r}")
-    return parse_timestamp(value)
-
-
-def _json_row(row: Organization | User) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for column in row.__table__.columns:
-        value = getattr(row, column.key)
-        if isinstance(value, datetime):
-            value = format_timestamp(value)
-        elif isinstance(value, uuid.UUID):
-            value = str(value)
-        result[column.key] = value
-    return result
+        log_stale(envelope, record_id, incoming, current)

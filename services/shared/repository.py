@@ -10,6 +10,10 @@ Contract:
   lock does not block a concurrent user insert referencing the row (``KEY SHARE``).
 - A write that changes nothing (PATCH with the current values) is a no-op: no new
   version, so no outbox row and no event.
+- A write on a row whose stored version is more than ``max_clock_skew`` ahead of the
+  clock (it got in before versions were bounded, or by SQL) is refused:
+  :class:`~services.shared.errors.StateConflict` (409) naming the record, its version
+  and the repair, instead of a version just as far in the future or an overflow.
 - Natural-key rules (unique live ``domain`` / ``email``, existing organization) are
   checked first for a clear 422; the unique indexes still decide under races and
   :func:`integrity_error_to_invalid` maps their violation to the same 422.
@@ -32,6 +36,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.config import DEFAULT_MAX_CLOCK_SKEW
 from bridge.outbox import Outbox, skip_publish
 from services.shared.errors import InvalidInput, StateConflict
 from services.shared.models import (
@@ -46,7 +51,7 @@ from services.shared.schemas import (
     UserCreate,
     UserUpdate,
 )
-from services.shared.versioning import next_updated_at
+from services.shared.versioning import FutureVersion, next_updated_at
 
 Row = TypeVar("Row", Organization, User)
 Clock = Callable[[], datetime]
@@ -60,14 +65,21 @@ class Repository:
     """Domain reads and writes for one app (its name becomes ``origin`` of its writes).
 
     ``outbox`` publishes soft deletes as ``.deleted`` events; ``None`` when sync is off.
+    ``clock`` and ``max_clock_skew``: the bridge config's (one clock per process).
     """
 
     def __init__(
-        self, app_name: str, *, outbox: Outbox | None = None, clock: Clock = utc_now
+        self,
+        app_name: str,
+        *,
+        outbox: Outbox | None = None,
+        clock: Clock = utc_now,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         self.app_name = app_name
         self._outbox = outbox
         self._clock = clock
+        self._max_clock_skew = max_clock_skew
 
     # -- organizations ----------------------------------------------------------------
     async def list_organizations(
@@ -205,7 +217,17 @@ class Repository:
 
     # -- helpers ----------------------------------------------------------------------
     def _new_version(self, row: Organization | User) -> None:
-        row.updated_at = next_updated_at(row.updated_at, self._clock())
+        try:
+            row.updated_at = next_updated_at(
+                row.updated_at, self._clock(), max_clock_skew=self._max_clock_skew
+            )
+        except FutureVersion as exc:
+            kind = "organization" if isinstance(row, Organization) else "user"
+            raise StateConflict(
+                f"{kind} {row.id} cannot be changed: {exc}. Repair it on this side: set its "
+                f"updated_at to the present (UPDATE {row.__tablename__} SET updated_at = now() "
+                f"WHERE id = '{row.id}'), then run `bridge reconcile` so the peer converges"
+            ) from exc
         row.origin = self.app_name
 
     async def _tombstone(self, session: AsyncSession, row: Organization | User) -> None:

@@ -5,6 +5,8 @@
 transaction on the bridge's session factory, so the outbox row is committed with
 the change (or not at all).  Lists paginate with ``limit``/``offset`` and return
 ``total``.  A malformed id in a path is a 404 (no such record), like an unknown one.
+A PATCH or DELETE of a record whose stored version is more than ``max_clock_skew``
+ahead of the clock is a 409 naming the record and the repair (never a 500).
 """
 
 from __future__ import annotations
@@ -45,6 +47,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS,
     400: {"model": ErrorBody, "description": "Body is not decodable JSON"},
+}
+
+#: A change of a record whose stored version is from the future is refused (repository).
+FUTURE_VERSION = "Stored version is more than max_clock_skew ahead; the message says how to repair"
+CHANGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **WRITE_ERRORS,
+    409: {"model": ErrorBody, "description": FUTURE_VERSION},
 }
 
 
@@ -130,7 +139,7 @@ async def get_organization(state: State, org_id: str) -> OrganizationOut:
 @router.patch(
     "/organizations/{org_id}",
     response_model=OrganizationOut,
-    responses=WRITE_ERRORS,
+    responses=CHANGE_ERRORS,
     tags=["organizations"],
 )
 async def update_organization(
@@ -147,7 +156,10 @@ async def update_organization(
 @router.delete(
     "/organizations/{org_id}",
     status_code=204,
-    responses={**ERRORS, 409: {"model": ErrorBody, "description": "Has live users"}},
+    responses={
+        **ERRORS,
+        409: {"model": ErrorBody, "description": f"Has live users. Or: {FUTURE_VERSION}"},
+    },
     tags=["organizations"],
 )
 async def delete_organization(state: State, org_id: str) -> Response:
@@ -197,7 +209,7 @@ async def get_user(state: State, user_id: str) -> UserOut:
     return UserOut.model_validate(user)
 
 
-@router.patch("/users/{user_id}", response_model=UserOut, responses=WRITE_ERRORS, tags=["users"])
+@router.patch("/users/{user_id}", response_model=UserOut, responses=CHANGE_ERRORS, tags=["users"])
 async def update_user(state: State, user_id: str, body: UserUpdate) -> UserOut:
     key = parse_id(user_id, "user")
     async with write(state) as session:
@@ -207,7 +219,12 @@ async def update_user(state: State, user_id: str, body: UserUpdate) -> UserOut:
     return UserOut.model_validate(user)
 
 
-@router.delete("/users/{user_id}", status_code=204, responses=ERRORS, tags=["users"])
+@router.delete(
+    "/users/{user_id}",
+    status_code=204,
+    responses={**ERRORS, 409: {"model": ErrorBody, "description": FUTURE_VERSION}},
+    tags=["users"],
+)
 async def delete_user(state: State, user_id: str) -> Response:
     key = parse_id(user_id, "user")
     async with write(state) as session:

@@ -4,7 +4,7 @@
 ``NATS_URL`` / ``NATS_URLS``, ``NATS_USER`` / ``NATS_PASSWORD`` / ``NATS_TOKEN`` /
 ``NATS_CREDS`` / ``NATS_INBOX_PREFIX``, ``MODE`` (non_restrictive|restrictive),
 ``CONSUMER_MODE`` (and ``CONSUMER_MODE_<APP>``), ``STREAM_NAME``, ``PORT``,
-``RECONCILE_INTERVAL`` and a few
+``RECONCILE_INTERVAL``, ``MAX_CLOCK_SKEW``, ``KNOWN_ORIGINS`` and a few
 tuning knobs, then :meth:`ServiceSettings.to_bridge_config` builds the library's
 frozen config with :func:`bridge.config.configure_bidirectional`.  Secrets are
 ``SecretStr`` so a logged settings object shows ``**********``.
@@ -51,6 +51,10 @@ class ServiceSettings(BaseSettings):
     backoff: str | None = None
     #: Seconds (or "10m") between anti-entropy passes; unset or 0 = off.
     reconcile_interval: str | None = None
+    #: An incoming version more than this ahead of the clock is dead-lettered ("5m").
+    max_clock_skew: str | None = None
+    #: Systems besides this app and its peer whose changes apply (comma-separated).
+    known_origins: str | None = None
     db_pool_size: int = 10
     #: Worker processes: serve /metrics, /health and /sync_status on this port (0: any free
     #: port; unset: no HTTP at all).  The web app serves them on ``port`` anyway.
@@ -93,6 +97,10 @@ class ServiceSettings(BaseSettings):
             values["backoff"] = self.backoff
         if self.reconcile_interval:
             values["reconcile"] = ReconcileOptions(interval=self.reconcile_interval)
+        if self.max_clock_skew:
+            values["max_clock_skew"] = self.max_clock_skew
+        if self.known_origins:
+            values["known_origins"] = self.known_origins
         values.update(overrides)
         return configure_bidirectional(
             self.app_name,

@@ -13,6 +13,13 @@ directly, the other side's through the stream), both end with the same row.
   a remote change (or within the same microsecond) never loses to it.
 - The receiver stores the sender's ``updated_at`` and ``origin`` verbatim; bumping
   them would create a version the sender never sees, and the sides would diverge.
+- Versions from the future are bounded (:mod:`bridge.version_time`, one rule): the sync
+  handlers dead-letter an incoming ``updated_at`` later than ``now + max_clock_skew``
+  (``future_version``), and a local write never builds on a stored version that far
+  ahead (one that got in before that rule, or by SQL): :func:`next_updated_at` raises
+  :class:`FutureVersion` instead — never ``OverflowError`` at ``datetime.max`` — and
+  the API answers 409 naming the record and the repair.  A version ahead but within
+  the skew is still written over, at ``current + 1 µs``.
 
 Pure functions, no I/O.
 """
@@ -23,7 +30,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
+from bridge.config import DEFAULT_MAX_CLOCK_SKEW
+from bridge.envelope import format_timestamp
+from bridge.version_time import beyond_skew
+
 ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+class FutureVersion(ValueError):
+    """The stored version is more than ``max_clock_skew`` ahead: no local version can follow it."""
+
+    def __init__(self, current: datetime, now: datetime, max_clock_skew: float) -> None:
+        super().__init__(
+            f"its version {format_timestamp(current)} is more than max_clock_skew "
+            f"({max_clock_skew:g}s) ahead of this side's clock ({format_timestamp(now)})"
+        )
+        self.current = current
+        self.now = now
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -56,10 +79,23 @@ def judge(local: Version | None, incoming: Version) -> Verdict:
     return Verdict.STALE
 
 
-def next_updated_at(current: datetime | None, now: datetime | None = None) -> datetime:
-    """The ``updated_at`` of a local write: ``max(now, current + 1 µs)``, strictly increasing."""
+def next_updated_at(
+    current: datetime | None,
+    now: datetime | None = None,
+    *,
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
+) -> datetime:
+    """The ``updated_at`` of a local write: ``max(now, current + 1 µs)``, strictly increasing.
+
+    Raises :class:`FutureVersion` when ``current`` is later than ``now + max_clock_skew``
+    (the new version would be as far ahead, and the peer would refuse it).
+    """
     moment = (now or datetime.now(UTC)).astimezone(UTC)
     if current is None:
         return moment
+    if current.tzinfo is None:  # asyncpg reads a timestamptz 'infinity' as naive datetime.max
+        current = current.replace(tzinfo=UTC)
+    if beyond_skew(current, now=moment, max_clock_skew=max_clock_skew):
+        raise FutureVersion(current, moment, max_clock_skew)
     floor = current.astimezone(UTC) + ONE_MICROSECOND
     return moment if moment >= floor else floor

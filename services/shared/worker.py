@@ -21,11 +21,10 @@ import signal
 from collections.abc import Callable
 
 from bridge.logs import configure_logging
-from services.shared.app import STOP_TIMEOUT, build_bridge
+from services.shared.app import STOP_TIMEOUT, build_bridge, repository_for
 from services.shared.db import make_engine
 from services.shared.observability import service_metrics
 from services.shared.operations_server import OperationsServer, operations_app
-from services.shared.repository import Repository
 from services.shared.settings import ServiceSettings
 from services.shared.state import ServiceState
 
@@ -54,7 +53,7 @@ async def run_worker(
                 app_name=config.app_name,
                 engine=engine,
                 session_factory=bridge.session_factory,
-                repository=Repository(config.app_name, outbox=bridge.outbox),
+                repository=repository_for(config, bridge),
                 bridge=bridge,
             )
             app = operations_app(state, service_metrics(engine, bridge))

@@ -12,12 +12,14 @@ the mapping to read as an argument.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 from typing import Any, Literal
 
 from bridge.config_rules import check_stream_rules, default_inbox_prefix
 from bridge.durations import parse_duration
+from bridge.envelope import utcnow
 from bridge.errors import ConfigError
 from bridge.subjects import Subjects, validate_token
 
@@ -32,6 +34,10 @@ DLQ_RETENTIONS: tuple[str, ...] = ("never", "stream")
 INBOX_ID_WIDTH = 255
 #: The most ``consumer.max_json_depth`` may be (parsing recurses once per level).
 MAX_JSON_DEPTH_LIMIT = 200
+#: How far ahead of the receiver's clock an incoming version may be (bridge.version_time).
+DEFAULT_MAX_CLOCK_SKEW = 300.0
+#: The current time, timezone-aware UTC (``BridgeConfig.clock``).
+Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +249,14 @@ class BridgeConfig:
     reconcile: ReconcileOptions = field(default_factory=ReconcileOptions)
     #: How long dead letters are kept (see :data:`DLQ_RETENTIONS`, :mod:`bridge.dlq`).
     dlq_retention: str = "never"
+    #: An incoming version (``occurred_at``, a record's ``updated_at``) later than the
+    #: clock plus this is dead-lettered ``future_version`` (:mod:`bridge.version_time`).
+    max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
+    #: Systems whose changes this side applies (an envelope's ``origin`` and ``producer``);
+    #: ``app_name`` and ``destination_app`` are always in it.  Others: ``unknown_origin``.
+    known_origins: frozenset[str] = frozenset()
+    #: The time the rules above compare with; injectable (tests skew it), never patched.
+    clock: Clock = field(default=utcnow, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise values once, here
@@ -296,6 +310,12 @@ class BridgeConfig:
                 f"with the stream's max_age), got {self.dlq_retention!r}"
             )
         check_stream_rules(self)
+        set_(self, "max_clock_skew", parse_duration(self.max_clock_skew, name="max_clock_skew"))
+        if self.max_clock_skew <= 0:
+            raise ConfigError("max_clock_skew must be greater than zero, e.g. '5m'")
+        set_(self, "known_origins", _known_origins(self))
+        if not callable(self.clock):
+            raise ConfigError(f"clock must be a callable returning the time, got {self.clock!r}")
 
     # -- derived names ---------------------------------------------------------------
     @property
@@ -338,6 +358,19 @@ class BridgeConfig:
 def _positive(name: str, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{name} must be greater than zero, got {value!r}")
+
+
+def _known_origins(config: BridgeConfig) -> frozenset[str]:
+    """``known_origins`` as given (names, or one comma-separated string), plus both apps."""
+    given: Iterable[str] | str = config.known_origins
+    if isinstance(given, str):
+        given = [name for name in given.replace(",", " ").split() if name]
+    names = set(given) | {config.app_name, config.destination_app}
+    for name in names:
+        if not isinstance(name, str):
+            raise ConfigError(f"known_origins must name systems (strings), got {name!r}")
+        validate_token(name, name="known_origins")
+    return frozenset(names)
 
 
 def _as_durations(values: Iterable[str | float] | str, *, name: str) -> tuple[float, ...]:

@@ -86,6 +86,7 @@ from bridge.router import (
     decide_unknown,
 )
 from bridge.schema import INBOX_PROCESSED
+from bridge.version_time import refusal
 
 log = logging.getLogger("bridge.inbox")
 
@@ -311,6 +312,11 @@ class BatchApplier:
         if hold is not None:  # waits for an earlier event of its record (bridge.inbox_order)
             item.record, item.decision = False, Decision(Action.RETRY, delay=hold[0])
             state.held.append((event_id, hold[1], hold[0]))
+            return
+        refused = refusal(envelope, self._config)  # before any handler: bridge.version_time
+        if refused is not None:  # a Reject: dead letter with its reason, like a handler's
+            item.decision = Decision(Action.DEAD_LETTER, reason=refused.reason)
+            self._failed(state, item, refused)
             return
         handler: Handler | None = self._router.handler_for(envelope)
         if handler is None:

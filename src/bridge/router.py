@@ -82,6 +82,11 @@ REASON_MAX_DELIVER = "max_deliver_exceeded"
 REASON_UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
 #: The payload does not fit its declared schema (bridge.event_schemas, handlers).
 REASON_INVALID_PAYLOAD = "invalid_payload"
+#: A version (``occurred_at``, a record's ``updated_at``) later than the receiver's clock
+#: plus ``max_clock_skew`` (bridge.version_time); replay it once the clocks agree.
+REASON_FUTURE_VERSION = "future_version"
+#: The envelope's ``origin`` or ``producer`` is not in ``known_origins`` (bridge.version_time).
+REASON_UNKNOWN_ORIGIN = "unknown_origin"
 
 
 class Router:

@@ -26,6 +26,13 @@ outbox row, no failed inbox record, both durables with ``num_pending`` and
 - **no event applied twice**: each event id at most once in an inbox, only in the
   receiver's, never back in its producer's; stream copies beyond one per event id are
   counted as ``duplicates_published`` (absorbed by the inbox; not a violation);
+- **concurrent writers** (``lww=True``, a shared load): the record rule above is
+  replaced by last-writer-wins' (:mod:`fault_lww`): a write acknowledged after its side
+  applied version X never loses to X, no acked version is lost, the final row is a
+  write's row;
+- **replayed dead letters** (``replayed_reasons``): events the scenario dead-lettered
+  with one of these reasons and replayed are folded into their originals, each applied
+  exactly once through its replays (:mod:`fault_replays`);
 - **dead letters**: only the expected reasons (none for this load);
 - **injected poison** (``injected``: stream sequences the scenario published itself,
   bypassing every outbox): left out of the outbox/inbox accounting above, and each one
@@ -49,6 +56,8 @@ from typing import Any
 import asyncpg
 import nats
 from fault_history import NATURAL_KEYS, History, Write
+from fault_lww import check_records_lww
+from fault_replays import fold_replays
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bridge.envelope import format_timestamp, parse_timestamp
@@ -89,6 +98,7 @@ class StreamMessage:
     updated_at: str | None
     reason: str | None  # x-dlq-reason on dead letters
     detail: str | None = None  # the other x-dlq-* headers of a dead letter
+    causation_id: str | None = None  # a DLQ replay: the event it replays
 
 
 async def read_side(database_url: str, app: str) -> SideState:
@@ -174,6 +184,7 @@ def _parse(msg: Any) -> StreamMessage:
             f"{k[6:]}={v}" for k, v in sorted(headers.items()) if k.startswith("x-dlq-")
         )
         or None,
+        causation_id=body.get("causation_id"),
     )
 
 
@@ -278,6 +289,8 @@ def check(
     *,
     expected_dead_letters: Counter[str] | None = None,
     injected: Collection[int] = (),
+    lww: bool = False,
+    replayed_reasons: Collection[str] = (),
 ) -> Verdict:
     verdict = Verdict()
     states = {a.app: a, b.app: b}
@@ -288,6 +301,10 @@ def check(
         a, b = _check_poison(poison, a, b, verdict)
         states = {a.app: a, b.app: b}
         messages = [m for m in messages if m.seq not in injected]
+    replayed: Counter[str] = Counter()
+    if replayed_reasons:
+        (a, b), messages, replayed = fold_replays((a, b), messages, replayed_reasons, verdict)
+        states = {a.app: a, b.app: b}
     by_subject: dict[str, list[StreamMessage]] = {}
     for message in messages:
         by_subject.setdefault(message.subject, []).append(message)
@@ -300,9 +317,14 @@ def check(
             if row_a != row_b:
                 verdict.fail(f"diverged {resource} {record_id}: {a.app}={row_a} {b.app}={row_b}")
 
-    _check_records(history, a, verdict)
+    if lww:
+        _check_phantoms(history, a, verdict, check_records_lww(history, a.rows, verdict))
+    else:
+        _check_records(history, a, verdict)
     _check_events(history, states, peer, by_subject, verdict)
     _check_dead_letters(states, by_subject, expected_dead_letters or Counter(), verdict)
+    if replayed:
+        verdict.dead_letters = dict(sorted((Counter(verdict.dead_letters) + replayed).items()))
     return verdict
 
 
@@ -351,7 +373,13 @@ def _check_records(history: History, side: SideState, verdict: Verdict) -> None:
             f"lost: {resource} {record_id} ends as {row} but the newest acked write "
             f"(#{last.seq} on {last.app}) answered {last.response}"
         )
-    # Rows no acknowledged create explains: only an indeterminate create may have made them.
+    _check_phantoms(history, side, verdict, explained)
+
+
+def _check_phantoms(
+    history: History, side: SideState, verdict: Verdict, explained: set[tuple[str, str]]
+) -> None:
+    """Rows no acknowledged create explains: only an indeterminate create may have made them."""
     for resource in TABLES:
         unknown = [rid for rid in side.rows[resource] if (resource, rid) not in explained]
         maybe = [

@@ -15,6 +15,13 @@ client can honestly say about it:
 Records are owned by one load worker, which writes them one request at a time, so the
 writes of one record form a linear history in real time: the newest acknowledged write
 of a record is its expected final state, unless an indeterminate write came after it.
+
+With a *shared* load (:class:`fault_load.Load` ``shared=True``) every worker writes any
+record on either side, so writes of one record are concurrent.  Then each update also
+records ``applied_before``: the record's version (``updated_at``, ``origin``) that its
+side returned just before the write (a GET on the same instance).  The side had applied
+at least that version when it acknowledged the write, which the checker's
+last-writer-wins rule uses (:mod:`fault_lww`).
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class Write:
     error: str | None
     started: float
     finished: float
+    #: Shared load: the version its side had applied before this update (module doc).
+    applied_before: dict[str, Any] | None = None
 
     @property
     def natural_key(self) -> str | None:
@@ -79,6 +88,7 @@ class History:
         response: dict[str, Any] | None,
         error: str | None,
         started: float,
+        applied_before: dict[str, Any] | None = None,
     ) -> Write:
         if kind == "create" and outcome == "acked" and response is not None:
             record_id = str(response["id"])
@@ -97,6 +107,7 @@ class History:
             error=error,
             started=started,
             finished=time.monotonic(),
+            applied_before=applied_before,
         )
         self.writes.append(write)
         return write

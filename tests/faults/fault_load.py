@@ -9,6 +9,11 @@ Updates always change ``name`` (never a no-op) and sometimes move the natural ke
 fresh, unique value, so no write can collide with another record's key: the only
 dead letters a correct system may produce under this load are none.
 
+With ``shared=True`` the records are not owned: every worker creates into and writes
+from one pool, on a random side, so the same records are written on both sides
+concurrently (the clock-skew scenario).  Before each update it reads the record on the
+instance it is about to write (``applied_before`` in :mod:`fault_history`).
+
 Every loop is bounded: by ``stop``, by ``max_ops`` per worker and by ``deadline``.
 """
 
@@ -60,7 +65,9 @@ class Load:
     workers: int = 6
     max_ops: int = 400
     pace: float = 0.01
+    shared: bool = False
     orgs: list[str] = field(default_factory=list)
+    pool: list[Owned] = field(default_factory=list)  # every record, with shared=True
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -109,6 +116,7 @@ class Load:
     async def _step(self, worker: int, rng: random.Random, owned: list[Owned]) -> None:
         side = rng.choice(self.sides)
         instance = rng.choice(side.instances)
+        owned = self.pool if self.shared else owned
         orgs = [o for o in owned if o.resource == "organization"]
         choice = rng.random()
         if len(orgs) < 2 or choice < 0.12:
@@ -160,9 +168,23 @@ class Load:
             if rng.random() < 0.2:
                 body["email"] = f"e{token}@example.com"
             path = f"/users/{record.record_id}"
+        seen = await self._version(instance, path) if self.shared else None
         await self._call(
-            worker, app, instance, "update", record.resource, record.record_id, "PATCH", path, body
-        )
+            worker, app, instance, "update", record.resource, record.record_id, "PATCH", path,
+            body, applied_before=seen,
+        )  # fmt: skip
+
+    @staticmethod
+    async def _version(instance: Instance, path: str) -> dict[str, Any] | None:
+        """The record's version on ``instance`` now, or ``None`` (not there, no answer)."""
+        try:
+            reply = await instance.client.get(path, timeout=REQUEST_TIMEOUT)
+        except (httpx.HTTPError, OSError):
+            return None
+        if reply.status_code != 200:
+            return None
+        row = reply.json()
+        return {"updated_at": row["updated_at"], "origin": row["origin"]}
 
     async def _call(
         self,
@@ -175,6 +197,7 @@ class Load:
         method: str,
         path: str,
         body: dict[str, Any],
+        applied_before: dict[str, Any] | None = None,
     ) -> str | None:
         """Make one request and record it; return the new record's id for an acked create."""
         started = time.monotonic()
@@ -201,6 +224,6 @@ class Load:
         write = self.history.record(
             worker=worker, app=app, instance=instance.label, kind=kind, resource=resource,
             record_id=record_id, request=body, outcome=outcome, status=status,
-            response=response, error=error, started=started,
+            response=response, error=error, started=started, applied_before=applied_before,
         )  # fmt: skip
         return write.record_id if kind == "create" and outcome == "acked" else None

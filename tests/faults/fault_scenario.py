@@ -6,7 +6,11 @@
    really running (some writes acknowledged);
 2. run ``inject`` — the fault itself — while the load goes on; it records what it did
    in a :class:`FaultLog`;
-3. keep the load going ``after`` seconds more, then stop it;
+3. keep the load going ``after`` seconds more (and, with ``min_acked``, until that many
+   writes were acknowledged: a condition, not a time, on a slow machine), then stop it;
+   run ``settle`` if given
+   (what the scenario does once the load stopped, e.g. fix a clock and replay dead
+   letters; it records what it did in the same :class:`FaultLog`);
 4. wait for quiescence with a deadline (:func:`fault_checker.wait_quiescent`);
 5. read both databases and the whole stream and :func:`fault_checker.check` them;
 6. write ``<results_dir>/<scenario>.json`` (passed or not) for
@@ -99,12 +103,21 @@ async def run_scenario(
     expected_dead_letters: Counter[str] | None = None,
     injected: Collection[int] = (),
     pace: float = 0.01,
+    shared: bool = False,
+    min_acked: int = 0,
+    settle: Callable[[FaultLog], Awaitable[None]] | None = None,
+    replayed_reasons: Collection[str] = (),
 ) -> ScenarioResult:
     """``injected``: stream sequences of messages ``inject`` published itself (poison),
-    read at check time (a set the injector fills is fine); see :func:`fault_checker.check`."""
+    read at check time (a set the injector fills is fine); see :func:`fault_checker.check`.
+
+    ``shared``: every worker writes every record on both sides (:mod:`fault_load`), and
+    the checker applies last-writer-wins' record rule (:mod:`fault_lww`).
+    ``replayed_reasons``: dead letters of these reasons that ``settle`` replayed are
+    folded into their events (:mod:`fault_replays`)."""
     wall = time.monotonic()
     history = History()
-    load = Load(deployment.sides, history, seed=seed, workers=workers, pace=pace)
+    load = Load(deployment.sides, history, seed=seed, workers=workers, pace=pace, shared=shared)
     faults = FaultLog()
     load.start(max_load_seconds)
     try:
@@ -112,8 +125,12 @@ async def run_scenario(
         await inject(faults)
         faults.note("load-continues", "load", seconds=after)
         await _sleep_bounded(after)
+        if min_acked:
+            await load.wait_acked(min_acked, timeout=max_load_seconds)
     finally:
         await load.stop()
+    if settle is not None:
+        await settle(faults)
     sides = [(s.app, s.peer, s.database_url) for s in deployment.sides]
     converged, took, detail = await wait_quiescent(
         sides, deployment.nats_urls, deployment.stream, timeout=converge_timeout
@@ -128,6 +145,8 @@ async def run_scenario(
         messages,
         expected_dead_letters=expected_dead_letters,
         injected=injected,
+        lww=shared,
+        replayed_reasons=replayed_reasons,
     )
     deliveries = await _deliveries(deployment, verdict.stream_messages)
     if not converged:

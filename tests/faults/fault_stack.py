@@ -202,15 +202,18 @@ async def in_process_pair(
     *,
     stream: str,
     nats_urls: Sequence[str],
+    a_overrides: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> Deployment:
     """Apps ``a<unique>`` and ``b<unique>`` in this process, each on a fresh migrated
-    database, over ``stream``; ``stack`` stops both (and drops the databases)."""
+    database, over ``stream``; ``stack`` stops both (and drops the databases).
+    ``a_overrides``: config for A only (e.g. its own ``clock``), over ``overrides``."""
     db_a, db_b = await new_database(postgres, stack), await new_database(postgres, stack)
     urls = tuple(nats_urls)
     a = await in_process_side(
-        f"a{unique}", f"b{unique}", db_a, stream=stream, nats_urls=urls, **overrides
-    )
+        f"a{unique}", f"b{unique}", db_a, stream=stream, nats_urls=urls,
+        **{**overrides, **(a_overrides or {})},
+    )  # fmt: skip
     deployment = Deployment(a, a, stream, urls)  # b filled in below; stop() owns both
     stack.push_async_callback(deployment.stop)
     deployment.b = await in_process_side(

@@ -35,6 +35,7 @@ US = timedelta(microseconds=1)
 ids = [uuid.uuid4() for _ in range(20)]
 (O1, O2, O_DIV, O_OLD, O_SAME, O_LOCAL, P, Q, O_DEL, O_LATE, O3) = ids[:11]
 (U1, U2, U3, U4) = ids[11:15]
+KNOWN = frozenset({"system_a", "system_b"})
 
 
 def org(oid: uuid.UUID, at: datetime, origin: str = "system_a", **over: Any) -> dict[str, Any]:
@@ -101,7 +102,9 @@ async def sides(
     try:
         for n, (url, batch) in enumerate(((database_url, True), (second_url, False))):
             await migrate(url)
-            stack = await build_stack(make_config(nats_server.url, f"{unique}{n}"), url)
+            # the events come from "system_a" / "system_b": known systems of this consumer
+            cfg = make_config(nats_server.url, f"{unique}{n}", known_origins=KNOWN)
+            stack = await build_stack(cfg, url)
             stacks.append(stack)
             SyncHandlers(stack.engine, "system_b").register(stack.router, batch=batch)
             async with stack.engine.begin() as conn:

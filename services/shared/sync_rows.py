@@ -1,0 +1,146 @@
+"""Sync events as rows: what the services' sync handlers read from a payload and leave behind.
+
+- :func:`decode`: an event's payload as column values of its resource (``organization``
+  or ``user``, :data:`ORGANIZATION` / :data:`USER`), or ``Reject("invalid_payload")``;
+  a ``*.deleted`` event without ``deleted_at`` becomes a tombstone at ``occurred_at``.
+- :func:`differs`, :func:`json_row`: row comparison and the JSON a conflict records.
+- :func:`stale_row`, :func:`log_stale`, :func:`log_repaired`: the ``sync_stale_events``
+  row and the log lines of an event judged stale, or of a same-version repair.
+
+Shared by the per-event handlers (:mod:`services.shared.handlers`, which states the
+contract) and their batch path (:mod:`services.shared.sync_batch`).  No I/O but logging.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bridge.envelope import Envelope, format_timestamp, parse_timestamp
+from bridge.errors import EnvelopeError, Reject
+from bridge.router import REASON_INVALID_PAYLOAD
+from services.shared.models import Organization, User
+from services.shared.versioning import Version
+
+log = logging.getLogger("bridge.services.sync")
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What differs between the two synced resources."""
+
+    model: type[Organization] | type[User]
+    natural_key: str
+    strings: tuple[str, ...]
+    uuids: tuple[str, ...]
+
+
+ORGANIZATION = Spec(Organization, "domain", ("name", "domain", "origin"), ("id",))
+USER = Spec(User, "email", ("name", "email", "role", "origin"), ("id", "organization_id"))
+
+
+def stale_row(
+    envelope: Envelope, event_id: uuid.UUID, incoming: Version, current: Version
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "resource_type": envelope.resource_type,
+        "resource_id": uuid.UUID(envelope.resource_id),
+        "incoming_updated_at": incoming.updated_at,
+        "incoming_origin": incoming.origin,
+        "local_updated_at": current.updated_at,
+        "local_origin": current.origin,
+    }
+
+
+def log_repaired(envelope: Envelope) -> None:
+    log.warning(
+        "repaired divergent row",
+        extra={
+            "event_id": envelope.event_id,
+            "resource_type": envelope.resource_type,
+            "resource_id": envelope.resource_id,
+            "producer": envelope.producer,
+        },
+    )
+
+
+def log_stale(
+    envelope: Envelope, record_id: uuid.UUID, incoming: Version, current: Version
+) -> None:
+    log.info(
+        "stale event ignored",
+        extra={
+            "event_id": envelope.event_id,
+            "resource_type": envelope.resource_type,
+            "resource_id": str(record_id),
+            "incoming_updated_at": format_timestamp(incoming.updated_at),
+            "local_updated_at": format_timestamp(current.updated_at),
+        },
+    )
+
+
+def decode(envelope: Envelope, spec: Spec) -> dict[str, Any]:
+    """The payload as column values of ``spec.model``; Reject ``invalid_payload`` if it is not."""
+    payload = envelope.payload
+    try:
+        values: dict[str, Any] = {}
+        for name in spec.uuids:
+            values[name] = uuid.UUID(str(payload[name]))
+        for name in spec.strings:
+            value = payload[name]
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string")
+            values[name] = value
+        active = payload.get("active", True)
+        if not isinstance(active, bool):
+            raise ValueError("active must be a boolean")
+        values["active"] = active
+        values["created_at"] = _timestamp(payload["created_at"])
+        values["updated_at"] = _timestamp(payload["updated_at"])
+        deleted = payload.get("deleted_at")
+        values["deleted_at"] = _timestamp(deleted) if deleted is not None else None
+    except (KeyError, ValueError, TypeError, EnvelopeError) as exc:
+        raise Reject(
+            f"{envelope.event_type} payload is not a {envelope.resource_type} row: {exc!r}",
+            reason=REASON_INVALID_PAYLOAD,
+        ) from exc
+    if str(values["id"]) != envelope.resource_id:
+        raise Reject(
+            f"payload id {values['id']} differs from resource_id {envelope.resource_id}",
+            reason=REASON_INVALID_PAYLOAD,
+        )
+    if envelope.action == "deleted" and values["deleted_at"] is None:
+        # A producer that hard-deletes sends no deleted_at: the delete is a version at occurred_at.
+        deleted_at = parse_timestamp(envelope.occurred_at)
+        values["deleted_at"] = deleted_at
+        values["updated_at"] = max(values["updated_at"], deleted_at)
+    return values
+
+
+def differs(local: Organization | User | Mapping[Any, Any], values: Mapping[str, Any]) -> bool:
+    if isinstance(local, Mapping):
+        return any(local[name] != value for name, value in values.items())
+    return any(getattr(local, name) != value for name, value in values.items())
+
+
+def _timestamp(value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"timestamp must be an ISO 8601 string, got {value!r}")
+    return parse_timestamp(value)
+
+
+def json_row(row: Organization | User) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for column in row.__table__.columns:
+        value = getattr(row, column.key)
+        if isinstance(value, datetime):
+            value = format_timestamp(value)
+        elif isinstance(value, uuid.UUID):
+            value = str(value)
+        result[column.key] = value
+    return result
