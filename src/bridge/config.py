@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from bridge.config_rules import check_stream_rules, default_inbox_prefix
 from bridge.durations import parse_duration
-from bridge.envelope import utcnow
 from bridge.errors import ConfigError
 from bridge.subjects import Subjects, validate_token
 
@@ -38,6 +37,11 @@ MAX_JSON_DEPTH_LIMIT = 200
 DEFAULT_MAX_CLOCK_SKEW = 300.0
 #: The current time, timezone-aware UTC (``BridgeConfig.clock``).
 Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    """The default :attr:`BridgeConfig.clock`: this host's time, timezone-aware UTC."""
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +260,7 @@ class BridgeConfig:
     #: ``app_name`` and ``destination_app`` are always in it.  Others: ``unknown_origin``.
     known_origins: frozenset[str] = frozenset()
     #: The time the rules above compare with; injectable (tests skew it), never patched.
-    clock: Clock = field(default=utcnow, repr=False, compare=False)
+    clock: Clock = field(default=system_clock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise values once, here

@@ -44,7 +44,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bridge.config import ConsumerOptions
 from bridge.dlq import DeadLetters
-from bridge.envelope import MSG_ID_HEADER, Envelope
+from bridge.envelope import MSG_ID_HEADER, Envelope, format_timestamp, utcnow
 from bridge.publisher import Publisher
 from bridge.subjects import Subjects
 from bridge.testing import NatsServer, PostgresServer
@@ -76,14 +76,21 @@ BURST_KINDS: tuple[tuple[str, str], ...] = (
     ("urn_event_id", "event_id"),
 )
 
+FAR_FUTURE = "9999-12-31T23:59:59.999999Z"
+#: (kind, what the dead letter's error message names) of the far-future versions.
+FAR_FUTURE_KINDS: tuple[tuple[str, str], ...] = (
+    ("far_future_occurred_at", "occurred_at"),
+    ("far_future_updated_at", "updated_at"),
+)
+
+
 EXPECTED_DEAD_LETTERS = Counter(
     {
         "malformed": 3 + len(BURST_KINDS),
         "unknown_event_type": 1,
         "invalid_payload": 2,
         "unsupported_schema_version": 1,
-        # MERGE POINT (branch `skew`): add the far-future version's reason here,
-        # "future_version": len(FAR_FUTURE_KINDS) — see far_future_poison() below.
+        "future_version": len(FAR_FUTURE_KINDS),
     }
 )
 
@@ -173,14 +180,27 @@ def burst_poison(producer: str) -> list[tuple[str, bytes, dict[str, str]]]:
 
 
 def far_future_poison(producer: str) -> list[tuple[str, bytes, dict[str, str]]]:
-    """MERGE POINT (branch `skew`): the far-future version joins the burst here.
-
-    Once the ``future_version`` dead-letter reason exists, return an envelope whose
-    ``occurred_at`` and payload ``updated_at`` are ``9999-12-31T23:59:59.999999Z`` (and
-    count it in :data:`EXPECTED_DEAD_LETTERS`); the burst publishes whatever this returns
-    between A's real events like the other hostile bodies.
-    """
-    return []
+    """Well-formed organization events from the year 9999: one with a far-future
+    ``occurred_at`` (the library's check), one with a far-future record ``updated_at`` in
+    an otherwise valid row (the domain's check); each is a ``future_version`` dead letter."""
+    now = format_timestamp(utcnow())
+    out: list[tuple[str, bytes, dict[str, str]]] = []
+    for kind, _mention in FAR_FUTURE_KINDS:
+        oid = str(uuid.uuid4())
+        row = {"id": oid, "name": "From the future", "domain": f"{oid[:12]}.future.test",
+               "active": True, "created_at": now, "updated_at": now, "origin": producer,
+               "deleted_at": None}  # fmt: skip
+        extra: dict[str, str] = {}
+        if kind == "far_future_occurred_at":
+            extra["occurred_at"] = FAR_FUTURE
+        else:
+            row["updated_at"] = FAR_FUTURE
+        env = Envelope(
+            event_type="organization.created", producer=producer, resource_type="organization",
+            resource_id=oid, payload=row, schema_version=2, **extra,  # type: ignore[arg-type]
+        )  # fmt: skip
+        out.append((kind, env.to_bytes(), env.headers()))
+    return out
 
 
 async def pending(js: nats.js.JetStreamContext, stream: str, durable: str) -> int:
@@ -264,7 +284,7 @@ async def test_duplicate_deliveries_and_poison_messages_mid_load(
             await consumer.stop(timeout=5)
             count = await grow_by(js, stream, b_durable, await pending(js, stream, b_durable), 1)
             hostile = burst_poison(a.app) + far_future_poison(a.app)
-            mentions = dict(BURST_KINDS)
+            mentions = dict(BURST_KINDS + FAR_FUTURE_KINDS)
             for kind, body, headers in hostile:
                 ack = await js.publish(a_to_b.publish, body, headers=headers or None)
                 injected.add(ack.seq)
@@ -320,13 +340,14 @@ async def test_duplicate_deliveries_and_poison_messages_mid_load(
         letters = await DeadLetters(b.config, js, Publisher(js, stream=stream)).list(limit=500)
         b_consumer = b_bridge.consumer.stats()
     assert result.passed, result.failure_message()
-    # The burst: each hostile body is a malformed dead letter of its FIRST delivery,
-    # naming what it broke; no consumer task died on any of them.
+    # The burst: each hostile body is a malformed (or future_version) dead letter of its
+    # FIRST delivery, naming what it broke; no consumer task died on any of them.
     by_seq = {letter.original_seq: letter for letter in letters}
     assert set(burst) <= set(by_seq), sorted(set(burst) - set(by_seq))
     for seq, (kind, mention) in burst.items():
         letter = by_seq[seq]
-        assert (letter.reason, letter.deliveries) == ("malformed", 1), (kind, letter)
+        reason = "future_version" if kind.startswith("far_future") else "malformed"
+        assert (letter.reason, letter.deliveries) == (reason, 1), (kind, letter)
         assert mention in letter.error_message, (kind, letter.error_message)
     assert b_consumer.task_restarts == 0 and b_consumer.batch_errors == 0, b_consumer
     assert result.load["acked"] >= 100
