@@ -50,6 +50,15 @@ lease means another relay owns the row now and will publish it again; the
   lease cleared, and ``status='failed'`` once ``attempts >= max_attempts``;
 - released (never attempted: its record's chain stopped) → lease cleared only.
 
+Dead connections: every claim, settle and purge transaction is bounded by ``timeout``
+(the relay passes ``relay.lease``: a transaction slower than the lease is pointless,
+the leases it takes are expired when it commits).  Why: a TCP connection cut without a
+FIN or an RST (a partition, a failed-over primary) never answers, and asyncpg has no
+timeout of its own on a query, a commit or SQLAlchemy's pool pre-ping — the relay
+waited forever.  Past the bound the transaction raises ``TimeoutError`` naming the
+database; SQLAlchemy discards the connection (closing it takes up to 2 s more) and the
+next transaction gets a fresh one.
+
 ``failed`` rows no longer block later rows of their record (they are not pending):
 one poisoned event must not stop a record's sync forever, and since every event
 carries the full row snapshot, the later event supersedes it.  A requeued failed
@@ -58,13 +67,15 @@ row is published again; consumers discard it as stale (last-writer-wins).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge.envelope import MSG_ID_HEADER
 from bridge.outbox_admin import OutboxCounts, outbox_counts, requeue
@@ -229,15 +240,38 @@ def _json(value: Any) -> Any:
 class OutboxStore:
     """SQL of the relay on one database (module doc: claim order and settle rules)."""
 
-    def __init__(self, engine: AsyncEngine, *, owner: str, lease: float, max_attempts: int):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        owner: str,
+        lease: float,
+        max_attempts: int,
+        timeout: float | None = None,
+    ):
         self._engine = engine
         self.owner = owner
         self._lease = lease
         self._max_attempts = max_attempts
+        self._timeout = timeout
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[AsyncConnection]:
+        """``engine.begin()`` bounded by ``timeout`` (module doc, "Dead connections")."""
+        try:
+            async with asyncio.timeout(self._timeout) as deadline, self._engine.begin() as conn:
+                yield conn
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            raise TimeoutError(
+                f"outbox {what}: no answer from the database within {self._timeout}s "
+                "(unreachable, or the connection is dead)"
+            ) from exc
 
     async def claim(self, limit: int) -> list[ClaimedRow]:
         """Lease up to ``limit`` claimable rows to this owner; returned in id order."""
-        async with self._engine.begin() as conn:
+        async with self._transaction("claim") as conn:
             await conn.execute(_LOCK, {"key": CLAIM_LOCK_KEY})
             result = await conn.execute(
                 _CLAIM,
@@ -274,7 +308,7 @@ class OutboxStore:
         if not (sent or failures or released):
             return []
         dead: list[int] = []
-        async with self._engine.begin() as conn:
+        async with self._transaction("settle") as conn:
             if sent:
                 await conn.execute(
                     _MARK_SENT,
@@ -308,7 +342,7 @@ class OutboxStore:
         """Delete sent rows older than ``older_than`` seconds, ``chunk`` rows per statement."""
         total = 0
         while True:
-            async with self._engine.begin() as conn:
+            async with self._transaction("purge") as conn:
                 result = await conn.execute(_PURGE, {"age": older_than, "chunk": chunk})
             deleted = int(result.rowcount or 0)
             total += deleted

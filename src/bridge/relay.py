@@ -133,7 +133,11 @@ class OutboxRelay:
         self._outbox = outbox
         self.owner = (owner or f"{config.app_name}-{uuid.uuid4().hex[:12]}")[:64]
         self._store = OutboxStore(
-            engine, owner=self.owner, lease=self._opts.lease, max_attempts=self._opts.max_attempts
+            engine,
+            owner=self.owner,
+            lease=self._opts.lease,
+            max_attempts=self._opts.max_attempts,
+            timeout=self._opts.lease,  # a dead connection must not hang the relay
         )
         self._connected = connected or (lambda: True)
         self._wake = asyncio.Event()
