@@ -87,16 +87,16 @@ class Publisher:
                 f"no PubAck for {message.subject!r} within {self._timeout}s"
             ) from exc
         except APIError as exc:
-            # 503 (no leader, JetStream unavailable) and 500 pass; a 4xx is about this
-            # message unless it is one of the capacity answers that pass as well.
+            # A 4xx is about this message — unless it is one of the capacity answers
+            # that pass by themselves; 503 (no leader, store full) and 500 pass too.
             transient = TRANSIENT_API_ERRORS.get(exc.err_code or 0)
-            if transient is not None:
+            if transient is None and exc.code is not None and 400 <= exc.code < 500:
                 raise PublishError(
-                    f"publish to {message.subject!r} refused for now, retried: {transient} ({exc})"
+                    f"JetStream rejected publish to {message.subject!r}: {exc}", rejected=True
                 ) from exc
-            rejected = exc.code is not None and 400 <= exc.code < 500
             raise PublishError(
-                f"JetStream rejected publish to {message.subject!r}: {exc}", rejected=rejected
+                f"JetStream could not take a publish to {message.subject!r} now (retried): "
+                + (f"{transient}; {exc}" if transient else str(exc))
             ) from exc
         except MaxPayloadError as exc:
             raise PublishError(
