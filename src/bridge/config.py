@@ -188,6 +188,12 @@ class BridgeConfig:
     relay: RelayOptions = field(default_factory=RelayOptions)
     consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
     reconcile: ReconcileOptions = field(default_factory=ReconcileOptions)
+    #: The client PINGs the server every ``ping_interval``; after ``max_outstanding_pings``
+    #: unanswered it drops the connection and reconnects.  So a connection cut without a
+    #: FIN or an RST (a partition: nothing ever arrives, nothing closes) is noticed within
+    #: ``ping_interval * (max_outstanding_pings + 1)`` (15 s; nats-py's own default: 4 min).
+    ping_interval: float = 5.0
+    max_outstanding_pings: int = 2
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise values once, here
@@ -231,6 +237,13 @@ class BridgeConfig:
         set_(self, "backoff", backoff)
         if self.stream_replicas not in (1, 3, 5):
             raise ConfigError(f"stream_replicas must be 1, 3 or 5, got {self.stream_replicas}")
+        set_(self, "ping_interval", parse_duration(self.ping_interval, name="ping_interval"))
+        _positive("ping_interval", self.ping_interval)
+        if not isinstance(self.max_outstanding_pings, int) or self.max_outstanding_pings < 1:
+            raise ConfigError(
+                "max_outstanding_pings must be a positive integer, "
+                f"got {self.max_outstanding_pings!r}"
+            )
         if self.delivery_subject is not None and not self.delivery_subject.strip():
             raise ConfigError("delivery_subject must not be blank")
         if self.push_consumer_group is not None:
