@@ -56,8 +56,9 @@ the leases it takes are expired when it commits).  Why: a TCP connection cut wit
 FIN or an RST (a partition, a failed-over primary) never answers, and asyncpg has no
 timeout of its own on a query, a commit or SQLAlchemy's pool pre-ping — the relay
 waited forever.  Past the bound the transaction raises ``TimeoutError`` naming the
-database; SQLAlchemy discards the connection (closing it takes up to 2 s more) and the
-next transaction gets a fresh one.
+database (:class:`bridge.deadline.Deadline`: it cancels again until the dead connection
+lets go, a few seconds at most); SQLAlchemy discards the connection and the next
+transaction gets a fresh one.
 
 ``failed`` rows no longer block later rows of their record (they are not pending):
 one poisoned event must not stop a record's sync forever, and since every event
@@ -67,7 +68,6 @@ row is published again; consumers discard it as stale (last-writer-wins).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -77,6 +77,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bridge.deadline import Deadline
 from bridge.envelope import MSG_ID_HEADER
 from bridge.outbox_admin import OutboxCounts, outbox_counts, requeue
 from bridge.publisher import OutgoingMessage
@@ -258,16 +259,8 @@ class OutboxStore:
     @contextlib.asynccontextmanager
     async def _transaction(self, what: str) -> AsyncIterator[AsyncConnection]:
         """``engine.begin()`` bounded by ``timeout`` (module doc, "Dead connections")."""
-        try:
-            async with asyncio.timeout(self._timeout) as deadline, self._engine.begin() as conn:
-                yield conn
-        except TimeoutError as exc:
-            if not deadline.expired():
-                raise
-            raise TimeoutError(
-                f"outbox {what}: no answer from the database within {self._timeout}s "
-                "(unreachable, or the connection is dead)"
-            ) from exc
+        async with Deadline(self._timeout, f"outbox {what}"), self._engine.begin() as conn:
+            yield conn
 
     async def claim(self, limit: int) -> list[ClaimedRow]:
         """Lease up to ``limit`` claimable rows to this owner; returned in id order."""

@@ -15,8 +15,9 @@ Contract:
   primary): it never closes, and an idle LISTEN never finds out — is found by a
   ``SELECT 1`` every ``check_interval`` that must answer within ``check_interval``;
   connecting, locking and listening must finish within ``SETUP_TIMEOUT`` (the pool's
-  pre-ping on a dead pooled connection waits forever otherwise).  Either way the
-  connection is dropped and re-established as above.
+  pre-ping on a dead pooled connection waits forever otherwise;
+  :class:`bridge.deadline.Deadline`).  Either way the connection is dropped and
+  re-established as above.
 - ``start()`` / ``stop(timeout)``; the one task is owned and awaited on stop.
 """
 
@@ -31,6 +32,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.backoff import backoff_delay
+from bridge.deadline import Deadline
 
 log = logging.getLogger("bridge.pg_listen")
 
@@ -118,7 +120,8 @@ class NotifyListener:
 
     async def _listen_once(self) -> None:
         """Listen until the connection drops or stop() is called."""
-        async with asyncio.timeout(SETUP_TIMEOUT) as setup, self._engine.connect() as conn:
+        setup = Deadline(SETUP_TIMEOUT, f"LISTEN {self._channel}: connecting")
+        async with setup, self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
 
@@ -134,7 +137,7 @@ class NotifyListener:
                     "SELECT pg_advisory_lock($1, hashtext($2))", *self.session_lock
                 )
             await driver.add_listener(self._channel, notified)
-            setup.reschedule(None)
+            setup.disarm()
             self._listening = True
             self._listening_event.set()
             self._on_notify()  # notifications may have been missed while not listening

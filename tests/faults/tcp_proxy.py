@@ -14,8 +14,8 @@ instead of the server then lives through whatever network the test makes:
   partition.  Back to ``pass``, the held bytes flow on (the partition healed before
   TCP gave up).
 - ``reset``: every open connection (but a stranded one) is aborted with an RST both
-  ways (``SO_LINGER`` 0); new connections are accepted and reset at once (the port stays bound, so no
-  other process can take it between two modes).
+  ways (``SO_LINGER`` 0); new connections are accepted and reset at once (the port
+  stays bound, so no other process can take it between two modes).
 - ``latency``: every chunk is forwarded ``latency`` seconds after it arrived, in each
   direction, order kept.
 
@@ -25,6 +25,8 @@ partition, a failed-over server).  Their upstream side is closed, so the server 
 the session and frees what it held; their client side stays open and hears nothing
 ever again, not even a reset — a client blocked on a read waits until its own
 timeout, forever without one.  Connections made later follow the mode.
+:meth:`TcpProxy.strand_after_reply` does the same to each open connection right after
+its next answer reaches the client.
 
 ``start()`` / ``stop(timeout)``; the proxy owns and awaits every task it starts.
 """
@@ -51,6 +53,7 @@ class _Link:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None
     stranded: bool = False
+    strand_after_reply: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def abort(self) -> None:
@@ -146,14 +149,24 @@ class TcpProxy:
 
     def strand(self) -> int:
         """Make every open connection dead for good (module doc); return how many."""
-        count = 0
-        for link in self._links:
-            if not link.stranded:
-                link.stranded = True
-                count += 1
-                if link.upstream is not None:
-                    link.upstream.transport.abort()
-        return count
+        live = [link for link in self._links if not link.stranded]
+        for link in live:
+            self._strand(link)
+        return len(live)
+
+    def strand_after_reply(self) -> int:
+        """Strand every open connection right after the next chunk it forwards to the
+        client: the answer to one request arrives, the next request is never answered
+        (the link dies between two round trips of one exchange); return how many."""
+        live = [link for link in self._links if not link.stranded]
+        for link in live:
+            link.strand_after_reply = True
+        return len(live)
+
+    def _strand(self, link: _Link) -> None:
+        link.stranded = True
+        if link.upstream is not None:
+            link.upstream.transport.abort()
 
     # -- forwarding ---------------------------------------------------------------------
     def _flowing(self, link: _Link) -> bool:
@@ -232,6 +245,9 @@ class TcpProxy:
                 self._drop(link)
                 return
             self.forwarded += len(data)
+            if link.strand_after_reply and sink is link.client:
+                link.strand_after_reply = False
+                self._strand(link)
 
     def _drop(self, link: _Link, *, graceful: bool = False) -> None:
         """Close (``graceful``: FIN) or reset a connection and forget it."""

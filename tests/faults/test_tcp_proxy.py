@@ -171,6 +171,20 @@ async def test_stranded_connection_stays_dead_after_healing_new_ones_work(
     writer.close()
 
 
+async def test_strand_after_reply_lets_one_answer_through_then_nothing(
+    proxy: tuple[TcpProxy, EchoServer],
+) -> None:
+    p, _ = proxy
+    reader, writer = await connect(p)
+    assert await reader.readline() == b"hello\n"
+    assert p.strand_after_reply() == 1
+    writer.write(b"one\n")
+    assert await asyncio.wait_for(reader.readline(), 2) == b"one\n"  # answered
+    writer.write(b"two\n")
+    assert await nothing_arrives(reader)  # the next one never is
+    writer.close()
+
+
 async def test_stop_ends_every_task_and_connection() -> None:
     echo = await EchoServer().start()
     p = await TcpProxy(echo.port).start()
