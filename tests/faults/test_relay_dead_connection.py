@@ -10,10 +10,12 @@ and the sides never converged).  These tests pin the two places down, fast:
 - a claim (and any relay transaction) is bounded by ``relay.lease`` — a transaction
   slower than the lease is pointless anyway, the leases it takes would be expired when
   it commits — then fails with a ``TimeoutError`` naming the database, and the next
-  one gets a fresh connection;
+  one gets a fresh connection; also when the link dies half way through the pool's
+  pre-ping, where one cancellation is not enough (:class:`bridge.deadline.Deadline`);
 - the LISTEN connection (wake-ups and the relay's liveness lock) is probed every
-  ``check_interval``; a dead one is dropped and re-established, and notifications
-  flow again.
+  ``check_interval``; a dead one is dropped and re-established — past a half-dead
+  pooled connection too — and notifications flow again;
+- stopping a listener whose connection died unnoticed returns within its timeout.
 """
 
 from __future__ import annotations
