@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-deliver", type=int, help="MAX_DELIVER")
     group.add_argument("--ack-wait", help="ACK_WAIT, e.g. 30s")
     group.add_argument("--backoff", help="BACKOFF, e.g. '1s,5s,15s,30s,60s'")
+    group.add_argument(
+        "--dlq-retention",
+        choices=("never", "stream"),
+        help="DLQ_RETENTION: never (dead letters kept until handled) or stream (max_age)",
+    )
     group.add_argument("--json", action="store_true", help="machine-readable output")
     group.add_argument(
         "--request-timeout",
@@ -136,6 +141,7 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Prov
         max_deliver=args.max_deliver,
         ack_wait=args.ack_wait,
         backoff=args.backoff,
+        dlq_retention=args.dlq_retention,
     )
 
 

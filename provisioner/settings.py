@@ -11,6 +11,8 @@ Environment (flags win):
                           ``SYSTEM_B_NAME`` (default ``system_a`` / ``system_b``)
 ``CONSUMER_MODE``         pull|push for both; ``CONSUMER_MODE_<APP>`` per app
 ``MAX_DELIVER``, ``ACK_WAIT``, ``BACKOFF``  consumer settings ("30s", "1s,5s,15s")
+``DLQ_RETENTION``         ``never`` (default: dead letters outlive max_age, the stream
+                          allows per-message TTL) or ``stream``
 ========================  ==================================================
 """
 
@@ -110,6 +112,7 @@ def load_settings(
     max_deliver: int | None = None,
     ack_wait: str | None = None,
     backoff: str | None = None,
+    dlq_retention: str | None = None,
 ) -> ProvisionerSettings:
     """Merge flags over ``env``; raise :class:`ConfigError` for invalid values."""
     urls = _first(nats_urls, env.get("NATS_URLS"), env.get("NATS_URL")) or "nats://127.0.0.1:4222"
@@ -140,6 +143,9 @@ def load_settings(
     steps = _first(backoff, env.get("BACKOFF"))
     if steps is not None:
         options["backoff"] = steps
+    retention = _first(dlq_retention, env.get("DLQ_RETENTION"))
+    if retention is not None:
+        options["dlq_retention"] = retention.lower()
     settings = ProvisionerSettings(
         nats_urls=tuple(u.strip() for u in urls.split(",") if u.strip()),
         user=_first(user, env.get("NATS_USER")),

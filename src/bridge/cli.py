@@ -40,9 +40,11 @@ from bridge.backfill import (
     BackfillOptions,
     BackfillProgress,
 )
+from bridge.cli_dlq import dlq_command
 from bridge.config import BridgeConfig
 from bridge.connection import Connection
 from bridge.dlq import DeadLetters
+from bridge.dlq_letter import oldest_letter_age
 from bridge.durations import parse_duration
 from bridge.envconfig import config_from_env, database_url_from_env, models_module_from_env
 from bridge.errors import (
@@ -153,6 +155,7 @@ async def cmd_status(ctx: Context, args: argparse.Namespace, out: Output) -> int
         state = info.get("state", {})
         report["stream_messages"] = state.get("messages")
         report["dead_letters"] = (state.get("subjects") or {}).get(cfg.subjects.dlq, 0)
+        report["dead_letters_oldest_age_seconds"] = await oldest_letter_age(api.request, cfg)
         cinfo = await api.request(f"CONSUMER.INFO.{cfg.stream_name}.{cfg.subjects.durable}")
         report["consumer"] = {
             "name": cfg.subjects.durable,
@@ -174,6 +177,7 @@ async def cmd_status(ctx: Context, args: argparse.Namespace, out: Output) -> int
         ["consumer pending", consumer.get("num_pending", "n/a")],
         ["consumer ack pending", consumer.get("num_ack_pending", "n/a")],
         ["dead letters", report.get("dead_letters", "n/a")],
+        ["oldest dead letter age (s)", report.get("dead_letters_oldest_age_seconds", "n/a")],
         *[[f"outbox {k}", v] for k, v in report["outbox"].items()],
         *[[f"inbox {k}", v] for k, v in report["inbox"].items()],
     ]
@@ -211,58 +215,9 @@ async def cmd_outbox(ctx: Context, args: argparse.Namespace, out: Output) -> int
 
 
 async def cmd_dlq(ctx: Context, args: argparse.Namespace, out: Output) -> int:
-    dlq = await ctx.dead_letters()
-    if args.action == "list":
-        letters = await dlq.list(limit=args.limit)
-        table: list[list[Any]] = [["seq", "reason", "original_subject", "deliveries", "error"]]
-        table += [
-            [d.seq, d.reason, d.original_subject, d.deliveries, (d.error_message or "")[:60]]
-            for d in letters
-        ]
-        out.emit([_letter(d) for d in letters], table)
-    elif args.action == "show":
-        letter = await dlq.show(args.seq[0])
-        out.emit(
-            _letter(letter, body=True), [["field", "value"], *_letter(letter, body=True).items()]
-        )
-    elif args.action == "replay":
-        seqs = list(args.seq) if args.seq else [d.seq for d in await dlq.list(limit=args.limit)]
-        results = []
-        for index, seq in enumerate(seqs, start=1):
-            result = await dlq.replay(seq)
-            results.append({"dlq_seq": seq, "stream_seq": result.seq})
-            out.progress(index, len(seqs))
-        out.emit(
-            {"replayed": results},
-            [["dlq_seq", "stream_seq"], *[[r["dlq_seq"], r["stream_seq"]] for r in results]],
-        )
-    else:
-        count = 0
-        if args.seq:
-            for index, seq in enumerate(args.seq, start=1):
-                count += await dlq.purge(seq)
-                out.progress(index, len(args.seq))
-        else:
-            count = await dlq.purge(None)
-        out.emit({"purged": count}, [["purged"], [count]])
-    return EXIT_OK
-
-
-def _letter(letter: Any, body: bool = False) -> dict[str, Any]:
-    data = {
-        "seq": letter.seq,
-        "reason": letter.reason,
-        "original_subject": letter.original_subject,
-        "original_seq": letter.original_seq,
-        "deliveries": letter.deliveries,
-        "error_class": letter.error_class,
-        "error_message": letter.error_message,
-        "at": letter.at,
-    }
-    if body:
-        data["headers"] = dict(letter.headers)
-        data["body"] = letter.data.decode(errors="replace")
-    return data
+    """``bridge dlq ...`` (:mod:`bridge.cli_dlq`)."""
+    done = await dlq_command(await ctx.dead_letters(), args.action, args.seq, args.limit, out)
+    return EXIT_OK if done else EXIT_FAILED
 
 
 async def cmd_provision(ctx: Context, args: argparse.Namespace, out: Output) -> int:
@@ -399,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
     dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
     dlq.add_argument("seq", nargs="*", type=int, help="DLQ stream sequence(s)")
-    dlq.add_argument("--limit", type=int, default=100)
+    dlq.add_argument("--limit", type=int, help="list: at most N (100); replay: at most N (all)")
     prov = sub.add_parser("provision", help="plan / apply / verify this app's stream and consumer")
     prov.add_argument("action", choices=["plan", "apply", "verify"])
     sub.add_parser("doctor", help="check every permission this app needs")

@@ -24,6 +24,9 @@ ConsumerMode = Literal["pull", "push"]
 Mode = Literal["non_restrictive", "restrictive"]
 CONSUMER_MODES: tuple[str, ...] = ("pull", "push")
 DEFAULT_BACKOFF: tuple[float, ...] = (1.0, 5.0, 15.0, 30.0, 60.0)
+#: ``dlq_retention`` values: "never" = dead letters are kept until handled (replayed or
+#: purged) whatever the stream's max_age; "stream" = they age out with the stream.
+DLQ_RETENTIONS: tuple[str, ...] = ("never", "stream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +128,18 @@ class ReconcileOptions:
     ``interval``: seconds between periodic passes; ``None`` or 0 = off (the default;
     ``bridge reconcile`` runs a pass on demand).  ``responder``: answer the peer's
     requests (needs the app's synced models, see :class:`~bridge.runtime.Bridge`).
+    ``max_concurrent_requests``: peer requests the responder serves at once (each holds
+    a database connection); more are refused "busy" at once.  ``statement_timeout``:
+    how long one request's SQL may run on the responder
+    (:mod:`bridge.reconcile_responder`).
     """
 
     interval: float | str | None = None
     request_timeout: float = 10.0
     leaf_rows: int = 128
     responder: bool = True
+    max_concurrent_requests: int = 4
+    statement_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         interval = self.interval
@@ -146,6 +155,23 @@ class ReconcileOptions:
         )
         _positive("reconcile.request_timeout", self.request_timeout)
         _positive("reconcile.leaf_rows", self.leaf_rows)
+        object.__setattr__(
+            self,
+            "statement_timeout",
+            parse_duration(self.statement_timeout, name="reconcile.statement_timeout"),
+        )
+        # PostgreSQL takes whole milliseconds up to 2^31 - 1; 0 would mean "no limit".
+        if not 0.001 <= self.statement_timeout <= 2_000_000:
+            raise ConfigError(
+                "reconcile.statement_timeout must be between 1ms and 2,000,000s, "
+                f"got {self.statement_timeout!r}"
+            )
+        count = self.max_concurrent_requests
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise ConfigError(
+                f"reconcile.max_concurrent_requests must be an integer, got {count!r}"
+            )
+        _positive("reconcile.max_concurrent_requests", self.max_concurrent_requests)
 
     @property
     def interval_seconds(self) -> float | None:
@@ -188,10 +214,9 @@ class BridgeConfig:
     relay: RelayOptions = field(default_factory=RelayOptions)
     consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
     reconcile: ReconcileOptions = field(default_factory=ReconcileOptions)
-    #: The client PINGs the server every ``ping_interval``; after ``max_outstanding_pings``
-    #: unanswered it drops the connection and reconnects.  So a connection cut without a
-    #: FIN or an RST (a partition: nothing ever arrives, nothing closes) is noticed within
-    #: ``ping_interval * (max_outstanding_pings + 1)`` (15 s; nats-py's own default: 4 min).
+    #: How long dead letters are kept (see :data:`DLQ_RETENTIONS`, :mod:`bridge.dlq`).
+    dlq_retention: str = "never"
+    #: NATS PINGs: a dead link is noticed within ping_interval * (max_outstanding_pings + 1)
     ping_interval: float = 5.0
     max_outstanding_pings: int = 2
 
@@ -239,15 +264,16 @@ class BridgeConfig:
             raise ConfigError(f"stream_replicas must be 1, 3 or 5, got {self.stream_replicas}")
         set_(self, "ping_interval", parse_duration(self.ping_interval, name="ping_interval"))
         _positive("ping_interval", self.ping_interval)
-        if not isinstance(self.max_outstanding_pings, int) or self.max_outstanding_pings < 1:
-            raise ConfigError(
-                "max_outstanding_pings must be a positive integer, "
-                f"got {self.max_outstanding_pings!r}"
-            )
+        _positive("max_outstanding_pings", self.max_outstanding_pings)
         if self.delivery_subject is not None and not self.delivery_subject.strip():
             raise ConfigError("delivery_subject must not be blank")
         if self.push_consumer_group is not None:
             validate_token(self.push_consumer_group, name="push_consumer_group")
+        if self.dlq_retention not in DLQ_RETENTIONS:
+            raise ConfigError(
+                f"dlq_retention must be 'never' (kept until handled) or 'stream' (expire "
+                f"with the stream's max_age), got {self.dlq_retention!r}"
+            )
 
     # -- derived names ---------------------------------------------------------------
     @property

@@ -2,14 +2,16 @@
 
 A dead letter is the original message (body and headers, unchanged) published on
 this app's DLQ subject (``{app}.sync.dlq``, in the same stream) with ``x-dlq-*``
-headers saying why.  Its ``Nats-Msg-Id`` is ``dlq-{stream}-{seq}`` of the
-original, so publishing the same dead letter twice (a retry after a lost PubAck,
-two replicas reacting to one advisory) stores it once inside the duplicate window.
+headers saying why; what is stored, and how long it is kept
+(``dlq_retention``: by default until handled, whatever the stream's ``max_age``),
+is described in :mod:`bridge.dlq_letter`.
 
 Reading dead letters needs no durable consumer: :meth:`DeadLetters.list` and
 :meth:`DeadLetters.show` use JetStream direct get (``next_by_subj`` over the DLQ
 subject).  That is an admin operation: apps in restrictive mode may publish
-dead letters but usually may not read them.
+dead letters but usually may not read them.  :meth:`DeadLetters.replay` follows
+the rules of :mod:`bridge.dlq_replay`: only to this app's consume subject, under a
+deterministic id, and a replayed letter is removed from the DLQ.
 
 :class:`MaxDeliveriesWatcher` covers the one path the consumer cannot see: a
 message whose last delivery timed out (process killed mid-handler).  The server
@@ -24,8 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from nats.aio.client import Client
@@ -36,80 +37,40 @@ from nats.js.errors import NotFoundError
 
 from bridge.config import BridgeConfig
 from bridge.delivery import Received, StoredMessage
-from bridge.envelope import MSG_ID_HEADER, TRACEPARENT_HEADER, Envelope, format_timestamp, utcnow
+from bridge.dlq_letter import (
+    H_APP,
+    H_AT,
+    H_DELIVERIES,
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_ORIGINAL_MSG_ID,
+    H_ORIGINAL_STREAM,
+    H_ORIGINAL_SUBJECT,
+    H_REASON,
+    H_STREAM_SEQ,
+    SERVER_HEADERS,
+    TTL_HEADER,
+    DeadLetter,
+    dead_letter_msg_id,
+    header_safe,
+    retention_headers,
+    ttl_refused,
+)
+from bridge.dlq_replay import Replayed, replay_envelope
+from bridge.envelope import MSG_ID_HEADER, format_timestamp, utcnow
 from bridge.errors import DeadLetterError, DeadLetterNotFoundError, PublishError
-from bridge.publisher import OutgoingMessage, Publisher, PublishResult
+from bridge.publisher import OutgoingMessage, Publisher
 from bridge.router import REASON_MAX_DELIVER
 
+__all__ = [
+    "AbandonedSink",
+    "DeadLetter",
+    "DeadLetters",
+    "MaxDeliveriesWatcher",
+    "dead_letter_msg_id",
+]
+
 log = logging.getLogger("bridge.dlq")
-
-H_REASON = "x-dlq-reason"
-H_DELIVERIES = "x-dlq-deliveries"
-H_ERROR_CLASS = "x-dlq-error-class"
-H_ERROR_MESSAGE = "x-dlq-error-message"
-H_ORIGINAL_SUBJECT = "x-dlq-original-subject"
-H_ORIGINAL_STREAM = "x-dlq-original-stream"
-H_STREAM_SEQ = "x-dlq-stream-seq"
-H_ORIGINAL_MSG_ID = "x-dlq-original-msg-id"
-H_APP = "x-dlq-app"
-H_AT = "x-dlq-at"
-ERROR_MESSAGE_LIMIT = 1000
-# Headers the server adds to a direct-get reply; they are not part of the dead letter.
-_SERVER_HEADERS = frozenset(
-    {"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp", "Nats-Num-Pending"}
-)
-
-
-def dead_letter_msg_id(stream: str, seq: int) -> str:
-    """``Nats-Msg-Id`` of the dead letter of message ``seq`` in ``stream``."""
-    return f"dlq-{stream}-{seq}"
-
-
-def _header_safe(text: str, limit: int = ERROR_MESSAGE_LIMIT) -> str:
-    # NATS header values are single lines; an error message may not be.
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """One stored dead letter (``seq`` is its sequence in the stream)."""
-
-    seq: int
-    reason: str
-    original_subject: str
-    original_seq: int
-    deliveries: int
-    error_class: str
-    error_message: str
-    data: bytes
-    headers: dict[str, str]
-    at: str
-
-    def envelope(self) -> Envelope:
-        """The original envelope; raises EnvelopeError for a ``malformed`` dead letter."""
-        return Envelope.from_bytes(
-            self.data,
-            {TRACEPARENT_HEADER: self.headers[TRACEPARENT_HEADER]}
-            if TRACEPARENT_HEADER in self.headers
-            else None,
-        )
-
-    @classmethod
-    def from_stored(cls, seq: int, data: bytes, headers: Mapping[str, str]) -> DeadLetter:
-        kept = {k: v for k, v in headers.items() if k not in _SERVER_HEADERS}
-        return cls(
-            seq=seq,
-            reason=kept.get(H_REASON, ""),
-            original_subject=kept.get(H_ORIGINAL_SUBJECT, ""),
-            original_seq=int(kept.get(H_STREAM_SEQ, "0") or 0),
-            deliveries=int(kept.get(H_DELIVERIES, "0") or 0),
-            error_class=kept.get(H_ERROR_CLASS, ""),
-            error_message=kept.get(H_ERROR_MESSAGE, ""),
-            data=data,
-            headers=kept,
-            at=kept.get(H_AT, ""),
-        )
 
 
 class DeadLetters:
@@ -139,18 +100,39 @@ class DeadLetters:
                 H_REASON: reason,
                 H_DELIVERIES: str(delivery.num_delivered),
                 H_ERROR_CLASS: type(error).__name__ if error is not None else "",
-                H_ERROR_MESSAGE: _header_safe(str(error)) if error is not None else "",
+                H_ERROR_MESSAGE: header_safe(str(error)) if error is not None else "",
                 H_ORIGINAL_SUBJECT: delivery.subject,
                 H_ORIGINAL_STREAM: delivery.stream,
                 H_STREAM_SEQ: str(delivery.stream_seq),
                 H_APP: self._config.app_name,
                 H_AT: format_timestamp(utcnow()),
+                **retention_headers(self._config),
             }
         )
         try:
-            result = await self._publisher.publish_raw(
-                OutgoingMessage(self.subject, delivery.data, headers)
-            )
+            try:
+                result = await self._publisher.publish_raw(
+                    OutgoingMessage(self.subject, delivery.data, headers)
+                )
+            except PublishError as exc:
+                if TTL_HEADER not in headers or not ttl_refused(exc):
+                    raise
+                # Stored without the TTL the letter ages out with the stream, but a
+                # stream not yet re-provisioned must not stop dead-lettering.
+                log.error(
+                    "stream refuses Nats-TTL (no allow_msg_ttl): dead letter stored with "
+                    "the stream's max_age, it is not kept until handled",
+                    extra={
+                        "stream": self._config.stream_name,
+                        "stream_seq": delivery.stream_seq,
+                        "hint": "run `bridge-provision apply` (or start an app with "
+                        "auto_provision) to enable allow_msg_ttl on the stream",
+                    },
+                )
+                del headers[TTL_HEADER]
+                result = await self._publisher.publish_raw(
+                    OutgoingMessage(self.subject, delivery.data, headers)
+                )
         except PublishError as exc:
             raise DeadLetterError(
                 f"dead letter for {delivery.stream}#{delivery.stream_seq} not stored: {exc}"
@@ -168,11 +150,12 @@ class DeadLetters:
             },
         )
 
-    async def list(self, limit: int = 100, *, start_seq: int = 1) -> list[DeadLetter]:
-        """Up to ``limit`` dead letters, oldest first, from stream sequence ``start_seq``."""
-        letters: list[DeadLetter] = []
+    async def letters(
+        self, *, start_seq: int = 1, until_seq: int | None = None
+    ) -> AsyncIterator[DeadLetter]:
+        """Dead letters one at a time, oldest first, from ``start_seq`` to ``until_seq``."""
         cursor = max(start_seq, 1)
-        while len(letters) < limit:
+        while until_seq is None or cursor <= until_seq:
             try:
                 raw = await self._js.get_msg(
                     self._config.stream_name,
@@ -182,10 +165,22 @@ class DeadLetters:
                     direct=True,
                 )
             except NotFoundError:
-                break
+                return
             seq = int(raw.seq or cursor)
-            letters.append(DeadLetter.from_stored(seq, raw.data or b"", raw.headers or {}))
+            if until_seq is not None and seq > until_seq:
+                return
+            yield DeadLetter.from_stored(seq, raw.data or b"", raw.headers or {})
             cursor = seq + 1
+
+    async def list(self, limit: int = 100, *, start_seq: int = 1) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first, from stream sequence ``start_seq``."""
+        letters: list[DeadLetter] = []
+        if limit <= 0:
+            return letters
+        async for letter in self.letters(start_seq=start_seq):
+            letters.append(letter)
+            if len(letters) >= limit:
+                break
         return letters
 
     async def show(self, seq: int) -> DeadLetter:
@@ -193,34 +188,79 @@ class DeadLetters:
         try:
             raw = await self._js.get_msg(self._config.stream_name, seq=seq, direct=True)
         except NotFoundError as exc:
-            raise DeadLetterNotFoundError(f"no message at sequence {seq}") from exc
+            raise DeadLetterNotFoundError(
+                f"no dead letter at sequence {seq} (replayed, purged, or never stored)"
+            ) from exc
         if raw.subject != self.subject:
             raise DeadLetterNotFoundError(
                 f"sequence {seq} is on {raw.subject!r}, not the DLQ subject {self.subject!r}"
             )
         return DeadLetter.from_stored(seq, raw.data or b"", raw.headers or {})
 
-    async def replay(self, seq: int) -> PublishResult:
-        """Republish dead letter ``seq``'s envelope to its original subject.
+    async def replay(self, seq: int) -> Replayed:
+        """Replay dead letter ``seq`` (:mod:`bridge.dlq_replay`); see :meth:`replay_letter`.
 
-        The replayed envelope gets a NEW event id (so the inbox does not treat it
-        as the dead-lettered event) with ``causation_id`` = the original event id.
-        The dead letter itself stays for audit; :meth:`purge` removes it.
+        Raises DeadLetterNotFoundError when no letter is stored at ``seq`` (e.g. it
+        was replayed already).
         """
-        letter = await self.show(seq)
-        envelope = letter.envelope().with_new_id()
-        result = await self._publisher.publish(letter.original_subject, envelope)
+        return await self.replay_letter(await self.show(seq))
+
+    async def replay_letter(self, letter: DeadLetter) -> Replayed:
+        """Publish ``letter``'s envelope to this app's consume subject under its replay
+        id, then remove the letter.  Raises ReplayRefusedError (nothing published) for
+        a malformed or foreign letter, PublishError when the publish fails."""
+        envelope = replay_envelope(letter, self._config)
+        result = await self._publisher.publish(self._config.subjects.consume, envelope)
+        handled = await self._mark_handled(letter)
         log.info(
             "dead letter replayed",
             extra={
-                "dlq_seq": seq,
-                "subject": letter.original_subject,
+                "dlq_seq": letter.seq,
+                "subject": self._config.subjects.consume,
                 "event_id": envelope.event_id,
                 "causation_id": envelope.causation_id,
                 "stream_seq": result.seq,
+                "duplicate": result.duplicate,
+                "handled": handled,
             },
         )
-        return result
+        return Replayed(
+            dlq_seq=letter.seq,
+            event_id=envelope.event_id,
+            causation_id=envelope.causation_id or "",
+            stream_seq=result.seq,
+            duplicate=result.duplicate,
+            handled=handled,
+        )
+
+    async def _mark_handled(self, letter: DeadLetter) -> bool:
+        """Remove a replayed letter from the stream (gone already counts as done).
+
+        Returns False when the server refused (e.g. ``deny_delete`` on the stream): the
+        letter stays listed, and replaying it again is a duplicate.
+        """
+        try:
+            await self._js.delete_msg(self._config.stream_name, letter.seq)
+            return True
+        except (NatsError, TimeoutError) as exc:
+            error = exc
+        # The server answers "no message found" or "stream store EOF" for a letter
+        # deleted meanwhile (two replays of one letter): look, rather than parse.
+        with contextlib.suppress(NatsError, TimeoutError):
+            try:
+                await self.show(letter.seq)
+            except DeadLetterNotFoundError:
+                return True
+        log.error(
+            "replayed dead letter could not be removed from the DLQ",
+            extra={
+                "dlq_seq": letter.seq,
+                "error": repr(error),
+                "hint": "replaying it again is a duplicate; remove it with "
+                f"`bridge dlq purge {letter.seq}`",
+            },
+        )
+        return False
 
     async def purge(self, seq: int | None = None) -> int:
         """Delete dead letter ``seq`` (checked to be on the DLQ subject), or all; return count."""
@@ -229,8 +269,7 @@ class DeadLetters:
             await self.show(seq)
             await self._js.delete_msg(stream, seq)
             return 1
-        info = await self._js.stream_info(stream, subjects_filter=self.subject)
-        count = int((info.state.subjects or {}).get(self.subject, 0))
+        count = await self.count()
         await self._js.purge_stream(stream, subject=self.subject)
         return count
 
@@ -238,6 +277,11 @@ class DeadLetters:
         """How many dead letters are stored (admin permission needed)."""
         info = await self._js.stream_info(self._config.stream_name, subjects_filter=self.subject)
         return int((info.state.subjects or {}).get(self.subject, 0))
+
+    async def last_seq(self) -> int:
+        """The stream's last sequence now (a bound for "every letter stored so far")."""
+        info = await self._js.stream_info(self._config.stream_name)
+        return int(info.state.last_seq or 0)
 
     async def read(self, stream: str, seq: int, *, deliveries: int = 0) -> StoredMessage:
         """Read message ``seq`` of ``stream`` back (direct get), e.g. one the server abandoned."""
@@ -249,7 +293,7 @@ class DeadLetters:
             raise DeadLetterError(f"cannot read {stream}#{seq}: {exc!r}") from exc
         return StoredMessage(
             data=raw.data or b"",
-            headers={k: v for k, v in (raw.headers or {}).items() if k not in _SERVER_HEADERS},
+            headers={k: v for k, v in (raw.headers or {}).items() if k not in SERVER_HEADERS},
             subject=raw.subject or "",
             stream=stream,
             stream_seq=seq,

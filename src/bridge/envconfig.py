@@ -8,7 +8,7 @@ The names are the ones the services read (``services/shared/settings.py``):
 ``MAX_DELIVER``, ``ACK_WAIT``, ``BACKOFF``, ``RECONCILE_INTERVAL``; ``DATABASE_URL``
 is returned beside the config, ``BRIDGE_MODELS`` (the module declaring the synced
 models) by :func:`models_module_from_env`.  The mapping is passed in: nothing reads
-``os.environ`` implicitly.
+``os.environ`` implicitly.  ``DLQ_RETENTION`` sets ``dlq_retention``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def config_from_env(env: Mapping[str, str], **overrides: Any) -> BridgeConfig:
         values["backoff"] = env["BACKOFF"]
     if env.get("RECONCILE_INTERVAL"):
         values["reconcile"] = ReconcileOptions(interval=env["RECONCILE_INTERVAL"])
+    if env.get("DLQ_RETENTION"):
+        values["dlq_retention"] = env["DLQ_RETENTION"].strip().lower()
     values.update(overrides)
     mode = env.get("MODE") or "non_restrictive"
     if mode not in ("non_restrictive", "restrictive"):

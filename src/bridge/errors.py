@@ -101,3 +101,29 @@ class ReconcileError(BridgeError):
 
 class ReconcileBusyError(ReconcileError):
     """Another reconciliation of this app holds the advisory lock; this pass did not run."""
+
+
+class ReconcileRefusedError(ReconcileError):
+    """A reconciliation request was refused.  ``code`` says why, from a fixed set
+    (:data:`bridge.reconcile_protocol.REFUSALS`: ``bad_request``, ``too_large``,
+    ``unknown_resource``, ``busy``, ``timeout``, ``internal``); ``request_id`` names the
+    responder's log line that holds the details (a refusal carries none)."""
+
+    def __init__(self, message: str, *, code: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+class ReplayRefusedError(BridgeError):
+    """A dead letter that cannot be replayed (nothing was published for it).
+
+    ``reason``: ``malformed`` (the body is not an envelope) or ``foreign_subject``
+    (the letter names an original subject other than this app's consume subject, a
+    forged or misplaced letter).  ``seq`` is the letter's stream sequence.
+    """
+
+    def __init__(self, message: str, *, seq: int, reason: str) -> None:
+        super().__init__(message)
+        self.seq = seq
+        self.reason = reason

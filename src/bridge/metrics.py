@@ -12,6 +12,8 @@ System B in one test process — never collide.  Two kinds of metric:
   :meth:`event_upcast` / :meth:`event_unsupported` (the inbox, once per delivery
   of a versioned type, :mod:`bridge.event_schemas`).
   :meth:`reconcile_done` (:class:`~bridge.reconcile.Reconciler`, after each pass).
+  :meth:`reconcile_request` (:class:`~bridge.reconcile_responder.ReconcileResponder`,
+  after answering each peer request, served or refused).
 - **Gauges read at scrape time** from *sources* (:class:`MetricSource`: the
   bridge's database and NATS state, a service's own tables).  Prometheus'
   ``collect()`` is synchronous and queries are not, so :meth:`refresh` reads the
@@ -40,6 +42,7 @@ from bridge.delivery import Outcome, Received
 from bridge.envelope import Envelope, parse_timestamp
 from bridge.errors import EnvelopeError
 from bridge.reconcile import ReconcileReport
+from bridge.reconcile_protocol import REFUSALS
 from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
 
 __all__ = [
@@ -167,6 +170,16 @@ class BridgeMetrics:
             self.reconcile_runs.labels(result=result)
         for direction in ("to_peer", "from_peer"):
             self.reconcile_repaired.labels(direction=direction)
+        self.reconcile_requests = Counter(
+            "bridge_reconcile_requests",
+            "Peer reconciliation requests answered by this process's responder, by result "
+            "(ok, or the refusal code: bad_request, too_large, unknown_resource, busy, "
+            "timeout, internal).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", *REFUSALS):
+            self.reconcile_requests.labels(result=result)
         r.register(_SnapshotCollector(self))
 
     # -- hooks (synchronous, cheap, never raise into the caller) ------------------
@@ -213,6 +226,10 @@ class BridgeMetrics:
         self.reconcile_repaired.labels(direction="from_peer").inc(report.repaired_from_peer)
         self.reconcile_bytes.inc(report.bytes_transferred)
         self.reconcile_last_run.set(report.finished_at.timestamp())
+
+    def reconcile_request(self, result: str) -> None:
+        """The responder answered one peer request: ``ok`` or a refusal code."""
+        self.reconcile_requests.labels(result=result).inc()
 
     # -- scrape-time sources ----------------------------------------------------------
     def add_source(self, name: str, source: MetricSource) -> None:
@@ -321,6 +338,16 @@ class BridgeStateSource:
                     "bridge_dead_letters",
                     "Messages on this app's dead-letter subject in the stream.",
                     dead_letters,
+                )
+            )
+        oldest = status.get("dead_letters_oldest_age_seconds")
+        if oldest is not None:
+            out.append(
+                _gauge(
+                    "bridge_dead_letters_oldest_age_seconds",
+                    "Seconds the oldest unhandled dead letter of this app has waited "
+                    "(0 when there is none); dead letters stay until replayed or purged.",
+                    oldest,
                 )
             )
         consumer = status.get("consumer") or {}

@@ -50,9 +50,13 @@ lease means another relay owns the row now and will publish it again; the
   lease cleared, and ``status='failed'`` once ``attempts >= max_attempts``;
 - released (never attempted: its record's chain stopped) → lease cleared only.
 
-Dead connections: every claim, settle and purge transaction is bounded by ``timeout``
-(the relay passes ``relay.lease``: a transaction slower than the lease is pointless,
-the leases it takes are expired when it commits).  Why: a TCP connection cut without a
+Renewing (``OutboxStore.renew``) extends the leases of rows still leased to this
+owner; releasing (``OutboxStore.release``) clears them (a stopping relay hands back
+what it will not settle).  Neither touches a row another relay owns now.
+
+Dead connections: every claim, settle, renew, release and purge transaction is bounded
+by the lease (``relay.lease``: a transaction slower than the lease is pointless, the
+leases it takes are expired when it commits).  Why: a TCP connection cut without a
 FIN or an RST (a partition, a failed-over primary) never answers, and asyncpg has no
 timeout of its own on a query, a commit or SQLAlchemy's pool pre-ping — the relay
 waited forever.  Past the bound the transaction raises ``TimeoutError`` naming the
@@ -165,6 +169,18 @@ _RELEASE = text(
      WHERE id = ANY(CAST(:ids AS bigint[])) AND lease_owner = :owner
     """
 )
+# Renewal locks with SKIP LOCKED: a row locked right now is being settled (or claimed
+# after its lease expired), and waiting for it could deadlock with that transaction.
+_RENEW = text(
+    """
+    UPDATE bridge_outbox o SET lease_expires_at = now() + make_interval(secs => :lease)
+      FROM (SELECT id FROM bridge_outbox
+             WHERE id = ANY(CAST(:ids AS bigint[])) AND lease_owner = :owner
+               AND status = 'pending'
+             ORDER BY id FOR UPDATE SKIP LOCKED) AS r
+     WHERE o.id = r.id
+    """
+)
 _FAIL = text(
     """
     UPDATE bridge_outbox o
@@ -241,25 +257,16 @@ def _json(value: Any) -> Any:
 class OutboxStore:
     """SQL of the relay on one database (module doc: claim order and settle rules)."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        *,
-        owner: str,
-        lease: float,
-        max_attempts: int,
-        timeout: float | None = None,
-    ):
+    def __init__(self, engine: AsyncEngine, *, owner: str, lease: float, max_attempts: int):
         self._engine = engine
         self.owner = owner
         self._lease = lease
         self._max_attempts = max_attempts
-        self._timeout = timeout
 
     @contextlib.asynccontextmanager
     async def _transaction(self, what: str) -> AsyncIterator[AsyncConnection]:
-        """``engine.begin()`` bounded by ``timeout`` (module doc, "Dead connections")."""
-        async with Deadline(self._timeout, f"outbox {what}"), self._engine.begin() as conn:
+        """``engine.begin()`` bounded by the lease (module doc, "Dead connections")."""
+        async with Deadline(self._lease, f"outbox {what}"), self._engine.begin() as conn:
             yield conn
 
     async def claim(self, limit: int) -> list[ClaimedRow]:
@@ -327,6 +334,25 @@ class OutboxStore:
                 )
                 dead = [int(r.id) for r in result if r.status == "failed"]
         return dead
+
+    async def renew(self, ids: Sequence[int]) -> int:
+        """Extend the lease of rows ``ids`` still leased to this owner by ``lease`` from
+        now (rows locked by a concurrent settle are skipped); return rows renewed."""
+        if not ids:
+            return 0
+        async with self._transaction("renew") as conn:
+            result = await conn.execute(
+                _RENEW, {"ids": list(ids), "owner": self.owner, "lease": self._lease}
+            )
+        return int(result.rowcount or 0)
+
+    async def release(self, ids: Sequence[int]) -> int:
+        """Clear the lease of rows ``ids`` still leased to this owner (claimable at once)."""
+        if not ids:
+            return 0
+        async with self._transaction("release") as conn:
+            result = await conn.execute(_RELEASE, {"ids": list(ids), "owner": self.owner})
+        return int(result.rowcount or 0)
 
     async def counts(self) -> OutboxCounts:
         return await outbox_counts(self._engine)

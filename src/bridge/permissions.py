@@ -37,8 +37,12 @@ shared ``_INBOX.>`` one app could subscribe to the other's replies.  Nothing in
 ``$JS.API.>`` is granted except the pull request subject: apps cannot create,
 update, delete or even inspect streams and consumers.
 
+Dead letters are published with ``Nats-TTL: never`` (kept past the stream's
+``max_age``, :mod:`bridge.dlq_letter`); a header needs no grant beyond the DLQ subject.
+
 Not granted by default (operators run these with admin credentials): listing and
-replaying dead letters (``$JS.API.DIRECT.GET``/``STREAM.MSG.GET``) and the
+replaying dead letters (``$JS.API.DIRECT.GET``/``STREAM.MSG.GET``/``STREAM.MSG.DELETE``,
+and publishing on the app's consume subject, the only subject a replay goes to) and the
 ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`` advisory.  ``advisories=True`` adds
 the advisory subscription and the direct-get request an app needs to dead-letter
 messages the server gave up on itself.

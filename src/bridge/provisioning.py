@@ -8,6 +8,9 @@
   ``max_ack_pending``, extra stream subjects ...) are kept.  Applying twice is a
   no-op the second time.  A pull↔push switch recreates the consumer (the server
   cannot change a consumer's type in place).
+- The stream allows per-message TTL when ``dlq_retention`` is ``"never"`` (dead
+  letters then outlive ``max_age``, :mod:`bridge.dlq_letter`); a stream without it is
+  drift, and apply turns it on (JetStream never turns it off again).
 - :meth:`Provisioner.verify` is read-only and raises a
   :class:`~bridge.errors.ProvisioningError` subclass naming what is missing or drifted.
 
@@ -48,9 +51,12 @@ class StreamSpec:
     max_bytes: int
     replicas: int
     storage: str = "file"
+    #: Per-message TTL (``Nats-TTL``), needed to keep dead letters past ``max_age``
+    #: (:mod:`bridge.dlq_letter`); once on, JetStream cannot turn it off.
+    allow_msg_ttl: bool = False
 
     def to_api(self) -> dict[str, Any]:
-        return {
+        config: dict[str, Any] = {
             "name": self.name,
             "subjects": list(self.subjects),
             "retention": "limits",
@@ -64,6 +70,9 @@ class StreamSpec:
             "max_consumers": -1,
             "allow_direct": True,
         }
+        if self.allow_msg_ttl:  # only then: servers before 2.11 do not know the field
+            config["allow_msg_ttl"] = True
+        return config
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +121,7 @@ def stream_spec(config: BridgeConfig) -> StreamSpec:
         max_age=config.stream_max_age,
         max_bytes=config.stream_max_bytes,
         replicas=config.stream_replicas,
+        allow_msg_ttl=config.dlq_retention == "never",
     )
 
 
@@ -179,6 +189,8 @@ def stream_drift(spec: StreamSpec, actual: dict[str, Any]) -> dict[str, tuple[An
         )
     if actual.get("storage") != spec.storage:
         drift["storage"] = (actual.get("storage"), spec.storage)
+    if spec.allow_msg_ttl and not actual.get("allow_msg_ttl"):
+        drift["allow_msg_ttl"] = (bool(actual.get("allow_msg_ttl")), True)
     return drift
 
 
@@ -277,6 +289,7 @@ class Provisioner:
                 merged = dict(current)  # keep every operator-set field
                 merged["subjects"] = change.fields.get("subjects", (None, current["subjects"]))[1]
                 merged["duplicate_window"] = to_nanos(stream.duplicate_window)
+                merged["allow_msg_ttl"] = bool(current.get("allow_msg_ttl")) or stream.allow_msg_ttl
                 await self._api.save_stream(merged, create=False)
             else:
                 spec = by_target[change.target]

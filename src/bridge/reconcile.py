@@ -33,6 +33,12 @@ first, :func:`bridge.synced_models.load_synced_models`):
    them and the consumers apply them last-writer-wins; the pass does not wait for
    that, so "repaired" means "re-emitted".
 
+The peer may refuse a request (:class:`~bridge.errors.ReconcileRefusedError`, a
+code and its request id, never its text): ``busy`` is asked again after a backoff
+(:data:`BUSY_RETRY_BASE` doubling up to :data:`BUSY_RETRY_MAX`, full jitter) for up
+to ``reconcile.request_timeout``; any other refusal, or a peer still busy then,
+fails the pass with that error (recorded; a periodic pass runs again next interval).
+
 Only one pass per app runs at a time: a session advisory lock
 (:data:`LOCK_CLASS`, ``hashtext(app)``) on this app's database, held on its own
 connection for the pass (session locks are reentrant, so the pass never takes it
@@ -70,8 +76,9 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from bridge import reconcile_protocol as proto
+from bridge.backoff import backoff_delay
 from bridge.config import BridgeConfig
-from bridge.errors import ReconcileBusyError, ReconcileError
+from bridge.errors import ReconcileBusyError, ReconcileError, ReconcileRefusedError
 from bridge.outbox import Outbox, Synced
 from bridge.periodic import Periodic
 from bridge.reconcile_digest import HEX, ModelDigests, RangeDigest, RowDigest
@@ -85,6 +92,8 @@ MAX_PREFIX_LEN = 8
 ROWS_PER_REQUEST = 2048
 #: Advisory lock class of reconciliation passes ("rc"); the key is hashtext(app name).
 LOCK_CLASS = 0x7263
+#: Backoff of a request the peer refused as ``busy`` (seconds).
+BUSY_RETRY_BASE, BUSY_RETRY_MAX = 0.1, 2.0
 
 
 # -- pure parts ------------------------------------------------------------------------
@@ -353,14 +362,27 @@ class Reconciler:
 
     async def _request(self, request: proto.Request, tally: _Tally) -> dict[str, Any]:
         assert self._peer is not None
-        data = request.encode()
-        reply = await self._peer.request(
-            data, timeout=self._config.reconcile.request_timeout, op=request.op
-        )
-        tally.requests += 1
-        tally.sent += len(data)
-        tally.received += len(reply)
-        return proto.decode_reply(reply)
+        data, timeout, attempt = request.encode(), self._config.reconcile.request_timeout, 0
+        deadline = time.monotonic() + timeout
+        while True:
+            attempt += 1
+            reply = await self._peer.request(data, timeout=timeout, op=request.op)
+            tally.requests += 1
+            tally.sent += len(data)
+            tally.received += len(reply)
+            try:
+                return proto.decode_reply(reply)
+            except ReconcileRefusedError as exc:  # busy: ask again later (module doc)
+                delay = BUSY_RETRY_BASE + backoff_delay(
+                    attempt, base=BUSY_RETRY_BASE, maximum=BUSY_RETRY_MAX
+                )
+                if exc.code != "busy" or time.monotonic() + delay > deadline:
+                    raise
+                log.info(
+                    "reconciliation peer busy; asking again",
+                    extra={"op": request.op, "attempt": attempt, "retry_in": round(delay, 3)},
+                )
+                await asyncio.sleep(delay)
 
 
 class PeerRequests:

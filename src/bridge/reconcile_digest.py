@@ -19,7 +19,9 @@ equal rows give equal digests whatever the two databases' settings.
 Requirements of a model: a single UUID primary key named ``id`` and the version
 columns ``updated_at`` and ``origin`` (:class:`~bridge.errors.ConfigError` otherwise).
 Each level costs one aggregate query; the leaf query returns id, version and row
-digest, never the row itself.
+digest, never the row itself.  :meth:`ModelDigests.count_rows` counts the rows of
+ranges up to a cap (primary key index entries only, at most ``cap`` of them), so a
+responder can refuse a ``rows`` request that asks for too many before reading any.
 """
 
 from __future__ import annotations
@@ -124,6 +126,10 @@ class ModelDigests:
             f"FROM {ranges} LEFT JOIN {self._table_sql} t ON t.id BETWEEN r.low AND r.high "
             f"GROUP BY r.prefix"
         )
+        self._count = text(
+            f"SELECT count(*) FROM (SELECT 1 FROM {ranges} JOIN {self._table_sql} t "
+            f"ON t.id BETWEEN r.low AND r.high LIMIT :cap) AS capped"
+        )
         self._rows = text(
             f"SELECT DISTINCT t.id::text AS id, to_char({zoned}, '{_TS_FORMAT}') AS updated_at, "
             f"t.origin AS origin, {self.row_digest_sql} AS digest "
@@ -147,6 +153,13 @@ class ModelDigests:
         result = await conn.execute(self._digests, self._params(prefixes))
         found = {r.prefix: RangeDigest(r.prefix, int(r.n), r.digest) for r in result}
         return [found[p] for p in prefixes]
+
+    async def count_rows(self, conn: AsyncConnection, prefixes: Sequence[str], cap: int) -> int:
+        """Rows in the ranges, counted up to ``cap`` (a cheap bound, read before a scan)."""
+        if not prefixes:
+            return 0
+        params = {**self._params(prefixes), "cap": cap}
+        return int(await conn.scalar(self._count, params) or 0)
 
     async def rows(self, conn: AsyncConnection, prefixes: Sequence[str]) -> list[RowDigest]:
         """Id, version and digest of every row in the ranges, by id."""

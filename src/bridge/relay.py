@@ -13,7 +13,10 @@ Contract:
 - **Mark sent** only where the lease is still ours; if the lease was lost, the other
   relay publishes again and JetStream's duplicate window (``Nats-Msg-Id`` = event
   id) drops the copy (``PubAck.duplicate``, counted in ``duplicates_total``).  A relay
-  killed mid-batch leaves leased rows that any relay claims after ``relay.lease``.
+  killed mid-batch leaves leased rows that any relay claims after ``relay.lease``
+  (at once when its liveness lock died with it, see ``start``).
+- **Leases are kept**: a started relay renews the leases of rows it claimed and has
+  not settled (:mod:`bridge.relay_leases`): a slow batch is not taken over.
 - **Retry** a failed publish (no PubAck within ``relay.publish_timeout``, no stream,
   server error) after :func:`bridge.backoff.backoff_delay` (``retry_base`` doubling,
   capped at ``retry_max``, full jitter).  Only a *rejection* — the server refused the
@@ -37,8 +40,9 @@ Contract:
   how long publishing and settling the batch took.
 - ``stop(timeout)`` finishes the batches in flight (their PubAcks and marks) without
   claiming more, ends every task it started, and cancels what is still running
-  after ``timeout`` (rows of a cancelled batch stay leased until the lease expires,
-  then are published again).
+  after ``timeout``, releasing the rows of a cancelled batch (claimable at once; the
+  window drops a republish).  The liveness lock goes last, when no row of this relay
+  is in flight: a graceful stop republishes nothing.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ from bridge.outbox_store import (
 )
 from bridge.pg_listen import NotifyListener
 from bridge.publisher import Publisher
+from bridge.relay_leases import LeaseKeeper
 from bridge.relay_pipeline import BatchOutcome, drain, publish_batch
 from bridge.schema import OUTBOX_CHANNEL
 
@@ -133,12 +138,9 @@ class OutboxRelay:
         self._outbox = outbox
         self.owner = (owner or f"{config.app_name}-{uuid.uuid4().hex[:12]}")[:64]
         self._store = OutboxStore(
-            engine,
-            owner=self.owner,
-            lease=self._opts.lease,
-            max_attempts=self._opts.max_attempts,
-            timeout=self._opts.lease,  # a dead connection must not hang the relay
+            engine, owner=self.owner, lease=self._opts.lease, max_attempts=self._opts.max_attempts
         )
+        self._leases = LeaseKeeper(self._store, lease=self._opts.lease, name=self.owner)
         self._connected = connected or (lambda: True)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -193,6 +195,7 @@ class OutboxRelay:
         await self._listener.start()
         if not await self._listener.wait_listening(LIVENESS_WAIT):
             log.warning("relay starts without its liveness lock", extra={"owner": self.owner})
+        await self._leases.start()
         self._tasks = [
             asyncio.create_task(self._run(), name=f"bridge-relay-{self.owner}"),
             asyncio.create_task(self._cleanup(), name=f"bridge-relay-cleanup-{self.owner}"),
@@ -201,28 +204,32 @@ class OutboxRelay:
         log.info("relay started", extra={"owner": self.owner})
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batches in flight, then end all tasks (cancelled after ``timeout``)."""
+        """Finish the batches in flight, then end all tasks (cancelled after ``timeout``);
+        release what a cancelled batch held; only then give up the liveness lock."""
         tasks, self._tasks = self._tasks, []
         if self._outbox is not None:
             self._outbox.remove_commit_listener(self._on_commit)
         self._stopping.set()
         self._wake.set()
+        pending: set[asyncio.Task[None]] = set()
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("relay task failed", extra={"error": repr(task.exception())})
+        released = await self._leases.stop(timeout)  # rows of cancelled batches
+        # Last: while the lock is held, no other relay may take a row this one leased.
         await self._listener.stop(timeout)
-        if not tasks:
-            return
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                log.error("relay task failed", extra={"error": repr(task.exception())})
-        log.info(
-            "relay stopped",
-            extra={"owner": self.owner, "cancelled_tasks": len(pending)},
-        )
+        if tasks:
+            log.info(
+                "relay stopped",
+                extra={"owner": self.owner, "cancelled_tasks": len(pending), "released": released},
+            )
 
     def wake(self) -> None:
         """Run a claim round now (thread-unsafe: call from the relay's loop)."""
@@ -312,9 +319,12 @@ class OutboxRelay:
         """Lease up to ``limit`` (default ``batch_size``) due rows to this relay.
 
         Public so tests and tools can take the first half of a round; rows claimed
-        and never settled are claimable by anyone once the lease expires.
+        and never settled are claimable by anyone once the lease expires (a started
+        relay renews it until ``stop()`` releases them).
         """
-        return await self._store.claim(limit or self._opts.batch_size)
+        rows = await self._store.claim(limit or self._opts.batch_size)
+        self._leases.hold(row.id for row in rows)
+        return rows
 
     async def publish_claimed(self, rows: Sequence[ClaimedRow]) -> int:
         """Publish claimed rows (per-record chains, pipelined), record the outcome.
@@ -324,18 +334,20 @@ class OutboxRelay:
         return await self._settle(await self._publish(rows))
 
     async def _publish(self, rows: Sequence[ClaimedRow]) -> BatchOutcome:
-        return await publish_batch(
-            self._publisher,
-            rows,
-            in_flight=self._in_flight,
-            retry_base=self._opts.retry_base,
-            retry_max=self._opts.retry_max,
-        )
+        with self._leases.settling([row.id for row in rows], on_success=False):
+            return await publish_batch(
+                self._publisher,
+                rows,
+                in_flight=self._in_flight,
+                retry_base=self._opts.retry_base,
+                retry_max=self._opts.retry_max,
+            )
 
     async def _settle(self, outcome: BatchOutcome) -> int:
         """Mark a published batch in the database; update counters; return rows sent."""
         sent, failures = outcome.sent, outcome.failures
-        dead = await self._store.settle(sent, failures, outcome.released)
+        with self._leases.settling(outcome.row_ids):
+            dead = await self._store.settle(sent, failures, outcome.released)
         self.published_total += len(sent)
         self.duplicates_total += outcome.duplicates
         self.publish_failures_total += len(failures)

@@ -59,6 +59,11 @@ class BatchOutcome:
     released: list[int] = field(default_factory=list)
     duplicates: int = 0
 
+    @property
+    def row_ids(self) -> list[int]:
+        """Every row of the batch (each is sent, failed or released)."""
+        return [i for i, _ in self.sent] + [f.row.id for f in self.failures] + self.released
+
 
 async def publish_batch(
     publisher: Publisher,

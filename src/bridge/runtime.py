@@ -45,6 +45,7 @@ from bridge.config import BridgeConfig
 from bridge.connection import Connection
 from bridge.consumer import PullConsumer, PushConsumer, make_consumer
 from bridge.dlq import DeadLetters
+from bridge.dlq_letter import oldest_letter_age
 from bridge.errors import BridgeError, PermissionDeniedError
 from bridge.event_schemas import EventSchemas
 from bridge.inbox import InboxProcessor
@@ -233,6 +234,7 @@ class Bridge:
                 self.synced_models,
                 outbox=self.outbox,
                 session_factory=self.session_factory,
+                observer=self.metrics,
             )
             await self.reconcile_responder.start()
         interval = options.interval_seconds
@@ -321,6 +323,11 @@ class Bridge:
         subjects = reply["state"].get("subjects") or {}
         return int(subjects.get(self.config.subjects.dlq, 0))
 
+    async def oldest_dead_letter_age(self) -> float | None:
+        """Seconds this app's oldest dead letter has waited, 0 when there is none
+        (``None`` without the permission to read the stream)."""
+        return await oldest_letter_age(self._management, self.config)
+
     async def consumer_lag(self) -> dict[str, Any] | None:
         """Pending and ack-pending counts of this app's durable (``None`` without permission)."""
         reply = await self._management(
@@ -354,5 +361,6 @@ class Bridge:
             "outbox": outbox,
             "inbox": inbox,
             "dead_letters": await self.dead_letter_count(),
+            "dead_letters_oldest_age_seconds": await self.oldest_dead_letter_age(),
             "consumer": consumer,
         }

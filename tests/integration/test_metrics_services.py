@@ -145,6 +145,7 @@ async def test_three_creates_in_a_are_counted_on_both_sides(sides: tuple[Side, S
     assert after_b.value("bridge_inbox_records", status="dead_lettered") == 0
     assert after_b.value("bridge_conflicts_total") == 0
     assert after_b.value("bridge_dead_letters") == 0
+    assert after_b.value("bridge_dead_letters_oldest_age_seconds") == 0
 
     types = after_b.types
     assert types["bridge_events_published"] == "counter"
@@ -156,6 +157,7 @@ async def test_three_creates_in_a_are_counted_on_both_sides(sides: tuple[Side, S
     assert types["bridge_outbox_pending"] == "gauge"
     assert types["bridge_inbox_records"] == "gauge"
     assert types["bridge_dead_letters"] == "gauge"
+    assert types["bridge_dead_letters_oldest_age_seconds"] == "gauge"
 
     # Counters only grow: a later scrape after more traffic never reads lower.
     response = await a.client.post("/organizations", json={"name": "Org 3", "domain": "m3.test"})
@@ -194,6 +196,8 @@ async def test_conflicts_dead_letters_and_retries_are_counted(
             "acked": 0, "duplicate": 0, "retried": 0, "dead_lettered": 1,
         }  # fmt: skip
         assert result.value("bridge_inbox_records", status="dead_lettered") == 1
+        oldest = result.value("bridge_dead_letters_oldest_age_seconds")
+        assert oldest is not None and 0 < oldest < 600  # the conflict's letter, unhandled
         assert result.total("bridge_handler_duration_seconds_count", result="error") >= 1
         assert result.value("bridge_end_to_end_lag_seconds_count") == 0  # none acked
 

@@ -99,6 +99,29 @@ async def test_drift_makes_verify_fail_naming_the_field(
     assert (await run("verify", env=env))[0] == 0
 
 
+async def test_a_stream_without_message_ttl_is_drift_and_apply_enables_it(
+    nats_server: NatsServer, nc: Client, unique: str
+) -> None:
+    """Dead letters are kept past max_age only on a stream with per-message TTL: a
+    stream provisioned before (or with DLQ_RETENTION=stream) is reported and fixed."""
+    env = pair_env(nats_server, unique)
+    assert (await run("apply", "--dlq-retention", "stream", env=env))[0] == 0
+    assert (await run("verify", env={**env, "DLQ_RETENTION": "stream"}))[0] == 0
+
+    code, out, _ = await run("verify", env=env)
+    assert code == 1
+    assert f"DRIFT stream s{unique}: allow_msg_ttl: False (want True)" in out
+
+    code, out, _ = await run("apply", env=env)
+    assert code == 0 and "allow_msg_ttl" in out
+    info = await JetStreamApi(nc).stream_info(f"s{unique}")
+    assert info["config"]["allow_msg_ttl"] is True
+    assert (await run("verify", env=env))[0] == 0
+    assert (await run("verify", env={**env, "DLQ_RETENTION": "stream"}))[0] == 0
+    code, _, err = await run("verify", env={**env, "DLQ_RETENTION": "forever"})
+    assert code == 2 and "dlq_retention" in err
+
+
 async def test_connection_failure_and_usage_errors(unique: str) -> None:
     port = free_port()
     env = {"NATS_URL": f"nats://admin:s3cret@127.0.0.1:{port}", "APPS": "a,b"}

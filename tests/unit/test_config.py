@@ -132,3 +132,10 @@ def test_retry_budget_sums_the_nak_delays_before_the_last_delivery() -> None:
     assert cfg.retry_budget > cfg.relay.lease  # defaults: a dead relay's lease frees in time
     short = BridgeConfig(app_name="a", destination_app="b", backoff=(0.2,), max_deliver=3)
     assert short.retry_budget == 0.4
+
+
+def test_dlq_retention_defaults_to_kept_until_handled_and_is_validated() -> None:
+    assert BridgeConfig(app_name="a", destination_app="b").dlq_retention == "never"
+    assert BridgeConfig(app_name="a", destination_app="b", dlq_retention="stream")
+    with pytest.raises(ConfigError, match=r"dlq_retention must be 'never'.*'forever'"):
+        BridgeConfig(app_name="a", destination_app="b", dlq_retention="forever")

@@ -27,7 +27,7 @@ def test_ping_interval_accepts_durations() -> None:
         ("ping_interval", "-1s"),
         ("ping_interval", "soon"),
         ("max_outstanding_pings", 0),
-        ("max_outstanding_pings", 1.5),
+        ("max_outstanding_pings", -1),
     ],
 )
 def test_invalid_values_name_the_option(option: str, value: object) -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from bridge.config import BridgeConfig
-from bridge.provisioning import consumer_spec, server_backoff, stream_spec
+from bridge.provisioning import consumer_spec, server_backoff, stream_drift, stream_spec
 
 
 def test_consumer_json_carries_nanoseconds() -> None:
@@ -30,3 +30,15 @@ def test_stream_lists_literal_subjects() -> None:
     spec = stream_spec(BridgeConfig(app_name="a", destination_app="b"))
     assert spec.subjects == ("a.sync.b", "b.sync.a", "a.sync.dlq", "b.sync.dlq")
     assert spec.to_api()["duplicate_window"] == 120 * 1_000_000_000
+
+
+def test_stream_allows_message_ttl_so_dead_letters_outlive_max_age() -> None:
+    kept = stream_spec(BridgeConfig(app_name="a", destination_app="b"))
+    assert kept.to_api()["allow_msg_ttl"] is True
+    following = stream_spec(BridgeConfig(app_name="a", destination_app="b", dlq_retention="stream"))
+    assert "allow_msg_ttl" not in following.to_api()  # unknown to servers before 2.11
+    without = {**following.to_api(), "duplicate_window": kept.to_api()["duplicate_window"]}
+    assert stream_drift(kept, without) == {"allow_msg_ttl": (False, True)}
+    assert stream_drift(kept, kept.to_api()) == {}
+    # JetStream cannot turn it off again: a stream that has it is no drift for "stream"
+    assert stream_drift(following, kept.to_api()) == {}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bridge import reconcile_protocol as proto
-from bridge.errors import ReconcileError
+from bridge.errors import ReconcileError, ReconcileRefusedError
 from bridge.reconcile import decide, narrow
 from bridge.reconcile_digest import HEX, RangeDigest, RowDigest, bounds
 
@@ -87,23 +89,79 @@ def test_repair_rule() -> None:
 
 def test_protocol_round_trip_and_refusals() -> None:
     request = proto.Request("digests", "organization", ranges=("", "a"))
+    with pytest.raises(ReconcileRefusedError, match="overlap"):  # "a" lies inside ""
+        proto.decode_request(request.encode())
+    request = proto.Request("digests", "organization", ranges=("0", "a", "b0"))
     assert proto.decode_request(request.encode()) == request
     ids = ("6b7e4c2a-0000-4000-8000-000000000001",)
     assert proto.decode_request(proto.Request("reemit", "user", ids=ids).encode()).ids == ids
-    for body, message in (
-        (b"not json", "not JSON"),
-        (b'{"v": 2, "op": "rows", "resource": "user", "ranges": []}', "version"),
-        (b'{"v": 1, "op": "drop", "resource": "user"}', "unknown op"),
-        (b'{"v": 1, "op": "rows", "resource": "user", "ranges": ["zz"]}', "hex prefix"),
-        (b'{"v": 1, "op": "reemit", "resource": "user", "ids": ["nope"]}', "ids"),
-        (b"x" * (proto.MAX_REQUEST_BYTES + 1), "exceeds"),
+    for body, code, detail in (
+        (b"not json", "bad_request", "not JSON"),
+        (b"[" * 10_000 + b"]" * 10_000, "bad_request", "RecursionError"),
+        (b'{"v": 2, "op": "rows", "resource": "user", "ranges": []}', "bad_request", "version"),
+        (b'{"v": true, "op": "rows", "resource": "user", "ranges": []}', "bad_request", "version"),
+        (b'{"v": 1, "op": "drop", "resource": "user"}', "bad_request", "unknown op"),
+        (b'{"v": 1, "op": "rows", "resource": "user"}', "bad_request", "exactly"),
+        (
+            b'{"v": 1, "op": "rows", "resource": "user", "ranges": [], "x": 1}',
+            "bad_request",
+            "exactly",
+        ),
+        (b'{"v": 1, "op": "rows", "resource": "", "ranges": []}', "bad_request", "resource"),
+        (
+            b'{"v": 1, "op": "rows", "resource": "user", "ranges": ["zz"]}',
+            "bad_request",
+            "hex prefix",
+        ),
+        (
+            b'{"v": 1, "op": "rows", "resource": "user", "ranges": [["0"]]}',
+            "bad_request",
+            "strings",
+        ),
+        (
+            b'{"v": 1, "op": "rows", "resource": "user", "ranges": ["1", "1"]}',
+            "bad_request",
+            "overlap",
+        ),
+        (b'{"v": 1, "op": "reemit", "resource": "user", "ids": ["nope"]}', "bad_request", "ids"),
+        (b'{"v": 1, "op": "reemit", "resource": "user", "ids": [7]}', "bad_request", "strings"),
+        (b"x" * (proto.MAX_REQUEST_BYTES + 1), "too_large", "exceeds"),
     ):
-        with pytest.raises(ReconcileError, match=message):
+        with pytest.raises(ReconcileRefusedError, match=detail) as refused:
             proto.decode_request(body)
-    with pytest.raises(ReconcileError, match="peer refused: no such"):
-        proto.decode_reply(proto.error("no such"))
+        assert refused.value.code == code, body[:80]
+    too_many = proto.Request("digests", "user", ranges=tuple(f"{i:03x}" for i in range(257)))
+    with pytest.raises(ReconcileRefusedError) as refused:
+        proto.decode_request(too_many.encode())
+    assert refused.value.code == "too_large"
     reply = proto.decode_reply(proto.encode_digests([RangeDigest("a", 2, "d")]))
     assert proto.digests_of(reply) == [RangeDigest("a", 2, "d")]
+
+
+def test_a_refusal_carries_a_code_and_a_fixed_message_only() -> None:
+    assert json.loads(proto.refusal("busy", "0a1b")) == {
+        "v": 1,
+        "ok": False,
+        "code": "busy",
+        "error": proto.REFUSALS["busy"],
+        "request_id": "0a1b",
+    }
+    with pytest.raises(ReconcileRefusedError, match=r"busy .*request id 0a1b") as refused:
+        proto.decode_reply(proto.refusal("busy", "0a1b"))
+    assert (refused.value.code, refused.value.request_id) == ("busy", "0a1b")
+    # What a peer (or an impostor) writes is not taken over: an unknown code and any
+    # text become "internal"; a request id that is not short hex is dropped.
+    forged = {
+        "v": 1,
+        "ok": False,
+        "code": "\n<script>",
+        "error": "x" * 10_000,
+        "request_id": "$(rm)",
+    }
+    with pytest.raises(ReconcileRefusedError) as refused:
+        proto.decode_reply(json.dumps(forged).encode())
+    assert (refused.value.code, refused.value.request_id) == ("internal", None)
+    assert "x" * 20 not in str(refused.value) and "rm" not in str(refused.value)
 
 
 def test_reconcile_options_from_config_and_environment() -> None:
@@ -116,6 +174,21 @@ def test_reconcile_options_from_config_and_environment() -> None:
     assert ReconcileOptions(interval="10m").interval_seconds == 600.0
     with pytest.raises(ConfigError, match=r"reconcile\.leaf_rows"):
         ReconcileOptions(leaf_rows=0)
+    options = ReconcileOptions(statement_timeout="250ms", max_concurrent_requests=2)
+    assert (options.statement_timeout, options.max_concurrent_requests) == (0.25, 2)
+    assert (ReconcileOptions().statement_timeout, ReconcileOptions().max_concurrent_requests) == (
+        10.0,
+        4,
+    )
+    for bad, option in (
+        ({"statement_timeout": 0}, "statement_timeout"),
+        ({"statement_timeout": "0.5ms"}, "statement_timeout"),
+        ({"statement_timeout": 1e12}, "statement_timeout"),
+        ({"max_concurrent_requests": 0}, "max_concurrent_requests"),
+        ({"max_concurrent_requests": 2.5}, "max_concurrent_requests"),
+    ):
+        with pytest.raises(ConfigError, match=rf"reconcile\.{option}"):
+            ReconcileOptions(**bad)  # type: ignore[arg-type]
     env = {"APP_NAME": "a", "DESTINATION_APP": "b", "RECONCILE_INTERVAL": "90s"}
     assert config_from_env(env).reconcile.interval_seconds == 90.0
     assert models_module_from_env({"BRIDGE_MODELS": "services.shared.models"}) == (

@@ -95,11 +95,13 @@ async def test_cli_end_to_end(
 
         code, status, _ = await run(env_b, "status")
         assert code == EXIT_OK and status["dead_letters"] == 1
+        assert status["dead_letters_oldest_age_seconds"] > 0
         assert status["inbox"]["dead_lettered"] == 1 and status["nats"]["connected"]
 
         rejecting["on"] = False  # "deploy the fix", then replay
         code, replayed, _ = await run(env_b, "dlq", "replay", str(seq))
         assert code == EXIT_OK and len(replayed["replayed"]) == 1
+        assert replayed["summary"] == {"letters": 1, "replayed": 1, "not_replayed": 0}
 
         async def applied() -> bool:
             async with eng_b.connect() as conn:
@@ -109,8 +111,12 @@ async def test_cli_end_to_end(
                 return n == 1
 
         await wait_for(applied)
-        code, purged, _ = await run(env_b, "dlq", "purge", str(seq))
-        assert code == EXIT_OK and purged["purged"] == 1
+        code, letters, _ = await run(env_b, "dlq", "list")  # the replayed letter was handled
+        assert code == EXIT_OK and letters == []
+        code, status, _ = await run(env_b, "status")
+        assert status["dead_letters"] == 0 and status["dead_letters_oldest_age_seconds"] == 0
+        code, _, err = await run(env_b, "dlq", "purge", str(seq))
+        assert code == EXIT_FAILED and f"no dead letter at sequence {seq}" in err
 
         # outbox: list, retry (a failed row), purge sent rows
         code, rows, _ = await run(env_a, "outbox", "list", "--status", "sent")
