@@ -75,8 +75,8 @@ async def test_partition_between_a_relay_and_postgres(
 
         result = await run_scenario(
             scenario="partition_relay_postgres",
-            title="Partition between B's relay and PostgreSQL: latency, blackhole, "
-            "stranded connections, reset",
+            title="Partition between B's relay and PostgreSQL: latency, blackhole, reset, "
+            "blackhole with the connections stranded",
             topology="2 in-process services (B: web + relay-only instance, the relay's "
             "database through a TCP proxy), 1 nats-server, local PostgreSQL",
             config=fast_config(relay_lease=5.0, latency=LATENCY, blackhole_seconds=BLACKHOLE),
