@@ -18,6 +18,7 @@ would without a restart: a bigger limit and ``SIGHUP`` (config reload).
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import tempfile
 import time
@@ -42,9 +43,17 @@ def storage_config(kind: Limit, store_dir: Path, limit: str) -> str:
 
 
 def limited_nats(kind: Limit, limit: str) -> NatsServer:
-    """A started nats-server with its file storage capped (module doc); caller cleans up."""
+    """A started nats-server with its file storage capped (module doc); the caller ends it
+    with :func:`cleanup`."""
     store_dir = Path(tempfile.mkdtemp(prefix="bridge-nats-full-")) / "store"
     return NatsServer(store_dir=store_dir, config=storage_config(kind, store_dir, limit)).start()
+
+
+def cleanup(server: NatsServer) -> None:
+    """Stop the server and remove its store (NatsServer removes only its own work dir)."""
+    server.cleanup()
+    if server.store_dir is not None:
+        shutil.rmtree(server.store_dir.parent, ignore_errors=True)
 
 
 async def raise_limit(server: NatsServer, kind: Limit, limit: str, timeout: float = 10.0) -> None:

@@ -27,7 +27,7 @@ import asyncpg
 import pytest
 from fault_scenario import FaultLog, run_scenario
 from fault_stack import Deployment, fast_config, in_process_pair
-from fault_storage import Limit, limited_nats, raise_limit
+from fault_storage import Limit, cleanup, limited_nats, raise_limit
 
 from bridge.config import RelayOptions
 from bridge.testing import PostgresServer, to_plain_url
@@ -125,7 +125,7 @@ async def test_jetstream_storage_full_then_freed(
                 converge_timeout=60.0,
             )
     finally:
-        server.cleanup()
+        cleanup(server)
     # While full: rows kept pending and retried past max_attempts, none failed.
     assert held["failed"] == 0, held
     assert held["refused"] > 0 and held["attempts"] > MAX_ATTEMPTS, held

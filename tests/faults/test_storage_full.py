@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import nats
 import pytest
-from fault_storage import Limit, limited_nats, raise_limit
+from fault_storage import Limit, cleanup, limited_nats, raise_limit
 
 from bridge.errors import PublishError
 from bridge.publisher import OutgoingMessage, Publisher
@@ -50,4 +50,4 @@ async def test_storage_full_is_unavailability_and_the_same_message_goes_through_
         finally:
             await nc.close()
     finally:
-        server.cleanup()
+        cleanup(server)
