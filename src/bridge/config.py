@@ -261,6 +261,9 @@ class BridgeConfig:
     known_origins: frozenset[str] = frozenset()
     #: The time the rules above compare with; injectable (tests skew it), never patched.
     clock: Clock = field(default=system_clock, repr=False, compare=False)
+    #: NATS PINGs: a dead link is noticed within ping_interval * (max_outstanding_pings + 1)
+    ping_interval: float = 5.0
+    max_outstanding_pings: int = 2
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise values once, here
@@ -304,6 +307,9 @@ class BridgeConfig:
         set_(self, "backoff", backoff)
         if self.stream_replicas not in (1, 3, 5):
             raise ConfigError(f"stream_replicas must be 1, 3 or 5, got {self.stream_replicas}")
+        set_(self, "ping_interval", parse_duration(self.ping_interval, name="ping_interval"))
+        _positive("ping_interval", self.ping_interval)
+        _positive("max_outstanding_pings", self.max_outstanding_pings)
         if self.delivery_subject is not None and not self.delivery_subject.strip():
             raise ConfigError("delivery_subject must not be blank")
         if self.push_consumer_group is not None:

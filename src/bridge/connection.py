@@ -8,6 +8,10 @@ Contract:
   ConnectionError names it and the CA file at once.
 - Once connected, nats-py reconnects forever (``max_reconnect_attempts=-1``), so
   a NATS outage of any length does not leave the process dead.
+- A connection that went dead silently (a partition: no FIN, no RST, nothing
+  arrives) is noticed by the client's PINGs within
+  ``ping_interval * (max_outstanding_pings + 1)`` and replaced like any other
+  lost connection; until then ``state`` still says connected.
 - :meth:`Connection.stop` drains (subscriptions finish what they hold, pending
   publishes flush) within ``timeout`` and then closes.
 - ``state`` and ``last_error`` are readable at any time for health checks.
@@ -192,8 +196,8 @@ class Connection:
             max_reconnect_attempts=-1,
             reconnect_time_wait=self._config.reconnect_wait,
             connect_timeout=self._config.connect_timeout,
-            ping_interval=10,
-            max_outstanding_pings=3,
+            ping_interval=self._config.ping_interval,
+            max_outstanding_pings=self._config.max_outstanding_pings,
             error_cb=self._on_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,

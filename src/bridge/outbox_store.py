@@ -55,6 +55,16 @@ Renewing (``OutboxStore.renew``) extends the leases of rows still leased to this
 owner; releasing (``OutboxStore.release``) clears them (a stopping relay hands back
 what it will not settle).  Neither touches a row another relay owns now.
 
+Dead connections: every claim, settle, renew, release and purge transaction is bounded
+by the lease (``relay.lease``: a transaction slower than the lease is pointless, the
+leases it takes are expired when it commits).  Why: a TCP connection cut without a
+FIN or an RST (a partition, a failed-over primary) never answers, and asyncpg has no
+timeout of its own on a query, a commit or SQLAlchemy's pool pre-ping — the relay
+waited forever.  Past the bound the transaction raises ``TimeoutError`` naming the
+database (:class:`bridge.deadline.Deadline`: it cancels again until the dead connection
+lets go, a few seconds at most); SQLAlchemy discards the connection and the next
+transaction gets a fresh one.
+
 ``failed`` rows no longer block later rows of their record (they are not pending):
 one poisoned event must not stop a record's sync forever, and since every event
 carries the full row snapshot, the later event supersedes it.  A requeued failed
@@ -63,14 +73,16 @@ row is published again; consumers discard it as stale (last-writer-wins).
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bridge.deadline import Deadline
 from bridge.envelope import MSG_ID_HEADER
 from bridge.outbox_admin import OutboxCounts, outbox_counts, requeue
 from bridge.publisher import OutgoingMessage
@@ -266,9 +278,15 @@ class OutboxStore:
         self._lease = lease
         self._max_attempts = max_attempts
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[AsyncConnection]:
+        """``engine.begin()`` bounded by the lease (module doc, "Dead connections")."""
+        async with Deadline(self._lease, f"outbox {what}"), self._engine.begin() as conn:
+            yield conn
+
     async def claim(self, limit: int) -> list[ClaimedRow]:
         """Lease up to ``limit`` claimable rows to this owner; returned in id order."""
-        async with self._engine.begin() as conn:
+        async with self._transaction("claim") as conn:
             await conn.execute(_LOCK, {"key": CLAIM_LOCK_KEY})
             result = await conn.execute(
                 _CLAIM,
@@ -305,7 +323,7 @@ class OutboxStore:
         if not (sent or failures or released):
             return []
         dead: list[int] = []
-        async with self._engine.begin() as conn:
+        async with self._transaction("settle") as conn:
             if sent:
                 await conn.execute(
                     _MARK_SENT,
@@ -337,7 +355,7 @@ class OutboxStore:
         now (rows locked by a concurrent settle are skipped); return rows renewed."""
         if not ids:
             return 0
-        async with self._engine.begin() as conn:
+        async with self._transaction("renew") as conn:
             result = await conn.execute(
                 _RENEW, {"ids": list(ids), "owner": self.owner, "lease": self._lease}
             )
@@ -347,7 +365,7 @@ class OutboxStore:
         """Clear the lease of rows ``ids`` still leased to this owner (claimable at once)."""
         if not ids:
             return 0
-        async with self._engine.begin() as conn:
+        async with self._transaction("release") as conn:
             result = await conn.execute(_RELEASE, {"ids": list(ids), "owner": self.owner})
         return int(result.rowcount or 0)
 
@@ -358,7 +376,7 @@ class OutboxStore:
         """Delete sent rows older than ``older_than`` seconds, ``chunk`` rows per statement."""
         total = 0
         while True:
-            async with self._engine.begin() as conn:
+            async with self._transaction("purge") as conn:
                 result = await conn.execute(_PURGE, {"age": older_than, "chunk": chunk})
             deleted = int(result.rowcount or 0)
             total += deleted

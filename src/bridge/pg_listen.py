@@ -11,6 +11,13 @@ Contract:
   ``check_interval`` — is discarded from the pool, and is re-established with
   exponential backoff and full jitter up to ``retry_max``.  Meanwhile the owner's
   other wake-ups (polling) cover the gap.
+- A *dead* connection — cut without a FIN or an RST (a partition, a failed-over
+  primary): it never closes, and an idle LISTEN never finds out — is found by a
+  ``SELECT 1`` every ``check_interval`` that must answer within ``check_interval``;
+  connecting, locking and listening must finish within ``SETUP_TIMEOUT`` (the pool's
+  pre-ping on a dead pooled connection waits forever otherwise;
+  :class:`bridge.deadline.Deadline`).  Either way the connection is dropped and
+  re-established as above.
 - ``start()`` / ``stop(timeout)``; the one task is owned and awaited on stop.
 """
 
@@ -25,8 +32,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.backoff import backoff_delay
+from bridge.deadline import Deadline
 
 log = logging.getLogger("bridge.pg_listen")
+
+#: Seconds to connect, take the session lock and LISTEN before the attempt counts as failed.
+SETUP_TIMEOUT = 10.0
 
 
 class NotifyListener:
@@ -109,7 +120,8 @@ class NotifyListener:
 
     async def _listen_once(self) -> None:
         """Listen until the connection drops or stop() is called."""
-        async with self._engine.connect() as conn:
+        setup = Deadline(SETUP_TIMEOUT, f"LISTEN {self._channel}: connecting")
+        async with setup, self._engine.connect() as conn:
             raw = await conn.get_raw_connection()
             driver: Any = raw.driver_connection
 
@@ -125,6 +137,7 @@ class NotifyListener:
                     "SELECT pg_advisory_lock($1, hashtext($2))", *self.session_lock
                 )
             await driver.add_listener(self._channel, notified)
+            setup.disarm()
             self._listening = True
             self._listening_event.set()
             self._on_notify()  # notifications may have been missed while not listening
@@ -132,6 +145,8 @@ class NotifyListener:
                 while not self._stopping.is_set() and not driver.is_closed():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._interrupt.wait(), self._check_interval)
+                    if not self._interrupt.is_set() and not await self._alive(driver):
+                        driver.terminate()  # dead: closed now, so it is discarded below
             finally:
                 self._listening = False
                 self._listening_event.clear()
@@ -143,3 +158,15 @@ class NotifyListener:
                         await driver.remove_listener(self._channel, notified)
                         # The connection goes back to the pool: drop the lock with it.
                         await driver.execute("SELECT pg_advisory_unlock_all()")
+
+    async def _alive(self, driver: Any) -> bool:
+        """A round trip within ``check_interval`` (module doc: dead connections)."""
+        try:
+            await driver.fetchval("SELECT 1", timeout=self._check_interval)
+        except Exception as exc:  # timed out, or failed: either way not usable
+            log.warning(
+                "LISTEN connection does not answer; replacing it",
+                extra={"channel": self._channel, "error": repr(exc)},
+            )
+            return False
+        return True

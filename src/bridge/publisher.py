@@ -5,9 +5,12 @@ message (or recognised it as a duplicate inside the duplicate window, reported
 as ``duplicate=True``).  Any failure raises :class:`~bridge.errors.PublishError`;
 the caller retries with the same envelope, which is safe because the event id is
 sent as ``Nats-Msg-Id``.  ``PublishError.rejected`` is set only when the message
-itself was refused (a JetStream 400, a payload over the server's maximum);
-timeouts, no responders, 5xx (e.g. no stream leader during an election) and a
-lost connection are unavailability, not rejection.
+itself was refused (a JetStream 4xx, a payload over the server's maximum);
+timeouts, no responders, 5xx (e.g. no stream leader during an election, the
+server's store full) and a lost connection are unavailability, not rejection —
+and so are the 4xx answers in :data:`TRANSIENT_API_ERRORS`, which are about the
+server's capacity, not the message: an account's JetStream storage full (a 400),
+a duplicate still in process, too many requests.
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ from nats.js.errors import APIError
 
 from bridge.envelope import Envelope
 from bridge.errors import PublishError
+
+#: JetStream errors (``err_code``, nats-server's errors.json) answered with a 4xx that do
+#: not refuse the message: the same message is stored once the condition passes.
+TRANSIENT_API_ERRORS: dict[int, str] = {
+    10002: "JetStream storage of the account is full (resource limits exceeded)",
+    10158: "a publish with this Nats-Msg-Id is still in process",
+    10167: "too many requests",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +87,16 @@ class Publisher:
                 f"no PubAck for {message.subject!r} within {self._timeout}s"
             ) from exc
         except APIError as exc:
-            # 503 (no leader, JetStream unavailable) and 500 pass; a 4xx is about this message.
-            rejected = exc.code is not None and 400 <= exc.code < 500
+            # A 4xx is about this message — unless it is one of the capacity answers
+            # that pass by themselves; 503 (no leader, store full) and 500 pass too.
+            transient = TRANSIENT_API_ERRORS.get(exc.err_code or 0)
+            if transient is None and exc.code is not None and 400 <= exc.code < 500:
+                raise PublishError(
+                    f"JetStream rejected publish to {message.subject!r}: {exc}", rejected=True
+                ) from exc
             raise PublishError(
-                f"JetStream rejected publish to {message.subject!r}: {exc}", rejected=rejected
+                f"JetStream could not take a publish to {message.subject!r} now (retried): "
+                + (f"{transient}; {exc}" if transient else str(exc))
             ) from exc
         except MaxPayloadError as exc:
             raise PublishError(

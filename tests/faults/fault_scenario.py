@@ -11,7 +11,9 @@
    run ``settle`` if given
    (what the scenario does once the load stopped, e.g. fix a clock and replay dead
    letters; it records what it did in the same :class:`FaultLog`);
-4. wait for quiescence with a deadline (:func:`fault_checker.wait_quiescent`);
+4. wait for quiescence with a deadline (:func:`fault_checker.wait_quiescent`) — timed
+   from the end of the load and, when ``inject`` marked the end of its fault with
+   :meth:`FaultLog.heal` (a partition healed, storage freed), from that moment too;
 5. read both databases and the whole stream and :func:`fault_checker.check` them;
 6. write ``<results_dir>/<scenario>.json`` (passed or not) for
    ``scripts/reliability_report.py``, and return the result.
@@ -45,12 +47,19 @@ class FaultLog:
 
     started: float = field(default_factory=time.monotonic)
     faults: list[dict[str, Any]] = field(default_factory=list)
+    #: When the fault last ended (:meth:`heal`): convergence is also timed from there.
+    healed: float | None = None
 
     def note(self, kind: str, target: str, **detail: Any) -> None:
         self.faults.append(
             {"kind": kind, "target": target, "at": round(time.monotonic() - self.started, 2)}
             | detail
         )
+
+    def heal(self, target: str, **detail: Any) -> None:
+        """Note that the fault ended (the partition healed, the space was freed)."""
+        self.note("heal", target, **detail)
+        self.healed = time.monotonic()
 
 
 @dataclass
@@ -79,6 +88,8 @@ class ScenarioResult:
     wall_seconds: float
     finished_at: str
     python: str = field(default_factory=platform.python_version)
+    #: From the last :meth:`FaultLog.heal` to quiescence (None: the scenario has no heal).
+    time_to_converge_after_heal_seconds: float | None = None
 
     def failure_message(self) -> str:
         head = f"{self.scenario}: {len(self.violations)} violation(s), seed {self.seed}"
@@ -132,8 +143,14 @@ async def run_scenario(
     if settle is not None:
         await settle(faults)
     sides = [(s.app, s.peer, s.database_url) for s in deployment.sides]
+    waited_from = time.monotonic()
     converged, took, detail = await wait_quiescent(
         sides, deployment.nats_urls, deployment.stream, timeout=converge_timeout
+    )
+    after_heal = (
+        round(waited_from + took - faults.healed, 2)
+        if faults.healed is not None and converged
+        else None
     )
     state_a = await read_side(deployment.a.database_url, deployment.a.app)
     state_b = await read_side(deployment.b.database_url, deployment.b.app)
@@ -175,6 +192,7 @@ async def run_scenario(
         seed=seed,
         wall_seconds=round(time.monotonic() - wall, 1),
         finished_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        time_to_converge_after_heal_seconds=after_heal,
     )
     write_result(results_dir, result, history)
     return result

@@ -58,3 +58,21 @@ def test_renders_a_row_per_scenario_in_issue_order_and_flags_failures(tmp_path: 
 
 def test_no_result_files_is_an_error(tmp_path: Path) -> None:
     assert report_module().main(["--results", str(tmp_path), "--out", str(tmp_path / "x.md")]) == 1
+
+
+def test_time_to_converge_after_healing_is_shown_when_the_scenario_has_a_heal(
+    tmp_path: Path,
+) -> None:
+    module = report_module()
+    results = tmp_path / "results"
+    results.mkdir()
+    healed = result("partition_bridge_nats", True, time_to_converge_after_heal_seconds=4.25)
+    for item in (healed, result("nats_kill9_restart", True)):
+        (results / f"{item['scenario']}.json").write_text(json.dumps(item))
+    out = tmp_path / "RELIABILITY.md"
+
+    assert module.main(["--results", str(results), "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith(("| 1 ", "| 2 "))]
+    assert "nats_kill9_restart" in rows[0] and "| 1.2 s | pass |" in rows[0]  # no heal
+    assert "partition_bridge_nats" in rows[1]
+    assert "| 1.2 s (4.2 s after healing) | pass |" in rows[1]
