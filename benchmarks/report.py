@@ -34,6 +34,17 @@ def table(lines: Iterable[Line], targets: dict[str, str], bounds: dict[str, str]
     )
 
 
+def pending_table(names: Iterable[str], targets: dict[str, str], bounds: dict[str, str]) -> str:
+    """The table of :func:`table` with every value still to be measured."""
+    rows = [
+        f"| `{name}` | pending |  | {targets.get(name, '')} | {bounds.get(name, '')} |"
+        for name in names
+    ]
+    return "\n".join(
+        ["| figure | value | unit | target | bound by |", "|---|---|---|---|---|", *rows]
+    )
+
+
 def parse_table(text: str) -> list[Line]:
     """The figures of a report written by :func:`table` (or by the older 4-column one)."""
     lines: list[Line] = []
