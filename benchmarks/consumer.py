@@ -14,7 +14,9 @@ Headline ``consumer_vs_raw_ratio`` (target >= 0.5): raw and the services' handle
 of the fetched batch, concurrency 1: ``consumer_inbox_batch_handler``) alternate for
 ``BENCH_RUNS`` (3) rounds; the median round's ratio.  Bound: one Python process at
 100 % of a core (decode, inbox rows, SQLAlchemy) while nats-server and PostgreSQL
-share the other; raw fetch+ack is bound by the client's per-message ack.
+share the other; raw fetch+ack is bound by the client's per-message ack
+(``consumer_raw_cpu_percent`` / ``consumer_inbox_batch_handler_cpu_percent``: this
+process's CPU time over wall time in those runs, median; ~100 % is CPU-bound).
 
 Variants, once each after the rounds, against the mean of the raw runs around them
 (``consumer_variants_raw_fetch_ack``; ``events/s`` and ``_vs_raw`` each):
@@ -39,6 +41,7 @@ Run alone with ``python -m benchmarks consumer``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import time
 import uuid
@@ -48,7 +51,7 @@ from typing import cast
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from benchmarks.stats import Line, interleaved, median_ratio, ratio_lines
+from benchmarks.stats import CpuMeter, Line, interleaved, median_ratio, ratio_lines
 from benchmarks.workload import payload, runs
 from bridge.config import BridgeConfig, ConsumerOptions
 from bridge.connection import Connection
@@ -148,7 +151,9 @@ async def _publish(cfg: BridgeConfig, conn: Connection, n: int) -> None:
         await asyncio.gather(*(publisher.publish(cfg.subjects.consume, e) for e in chunk))
 
 
-async def _raw(cfg: BridgeConfig, conn: Connection, n: int, label: str) -> float:
+async def _raw(
+    cfg: BridgeConfig, conn: Connection, n: int, label: str, cpu: CpuMeter | None = None
+) -> float:
     durable = f"{cfg.subjects.durable}-raw-{label}"
     raw = consumer_spec(cfg)
     api = JetStreamApi(conn.nc)
@@ -157,14 +162,15 @@ async def _raw(cfg: BridgeConfig, conn: Connection, n: int, label: str) -> float
     await api.save_consumer(cfg.stream_name, config, action="create")
     sub = await conn.js.pull_subscribe_bind(durable=durable, stream=cfg.stream_name)
     done = 0
-    start = time.perf_counter()
-    while done < n and time.perf_counter() - start < DEADLINE:
-        msgs = await sub.fetch(BATCH, timeout=1.0)
-        for msg in msgs:
-            await msg.ack()
-        done += len(msgs)
-    await conn.nc.flush()
-    elapsed = time.perf_counter() - start
+    with cpu.span() if cpu else contextlib.nullcontext():
+        start = time.perf_counter()
+        while done < n and time.perf_counter() - start < DEADLINE:
+            msgs = await sub.fetch(BATCH, timeout=1.0)
+            for msg in msgs:
+                await msg.ack()
+            done += len(msgs)
+        await conn.nc.flush()
+        elapsed = time.perf_counter() - start
     await sub.unsubscribe()
     return done / elapsed
 
@@ -181,6 +187,7 @@ async def _bridge(
     handler: Handler | BatchHandler = upsert_org,
     optimistic: bool = True,
     label: str = "",
+    cpu: CpuMeter | None = None,
 ) -> float:
     connect_args = (
         {} if statement_cache is None else {"prepared_statement_cache_size": statement_cache}
@@ -220,13 +227,14 @@ async def _bridge(
         await JetStreamApi(conn.nc).save_consumer(cfg.stream_name, config, action="create")
         # The consumer binds to the durable named after app_name; filter is cfg's.
         consumer = PullConsumer(durable_cfg, conn, processor, watch_max_deliveries=False)
-        start = time.perf_counter()
-        await consumer.start()
-        while time.perf_counter() - start < DEADLINE:
-            if consumer.stats().outcomes.get("acked", 0) >= n:
-                break
-            await asyncio.sleep(0.005)
-        elapsed = time.perf_counter() - start
+        with cpu.span() if cpu else contextlib.nullcontext():
+            start = time.perf_counter()
+            await consumer.start()
+            while time.perf_counter() - start < DEADLINE:
+                if consumer.stats().outcomes.get("acked", 0) >= n:
+                    break
+                await asyncio.sleep(0.005)
+            elapsed = time.perf_counter() - start
         await consumer.stop(timeout=10)
         return consumer.stats().outcomes.get("acked", 0) / elapsed
     finally:
@@ -247,8 +255,10 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[Line]:
     await conn.start(timeout=10)
     labels = iter(range(10**6))
 
+    raw_cpu, ours_cpu = CpuMeter(), CpuMeter()
+
     async def raw_run() -> float:
-        return await _raw(cfg, conn, N, str(next(labels)))
+        return await _raw(cfg, conn, N, str(next(labels)), raw_cpu)
 
     async def headline_run() -> float:
         _name, concurrency, cache, handler, optimistic = HEADLINE_RUN
@@ -262,6 +272,7 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[Line]:
             handler=handler,
             optimistic=optimistic,
             label=f"h{next(labels)}",
+            cpu=ours_cpu,
         )
 
     try:
@@ -277,6 +288,10 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[Line]:
             ours=HEADLINE_RUN[0],
             unit="events/s",
         )
+        lines += [
+            raw_cpu.line("consumer_raw_cpu_percent"),
+            ours_cpu.line("consumer_inbox_batch_handler_cpu_percent"),
+        ]
         # Every other variant once, against the mean of the raw runs around them.
         raw_before = statistics.mean(base for base, _ in rounds)
         rates: dict[str, float] = {}

@@ -17,6 +17,9 @@ Lines:
   (``relay_publish_async_events_per_s`` and ``relay_events_per_s`` are that round's);
 - ``relay_vs_raw_ratio``: relay / semaphore raw, median of the rounds (secondary,
   comparable with earlier reports; ``relay_raw_events_per_s``);
+- ``relay_publish_async_cpu_percent`` / ``relay_drain_cpu_percent``: this process's
+  CPU time over wall time during the raw and the relay runs (median): about 100 % is
+  bound by the client's one core, lower is waiting on the servers;
 - ``relay_drain_lost`` / ``_duplicated``: relay events missing from / stored twice
   on the stream after all rounds — asserted 0 (a run that loses or duplicates fails);
 - ``relay_commit_to_puback_p50_ms`` / ``_p99_ms``: at a steady ``LATENCY_RATE`` events/s
@@ -50,7 +53,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from benchmarks import raw
-from benchmarks.stats import Line, check_delivery, latency_lines, median_ratio, ratio_lines
+from benchmarks.stats import (
+    CpuMeter,
+    Line,
+    check_delivery,
+    interleaved,
+    latency_lines,
+    median_ratio,
+    ratio_lines,
+)
 from benchmarks.workload import (
     DeliveryError,
     bench_config,
@@ -93,7 +104,12 @@ class BenchOrg(Synced, _Base):
 
 
 async def _relay_drain(
-    cfg: BridgeConfig, nc: Client, engine: AsyncEngine, n: int, ids: list[str]
+    cfg: BridgeConfig,
+    nc: Client,
+    engine: AsyncEngine,
+    n: int,
+    ids: list[str],
+    cpu: CpuMeter | None = None,
 ) -> float:
     box = Outbox(cfg)
     envelopes = [envelope(cfg, i) for i in range(n)]
@@ -106,16 +122,17 @@ async def _relay_drain(
     relay = OutboxRelay(cfg, engine, publisher)
     # The relay's own loop drains (overlapping batches); the 2 ms check of its
     # in-memory counter is the measurement's resolution.
-    started = time.perf_counter()
-    await relay.start()
-    try:
-        while time.perf_counter() - started < DEADLINE:
-            if relay.published_total >= n:
-                break
-            await asyncio.sleep(0.002)
-        elapsed = time.perf_counter() - started
-    finally:
-        await relay.stop(10.0)
+    with cpu.span() if cpu else contextlib.nullcontext():
+        started = time.perf_counter()
+        await relay.start()
+        try:
+            while time.perf_counter() - started < DEADLINE:
+                if relay.published_total >= n:
+                    break
+                await asyncio.sleep(0.002)
+            elapsed = time.perf_counter() - started
+        finally:
+            await relay.stop(10.0)
     return relay.published_total / elapsed
 
 
@@ -201,14 +218,22 @@ async def bench_relay(nats_url: str, database_url: str) -> list[Line]:
         async with engine.begin() as conn:
             await conn.run_sync(_Base.metadata.create_all)
         drained: list[str] = []
-        rounds: list[tuple[float, float, float]] = []
-        for _ in range(runs()):
-            fast = await raw.publish_async(nc, stream, subject, messages(cfg, N))
-            sem = await raw.publish_semaphore(
+        raw_cpu, relay_cpu = CpuMeter(), CpuMeter()
+
+        async def fast() -> float:
+            batch = messages(cfg, N)
+            with raw_cpu.span():
+                return await raw.publish_async(nc, stream, subject, batch)
+
+        async def sem() -> float:
+            return await raw.publish_semaphore(
                 nc, stream, subject, messages(cfg, N), bulk.relay.max_in_flight
             )
-            ours = await _relay_drain(bulk, nc, engine, N, drained)
-            rounds.append((fast, sem, ours))
+
+        async def ours() -> float:
+            return await _relay_drain(bulk, nc, engine, N, drained, relay_cpu)
+
+        rounds = await interleaved(runs(), fast, sem, ours)
         lines = ratio_lines(
             "relay_vs_publish_async_ratio",
             median_ratio((fast, ours) for fast, _, ours in rounds),
@@ -223,6 +248,10 @@ async def bench_relay(nats_url: str, database_url: str) -> list[Line]:
             ours=None,
             unit="events/s",
         )
+        lines += [
+            raw_cpu.line("relay_publish_async_cpu_percent"),
+            relay_cpu.line("relay_drain_cpu_percent"),
+        ]
         steady: list[str] = []
         lines += await _latency(cfg, nc, engine, steady)
         stored = await stored_ids(nc, stream, subject)

@@ -8,10 +8,12 @@ Nothing here does I/O; ``tests/unit/test_bench_stats.py`` checks it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
+import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 Line = tuple[str, float, str]
@@ -96,6 +98,30 @@ async def interleaved(
     for _ in range(runs):
         rounds.append(tuple([await measure() for measure in measures]))
     return rounds
+
+
+class CpuMeter:
+    """This process's CPU time over wall time in the spans measured with :meth:`span`.
+
+    About 100 % means the span was bound by this process's one core (Python is
+    single-threaded here); well below means it waited — on the servers, the other
+    processes or the machine.  :attr:`shares` holds one figure per span.
+    """
+
+    def __init__(self) -> None:
+        self.shares: list[float] = []
+
+    @contextlib.contextmanager
+    def span(self) -> Iterator[None]:
+        cpu, wall = time.process_time(), time.perf_counter()
+        yield
+        elapsed = max(time.perf_counter() - wall, 1e-9)
+        self.shares.append((time.process_time() - cpu) / elapsed)
+
+    def line(self, name: str) -> Line:
+        """``name`` with the median share in percent (nan when nothing was measured)."""
+        share = statistics.median(self.shares) if self.shares else math.nan
+        return (name, round(share * 100, 1), "% of one core")
 
 
 @dataclass(frozen=True, slots=True)

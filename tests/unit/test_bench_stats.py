@@ -5,6 +5,7 @@ figures themselves are recorded in docs/BENCHMARKS.md, not tested."""
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import pytest
@@ -205,3 +206,17 @@ def test_the_peers_section_lists_every_contender_pending_or_measured() -> None:
     by_name = {name: value for name, value, _ in lines([measured])}
     assert by_name["peers_nats_outbox_default_vs_publish_async_ratio"] == 0.2
     assert by_name["peers_nats_outbox_default_lost"] == 1.0
+
+
+def test_cpu_meter_records_one_share_per_span_and_reports_the_median() -> None:
+    from benchmarks.stats import CpuMeter
+
+    meter = CpuMeter()
+    name, value, unit = meter.line("x_cpu_percent")
+    assert (name, unit) == ("x_cpu_percent", "% of one core") and math.isnan(value)
+    for _ in range(3):
+        with meter.span():
+            sum(range(1000))
+    assert len(meter.shares) == 3 and all(share >= 0 for share in meter.shares)
+    meter.shares[:] = [0.5, 1.0, 0.25]  # the figure is the median, in percent
+    assert meter.line("x_cpu_percent")[1] == 50.0
