@@ -40,11 +40,15 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "services": ("benchmarks.services", "bench_services", "factory"),
     "outbox": ("benchmarks.outbox_size", "bench_outbox", "db"),
     "scale": ("benchmarks.scale", "bench_scale", "factory"),
+    "scale_cost": ("benchmarks.scale_cost", "bench_scale_cost", "factory"),
 }
 
 #: figure -> what the prefixes of a subset re-run are (figures not named after their
 #: benchmark: e2e_1x1_vs_raw_ratio comes from "scale")
-PREFIXES: dict[str, tuple[str, ...]] = {"scale": ("scale_", "e2e_")}
+PREFIXES: dict[str, tuple[str, ...]] = {
+    "scale": ("scale_events", "scale_raw", "scale_1x1", "scale_2x2", "e2e_"),
+    "scale_cost": ("scale_cost_",),
+}
 
 #: the figures a script reads the goals from; ``make bench`` prints each of them
 HEADLINE = (

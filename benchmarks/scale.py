@@ -61,6 +61,7 @@ from services.shared.settings import ServiceSettings
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 1000
 DEADLINE = 900.0
+DEADLINE_PER_EVENT = 0.02
 START_TIMEOUT = 60.0
 
 
@@ -104,9 +105,11 @@ async def _count(engine: AsyncEngine, table: str) -> int:
 
 
 async def _wait_applied(engine: AsyncEngine, n: int, started: float) -> float:
+    # Long enough for 100k events at ~9 ms each (a loaded 2-core machine), not forever.
+    deadline = max(DEADLINE, n * DEADLINE_PER_EVENT)
     while (await _count(engine, "organizations")) < n:
-        if time.perf_counter() - started > DEADLINE:
-            raise RuntimeError(f"B did not apply {n} events within {DEADLINE} s")
+        if time.perf_counter() - started > deadline:
+            raise RuntimeError(f"B did not apply {n} events within {deadline:.0f} s")
         await asyncio.sleep(0.02)
     return time.perf_counter() - started
 
@@ -206,9 +209,7 @@ async def _throughput(
 
 
 async def bench_scale(nats_url: str, database_url_factory: UrlFactory) -> list[Line]:
-    from benchmarks.scale_cost import bench_cost
-
-    events, sizes = _sizes()
+    events = _sizes()[0]
     created: list[str] = []
     results: list[Line] = [("scale_events", float(events), "events")]
     try:
@@ -249,28 +250,6 @@ async def bench_scale(nats_url: str, database_url_factory: UrlFactory) -> list[L
             ours=None,
             unit="events/s",
         )
-        results += await bench_cost(nats_url, database_url_factory, created, sizes)
     finally:
         await _drop(created)
     return results
-
-
-def main() -> int:
-    from bridge.testing import NatsServer, PostgresServer
-
-    async def run() -> list[Line]:
-        nats_server = NatsServer().start()
-        postgres = PostgresServer()
-        try:
-            return await bench_scale(nats_server.url, postgres.create_database)
-        finally:
-            nats_server.cleanup()
-            postgres.cleanup()
-
-    for name, value, unit in asyncio.run(run()):
-        print(f"bench {name} {value:.4g} {unit}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

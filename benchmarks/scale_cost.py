@@ -1,5 +1,9 @@
 """Cost growth: does the per-event cost of the bridge stay flat from 1k to 100k events?
 
+``python -m benchmarks scale_cost`` (its own entry, so the throughput figures of
+:mod:`benchmarks.scale` are printed even if a long cost run fails).  Sizes:
+``BENCH_SCALE_SIZES`` (default ``1000,10000,100000``; ``BENCH_SCALE_QUICK=1``: 1000,3000).
+
 Both bridges in this process (the services' ``build_bridge``: 1 relay + 1 consumer per
 side), the relay's outbox retention and the consumer's inbox retention running with
 ``RETENTION`` s every ``CLEANUP_INTERVAL`` s.  For each size ``n`` in ``SCALE_SIZES`` a
@@ -35,8 +39,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from benchmarks.scale import _commit, _count, _outbox_rows, _wait_applied
-from benchmarks.services import UrlFactory, _fresh
+from benchmarks.scale import _commit, _count, _outbox_rows, _sizes, _wait_applied
+from benchmarks.services import UrlFactory, _drop, _fresh
 from benchmarks.stats import Line, median_ratio
 from benchmarks.workload import runs
 from bridge.config import ConsumerOptions, RelayOptions
@@ -123,13 +127,21 @@ async def _cost(nats_url: str, factory: UrlFactory, created: list[str], n: int) 
     ]
 
 
-async def bench_cost(
-    nats_url: str, factory: UrlFactory, created: list[str], sizes: list[int]
-) -> list[Line]:
+async def bench_scale_cost(nats_url: str, factory: UrlFactory) -> list[Line]:
     """All sizes once per round; per-size figures of the median round, and the ratio."""
+    sizes = _sizes()[1]
+    created: list[str] = []
     per_round: list[dict[int, list[Line]]] = []
-    for _ in range(runs()):
-        per_round.append({n: await _cost(nats_url, factory, created, n) for n in sizes})
+    try:
+        for _ in range(runs()):
+            round_lines: dict[int, list[Line]] = {}
+            for n in sizes:
+                round_lines[n] = await _cost(nats_url, factory, created, n)
+                await _drop(created)  # 100k rows per side: free the space between runs
+                created.clear()
+            per_round.append(round_lines)
+    finally:
+        await _drop(created)
     lines: list[Line] = []
     cost = {
         n: [
