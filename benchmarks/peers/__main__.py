@@ -155,16 +155,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not Path(args.python).exists():
         parser.error(f"{args.python} not found: run `make bench-peers` (it creates the venv)")
+    # Absolute (the runners start in a work directory of their own), not resolved: the
+    # venv's python is a symlink, and resolving it would leave the venv.
+    python = os.path.abspath(args.python)
     harness.N = int(os.environ.get("BENCH_PEERS_EVENTS", str(harness.N)))
     report = Path(args.report)
     if args.structure_only:
         empty = [Figures(c) for c in harness.CONTENDERS]
-        text = section(empty, versions(args.python), pending=True)
+        text = section(empty, versions(python), pending=True)
     else:
-        figures = asyncio.run(_run(args.python, runs()))
+        figures = asyncio.run(_run(python, runs()))
         for line in lines(figures):
             print(format_line(line), flush=True)
-        text = section(figures, versions(args.python))
+        text = section(figures, versions(python))
     if not args.no_report:
         old = report.read_text() if report.exists() else ""
         report.write_text(replace_section(old, peers=text))
