@@ -37,7 +37,7 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format src services provisioner tests benchmarks migrations
 
-## Every figure of docs/BENCHMARKS.md (`bench <name> <value> <unit>` lines); long (~30 min).
+## Every figure of docs/BENCHMARKS.md (`bench <name> <value> <unit>` lines); long (50 min on a busy machine).
 bench: install
 	$(PY) -m benchmarks
 
