@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 MODE   ?= non_restrictive
 CONSUMER_MODE ?= pull
 
-.PHONY: install up demo test test-faults lint format bench clean
+.PHONY: install up demo test test-faults lint format bench bench-peers clean
 
 install: $(VENV)/.installed
 
@@ -37,8 +37,20 @@ lint: install
 format: install
 	$(VENV)/bin/ruff format src services provisioner tests benchmarks migrations
 
+## Every figure of docs/BENCHMARKS.md (`bench <name> <value> <unit>` lines); long (50 min on a busy machine).
 bench: install
 	$(PY) -m benchmarks
 
+## Peer outbox libraries side by side, in their own venv (never the project's).
+PEERS_VENV ?= .bench-peers/venv
+
+bench-peers: install $(PEERS_VENV)/.installed
+	$(PY) -m benchmarks.peers --python $(PEERS_VENV)/bin/python
+
+$(PEERS_VENV)/.installed: benchmarks/peers/requirements.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q -r benchmarks/peers/requirements.txt
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .devstack
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .devstack .bench-peers

