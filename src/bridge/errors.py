@@ -113,3 +113,8 @@ class ReconcileRefusedError(ReconcileError):
         super().__init__(message)
         self.code = code
         self.request_id = request_id
+
+
+class AdminCredentialsError(PermissionDeniedError):
+    """A command needs the JetStream API (admin credentials) and the NATS user may
+    not use it; the message names the command, the user and what to run it with."""
