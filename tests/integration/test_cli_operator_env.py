@@ -19,7 +19,7 @@ import nats
 import pytest
 
 from bridge.cli import EXIT_OK, EXIT_UNREACHABLE, main_async
-from bridge.envconfig import write_env_file
+from bridge.envconfig import read_env_file, write_env_file
 from bridge.jsapi import JetStreamApi
 from bridge.provisioning import Provisioner, consumer_spec, stream_spec
 from bridge.testing import NatsServer, free_port
@@ -62,11 +62,6 @@ async def restrictive(tmp_path: Path, unique: str) -> AsyncIterator[RestrictiveS
         server.cleanup()
 
 
-def admin_env(stack: RestrictiveStack, app: str) -> dict[str, str]:
-    return {**stack.app_env(app), "NATS_USER": stack.admin.user,
-            "NATS_PASSWORD": stack.admin.password}  # fmt: skip
-
-
 @pytest.mark.parametrize(
     "argv", [["dlq", "list"], ["dlq", "show", "1"], ["dlq", "purge"], ["provision", "verify"]]
 )
@@ -87,9 +82,28 @@ async def test_admin_only_command_with_admin_credentials_runs(
     restrictive: RestrictiveStack,
 ) -> None:
     app = restrictive.pair[0]
-    code, out, err, _ = await cli("--json", "dlq", "list", env=admin_env(restrictive, app))
+    code, out, err, _ = await cli("--json", "dlq", "list", env=restrictive.operator_env(app))
     assert code == EXIT_OK, err
     assert json.loads(out) == []
+
+
+def test_stack_files_speak_the_cli_and_provisioner_vocabulary(
+    restrictive: RestrictiveStack,
+) -> None:
+    """NATS_USER/NATS_PASSWORD are whoever connects; NATS_PASSWORD_<APP> only feeds
+    ``bridge-provision permissions`` (it used to write NATS_ADMIN_*/NATS_USER_<APP>,
+    names nothing reads)."""
+    first, second = restrictive.pair
+    assert read_env_file(restrictive.credentials_path) == {
+        "NATS_USER": "admin",
+        "NATS_PASSWORD": restrictive.admin.password,
+        f"NATS_PASSWORD_{first.upper()}": restrictive.apps[first].password,
+        f"NATS_PASSWORD_{second.upper()}": restrictive.apps[second].password,
+    }
+    operator = restrictive.operator_env(first)
+    assert operator["NATS_USER"] == "admin" and operator["APP_NAME"] == first
+    assert operator["NATS_PASSWORD"] == restrictive.admin.password
+    assert restrictive.app_env(first)["NATS_USER"] == first
 
 
 async def test_status_with_app_credentials_says_what_it_cannot_read(
@@ -114,7 +128,8 @@ async def test_env_file_round_trip_and_precedence(
     app_file, admin_file = tmp_path / f"{app}.env", tmp_path / f"{app}.admin.env"
     write_env_file(app_file, {**restrictive.app_env(app), "DATABASE_URL": database_url})
     write_env_file(
-        admin_file, {"NATS_USER": restrictive.admin.user, "NATS_PASSWORD": restrictive.admin.password}
+        admin_file,
+        {"NATS_USER": restrictive.admin.user, "NATS_PASSWORD": restrictive.admin.password},
     )
     stray = {  # a shell that still points elsewhere must not win over the file
         "APP_NAME": "someone_else", "DESTINATION_APP": "nobody",
