@@ -22,7 +22,7 @@ HOSTILE = {
     "APP_NAME": "system_a",
     "DESTINATION_APP": "system_b",
     "DATABASE_URL": "postgresql+asyncpg://u:p%40ss@127.0.0.1:5432/jsb_system_a?ssl=disable",
-    "NATS_PASSWORD": "it's a \"secret\" with $HOME, `ticks`, \\ and spaces",
+    "NATS_PASSWORD": 'it\'s a "secret" with $HOME, `ticks`, \\ and spaces',
     "EMPTY": "",
     "EQUALS": "a=b=c",
     "HASH": "value # not a comment",
@@ -67,7 +67,7 @@ def test_hand_written_files_comments_export_and_quotes(tmp_path: Path) -> None:
 def test_malformed_line_names_file_and_line(tmp_path: Path, line: str) -> None:
     path = tmp_path / "bad.env"
     path.write_text(f"APP_NAME=a\n{line}\n")
-    with pytest.raises(ConfigError, match=rf"bad\.env:2"):
+    with pytest.raises(ConfigError, match=r"bad\.env:2"):
         read_env_file(path)
 
 
