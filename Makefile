@@ -14,7 +14,7 @@ DEVSTACK = $(PY) -m services.devstack --mode $(MODE) --consumer-mode $(CONSUMER_
 	--workdir $(DEVSTACK_DIR) $(if $(A_PORT),--a-port $(A_PORT)) \
 	$(if $(B_PORT),--b-port $(B_PORT)) $(if $(NATS_PORT),--nats-port $(NATS_PORT))
 
-.PHONY: install up demo test test-faults lint format bench clean
+.PHONY: install up demo test test-faults lint format bench clean deploy-tools
 
 install: $(VENV)/.installed
 
@@ -33,8 +33,12 @@ up: install
 demo: install
 	@$(DEVSTACK) --run scripts/test_sync.sh
 
+## promtool (Debian's prometheus package) for the checks of deploy/: installed if missing.
+deploy-tools:
+	@scripts/install_promtool.sh
+
 ## The whole suite; brings up the servers it needs itself.
-test: install
+test: install deploy-tools
 	$(PY) -m pytest -q -m "not faults or smoke" tests
 
 test-faults: install
