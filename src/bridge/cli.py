@@ -160,7 +160,7 @@ async def cmd_status(ctx: Context, args: argparse.Namespace, out: Output) -> int
     report: dict[str, Any] = {"app": cfg.app_name, "stream": cfg.stream_name}
     conn = await ctx.nats()
     report["nats"] = conn.snapshot()
-    api = DeniedFastApi(conn, cfg, command="bridge status", timeout=2.0)
+    api = DeniedFastApi(conn, cfg, command="status", timeout=2.0)
     try:
         info = await api.request(f"STREAM.INFO.{cfg.stream_name}", {"subjects_filter": ">"})
         state = info.get("state", {})
@@ -457,7 +457,7 @@ async def main_async(
     except ConfigError as exc:
         err.write(f"bridge: configuration error: {exc}\n")
         return EXIT_USAGE
-    command = " ".join(["bridge", args.command, *([args.action] if "action" in args else [])])
+    command = " ".join([args.command, *([args.action] if "action" in args else [])])
     try:
         async with opened(config, environ) as ctx:
             work = COMMANDS[args.command](ctx, args, output)
