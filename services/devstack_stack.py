@@ -186,7 +186,8 @@ class Devstack:
             with step("starting PostgreSQL"):
                 self.postgres = PostgresServer(data_dir=self.workdir / "postgres")
             for app in APPS:
-                urls.append(await own_database(self.postgres, DEFAULT_DATABASES[app]))
+                with step(f"preparing database {DEFAULT_DATABASES[app]} ({app})"):
+                    urls.append(await own_database(self.postgres, DEFAULT_DATABASES[app]))
             self.say(
                 f"PostgreSQL ({self.postgres.kind}): own databases "
                 f"{', '.join(DEFAULT_DATABASES.values())} (DATABASE_URL_A/_B to use others)"

@@ -19,7 +19,6 @@ request, for commands that read the API only optionally (``bridge status``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -89,8 +88,8 @@ async def until_denied(
     finally:
         if not task.done():
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            # The command's cancellation is collected; a cancellation of ours propagates.
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class DeniedFastApi(JetStreamApi):
