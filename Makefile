@@ -4,8 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MODE   ?= non_restrictive
 CONSUMER_MODE ?= pull
+# make up A_PORT=4000 B_PORT=4001 NATS_PORT=5222 (empty: 3000/3001, 3100/3101 restrictive; 4222)
+A_PORT ?=
+B_PORT ?=
+NATS_PORT ?=
+# State, logs and the env files (<app>.env) of make up / make demo.
+DEVSTACK_DIR ?= .devstack
+DEVSTACK = $(PY) -m services.devstack --mode $(MODE) --consumer-mode $(CONSUMER_MODE) \
+	--workdir $(DEVSTACK_DIR) $(if $(A_PORT),--a-port $(A_PORT)) \
+	$(if $(B_PORT),--b-port $(B_PORT)) $(if $(NATS_PORT),--nats-port $(NATS_PORT))
 
-.PHONY: install up demo test test-faults lint format bench bench-peers clean
+.PHONY: install up demo test test-faults lint format bench bench-peers clean deploy-tools
 
 install: $(VENV)/.installed
 
@@ -16,15 +25,20 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 ## Start NATS, PostgreSQL, migrate, run System A and System B (Ctrl-C stops all).
+## Databases: DATABASE_URL_A + DATABASE_URL_B, else its own jsb_system_a / jsb_system_b.
 up: install
-	$(PY) -m services.devstack --mode $(MODE) --consumer-mode $(CONSUMER_MODE)
+	@$(DEVSTACK)
 
 ## up + scripts/test_sync.sh + down
 demo: install
-	$(PY) -m services.devstack --mode $(MODE) --consumer-mode $(CONSUMER_MODE) --run scripts/test_sync.sh
+	@$(DEVSTACK) --run scripts/test_sync.sh
+
+## promtool (Debian's prometheus package) for the checks of deploy/: installed if missing.
+deploy-tools:
+	@scripts/install_promtool.sh
 
 ## The whole suite; brings up the servers it needs itself.
-test: install
+test: install deploy-tools
 	$(PY) -m pytest -q -m "not faults or smoke" tests
 
 test-faults: install

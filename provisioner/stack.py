@@ -12,6 +12,15 @@ stack is:
    stream and both consumers with the admin user,
 3. each app with ``env=stack.app_env(app)`` — app users can only verify.
 
+One vocabulary, the one the services and the ``bridge`` CLI read
+(:mod:`bridge.envconfig`): ``NATS_USER`` / ``NATS_PASSWORD`` are the user a
+process connects as — the app's own in :meth:`RestrictiveStack.app_env`, the
+admin in :meth:`RestrictiveStack.admin_env` and :meth:`RestrictiveStack.operator_env`
+(an app's environment for the commands that need the JetStream API, ``bridge
+dlq ...``).  ``credentials.env`` is what ``bridge-provision`` reads: the admin as
+``NATS_USER`` / ``NATS_PASSWORD`` and each app's password as ``NATS_PASSWORD_<APP>``
+(the input of ``bridge-provision permissions``).
+
 Nothing here reads the environment or starts a process.
 """
 
@@ -25,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bridge.config import BridgeConfig, Credentials, configure_bidirectional
+from bridge.envconfig import write_env_file
 from bridge.errors import ConfigError
 from bridge.permissions import render_authorization, render_server_config
 from bridge.testing import nats_server_binary
@@ -108,6 +118,14 @@ class RestrictiveStack:
         }
         if user.inbox_prefix:
             env["NATS_INBOX_PREFIX"] = user.inbox_prefix
+        return env
+
+    def operator_env(self, app: str) -> dict[str, str]:
+        """``app_env(app)`` connected as the admin: for ``bridge dlq ...`` / ``bridge
+        provision ...`` of that app, which need the JetStream API."""
+        env = self.app_env(app)
+        env.pop("NATS_INBOX_PREFIX", None)  # the admin may use any inbox
+        env.update(NATS_USER=self.admin.user, NATS_PASSWORD=self.admin.password)
         return env
 
     def app_config(self, app: str, **overrides: object) -> BridgeConfig:
@@ -217,12 +235,10 @@ def write_restrictive_stack(
     )
     config_path = workdir / CONFIG_NAME
     _write_private(config_path, text)
-    lines = [f"NATS_ADMIN_USER={admin.user}", f"NATS_ADMIN_PASSWORD={admin.password}"]
+    credentials: dict[str, str] = {"NATS_USER": admin.user, "NATS_PASSWORD": admin.password}
     for app in apps:
-        key = app.upper()
-        lines += [f"NATS_USER_{key}={app}", f"NATS_PASSWORD_{key}={users[app].password}"]
-    credentials_path = workdir / CREDENTIALS_NAME
-    _write_private(credentials_path, "\n".join(lines) + "\n")
+        credentials[f"NATS_PASSWORD_{app.upper()}"] = users[app].password
+    credentials_path = write_env_file(workdir / CREDENTIALS_NAME, credentials)
     return RestrictiveStack(
         workdir=workdir,
         config_path=config_path,

@@ -10,8 +10,10 @@ variables (see :mod:`bridge.envconfig`).
     bridge reconcile [--models MODULE] one anti-entropy pass against the peer
 
 Every command prints a table for people or, with ``--json``, one JSON document.
-Exit codes: 0 ok, 1 a check failed or something is missing, 2 usage error,
-3 NATS or the database unreachable.
+``--env-file PATH`` (repeatable, before the command; its values win over the
+environment) reads ``NAME=value`` lines, e.g. ``.devstack/system_a.env``.  Exit codes:
+0 ok, 1 a check failed or something is missing, 2 usage error, 3 NATS or the database
+unreachable, or the NATS user may not use the JetStream API (``bridge.cli_admin``).
 """
 
 from __future__ import annotations
@@ -40,14 +42,21 @@ from bridge.backfill import (
     BackfillOptions,
     BackfillProgress,
 )
+from bridge.cli_admin import ADMIN_COMMANDS, DeniedFastApi, until_denied
 from bridge.cli_dlq import dlq_command
 from bridge.config import BridgeConfig
 from bridge.connection import Connection
 from bridge.dlq import DeadLetters
 from bridge.dlq_letter import oldest_letter_age
 from bridge.durations import parse_duration
-from bridge.envconfig import config_from_env, database_url_from_env, models_module_from_env
+from bridge.envconfig import (
+    config_from_env,
+    database_url_from_env,
+    models_module_from_env,
+    with_env_files,
+)
 from bridge.errors import (
+    AdminCredentialsError,
     BridgeError,
     ConfigError,
     ConnectionError,
@@ -122,6 +131,10 @@ class Context:
             await self.connection.start(timeout=5.0)
         return self.connection
 
+    def permission_errors(self) -> list[str]:
+        """The server's permission violations on this command's connection so far."""
+        return list(self.connection.permission_errors) if self.connection is not None else []
+
     async def dead_letters(self) -> DeadLetters:
         conn = await self.nats()
         publisher = Publisher(conn.js, stream=self.config.stream_name)
@@ -149,7 +162,7 @@ async def cmd_status(ctx: Context, args: argparse.Namespace, out: Output) -> int
     report: dict[str, Any] = {"app": cfg.app_name, "stream": cfg.stream_name}
     conn = await ctx.nats()
     report["nats"] = conn.snapshot()
-    api = JetStreamApi(conn.nc, timeout=2.0)
+    api = DeniedFastApi(conn, cfg, command="status", timeout=2.0)
     try:
         info = await api.request(f"STREAM.INFO.{cfg.stream_name}", {"subjects_filter": ">"})
         state = info.get("state", {})
@@ -343,6 +356,9 @@ COMMANDS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--env-file", action="append", default=[], metavar="PATH",
+                        help="NAME=value lines (e.g. .devstack/system_a.env) that win over the "
+                        "environment; repeatable, a later file wins")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="connection, stream, consumer, outbox, inbox, DLQ")
     outbox = sub.add_parser("outbox", help="inspect and repair the outbox")
@@ -389,15 +405,23 @@ async def main_async(
         err.write("bridge dlq show: give exactly one sequence\n")
         return EXIT_USAGE
     output = Output(out, err, args.json)
-    environ = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     try:
+        environ = with_env_files(environ, args.env_file)
         config = config_from_env(environ)
     except ConfigError as exc:
         err.write(f"bridge: configuration error: {exc}\n")
         return EXIT_USAGE
+    command = " ".join([args.command, *([args.action] if "action" in args else [])])
     try:
         async with opened(config, environ) as ctx:
-            return await COMMANDS[args.command](ctx, args, output)
+            work = COMMANDS[args.command](ctx, args, output)
+            if args.command in ADMIN_COMMANDS:
+                work = until_denied(work, ctx.permission_errors, command=command, config=config)
+            return await work
+    except AdminCredentialsError as exc:
+        err.write(f"bridge: {exc}\n")
+        return EXIT_UNREACHABLE
     except ConnectionError as exc:
         err.write(f"bridge: {exc}\n")
         return EXIT_UNREACHABLE

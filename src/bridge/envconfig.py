@@ -9,11 +9,23 @@ The names are the ones the services read (``services/shared/settings.py``):
 is returned beside the config, ``BRIDGE_MODELS`` (the module declaring the synced
 models) by :func:`models_module_from_env`.  The mapping is passed in: nothing reads
 ``os.environ`` implicitly.  ``DLQ_RETENTION`` sets ``dlq_retention``.
+
+**Env files** (:func:`write_env_file`, :func:`read_env_file`) hold such a mapping:
+``make up`` writes one per app under ``.devstack/`` and ``bridge --env-file PATH``
+reads it — the same names, so the file that describes an app configures the CLI.
+Format: ``NAME=value`` lines, ``#`` comments, blank lines, an optional ``export``
+prefix, a value optionally in single quotes (taken literally) or double quotes
+(a backslash escapes a backslash, a double quote, ``$`` or a backtick); no inline
+comments, no multi-line values.  What :func:`write_env_file` writes is also what a
+POSIX shell reads (``set -a; . FILE``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from bridge.config import BridgeConfig, Credentials, ReconcileOptions, configure_bidirectional
@@ -70,3 +82,87 @@ def database_url_from_env(env: Mapping[str, str]) -> str:
 def models_module_from_env(env: Mapping[str, str]) -> str:
     """``BRIDGE_MODELS``: the module declaring the app's synced models ("" if unset)."""
     return env.get("BRIDGE_MODELS", "")
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Characters a shell takes literally in an unquoted word.
+_PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]*\Z")
+_DOUBLE_ESCAPES = re.compile(r'\\([\\"$`])')
+
+
+def _quote(value: str) -> str:
+    if _PLAIN.match(value):
+        return value
+    if "'" not in value:
+        return f"'{value}'"
+    escaped = re.sub(r'([\\"$`])', r"\\\1", value)
+    return f'"{escaped}"'
+
+
+def _unquote(value: str, where: str) -> str:
+    if value[:1] in ("'", '"'):
+        quote = value[0]
+        if len(value) < 2 or value[-1] != quote:
+            raise ConfigError(f"{where}: unterminated {quote} quote")
+        inner = value[1:-1]
+        return inner if quote == "'" else _DOUBLE_ESCAPES.sub(r"\1", inner)
+    return value
+
+
+def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``NAME=value`` pairs of an env file (format in the module doc).
+
+    Raises :class:`ConfigError` naming the file (and the line) when it cannot be
+    read or a line is not ``NAME=value``: a half-read file would configure the
+    wrong thing silently.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"env file {os.fspath(path)}: {exc.__class__.__name__}: {exc}") from exc
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{os.fspath(path)}:{number}"
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not _NAME.match(name):
+            raise ConfigError(f"{where}: expected NAME=value, got {raw.strip()[:60]!r}")
+        values[name] = _unquote(value.strip(), where)
+    return values
+
+
+def write_env_file(path: str | os.PathLike[str], values: Mapping[str, str]) -> Path:
+    """Write ``values`` as an env file only its owner can read (it may hold passwords)."""
+    for name, value in values.items():
+        if not _NAME.match(name):
+            raise ConfigError(f"env file {os.fspath(path)}: invalid variable name {name!r}")
+        if "\n" in str(value) or "\r" in str(value):
+            raise ConfigError(f"env file {os.fspath(path)}: {name} holds a line break")
+    target = Path(path)
+    text = "".join(f"{name}={_quote(str(value))}\n" for name, value in values.items())
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    target.chmod(0o600)  # an existing file keeps its mode through O_CREAT
+    return target
+
+
+def with_env_files(
+    environ: Mapping[str, str], paths: Sequence[str | os.PathLike[str]]
+) -> Mapping[str, str]:
+    """``environ`` overlaid with the env files at ``paths`` (a later file wins).
+
+    The files win over ``environ``: a file is named on purpose, while a shell may
+    still export variables of some other system.
+    """
+    if not paths:
+        return environ
+    merged = dict(environ)
+    for path in paths:
+        merged.update(read_env_file(path))
+    return merged

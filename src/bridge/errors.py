@@ -142,3 +142,8 @@ class AttemptsExhausted(BridgeError):
             f"delivery {num_delivered} after {max_deliver} attempts: the last attempt never "
             "finished (process killed or stalled past ack_wait)"
         )
+
+
+class AdminCredentialsError(PermissionDeniedError):
+    """A command needs the JetStream API (admin credentials) and the NATS user may
+    not use it; the message names the command, the user and what to run it with."""

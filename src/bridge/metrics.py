@@ -20,7 +20,8 @@ System B in one test process — never collide.  Two kinds of metric:
   sources (at most once per ``cache_seconds``, each bounded by ``source_timeout``;
   concurrent scrapes share one read) and ``collect()`` serves that snapshot.
   :meth:`render` does both: what a ``/metrics`` endpoint returns.  A source that
-  fails is logged and its metrics are left out of that scrape (no stale values).
+  fails is logged and its metrics are left out of that scrape (no stale values),
+  and ``bridge_metrics_source_up{source}`` says so (1 read, 0 failed).
 
 Metric names and labels are listed in docs/OPERATIONS.md ("Metrics and tracing").
 """
@@ -50,6 +51,7 @@ __all__ = [
     "BridgeMetrics",
     "BridgeStateSource",
     "MetricSource",
+    "RelayStateSource",
     "counter_family",
 ]
 
@@ -245,15 +247,23 @@ class BridgeMetrics:
             if fresh and not force:
                 return
             metrics: list[Metric] = []
+            up = GaugeMetricFamily(
+                "bridge_metrics_source_up",
+                "1 if the source could be read at the last scrape, else 0 (metrics absent).",
+                labels=["source"],
+            )
             for name, source in self._sources:
                 try:
                     async with asyncio.timeout(self._source_timeout):
                         metrics.extend(await source.read())
+                    up.add_metric([name], 1.0)
                 except Exception as exc:  # a scrape must not fail because one part is down
+                    up.add_metric([name], 0.0)
                     log.warning(
                         "metrics source failed; its metrics are left out of this scrape",
                         extra={"source": name, "error": repr(exc)},
                     )
+            metrics.append(up)
             self._snapshot = metrics
             self._read_at = time.monotonic()
 
@@ -358,6 +368,23 @@ class BridgeStateSource:
             if consumer.get(key) is not None:
                 out.append(_gauge(name, doc, consumer[key]))
         return out
+
+
+class RelayStateSource:
+    """``bridge_relay_running`` (1 while this process's relay runs, else 0), without I/O:
+    where no process runs a relay the outbox gauges are absent, this one is not."""
+
+    def __init__(self, running: Callable[[], bool]) -> None:
+        self._running = running
+
+    async def read(self) -> list[Metric]:
+        return [
+            _gauge(
+                "bridge_relay_running",
+                "1 while this process's outbox relay runs, else 0 (off, not started, stopped).",
+                1.0 if self._running() else 0.0,
+            )
+        ]
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

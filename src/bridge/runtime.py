@@ -51,7 +51,7 @@ from bridge.event_schemas import EventSchemas
 from bridge.inbox import InboxProcessor
 from bridge.inbox_retention import InboxRetention
 from bridge.jsapi import JetStreamApi
-from bridge.metrics import BridgeMetrics, BridgeStateSource
+from bridge.metrics import BridgeMetrics, BridgeStateSource, RelayStateSource
 from bridge.outbox import Outbox, Synced
 from bridge.provisioning import Plan, Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
@@ -98,6 +98,9 @@ class Bridge:
         )
         self.metrics = metrics or BridgeMetrics()
         self.metrics.add_source("bridge", BridgeStateSource(self.status))
+        self.metrics.add_source(
+            "relay", RelayStateSource(lambda: self.relay is not None and self.relay.running)
+        )
         self.tracer_provider = tracer_provider
         self.session_factory: async_sessionmaker[AsyncSession] = async_sessionmaker(
             engine, expire_on_commit=False, sync_session_class=self.outbox.session_class

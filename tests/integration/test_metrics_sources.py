@@ -143,3 +143,14 @@ async def test_service_with_sync_off_serves_its_table_counts(postgres: PostgresS
     assert scraped[("bridge_conflicts_total", ())] == 0
     assert scraped[("bridge_events_published_total", ())] == 0
     assert not any(name == "bridge_outbox_pending" for name, _ in scraped)  # no bridge here
+
+
+async def test_each_source_reports_whether_it_could_be_read() -> None:
+    """``bridge_metrics_source_up{source}``: an alert can tell "0 pending rows" from
+    "the database could not be read" (the gauges of a failed source are absent)."""
+    metrics = BridgeMetrics(source_timeout=0.2)
+    metrics.add_source("ok", CountingSource("ok_gauge"))
+    metrics.add_source("down", FailingSource())
+    scraped = values(await metrics.render())
+    assert scraped[("bridge_metrics_source_up", (("source", "ok"),))] == 1
+    assert scraped[("bridge_metrics_source_up", (("source", "down"),))] == 0
