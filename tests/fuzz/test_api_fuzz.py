@@ -132,9 +132,18 @@ def test_stateful_links(service: FuzzedService) -> None:
             FUZZ_SETTINGS, max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS
         )
     )
-    # The inferred links were followed: a user was created in an organization created before.
+    # The inferred links were followed: an organization was created, and a later step used
+    # its id (random ids of no record answer 404, so a 2xx on /organizations/{org_id}
+    # means the id came from the POST's response).  Which further steps the derandomized
+    # run takes (a user in that organization, say) depends on the generator's draws, so
+    # it is not asserted: a change anywhere in the loaded modules may shift them.
     assert service.outcomes[("POST", "/organizations", 201)] >= 1, service.outcomes
-    assert service.outcomes[("POST", "/users", 201)] >= 1, service.outcomes
+    followed = sum(
+        n
+        for (method, path, status), n in service.outcomes.items()
+        if path == "/organizations/{org_id}" and 200 <= status < 300
+    )
+    assert followed >= 1, service.outcomes
 
 
 def test_regressions_found_by_fuzzing(service: FuzzedService) -> None:
