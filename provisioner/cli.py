@@ -26,11 +26,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from bridge.connection import Connection
 from bridge.errors import BridgeError, ConfigError, PermissionDeniedError
 from bridge.errors import ConnectionError as BridgeConnectionError
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Change, Plan, Provisioner
+from bridge.provisioning.specs import Change, Plan, Provisioner
+from bridge.transport.connection import Connection
+from bridge.transport.jsapi import JetStreamApi
 from provisioner.permfile import UsageError, cmd_permissions
 from provisioner.settings import ProvisionerSettings, load_settings
 

@@ -15,7 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from bridge.permissions import app_permissions, render_authorization, render_server_config
+from bridge.provisioning.permissions import (
+    app_permissions,
+    render_authorization,
+    render_server_config,
+)
 from provisioner.settings import ProvisionerSettings
 
 EXIT_OK = 0

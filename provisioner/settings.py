@@ -24,7 +24,7 @@ from typing import Any
 
 from bridge.config import BridgeConfig, Credentials, configure_bidirectional, resolve_consumer_mode
 from bridge.errors import ConfigError
-from bridge.provisioning import ConsumerSpec, StreamSpec, consumer_spec, stream_spec
+from bridge.provisioning.specs import ConsumerSpec, StreamSpec, consumer_spec, stream_spec
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,9 +34,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bridge.config import BridgeConfig
 from bridge.event_schemas import EventSchemas
 from bridge.integrations.fastapi import bridge_lifespan
-from bridge.router import Router
+from bridge.reconcile.synced_models import load_synced_models
+from bridge.routing.router import Router
 from bridge.runtime import Bridge
-from bridge.synced_models import load_synced_models
 from services.shared.db import make_engine
 from services.shared.errors import ServiceError
 from services.shared.event_versions import event_schemas as domain_event_schemas
@@ -63,7 +63,7 @@ def build_bridge(
     event_schemas: EventSchemas | None = None,
 ) -> Bridge:
     """The service's bridge: the domain's sync handlers on its router (web and worker),
-    and its synced models (answers reconciliation requests, see :mod:`bridge.reconcile`).
+    and its synced models (answers reconciliation requests, see :mod:`bridge.reconcile.reconciler`).
 
     ``event_schemas`` defaults to the domain's declared versions
     (:func:`services.shared.event_versions.event_schemas`).

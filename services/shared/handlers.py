@@ -1,6 +1,6 @@
 """Sync handlers: apply the other side's changes, last-writer-wins, without echo.
 
-Registered on a :class:`bridge.router.Router` by :meth:`SyncHandlers.register`
+Registered on a :class:`bridge.routing.router.Router` by :meth:`SyncHandlers.register`
 (``organization`` and ``user``, every action).  Each handler runs inside the
 inbox transaction with publishing suppressed, so applying a change never
 re-publishes it; the bridge commits, then acks.
@@ -11,14 +11,14 @@ Contract, per event (the payload is the sender's full row snapshot):
   rejected (dead letter ``invalid_payload``) — retrying would not fix it.
 - A payload ``updated_at`` later than this side's clock + ``max_clock_skew`` is a
   version from the future: dead letter ``future_version``, never applied
-  (:func:`bridge.version_time.check_version_time`; replayable once the clocks agree).
+  (:func:`bridge.routing.version_time.check_version_time`; replayable once the clocks agree).
   Stored, it would win every comparison and could leave no room for a newer version.
 - Versions are compared with :func:`services.shared.versioning.judge` under a row
   lock.  Newer → every column is stored verbatim, including the sender's
   ``updated_at`` and ``origin`` (never bumped).  The same version → nothing to do,
   except when the content differs and the event's producer is the version's
   origin: a reconciliation re-emit repairing a hand edit that did not bump the
-  version (:mod:`bridge.reconcile`) — the row is overwritten, with a warning.
+  version (:mod:`bridge.reconcile.reconciler`) — the row is overwritten, with a warning.
   Older → **stale**: acked, recorded in ``sync_stale_events`` (``/sync_status``
   ``stale_events``), nothing changed.
 - Deletes are versions too (a tombstone with ``deleted_at``); a ``*.deleted``
@@ -44,7 +44,7 @@ Contract, per event (the payload is the sender's full row snapshot):
     replayed once the move arrived.
 
 Batch versions (:meth:`SyncHandlers.organizations`, :meth:`SyncHandlers.users`,
-registered by :meth:`SyncHandlers.register` with :meth:`bridge.router.Router.on_batch`;
+registered by :meth:`SyncHandlers.register` with :meth:`bridge.routing.router.Router.on_batch`;
 the statements are :func:`services.shared.sync_batch.apply_batch`, payload decoding is
 :func:`services.shared.sync_rows.decode`) apply a run of events of one resource with the
 same contract in a constant number of statements: decode all; for users ONE parent
@@ -81,8 +81,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from bridge.config import DEFAULT_MAX_CLOCK_SKEW, Clock
 from bridge.envelope import Envelope, utcnow
 from bridge.errors import Reject, Retry
-from bridge.router import Router
-from bridge.version_time import check_version_time
+from bridge.routing.router import Router
+from bridge.routing.version_time import check_version_time
 from services.shared.models import Organization, StaleEvent, SyncConflict, User
 from services.shared.sync_batch import apply_batch
 from services.shared.sync_rows import (

@@ -13,7 +13,7 @@ The cost: the unique natural keys (``domain``, ``email``) are *partial* unique
 indexes ``WHERE deleted_at IS NULL`` (a deleted organization frees its domain),
 and the API hides tombstones.
 
-The models use :class:`bridge.outbox.Synced`: a flush of a created or changed
+The models use :class:`bridge.outbox.capture.Synced`: a flush of a created or changed
 instance writes an outbox row with the full row snapshot in the same transaction
 (for sessions built from the bridge's session factory).  A soft delete is
 published as ``<resource>.deleted`` (see :mod:`services.shared.repository`).
@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bridge.outbox import Synced
+from bridge.outbox.capture import Synced
 
 #: Deterministic constraint names, so migrations and IntegrityError handling agree.
 NAMING_CONVENTION = {

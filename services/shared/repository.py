@@ -22,7 +22,7 @@ Contract:
   (``<resource>.created`` / ``.updated``).  A soft delete is an UPDATE to the
   database, but it is published as ``<resource>.deleted``: the tombstone is
   flushed with capture suppressed and the event enqueued explicitly, in the same
-  transaction, through :meth:`bridge.outbox.Outbox.enqueue`.
+  transaction, through :meth:`bridge.outbox.capture.Outbox.enqueue`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import DEFAULT_MAX_CLOCK_SKEW
-from bridge.outbox import Outbox, skip_publish
+from bridge.outbox.capture import Outbox, skip_publish
 from services.shared.errors import InvalidInput, StateConflict
 from services.shared.models import (
     ORGANIZATION_DOMAIN_INDEX,

@@ -13,7 +13,7 @@ directly, the other side's through the stream), both end with the same row.
   a remote change (or within the same microsecond) never loses to it.
 - The receiver stores the sender's ``updated_at`` and ``origin`` verbatim; bumping
   them would create a version the sender never sees, and the sides would diverge.
-- Versions from the future are bounded (:mod:`bridge.version_time`, one rule): the sync
+- Versions from the future are bounded (:mod:`bridge.routing.version_time`, one rule): the sync
   handlers dead-letter an incoming ``updated_at`` later than ``now + max_clock_skew``
   (``future_version``), and a local write never builds on a stored version that far
   ahead (one that got in before that rule, or by SQL): :func:`next_updated_at` raises
@@ -32,7 +32,7 @@ from enum import StrEnum
 
 from bridge.config import DEFAULT_MAX_CLOCK_SKEW
 from bridge.envelope import format_timestamp
-from bridge.version_time import beyond_skew
+from bridge.routing.version_time import beyond_skew
 
 ONE_MICROSECOND = timedelta(microseconds=1)
 

@@ -20,7 +20,7 @@ import logging
 import signal
 from collections.abc import Callable
 
-from bridge.logs import configure_logging
+from bridge.observability.logs import configure_logging
 from services.shared.app import STOP_TIMEOUT, build_bridge, repository_for
 from services.shared.db import make_engine
 from services.shared.observability import service_metrics

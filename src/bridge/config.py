@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from bridge.config_rules import check_stream_rules, default_inbox_prefix
-from bridge.durations import parse_duration
+from bridge._config_rules import check_stream_rules, default_inbox_prefix
+from bridge._support.durations import parse_duration
 from bridge.errors import ConfigError
 from bridge.subjects import Subjects, validate_token
 
@@ -33,7 +33,7 @@ DLQ_RETENTIONS: tuple[str, ...] = ("never", "stream")
 INBOX_ID_WIDTH = 255
 #: The most ``consumer.max_json_depth`` may be (parsing recurses once per level).
 MAX_JSON_DEPTH_LIMIT = 200
-#: How far ahead of the receiver's clock an incoming version may be (bridge.version_time).
+#: How far ahead of the receiver's clock an incoming version may be (bridge.routing.version_time).
 DEFAULT_MAX_CLOCK_SKEW = 300.0
 #: The current time, timezone-aware UTC (``BridgeConfig.clock``).
 Clock = Callable[[], datetime]
@@ -90,7 +90,7 @@ class Credentials:
 
 @dataclass(frozen=True, slots=True)
 class RelayOptions:
-    """Outbox relay tuning.  See :mod:`bridge.relay` for the contract."""
+    """Outbox relay tuning.  See :mod:`bridge.outbox.relay` for the contract."""
 
     batch_size: int = 256
     poll_interval: float = 1.0
@@ -122,14 +122,14 @@ class ConsumerOptions:
     concurrency: int = 1
     in_progress_interval: float | None = None
     stop_timeout: float = 10.0
-    #: Settled inbox records older than this are deleted (see :mod:`bridge.inbox_retention`);
+    #: Settled inbox records older than this are deleted (see :mod:`bridge.inbox.retention`);
     #: the default matches ``stream_max_age``, how long the stream may replay a message.
     inbox_retention: float = 7 * 24 * 3600.0
     inbox_cleanup_interval: float = 300.0
     #: Accept an ``inbox_retention`` shorter than ``stream_max_age`` (refused otherwise):
     #: only for handlers that are idempotent on their own, e.g. last-writer-wins.
     allow_short_inbox_retention: bool = False
-    #: Limits on an incoming body (:mod:`bridge.envelope_limits`): a larger body, deeper
+    #: Limits on an incoming body (:mod:`bridge._envelope_limits`): a larger body, deeper
     #: JSON nesting or a longer id is dead-lettered ``malformed`` on its first delivery.
     #: The server's ``max_payload`` (1 MiB by default) already bounds what can arrive.
     max_body_bytes: int = 1024 * 1024
@@ -160,7 +160,7 @@ class ConsumerOptions:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileOptions:
-    """Anti-entropy reconciliation.  See :mod:`bridge.reconcile` for the contract.
+    """Anti-entropy reconciliation.  See :mod:`bridge.reconcile.reconciler` for the contract.
 
     ``interval``: seconds between periodic passes; ``None`` or 0 = off (the default;
     ``bridge reconcile`` runs a pass on demand).  ``responder``: answer the peer's
@@ -168,7 +168,7 @@ class ReconcileOptions:
     ``max_concurrent_requests``: peer requests the responder serves at once (each holds
     a database connection); more are refused "busy" at once.  ``statement_timeout``:
     how long one request's SQL may run on the responder
-    (:mod:`bridge.reconcile_responder`).
+    (:mod:`bridge.reconcile.responder`).
     """
 
     interval: float | str | None = None
@@ -251,10 +251,10 @@ class BridgeConfig:
     relay: RelayOptions = field(default_factory=RelayOptions)
     consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
     reconcile: ReconcileOptions = field(default_factory=ReconcileOptions)
-    #: How long dead letters are kept (see :data:`DLQ_RETENTIONS`, :mod:`bridge.dlq`).
+    #: How long dead letters are kept (see :data:`DLQ_RETENTIONS`, :mod:`bridge.routing.dlq`).
     dlq_retention: str = "never"
     #: An incoming version (``occurred_at``, a record's ``updated_at``) later than the
-    #: clock plus this is dead-lettered ``future_version`` (:mod:`bridge.version_time`).
+    #: clock plus this is dead-lettered ``future_version`` (:mod:`bridge.routing.version_time`).
     max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
     #: Systems whose changes this side applies (an envelope's ``origin`` and ``producer``);
     #: ``app_name`` and ``destination_app`` are always in it.  Others: ``unknown_origin``.
@@ -346,7 +346,7 @@ class BridgeConfig:
     def inbox_prefix(self) -> str:
         """Reply-inbox prefix of this app's connections: ``credentials.inbox_prefix``, or
         ``_INBOX_<app_name>`` — private to the app, so the generated permissions never
-        share an inbox between two apps (:mod:`bridge.permissions`)."""
+        share an inbox between two apps (:mod:`bridge.provisioning.permissions`)."""
         return self.credentials.inbox_prefix or default_inbox_prefix(self.app_name)
 
     def backoff_for(self, attempt: int) -> float:

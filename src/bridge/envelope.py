@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.envelope_limits import (
+from bridge._envelope_limits import (
     DEFAULT_LIMITS,
     TIMESTAMP_WIDTH,
     EnvelopeLimits,
@@ -199,7 +199,7 @@ class Envelope:
     ) -> Envelope:
         """Decode a message body; raise :class:`EnvelopeError` if it is malformed.
 
-        The body is parsed within ``limits`` (:mod:`bridge.envelope_limits`: size
+        The body is parsed within ``limits`` (:mod:`bridge._envelope_limits`: size
         first, then UTF-8, nesting depth, strict JSON, field lengths), so no body can
         make this raise anything else.  When a ``Nats-Msg-Id`` header is present it
         must equal ``event_id``.

@@ -12,18 +12,18 @@ re-raises, so a misconfigured app fails fast with the provisioning error's messa
 
 With ``synced_models`` the bridge also answers the peer's reconciliation requests
 and, when ``reconcile.interval`` is set, runs periodic anti-entropy passes
-(:mod:`bridge.reconcile`); both stop first on shutdown.
+(:mod:`bridge.reconcile.reconciler`); both stop first on shutdown.
 
 Web and worker processes scale separately: ``enable_consumer=False`` /
 ``enable_relay=False`` in the config turn either part off in a process.
 
-Observability: every Bridge has its own :class:`~bridge.metrics.BridgeMetrics`
-(``bridge.metrics``, its own Prometheus registry) fed by the relay, the consumer
+Observability: every Bridge has its own :class:`~bridge.observability.metrics.BridgeMetrics`
+(``bridge.observability.metrics``, its own Prometheus registry) fed by the relay, the consumer
 and the handlers, plus gauges read from :meth:`Bridge.status` at scrape time.  Its
 outbox stamps each row with the current W3C ``traceparent``
-(:func:`bridge.tracing.current_traceparent`; an ``outbox`` passed in keeps its own
+(:func:`bridge.observability.tracing.current_traceparent`; an ``outbox`` passed in keeps its own
 setting) and its handlers run in a span that continues the producer's trace
-(:class:`bridge.tracing.TracedRouter`, ``tracer_provider`` or the global one).
+(:class:`bridge.observability.tracing.TracedRouter`, ``tracer_provider`` or the global one).
 """
 
 from __future__ import annotations
@@ -40,26 +40,26 @@ from opentelemetry.trace import TracerProvider
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bridge.access import verify_runtime_access
 from bridge.config import BridgeConfig
-from bridge.connection import Connection
 from bridge.consumer import PullConsumer, PushConsumer, make_consumer
-from bridge.dlq import DeadLetters
-from bridge.dlq_letter import oldest_letter_age
 from bridge.errors import BridgeError, PermissionDeniedError
 from bridge.event_schemas import EventSchemas
-from bridge.inbox import InboxProcessor
-from bridge.inbox_retention import InboxRetention
-from bridge.jsapi import JetStreamApi
-from bridge.metrics import BridgeMetrics, BridgeStateSource, RelayStateSource
-from bridge.outbox import Outbox, Synced
-from bridge.provisioning import Plan, Provisioner, consumer_spec, stream_spec
-from bridge.publisher import Publisher
-from bridge.reconcile import PeriodicReconciler, Reconciler
-from bridge.reconcile_responder import ReconcileResponder
-from bridge.relay import OutboxRelay
-from bridge.router import Router
-from bridge.tracing import TracedRouter, current_traceparent
+from bridge.inbox.processor import InboxProcessor
+from bridge.inbox.retention import InboxRetention
+from bridge.observability.metrics import BridgeMetrics, BridgeStateSource, RelayStateSource
+from bridge.observability.tracing import TracedRouter, current_traceparent
+from bridge.outbox.capture import Outbox, Synced
+from bridge.outbox.relay import OutboxRelay
+from bridge.provisioning.access import verify_runtime_access
+from bridge.provisioning.specs import Plan, Provisioner, consumer_spec, stream_spec
+from bridge.reconcile.reconciler import PeriodicReconciler, Reconciler
+from bridge.reconcile.responder import ReconcileResponder
+from bridge.routing.dlq import DeadLetters
+from bridge.routing.letter import oldest_letter_age
+from bridge.routing.router import Router
+from bridge.transport.connection import Connection
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 log = logging.getLogger("bridge.runtime")
 
@@ -85,7 +85,7 @@ class Bridge:
     ) -> None:
         """``event_schemas``: the versions of the app's event types, used to stamp
         published events and to upcast consumed ones (an ``outbox`` passed in
-        keeps its own).  ``synced_models``: the app's :class:`~bridge.outbox.Synced`
+        keeps its own).  ``synced_models``: the app's :class:`~bridge.outbox.capture.Synced`
         models; with them the bridge answers the peer's reconciliation requests and
         runs the periodic reconciler when ``reconcile.interval`` is set."""
         self.config = config
@@ -225,7 +225,7 @@ class Bridge:
         )
 
     async def _start_reconciliation(self) -> None:
-        """Anti-entropy (:mod:`bridge.reconcile`): only for a bridge given its synced models."""
+        """Anti-entropy (:mod:`bridge.reconcile.reconciler`), for a bridge given synced models."""
         if not self.synced_models:
             return
         options = self.config.reconcile

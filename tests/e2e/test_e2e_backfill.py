@@ -20,8 +20,8 @@ from pathlib import Path
 from e2e_support import Pair, Side, eventually, start_side
 from sqlalchemy import text
 
-from bridge.backfill import STATUS_COMPLETED, Backfill, BackfillOptions
-from bridge.synced_models import load_synced_models
+from bridge.reconcile.backfill import STATUS_COMPLETED, Backfill, BackfillOptions
+from bridge.reconcile.synced_models import load_synced_models
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.settings import ServiceSettings
 from services.shared.worker import run_worker

@@ -43,11 +43,11 @@ from fault_stack import Side, fast_config, in_process_pair
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bridge.config import ConsumerOptions
-from bridge.dlq import DeadLetters
 from bridge.envelope import MSG_ID_HEADER, Envelope, format_timestamp, utcnow
-from bridge.publisher import Publisher
+from bridge.routing.dlq import DeadLetters
 from bridge.subjects import Subjects
 from bridge.testing import NatsServer, PostgresServer
+from bridge.transport.publisher import Publisher
 
 pytestmark = pytest.mark.faults
 

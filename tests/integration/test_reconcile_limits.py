@@ -18,12 +18,12 @@ from nats.aio.client import Client
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bridge import reconcile_protocol as proto
 from bridge.config import BridgeConfig, ReconcileOptions
-from bridge.metrics import BridgeMetrics
-from bridge.outbox import Outbox
-from bridge.reconcile import Reconciler
-from bridge.reconcile_responder import ReconcileResponder
+from bridge.observability.metrics import BridgeMetrics
+from bridge.outbox.capture import Outbox
+from bridge.reconcile import _protocol as proto
+from bridge.reconcile.reconciler import Reconciler
+from bridge.reconcile.responder import ReconcileResponder
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.db import migrate
 from services.shared.models import Organization, User

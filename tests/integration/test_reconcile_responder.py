@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bridge import reconcile_protocol as proto
 from bridge.config import BridgeConfig
-from bridge.outbox import Outbox
-from bridge.reconcile_digest import ModelDigests
-from bridge.reconcile_responder import ReconcileResponder
+from bridge.outbox.capture import Outbox
+from bridge.reconcile import _protocol as proto
+from bridge.reconcile._digest import ModelDigests
+from bridge.reconcile.responder import ReconcileResponder
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.db import migrate
 from services.shared.models import Organization, User

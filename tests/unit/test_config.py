@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 
+from bridge._support.durations import parse_duration, to_nanos
 from bridge.config import (
     BridgeConfig,
     Credentials,
@@ -9,7 +10,6 @@ from bridge.config import (
     preset,
     resolve_consumer_mode,
 )
-from bridge.durations import parse_duration, to_nanos
 from bridge.errors import ConfigError
 
 

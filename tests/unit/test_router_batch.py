@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import Envelope
 from bridge.errors import ConfigError, Retry
-from bridge.router import Router
-from bridge.tracing import TracedRouter
+from bridge.observability.tracing import TracedRouter
+from bridge.routing.router import Router
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 

@@ -1,4 +1,4 @@
-"""bridge.tracing: traceparent propagation, handler spans, the ASGI middleware (no I/O).
+"""bridge.observability.tracing: traceparent propagation, handler spans, ASGI middleware (no I/O).
 
 Spans are recorded by an opentelemetry-sdk ``TracerProvider`` passed explicitly
 (never installed globally), so the no-SDK behaviour — the global no-op tracer —
@@ -22,8 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import Envelope
 from bridge.errors import Retry
-from bridge.router import Router
-from bridge.tracing import (
+from bridge.observability.tracing import (
     TracedRouter,
     TraceMiddleware,
     context_from,
@@ -31,6 +30,7 @@ from bridge.tracing import (
     handler_span,
     trace_id_of,
 )
+from bridge.routing.router import Router
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"

@@ -22,17 +22,17 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from bridge.config import BridgeConfig, ConsumerOptions, Credentials
-from bridge.connection import Connection
 from bridge.consumer import PullConsumer, PushConsumer, make_consumer
-from bridge.delivery import Delivery
-from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope
-from bridge.inbox import InboxProcessor
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
-from bridge.publisher import OutgoingMessage, Publisher, PublishResult
-from bridge.router import Router
+from bridge.inbox.processor import InboxProcessor
+from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.routing.dlq import DeadLetters
+from bridge.routing.router import Router
 from bridge.schema import create_all
+from bridge.transport.connection import Connection
+from bridge.transport.delivery import Delivery
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import OutgoingMessage, Publisher, PublishResult
 
 EFFECTS_DDL = """
 CREATE TABLE effects (

@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig, ConsumerOptions
 from bridge.consumer import PullConsumer, PushConsumer
-from bridge.delivery import Delivery
 from bridge.envelope import Envelope
 from bridge.testing import NatsServer
+from bridge.transport.delivery import Delivery
 
 ACK_WAIT = 30.0
 WITHIN = ACK_WAIT / 3

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from bridge.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main_async
 from bridge.envelope import Envelope
 from bridge.errors import Reject
-from bridge.router import Router
+from bridge.routing.router import Router
 from bridge.runtime import Bridge
 from bridge.testing import NatsServer
 

@@ -13,7 +13,7 @@ from bridge import schema
 from bridge.config import BridgeConfig, ConsumerOptions, RelayOptions
 from bridge.envelope import Envelope
 from bridge.errors import MissingStreamError
-from bridge.router import Router
+from bridge.routing.router import Router
 from bridge.runtime import Bridge
 from bridge.testing import NatsServer
 

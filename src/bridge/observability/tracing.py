@@ -1,0 +1,373 @@
+"""W3C trace context across the bridge: HTTP request → outbox row → NATS header → handler.
+
+Built on ``opentelemetry-api`` alone; an application that installs the SDK (and
+passes its ``TracerProvider``, or sets the global one) gets recorded spans.
+
+How a trace travels:
+
+1. :class:`TraceMiddleware` (ASGI) extracts an incoming ``traceparent`` header and
+   runs the request inside a server span that is its child.  Without an incoming
+   header it starts a new trace; without an SDK (no-op tracer, no span ids of its
+   own) it still makes the request's context valid: the incoming context is
+   passed through as is, and a request without one gets fresh random ids, so
+   every captured event carries a trace id to correlate logs with.
+2. :func:`current_traceparent` renders the current span context as a W3C
+   ``traceparent``; :class:`~bridge.runtime.Bridge` gives it to its
+   :class:`~bridge.outbox.capture.Outbox`, which stores it in each outbox row's headers and
+   its trace id in the envelope's ``trace_id``.  The relay publishes the stored
+   headers unchanged, so the NATS message carries the request's ``traceparent``.
+3. On the consumer side :class:`TracedRouter` runs every handler inside a
+   ``CONSUMER`` span whose parent is the delivery's ``traceparent``
+   (:func:`context_from`), so the handler's work — and anything it logs or calls —
+   belongs to the producer's trace.  Handlers that need the context themselves
+   can call :func:`context_from` with their envelope.  A batch handler call
+   (:meth:`bridge.routing.router.Router.on_batch`) is ONE ``CONSUMER`` span
+   (:func:`batch_span`, a new root with ``messaging.batch.message_count``) that
+   links to every delivery's ``traceparent`` (a span has one parent, so the
+   producers' traces are links, not parents); each delivery still gets its
+   ``"<event_type> process"`` span, child of its ``traceparent`` and covering the
+   call, so every producer's trace continues into the consumer.
+
+Invalid or missing ``traceparent`` values are ignored (a fresh root instead),
+never an error: tracing must not decide whether an event is applied.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TracerProvider,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bridge.envelope import TRACEPARENT_HEADER, Envelope
+from bridge.routing.router import BatchHandler, Handler, Router
+
+__all__ = [
+    "TRACER_NAME",
+    "HandledCallback",
+    "TraceMiddleware",
+    "TracedRouter",
+    "batch_span",
+    "context_from",
+    "current_traceparent",
+    "handler_span",
+    "trace_id_of",
+]
+
+TRACER_NAME = "bridge"
+
+# Stateless (it holds no configuration or data), so sharing one instance is safe.
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+#: ``(envelope, seconds, error)`` after each handler call (``error`` ``None`` on success).
+HandledCallback = Callable[[Envelope, float, BaseException | None], None]
+
+# Minimal ASGI types, so the library does not depend on Starlette.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+# -- propagation ----------------------------------------------------------------------
+def current_traceparent() -> str | None:
+    """The current span context as a W3C ``traceparent``, or ``None`` if there is none.
+
+    Cheap and synchronous: called by the outbox for every captured row (inside
+    SQLAlchemy's flush, which runs in the caller's context).
+    """
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get(TRACEPARENT_HEADER)
+
+
+def context_from(source: Envelope | Mapping[str, str] | str | None) -> Context:
+    """An OpenTelemetry context whose parent span is ``source``'s ``traceparent``.
+
+    ``source`` is an envelope (its ``traceparent``, from the NATS header), a header
+    mapping or the raw value.  Missing or invalid → an empty context (a new root).
+    """
+    if isinstance(source, Envelope):
+        value = source.traceparent
+    elif isinstance(source, str) or source is None:
+        value = source
+    else:
+        value = source.get(TRACEPARENT_HEADER)
+    if not value:
+        return Context()
+    return _PROPAGATOR.extract({TRACEPARENT_HEADER: value}, context=Context())
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The 32-hex trace id of a valid ``traceparent``, else ``None``."""
+    span = trace.get_current_span(context_from(traceparent))
+    ctx = span.get_span_context()
+    return trace.format_trace_id(ctx.trace_id) if ctx.is_valid else None
+
+
+def _fresh_span_context() -> SpanContext:
+    # Sampled, so a downstream SDK with a parent-based sampler records its part of
+    # the trace even though this process records nothing.
+    return SpanContext(
+        trace_id=secrets.randbits(128) or 1,
+        span_id=secrets.randbits(64) or 1,
+        is_remote=False,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+
+
+# -- consumer side -------------------------------------------------------------------
+def _consumer_attributes(envelope: Envelope) -> dict[str, str]:
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.message.id": envelope.event_id,
+        "bridge.event_type": envelope.event_type,
+        "bridge.resource_type": envelope.resource_type,
+        "bridge.resource_id": envelope.resource_id,
+        "bridge.producer": envelope.producer,
+    }
+
+
+@contextmanager
+def handler_span(
+    envelope: Envelope, *, tracer_provider: TracerProvider | None = None
+) -> Iterator[Span]:
+    """Run the block as the current ``CONSUMER`` span, child of the envelope's trace.
+
+    An exception raised in the block is recorded on the span (status ERROR) and
+    re-raised unchanged.
+    """
+    tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    with tracer.start_as_current_span(
+        f"{envelope.event_type} process",
+        context=context_from(envelope),
+        kind=SpanKind.CONSUMER,
+        attributes=_consumer_attributes(envelope),
+    ) as span:
+        yield span
+
+
+@contextmanager
+def batch_span(
+    envelopes: Sequence[Envelope], *, tracer_provider: TracerProvider | None = None
+) -> Iterator[Span]:
+    """Run the block as one ``CONSUMER`` span for a batch handler call (module doc, step 3).
+
+    The batch span (current in the block) is a new root linked to each envelope's
+    valid ``traceparent``.  Each envelope also gets its ``"<event_type> process"``
+    span as in :func:`handler_span` (child of its ``traceparent``, linked to the
+    batch span, covering the call), so every producer's trace still continues
+    into the consumer.  An exception raised in the block is recorded on all of
+    them and re-raised unchanged.
+    """
+    tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    parents = [(envelope, context_from(envelope)) for envelope in envelopes]
+    links = []
+    for envelope, parent in parents:
+        context = trace.get_current_span(parent).get_span_context()
+        if context.is_valid:
+            links.append(Link(context, {"messaging.message.id": envelope.event_id}))
+    resource = envelopes[0].resource_type if envelopes else ""
+    with tracer.start_as_current_span(
+        f"{resource} process batch",
+        context=Context(),
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": "process",
+            "messaging.batch.message_count": len(envelopes),
+            "bridge.resource_type": resource,
+        },
+    ) as span:
+        batch_link = [Link(span.get_span_context())]
+        spans = [
+            tracer.start_span(
+                f"{envelope.event_type} process",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                links=batch_link,
+                attributes=_consumer_attributes(envelope),
+            )
+            for envelope, parent in parents
+        ]
+        try:
+            yield span
+        except BaseException as exc:
+            for each in spans:
+                each.record_exception(exc)
+                each.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            for each in spans:
+                each.end()
+
+
+class TracedRouter(Router):
+    """A view of ``inner`` whose handlers run in :func:`handler_span` and are timed.
+
+    Registrations go to ``inner`` (so handlers registered later are seen); the
+    unknown-event policy is ``inner``'s at construction.  ``on_handled`` gets
+    ``(envelope, seconds, error)`` after every handler call — a call, not a
+    delivery: a batch re-run on the inbox's savepoint path calls a handler again.
+    A batch handler call reports each of its envelopes with an equal share of the
+    call's time (the per-event cost) and the call's error.
+    """
+
+    def __init__(
+        self,
+        inner: Router,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        on_handled: HandledCallback | None = None,
+    ) -> None:
+        super().__init__(unknown_event_policy=inner.unknown_event_policy)
+        self.inner = inner
+        self._tracer_provider = tracer_provider
+        self._on_handled = on_handled
+
+    def on(self, event_type: str, handler: Handler) -> None:
+        self.inner.on(event_type, handler)
+
+    def on_resource(self, resource_type: str, handler: Handler) -> None:
+        self.inner.on_resource(resource_type, handler)
+
+    def on_batch(self, resource_type: str, handler: BatchHandler) -> None:
+        self.inner.on_batch(resource_type, handler)
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        return self.inner.event_types
+
+    @property
+    def resource_types(self) -> frozenset[str]:
+        return self.inner.resource_types
+
+    @property
+    def batch_resource_types(self) -> frozenset[str]:
+        return self.inner.batch_resource_types
+
+    def batch_handler_for(self, envelope: Envelope) -> BatchHandler | None:
+        handler = self.inner.batch_handler_for(envelope)
+        if handler is None:
+            return None
+        provider, on_handled = self._tracer_provider, self._on_handled
+
+        async def traced(session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                with batch_span(envelopes, tracer_provider=provider):
+                    await handler(session, envelopes)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if on_handled is not None and envelopes:
+                    share = (time.perf_counter() - started) / len(envelopes)
+                    for env in envelopes:
+                        on_handled(env, share, error)
+
+        return traced
+
+    def handler_for(self, envelope: Envelope) -> Handler | None:
+        handler = self.inner.handler_for(envelope)
+        if handler is None:
+            return None
+        provider, on_handled = self._tracer_provider, self._on_handled
+
+        async def traced(session: AsyncSession, env: Envelope) -> None:
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                with handler_span(env, tracer_provider=provider):
+                    await handler(session, env)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                if on_handled is not None:
+                    on_handled(env, time.perf_counter() - started, error)
+
+        return traced
+
+
+# -- HTTP side -----------------------------------------------------------------------
+class TraceMiddleware:
+    """ASGI middleware: each HTTP request runs in a ``SERVER`` span (module doc, step 1).
+
+    The span is named ``"<METHOD> <route template>"`` once routing has happened
+    (``"<METHOD>"`` otherwise) and carries the response status code.
+    ``generate_ids=False`` leaves requests without an incoming ``traceparent``
+    untraced when no SDK is installed.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        generate_ids: bool = True,
+    ) -> None:
+        self.app = app
+        self._tracer_provider = tracer_provider
+        self._generate_ids = generate_ids
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {
+            key.decode("latin-1").lower(): value.decode("latin-1")
+            for key, value in scope.get("headers") or ()
+        }
+        parent = context_from(headers)
+        method = str(scope.get("method", "HTTP"))
+        tracer = trace.get_tracer(TRACER_NAME, tracer_provider=self._tracer_provider)
+        with tracer.start_as_current_span(
+            method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method, "url.path": str(scope.get("path", ""))},
+        ) as span:
+            token = None
+            if self._generate_ids and not span.get_span_context().is_valid:
+                # No SDK and no incoming trace: ids of our own, for correlation.
+                token = otel_context.attach(
+                    trace.set_span_in_context(NonRecordingSpan(_fresh_span_context()))
+                )
+
+            async def send_traced(message: Message) -> None:
+                if message.get("type") == "http.response.start":
+                    span.set_attribute("http.response.status_code", int(message["status"]))
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_traced)
+            finally:
+                route = scope.get("route")
+                template = getattr(route, "path", None)
+                if template:
+                    span.update_name(f"{method} {template}")
+                if token is not None:
+                    otel_context.detach(token)

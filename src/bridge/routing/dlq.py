@@ -1,0 +1,394 @@
+"""Dead letters: store, list, show, replay and purge; catch what the server gives up on.
+
+A dead letter is the original message (body and headers, unchanged) published on
+this app's DLQ subject (``{app}.sync.dlq``, in the same stream) with ``x-dlq-*``
+headers saying why; what is stored, and how long it is kept
+(``dlq_retention``: by default until handled, whatever the stream's ``max_age``),
+is described in :mod:`bridge.routing.letter`.
+
+Reading dead letters needs no durable consumer: :meth:`DeadLetters.list` and
+:meth:`DeadLetters.show` use JetStream direct get (``next_by_subj`` over the DLQ
+subject).  That is an admin operation: apps in restrictive mode may publish
+dead letters but usually may not read them.  :meth:`DeadLetters.replay` follows
+the rules of :mod:`bridge.routing.replay`: only to this app's consume subject, under a
+deterministic id, and a replayed letter is removed from the DLQ.
+
+A message whose last attempt never finished (process killed mid-handler) is
+settled by the consumer itself: the server redelivers without limit and the
+delivery after the last attempt is dead-lettered at once (the reserved delivery,
+:func:`bridge.routing.router.decide_exhausted`), which needs no permission beyond the
+app's own.  :class:`MaxDeliveriesWatcher` is only a safety net for a consumer
+still provisioned with a finite server-side ``max_deliver`` (drift, e.g. created
+by an older version before ``bridge-provision apply`` updated it): the server then
+gives up and publishes a ``MAX_DELIVERIES`` advisory; the watcher reads the
+message by stream sequence and dead-letters it as ``max_deliver_exceeded`` unless
+the inbox says it was already processed or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from bridge.config import BridgeConfig
+from bridge.envelope import MSG_ID_HEADER, format_timestamp, utcnow
+from bridge.errors import DeadLetterError, DeadLetterNotFoundError, PublishError
+from bridge.routing.letter import (
+    H_APP,
+    H_AT,
+    H_DELIVERIES,
+    H_ERROR_CLASS,
+    H_ERROR_MESSAGE,
+    H_ORIGINAL_MSG_ID,
+    H_ORIGINAL_STREAM,
+    H_ORIGINAL_SUBJECT,
+    H_REASON,
+    H_STREAM_SEQ,
+    SERVER_HEADERS,
+    TTL_HEADER,
+    DeadLetter,
+    dead_letter_msg_id,
+    header_safe,
+    retention_headers,
+    ttl_refused,
+)
+from bridge.routing.replay import Replayed, replay_envelope
+from bridge.routing.router import REASON_MAX_DELIVER
+from bridge.transport.delivery import Received, StoredMessage
+from bridge.transport.publisher import OutgoingMessage, Publisher
+
+__all__ = [
+    "AbandonedSink",
+    "DeadLetter",
+    "DeadLetters",
+    "MaxDeliveriesWatcher",
+    "dead_letter_msg_id",
+]
+
+log = logging.getLogger("bridge.dlq")
+
+
+class DeadLetters:
+    """This app's dead-letter queue (see module doc)."""
+
+    def __init__(self, config: BridgeConfig, js: JetStreamContext, publisher: Publisher) -> None:
+        self._config = config
+        self._js = js
+        self._publisher = publisher
+        self.subject = config.subjects.dlq
+
+    async def publish(
+        self, delivery: Received, *, reason: str, error: BaseException | None
+    ) -> None:
+        """Store ``delivery`` as a dead letter; return once the server has it.
+
+        Raises :class:`~bridge.errors.DeadLetterError` if the publish fails; the
+        caller must then leave the original un-acked (NAK) so nothing is lost.
+        """
+        headers = {k: v for k, v in (delivery.headers or {}).items() if not k.startswith("Nats-")}
+        original_id = (delivery.headers or {}).get(MSG_ID_HEADER)
+        if original_id:
+            headers[H_ORIGINAL_MSG_ID] = original_id
+        headers.update(
+            {
+                MSG_ID_HEADER: dead_letter_msg_id(delivery.stream, delivery.stream_seq),
+                H_REASON: reason,
+                H_DELIVERIES: str(delivery.num_delivered),
+                H_ERROR_CLASS: type(error).__name__ if error is not None else "",
+                H_ERROR_MESSAGE: header_safe(str(error)) if error is not None else "",
+                H_ORIGINAL_SUBJECT: delivery.subject,
+                H_ORIGINAL_STREAM: delivery.stream,
+                H_STREAM_SEQ: str(delivery.stream_seq),
+                H_APP: self._config.app_name,
+                H_AT: format_timestamp(utcnow()),
+                **retention_headers(self._config),
+            }
+        )
+        try:
+            try:
+                result = await self._publisher.publish_raw(
+                    OutgoingMessage(self.subject, delivery.data, headers)
+                )
+            except PublishError as exc:
+                if TTL_HEADER not in headers or not ttl_refused(exc):
+                    raise
+                # Stored without the TTL the letter ages out with the stream, but a
+                # stream not yet re-provisioned must not stop dead-lettering.
+                log.error(
+                    "stream refuses Nats-TTL (no allow_msg_ttl): dead letter stored with "
+                    "the stream's max_age, it is not kept until handled",
+                    extra={
+                        "stream": self._config.stream_name,
+                        "stream_seq": delivery.stream_seq,
+                        "hint": "run `bridge-provision apply` (or start an app with "
+                        "auto_provision) to enable allow_msg_ttl on the stream",
+                    },
+                )
+                del headers[TTL_HEADER]
+                result = await self._publisher.publish_raw(
+                    OutgoingMessage(self.subject, delivery.data, headers)
+                )
+        except PublishError as exc:
+            raise DeadLetterError(
+                f"dead letter for {delivery.stream}#{delivery.stream_seq} not stored: {exc}"
+            ) from exc
+        log.warning(
+            "dead-lettered",
+            extra={
+                "reason": reason,
+                "subject": delivery.subject,
+                "stream_seq": delivery.stream_seq,
+                "deliveries": delivery.num_delivered,
+                "error_class": headers[H_ERROR_CLASS],
+                "dlq_seq": result.seq,
+                "duplicate": result.duplicate,
+            },
+        )
+
+    async def letters(
+        self, *, start_seq: int = 1, until_seq: int | None = None
+    ) -> AsyncIterator[DeadLetter]:
+        """Dead letters one at a time, oldest first, from ``start_seq`` to ``until_seq``."""
+        cursor = max(start_seq, 1)
+        while until_seq is None or cursor <= until_seq:
+            try:
+                raw = await self._js.get_msg(
+                    self._config.stream_name,
+                    seq=cursor,
+                    subject=self.subject,
+                    next=True,
+                    direct=True,
+                )
+            except NotFoundError:
+                return
+            seq = int(raw.seq or cursor)
+            if until_seq is not None and seq > until_seq:
+                return
+            yield DeadLetter.from_stored(seq, raw.data or b"", raw.headers or {})
+            cursor = seq + 1
+
+    async def list(self, limit: int = 100, *, start_seq: int = 1) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first, from stream sequence ``start_seq``."""
+        letters: list[DeadLetter] = []
+        if limit <= 0:
+            return letters
+        async for letter in self.letters(start_seq=start_seq):
+            letters.append(letter)
+            if len(letters) >= limit:
+                break
+        return letters
+
+    async def show(self, seq: int) -> DeadLetter:
+        """The dead letter at stream sequence ``seq``; DeadLetterNotFoundError if none."""
+        try:
+            raw = await self._js.get_msg(self._config.stream_name, seq=seq, direct=True)
+        except NotFoundError as exc:
+            raise DeadLetterNotFoundError(
+                f"no dead letter at sequence {seq} (replayed, purged, or never stored)"
+            ) from exc
+        if raw.subject != self.subject:
+            raise DeadLetterNotFoundError(
+                f"sequence {seq} is on {raw.subject!r}, not the DLQ subject {self.subject!r}"
+            )
+        return DeadLetter.from_stored(seq, raw.data or b"", raw.headers or {})
+
+    async def replay(self, seq: int) -> Replayed:
+        """Replay dead letter ``seq`` (:mod:`bridge.routing.replay`); see :meth:`replay_letter`.
+
+        Raises DeadLetterNotFoundError when no letter is stored at ``seq`` (e.g. it
+        was replayed already).
+        """
+        return await self.replay_letter(await self.show(seq))
+
+    async def replay_letter(self, letter: DeadLetter) -> Replayed:
+        """Publish ``letter``'s envelope to this app's consume subject under its replay
+        id, then remove the letter.  Raises ReplayRefusedError (nothing published) for
+        a malformed or foreign letter, PublishError when the publish fails."""
+        envelope = replay_envelope(letter, self._config)
+        result = await self._publisher.publish(self._config.subjects.consume, envelope)
+        handled = await self._mark_handled(letter)
+        log.info(
+            "dead letter replayed",
+            extra={
+                "dlq_seq": letter.seq,
+                "subject": self._config.subjects.consume,
+                "event_id": envelope.event_id,
+                "causation_id": envelope.causation_id,
+                "stream_seq": result.seq,
+                "duplicate": result.duplicate,
+                "handled": handled,
+            },
+        )
+        return Replayed(
+            dlq_seq=letter.seq,
+            event_id=envelope.event_id,
+            causation_id=envelope.causation_id or "",
+            stream_seq=result.seq,
+            duplicate=result.duplicate,
+            handled=handled,
+        )
+
+    async def _mark_handled(self, letter: DeadLetter) -> bool:
+        """Remove a replayed letter from the stream (gone already counts as done).
+
+        Returns False when the server refused (e.g. ``deny_delete`` on the stream): the
+        letter stays listed, and replaying it again is a duplicate.
+        """
+        try:
+            await self._js.delete_msg(self._config.stream_name, letter.seq)
+            return True
+        except (NatsError, TimeoutError) as exc:
+            error = exc
+        # The server answers "no message found" or "stream store EOF" for a letter
+        # deleted meanwhile (two replays of one letter): look, rather than parse.
+        with contextlib.suppress(NatsError, TimeoutError):
+            try:
+                await self.show(letter.seq)
+            except DeadLetterNotFoundError:
+                return True
+        log.error(
+            "replayed dead letter could not be removed from the DLQ",
+            extra={
+                "dlq_seq": letter.seq,
+                "error": repr(error),
+                "hint": "replaying it again is a duplicate; remove it with "
+                f"`bridge dlq purge {letter.seq}`",
+            },
+        )
+        return False
+
+    async def purge(self, seq: int | None = None) -> int:
+        """Delete dead letter ``seq`` (checked to be on the DLQ subject), or all; return count."""
+        stream = self._config.stream_name
+        if seq is not None:
+            await self.show(seq)
+            await self._js.delete_msg(stream, seq)
+            return 1
+        count = await self.count()
+        await self._js.purge_stream(stream, subject=self.subject)
+        return count
+
+    async def count(self) -> int:
+        """How many dead letters are stored (admin permission needed)."""
+        info = await self._js.stream_info(self._config.stream_name, subjects_filter=self.subject)
+        return int((info.state.subjects or {}).get(self.subject, 0))
+
+    async def last_seq(self) -> int:
+        """The stream's last sequence now (a bound for "every letter stored so far")."""
+        info = await self._js.stream_info(self._config.stream_name)
+        return int(info.state.last_seq or 0)
+
+    async def read(self, stream: str, seq: int, *, deliveries: int = 0) -> StoredMessage:
+        """Read message ``seq`` of ``stream`` back (direct get), e.g. one the server abandoned."""
+        try:
+            raw = await self._js.get_msg(stream, seq=seq, direct=True)
+        except NotFoundError as exc:
+            raise DeadLetterNotFoundError(f"{stream}#{seq} is no longer stored") from exc
+        except (NatsError, TimeoutError) as exc:
+            raise DeadLetterError(f"cannot read {stream}#{seq}: {exc!r}") from exc
+        return StoredMessage(
+            data=raw.data or b"",
+            headers={k: v for k, v in (raw.headers or {}).items() if k not in SERVER_HEADERS},
+            subject=raw.subject or "",
+            stream=stream,
+            stream_seq=seq,
+            num_delivered=deliveries,
+        )
+
+
+class AbandonedSink(Protocol):
+    """What the watcher asks the inbox (implemented by InboxProcessor)."""
+
+    async def settled(self, data: bytes) -> bool:
+        """True when the event in ``data`` was already processed or dead-lettered."""
+        ...
+
+    async def mark_dead_lettered(self, message: Received, reason: str) -> None: ...
+
+
+class MaxDeliveriesWatcher:
+    """Dead-letter messages the server stopped redelivering (``MAX_DELIVERIES`` advisory).
+
+    Only a consumer with a finite server-side ``max_deliver`` (drift; see the
+    module doc) ever stops redelivering; the bridge provisions an unlimited one.
+    Needs subscribe permission on the advisory and the stream's direct get, so it
+    runs only where the app manages JetStream (:class:`bridge.consumer.base.BaseConsumer`).
+    Subscribes with the durable name as queue group, so one replica handles each
+    advisory.  Failures are logged and left: the message stays in the stream
+    (and the dead-letter publish is idempotent), so nothing is lost.
+    """
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        nc: Client,
+        dead_letters: DeadLetters,
+        sink: AbandonedSink | None = None,
+    ) -> None:
+        self._config = config
+        self._nc = nc
+        self._dead_letters = dead_letters
+        self._sink = sink
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.captured = 0
+        self.subject = (
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
+            f"{config.stream_name}.{config.subjects.durable}"
+        )
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._sub = await self._nc.subscribe(self.subject, queue=self._config.subjects.durable)
+        self._task = asyncio.create_task(self._run(self._sub), name="bridge-dlq-advisories")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        sub, task = self._sub, self._task
+        self._sub = self._task = None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if task is not None:
+            try:
+                await asyncio.wait_for(task, timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _run(self, sub: Subscription) -> None:
+        async for msg in sub.messages:
+            try:
+                await self.handle(json.loads(msg.data))
+            except Exception as exc:  # keep watching; the message stays in the stream
+                log.error(
+                    "could not dead-letter an abandoned message",
+                    extra={"advisory": msg.data[:500].decode(errors="replace"), "error": repr(exc)},
+                )
+
+    async def handle(self, advisory: dict[str, Any]) -> bool:
+        """Dead-letter the message an advisory names; return False when it was settled."""
+        message = await self._dead_letters.read(
+            str(advisory["stream"]),
+            int(advisory["stream_seq"]),
+            deliveries=int(advisory.get("deliveries", 0)),
+        )
+        if self._sink is not None and await self._sink.settled(message.data):
+            log.info("abandoned message already settled", extra={"stream_seq": message.stream_seq})
+            return False
+        await self._dead_letters.publish(message, reason=REASON_MAX_DELIVER, error=None)
+        if self._sink is not None:
+            await self._sink.mark_dead_lettered(message, REASON_MAX_DELIVER)
+        self.captured += 1
+        return True
