@@ -5,7 +5,8 @@ records) through a durable pull consumer of its own with the same batch size (25
 
 - raw (:func:`_raw`): nats-py ``fetch(batch)`` + ``ack()`` of every message, nothing
   else — the fastest correct way to consume (every message acked after it was seen);
-- bridge: :class:`~bridge.consumer.PullConsumer` + :class:`~bridge.inbox.processor.InboxProcessor`
+- bridge: :class:`~bridge.consumer.pull.PullConsumer` +
+  :class:`~bridge.inbox.processor.InboxProcessor`
   (inbox claim, handlers in one transaction without savepoints, one commit per
   batch, then acks) with a handler that upserts the event's record.
 
@@ -54,10 +55,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from benchmarks.stats import CpuMeter, Line, interleaved, median_ratio, ratio_lines
 from benchmarks.workload import payload, runs
 from bridge.config import BridgeConfig, ConsumerOptions
-from bridge.consumer import PullConsumer
+from bridge.consumer.pull import PullConsumer
 from bridge.envelope import Envelope
 from bridge.inbox.processor import InboxProcessor
-from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.routing.dlq import DeadLetters
 from bridge.routing.router import BatchHandler, Handler, Router
 from bridge.schema import create_all

@@ -73,9 +73,10 @@ from benchmarks.workload import (
     runs,
     stored_ids,
 )
-from bridge.config import PRESETS, BridgeConfig
+from bridge.config import BridgeConfig
 from bridge.outbox.capture import Outbox, Synced
 from bridge.outbox.relay import OutboxRelay
+from bridge.presets import PRESETS
 from bridge.schema import create_all
 from bridge.schema import outbox as outbox_table
 from bridge.transport.publisher import Publisher

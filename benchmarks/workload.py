@@ -25,7 +25,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bridge.config import BridgeConfig
 from bridge.envelope import MSG_ID_HEADER, Envelope
-from bridge.provisioning.specs import Provisioner, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import stream_spec
 from bridge.transport.jsapi import JetStreamApi
 
 PAYLOAD_BYTES = 300

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from bridge.errors import BridgeError, ConfigError, PermissionDeniedError
 from bridge.errors import ConnectionError as BridgeConnectionError
-from bridge.provisioning.specs import Change, Plan, Provisioner
+from bridge.provisioning.provisioner import Change, Plan, Provisioner
 from bridge.transport.connection import Connection
 from bridge.transport.jsapi import JetStreamApi
 from provisioner.permfile import UsageError, cmd_permissions

@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.config import BridgeConfig, Credentials, configure_bidirectional, resolve_consumer_mode
+from bridge.config import BridgeConfig, Credentials
+from bridge.env import configure_bidirectional, resolve_consumer_mode
 from bridge.errors import ConfigError
 from bridge.provisioning.specs import ConsumerSpec, StreamSpec, consumer_spec, stream_spec
 

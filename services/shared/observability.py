@@ -1,6 +1,6 @@
 """The operators' view of a service: ``GET /metrics`` (Prometheus) and request tracing.
 
-:func:`install_observability` adds :class:`bridge.observability.tracing.TraceMiddleware` (every
+:func:`install_observability` adds :class:`bridge.integrations.asgi.TraceMiddleware` (every
 request runs in a span continuing an incoming ``traceparent``, so the outbox rows
 it writes carry the request's trace) and the ``/metrics`` route.
 
@@ -22,8 +22,9 @@ from prometheus_client.core import Metric
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.observability.metrics import CONTENT_TYPE, BridgeMetrics, counter_family
-from bridge.observability.tracing import TraceMiddleware
+from bridge.integrations.asgi import TraceMiddleware
+from bridge.observability.metrics import CONTENT_TYPE, BridgeMetrics
+from bridge.observability.sources import counter_family
 
 if TYPE_CHECKING:
     from bridge.runtime import Bridge

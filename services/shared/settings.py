@@ -6,7 +6,7 @@
 ``CONSUMER_MODE`` (and ``CONSUMER_MODE_<APP>``), ``STREAM_NAME``, ``PORT``,
 ``RECONCILE_INTERVAL``, ``MAX_CLOCK_SKEW``, ``KNOWN_ORIGINS`` and a few
 tuning knobs, then :meth:`ServiceSettings.to_bridge_config` builds the library's
-frozen config with :func:`bridge.config.configure_bidirectional`.  Secrets are
+frozen config with :func:`bridge.env.configure_bidirectional`.  Secrets are
 ``SecretStr`` so a logged settings object shows ``**********``.
 """
 
@@ -19,7 +19,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bridge.config import BridgeConfig, Credentials, ReconcileOptions, configure_bidirectional
+from bridge.config import BridgeConfig, Credentials, ReconcileOptions
+from bridge.env import configure_bidirectional
 
 
 class ServiceSettings(BaseSettings):

@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import format_timestamp
-from bridge.reconcile.reconciler import latest_run
+from bridge.reconcile.schedule import latest_run
 
 if TYPE_CHECKING:
     from bridge.runtime import Bridge

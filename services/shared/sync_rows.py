@@ -22,7 +22,7 @@ from typing import Any
 
 from bridge.envelope import Envelope, format_timestamp, parse_timestamp
 from bridge.errors import EnvelopeError, Reject
-from bridge.routing.router import REASON_INVALID_PAYLOAD
+from bridge.routing.outcomes import REASON_INVALID_PAYLOAD
 from services.shared.models import Organization, User
 from services.shared.versioning import Version
 

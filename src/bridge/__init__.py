@@ -2,12 +2,14 @@
 
 Importing this package has no side effects: no connections, no threads, no
 module-level state.  Start with :class:`bridge.config.BridgeConfig` (or
-:func:`bridge.config.configure_bidirectional`) and :class:`bridge.runtime.Bridge`.
+:func:`bridge.env.configure_bidirectional`) and :class:`bridge.runtime.Bridge`.
 """
 
-from bridge.config import BridgeConfig, Credentials, configure_bidirectional, preset
+from bridge.config import BridgeConfig, Credentials
+from bridge.env import configure_bidirectional
 from bridge.envelope import Envelope
 from bridge.errors import BridgeError, Reject, Retry
+from bridge.presets import preset
 
 __all__ = [
     "BridgeConfig",

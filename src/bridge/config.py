@@ -5,15 +5,14 @@ Option names and defaults follow the Ruby gem (``nats_urls``, ``app_name``,
 ``use_inbox``, ``use_dlq``, ``max_deliver``, ``ack_wait``, ``backoff``,
 ``consumer_mode``, ``delivery_subject``, ``push_consumer_group``).  Durations are
 float seconds; strings such as ``"30s"`` are accepted and parsed here, once.
-Nothing reads the environment except :func:`configure_bidirectional`, which takes
-the mapping to read as an argument.
+Nothing here reads the environment (:mod:`bridge.env` does); presets are in
+:mod:`bridge.presets`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -387,86 +386,3 @@ def _as_durations(values: Iterable[str | float] | str, *, name: str) -> tuple[fl
     if isinstance(values, str):
         values = [v for v in values.replace(",", " ").split() if v]
     return tuple(parse_duration(v, name=f"{name}[{i}]") for i, v in enumerate(values))
-
-
-# -- presets -------------------------------------------------------------------------
-PRESETS: dict[str, dict[str, Any]] = {
-    "development": {"auto_provision": True, "ack_wait": 30.0},
-    "test": {
-        "auto_provision": True,
-        "ack_wait": 5.0,
-        "backoff": (0.1, 0.2, 0.5),
-        "max_deliver": 3,
-        "duplicate_window": 30.0,
-        "relay": RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
-        "consumer": ConsumerOptions(fetch_timeout=0.5, stop_timeout=5.0),
-    },
-    "production": {"auto_provision": False, "stream_replicas": 3, "ack_wait": 30.0},
-    "high_throughput": {
-        "relay": RelayOptions(batch_size=1000, max_in_flight=1024),
-        "consumer": ConsumerOptions(batch_size=256, concurrency=8),
-        "ack_wait": 60.0,
-    },
-    "maximum_reliability": {
-        "auto_provision": False,
-        "stream_replicas": 3,
-        "max_deliver": 10,
-        "backoff": (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0),
-        "duplicate_window": 600.0,
-        "relay": RelayOptions(max_attempts=100),
-    },
-}
-
-
-def preset(name: str, **overrides: Any) -> BridgeConfig:
-    """Build a config from a named preset plus overrides (``app_name`` etc.)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return BridgeConfig(**{**PRESETS[name], **overrides})
-
-
-def resolve_consumer_mode(
-    app_name: str, explicit: str | None, env: Mapping[str, str]
-) -> ConsumerMode:
-    """Explicit override, then ``CONSUMER_MODE_<APP>``, then ``CONSUMER_MODE``, then pull."""
-    for value in (
-        explicit,
-        env.get(f"CONSUMER_MODE_{app_name.upper()}"),
-        env.get("CONSUMER_MODE"),
-    ):
-        if value:
-            mode = value.strip().lower()
-            if mode not in CONSUMER_MODES:
-                raise ConfigError(f"consumer mode must be 'pull' or 'push', got {value!r}")
-            return mode  # type: ignore[return-value]
-    return "pull"
-
-
-def configure_bidirectional(
-    app_name: str,
-    destination_app: str,
-    mode: Mode = "non_restrictive",
-    *,
-    consumer_mode: str | None = None,
-    env: Mapping[str, str] | None = None,
-    **overrides: Any,
-) -> BridgeConfig:
-    """One call for one side of a pair, like the gem's ``configure_bidirectional``.
-
-    ``mode="restrictive"`` turns ``auto_provision`` off (apps only verify).  The
-    consumer mode comes from ``consumer_mode``, then ``CONSUMER_MODE_<APP>``, then
-    ``CONSUMER_MODE`` in ``env`` (default: ``os.environ``), then pull.
-    """
-    if mode not in ("non_restrictive", "restrictive"):
-        raise ConfigError(f"mode must be 'non_restrictive' or 'restrictive', got {mode!r}")
-    environ = os.environ if env is None else env
-    known = {f.name for f in fields(BridgeConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
-    values: dict[str, Any] = {
-        "auto_provision": mode == "non_restrictive",
-        "consumer_mode": resolve_consumer_mode(app_name, consumer_mode, environ),
-    }
-    values.update(overrides)
-    return BridgeConfig(app_name=app_name, destination_app=destination_app, **values)

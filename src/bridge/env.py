@@ -25,11 +25,66 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from bridge.config import BridgeConfig, Credentials, ReconcileOptions, configure_bidirectional
+from bridge.config import (
+    CONSUMER_MODES,
+    BridgeConfig,
+    ConsumerMode,
+    Credentials,
+    Mode,
+    ReconcileOptions,
+)
 from bridge.errors import ConfigError
+
+
+def resolve_consumer_mode(
+    app_name: str, explicit: str | None, env: Mapping[str, str]
+) -> ConsumerMode:
+    """Explicit override, then ``CONSUMER_MODE_<APP>``, then ``CONSUMER_MODE``, then pull."""
+    for value in (
+        explicit,
+        env.get(f"CONSUMER_MODE_{app_name.upper()}"),
+        env.get("CONSUMER_MODE"),
+    ):
+        if value:
+            mode = value.strip().lower()
+            if mode not in CONSUMER_MODES:
+                raise ConfigError(f"consumer mode must be 'pull' or 'push', got {value!r}")
+            return mode  # type: ignore[return-value]
+    return "pull"
+
+
+def configure_bidirectional(
+    app_name: str,
+    destination_app: str,
+    mode: Mode = "non_restrictive",
+    *,
+    consumer_mode: str | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> BridgeConfig:
+    """One call for one side of a pair, like the gem's ``configure_bidirectional``.
+
+    ``mode="restrictive"`` turns ``auto_provision`` off (apps only verify).  The
+    consumer mode comes from ``consumer_mode``, then ``CONSUMER_MODE_<APP>``, then
+    ``CONSUMER_MODE`` in ``env`` (default: ``os.environ``), then pull.
+    """
+    if mode not in ("non_restrictive", "restrictive"):
+        raise ConfigError(f"mode must be 'non_restrictive' or 'restrictive', got {mode!r}")
+    environ = os.environ if env is None else env
+    known = {f.name for f in fields(BridgeConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {
+        "auto_provision": mode == "non_restrictive",
+        "consumer_mode": resolve_consumer_mode(app_name, consumer_mode, environ),
+    }
+    values.update(overrides)
+    return BridgeConfig(app_name=app_name, destination_app=destination_app, **values)
 
 
 def config_from_env(env: Mapping[str, str], **overrides: Any) -> BridgeConfig:

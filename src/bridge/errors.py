@@ -134,7 +134,7 @@ class AttemptsExhausted(BridgeError):
 
     Its last attempt never finished — the process was killed or stalled past
     ``ack_wait`` — so it is dead-lettered without running the handler again
-    (:func:`bridge.routing.router.decide_exhausted`).
+    (:func:`bridge.routing.outcomes.decide_exhausted`).
     """
 
     def __init__(self, num_delivered: int, max_deliver: int) -> None:

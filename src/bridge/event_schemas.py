@@ -43,7 +43,7 @@ the handler):
   whose ``payload`` and ``schema_version`` are the current ones.
 
 An upcaster that raises anything else is a bug, not bad input: the error goes to
-:func:`bridge.routing.router.decide` like a handler's (retried with backoff, dead-lettered
+:func:`bridge.routing.outcomes.decide` like a handler's (retried with backoff, dead-lettered
 ``max_deliver_exceeded`` on the last delivery).  Upcasters must be pure.
 """
 
@@ -55,7 +55,7 @@ from typing import Any, Protocol
 
 from bridge.envelope import SCHEMA_VERSION, Envelope
 from bridge.errors import ConfigError, Reject
-from bridge.routing.router import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
+from bridge.routing.outcomes import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
 
 __all__ = [
     "EventSchemas",

@@ -41,19 +41,23 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bridge.config import BridgeConfig
-from bridge.consumer import PullConsumer, PushConsumer, make_consumer
+from bridge.consumer.pull import PullConsumer
+from bridge.consumer.push import PushConsumer
 from bridge.errors import BridgeError, PermissionDeniedError
 from bridge.event_schemas import EventSchemas
 from bridge.inbox.processor import InboxProcessor
 from bridge.inbox.retention import InboxRetention
-from bridge.observability.metrics import BridgeMetrics, BridgeStateSource, RelayStateSource
+from bridge.observability.metrics import BridgeMetrics
+from bridge.observability.sources import BridgeStateSource, RelayStateSource
 from bridge.observability.tracing import TracedRouter, current_traceparent
 from bridge.outbox.capture import Outbox, Synced
 from bridge.outbox.relay import OutboxRelay
 from bridge.provisioning.access import verify_runtime_access
-from bridge.provisioning.specs import Plan, Provisioner, consumer_spec, stream_spec
-from bridge.reconcile.reconciler import PeriodicReconciler, Reconciler
+from bridge.provisioning.provisioner import Plan, Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.reconcile.reconciler import Reconciler
 from bridge.reconcile.responder import ReconcileResponder
+from bridge.reconcile.schedule import PeriodicReconciler
 from bridge.routing.dlq import DeadLetters
 from bridge.routing.letter import oldest_letter_age
 from bridge.routing.router import Router
@@ -65,6 +69,18 @@ log = logging.getLogger("bridge.runtime")
 
 #: How long a management call may take before we assume the user lacks the permission.
 MANAGEMENT_PROBE_TIMEOUT = 2.0
+
+
+def make_consumer(
+    config: BridgeConfig,
+    connection: Connection,
+    processor: InboxProcessor,
+    *,
+    watch_max_deliveries: bool | None = None,
+) -> PullConsumer | PushConsumer:
+    """The consumer for ``config.consumer_mode`` (not started)."""
+    cls = PushConsumer if config.consumer_mode == "push" else PullConsumer
+    return cls(config, connection, processor, watch_max_deliveries=watch_max_deliveries)
 
 
 class Bridge:

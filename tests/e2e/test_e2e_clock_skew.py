@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 
 from bridge.cli import EXIT_OK, main_async
 from bridge.envelope import Envelope, format_timestamp, utcnow
-from bridge.routing.dlq import DeadLetter
+from bridge.routing.letter import DeadLetter
 from bridge.testing import NatsServer, PostgresServer
 
 FAR_FUTURE = "9999-12-31T23:59:59.999999Z"

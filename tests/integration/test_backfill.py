@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from bridge.config import configure_bidirectional
+from bridge.env import configure_bidirectional
 from bridge.envelope import format_timestamp
 from bridge.outbox.capture import Outbox, Synced
 from bridge.reconcile.backfill import (

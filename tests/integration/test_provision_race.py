@@ -12,7 +12,8 @@ import asyncio
 from nats.aio.client import Client
 
 from bridge.config import BridgeConfig
-from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.testing import NatsServer
 from bridge.transport.jsapi import JetStreamApi
 

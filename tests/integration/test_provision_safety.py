@@ -13,7 +13,8 @@ from nats.aio.msg import Msg
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.errors import DriftError, PublishError
-from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.testing import NatsServer
 from bridge.transport.jsapi import JetStreamApi
 from bridge.transport.publisher import Publisher

@@ -16,7 +16,8 @@ from nats.aio.msg import Msg
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.errors import PermissionDeniedError, PublishError
-from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.testing import NatsServer, free_port
 from bridge.transport.connection import Connection
 from bridge.transport.jsapi import JetStreamApi

@@ -17,7 +17,8 @@ from bridge.errors import (
     PermissionDeniedError,
 )
 from bridge.provisioning.access import check_permissions, verify_runtime_access
-from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.transport.jsapi import JetStreamApi
 
 

@@ -11,7 +11,8 @@ from test_restrictive import EnvFactory, envs, wait_for  # noqa: F401 - shared f
 from bridge import schema
 from bridge.envelope import Envelope
 from bridge.provisioning.permissions import app_permissions
-from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.routing.dlq import DeadLetters
 from bridge.runtime import Bridge
 from bridge.transport.delivery import StoredMessage

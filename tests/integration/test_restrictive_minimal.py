@@ -20,7 +20,8 @@ from bridge.config import BridgeConfig, Credentials
 from bridge.envelope import Envelope
 from bridge.errors import PublishError
 from bridge.provisioning.permissions import AppPermissions, app_permissions
-from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.reconcile.reconciler import PeerRequests
 from bridge.testing import NatsServer
 from bridge.transport.connection import Connection

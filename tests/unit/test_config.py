@@ -3,14 +3,10 @@ from __future__ import annotations
 import pytest
 
 from bridge._support.durations import parse_duration, to_nanos
-from bridge.config import (
-    BridgeConfig,
-    Credentials,
-    configure_bidirectional,
-    preset,
-    resolve_consumer_mode,
-)
+from bridge.config import BridgeConfig, Credentials
+from bridge.env import configure_bidirectional, resolve_consumer_mode
 from bridge.errors import ConfigError
+from bridge.presets import preset
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from bridge.errors import ReconcileError, ReconcileRefusedError
 from bridge.reconcile import _protocol as proto
 from bridge.reconcile._digest import HEX, RangeDigest, RowDigest, bounds
-from bridge.reconcile.reconciler import decide, narrow
+from bridge.reconcile.repair import decide, narrow
 
 T1 = "2026-01-01T00:00:00.000001Z"
 T2 = "2026-01-01T00:00:00.000002Z"

@@ -22,9 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import Envelope
 from bridge.errors import Retry
+from bridge.integrations.asgi import TraceMiddleware
 from bridge.observability.tracing import (
     TracedRouter,
-    TraceMiddleware,
     context_from,
     current_traceparent,
     handler_span,

@@ -6,10 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bridge.config import DEFAULT_MAX_CLOCK_SKEW, BridgeConfig, configure_bidirectional
+from bridge.config import DEFAULT_MAX_CLOCK_SKEW, BridgeConfig
+from bridge.env import configure_bidirectional
 from bridge.envelope import Envelope, format_timestamp
 from bridge.errors import ConfigError, Reject
-from bridge.routing.router import REASON_FUTURE_VERSION, REASON_UNKNOWN_ORIGIN, Action, decide
+from bridge.routing.outcomes import REASON_FUTURE_VERSION, REASON_UNKNOWN_ORIGIN, Action, decide
 from bridge.routing.version_time import beyond_skew, check_version_time, refusal
 from services.shared.settings import ServiceSettings
 from services.shared.versioning import ONE_MICROSECOND, FutureVersion, next_updated_at

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from bridge.config import BridgeConfig
 from bridge.errors import AdminCredentialsError
-from bridge.provisioning.access import parse_violation
+from bridge.provisioning._probes import parse_violation
 from bridge.transport.connection import Connection
 from bridge.transport.jsapi import JetStreamApi
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
-from bridge.routing.dlq import DeadLetter, DeadLetters
+from bridge.routing.dlq import DeadLetters
+from bridge.routing.letter import DeadLetter
 from bridge.routing.replay import ReplayReport, replay_many
 
 DEFAULT_LIST_LIMIT = 100

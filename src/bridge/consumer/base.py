@@ -49,8 +49,9 @@ from typing import Protocol
 
 from bridge.config import BridgeConfig
 from bridge.consumer._supervisor import TaskHealth, TaskSupervisor
-from bridge.inbox.processor import BatchItem, InboxProcessor
-from bridge.routing.dlq import MaxDeliveriesWatcher
+from bridge.consumer.max_deliveries import MaxDeliveriesWatcher
+from bridge.inbox._apply import BatchItem
+from bridge.inbox.processor import InboxProcessor
 from bridge.transport.connection import Connection
 from bridge.transport.delivery import Delivery, Outcome
 
@@ -105,11 +106,11 @@ class BaseConsumer:
         observer: BatchObserver | None = None,
     ) -> None:
         """``watch_max_deliveries`` (default: ``config.auto_provision``) starts a
-        :class:`~bridge.routing.dlq.MaxDeliveriesWatcher`, a safety net for consumers still
-        provisioned with a finite server-side ``max_deliver``; restrictive apps lack
+        :class:`~bridge.consumer.max_deliveries.MaxDeliveriesWatcher`, a safety net for
+        consumers still provisioned with a finite server-side ``max_deliver``; restrictive apps lack
         the permission to read advisories and messages by sequence and do not need
         it: a delivery after the last attempt is dead-lettered by the inbox (the
-        reserved delivery, :func:`bridge.routing.router.decide_exhausted`) in every mode.
+        reserved delivery, :func:`bridge.routing.outcomes.decide_exhausted`) in every mode.
         ``observer`` (also settable before :meth:`start`) sees every processed batch."""
         self.observer = observer
         self._config = config

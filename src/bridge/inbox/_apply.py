@@ -36,23 +36,15 @@ path the batch is split into *runs*: maximal sequences of deliveries, in deliver
 order, whose handler is the batch handler of one resource type; deliveries decided
 without a handler call (duplicates, held back, unknown type, schema version not
 applicable) neither join nor break a run.  Each run is ONE call
-``batch_handler(session, envelopes)`` (then a flush), made where the run ends, i.e.
-before the next handler of anything else runs.  Why runs and not "all of a resource
-at its first appearance": runs keep the order of every handler call across
-resources exactly as delivered (a user after its organization, an organization's
-later tombstone after a user that needed it live), so a handler sees the database
-as a per-event handler would at that point; grouping by resource would move later
-events of one resource before earlier events of another.  With the services'
-traffic (mostly one resource per burst) runs are long anyway.  Deliveries put into
-a run count as applied while the attempt goes on: if the call raises, the whole
-attempt is rolled back and nothing of it is kept, as for a per-event handler.
-A run of one delivery whose call raised keeps that exception for the fallback like
-a per-event handler; a longer run's failure cannot name the failing delivery, so
-the fallback runs each of them.  On the savepoint path every delivery of a
-batch-handled resource runs alone, ``batch_handler(session, [envelope])`` in its
-own savepoint, and is decided by the per-delivery rules above, unchanged.  Each
-envelope is brought to its current schema version before it joins a run; one that
-cannot be is decided alone and never reaches the batch handler.
+``batch_handler(session, envelopes)`` (then a flush), made where the run ends, so
+handler calls keep the delivered order across resources (a user after its
+organization), as per-event handlers would see it.  If the call raises, the whole
+attempt is rolled back; a run of one keeps that exception for the fallback like a
+per-event handler, a longer run cannot name the failing delivery, so the fallback
+runs each of them: on the savepoint path every delivery runs alone,
+``batch_handler(session, [envelope])`` in its own savepoint.  Each envelope is
+brought to its current schema version before it joins a run; one that cannot be is
+decided alone and never reaches the batch handler.
 
 Caveat kept from the savepoint path: a handler that catches a database error
 without a savepoint of its own leaves the transaction aborted; SQLAlchemy does
@@ -74,16 +66,8 @@ from bridge.event_schemas import EventSchemas, SchemaObserver
 from bridge.inbox import _store as store
 from bridge.inbox._order import RecordOrder
 from bridge.outbox.capture import skip_publish
-from bridge.routing.router import (
-    Action,
-    BatchHandler,
-    Decision,
-    Handler,
-    Router,
-    decide,
-    decide_exhausted,
-    decide_unknown,
-)
+from bridge.routing.outcomes import Action, Decision, decide, decide_exhausted, decide_unknown
+from bridge.routing.router import BatchHandler, Handler, Router
 from bridge.routing.version_time import refusal
 from bridge.schema import INBOX_PROCESSED
 from bridge.transport.delivery import Delivery, Outcome

@@ -91,21 +91,11 @@ from bridge.errors import DeadLetterError, EnvelopeError
 from bridge.event_schemas import EventSchemas, SchemaObserver
 from bridge.inbox import _store as store
 from bridge.inbox._apply import BatchApplier, BatchItem, error_text
-from bridge.outbox.capture import SKIP_PUBLISH_KEY
 from bridge.routing.dlq import DeadLetters
-from bridge.routing.router import Action, Decision, Router, decide
+from bridge.routing.outcomes import Action, Decision, decide
+from bridge.routing.router import Router
 from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
-from bridge.transport.delivery import Delivery, NatsDelivery, Outcome, Received
-
-__all__ = [
-    "SKIP_PUBLISH_KEY",
-    "BatchItem",
-    "Delivery",
-    "InboxCounts",
-    "InboxProcessor",
-    "NatsDelivery",
-    "Outcome",
-]
+from bridge.transport.delivery import Delivery, Outcome, Received
 
 log = logging.getLogger("bridge.inbox")
 

@@ -16,7 +16,8 @@ System B in one test process — never collide.  Two kinds of metric:
   :meth:`reconcile_request` (:class:`~bridge.reconcile.responder.ReconcileResponder`,
   after answering each peer request, served or refused).
 - **Gauges read at scrape time** from *sources* (:class:`MetricSource`: the
-  bridge's database and NATS state, a service's own tables).  Prometheus'
+  bridge's database and NATS state, :mod:`bridge.observability.sources`; a
+  service's own tables).  Prometheus'
   ``collect()`` is synchronous and queries are not, so :meth:`refresh` reads the
   sources (at most once per ``cache_seconds``, each bounded by ``source_timeout``;
   concurrent scrapes share one read) and ``collect()`` serves that snapshot.
@@ -33,28 +34,18 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge.envelope import Envelope, parse_timestamp
 from bridge.errors import EnvelopeError
 from bridge.reconcile._protocol import REFUSALS
-from bridge.reconcile.reconciler import ReconcileReport
-from bridge.schema import INBOX_DEAD_LETTERED, INBOX_FAILED, INBOX_PROCESSED
+from bridge.reconcile.repair import ReconcileReport
 from bridge.transport.delivery import Outcome, Received
-
-__all__ = [
-    "CONTENT_TYPE",
-    "BridgeMetrics",
-    "BridgeStateSource",
-    "MetricSource",
-    "RelayStateSource",
-    "counter_family",
-]
 
 log = logging.getLogger("bridge.metrics")
 
@@ -289,112 +280,6 @@ class _SnapshotCollector:
 
     def collect(self) -> Iterable[Metric]:
         return self._metrics.snapshot()
-
-
-class BridgeStateSource:
-    """Gauges from :meth:`bridge.runtime.Bridge.status` (outbox, inbox, DLQ, consumer).
-
-    Parts the process does not run (relay or consumer off) or may not read (no
-    stream-info permission in restrictive mode) are left out, not reported as 0.
-    """
-
-    def __init__(self, status: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        self._status = status
-
-    async def read(self) -> list[Metric]:
-        status = await self._status()
-        out: list[Metric] = [
-            _gauge(
-                "bridge_jetstream_connected",
-                "1 while the NATS connection is up.",
-                1.0 if status.get("jetstream_connected") else 0.0,
-            )
-        ]
-        outbox = status.get("outbox")
-        if outbox is not None:
-            out += [
-                _gauge("bridge_outbox_pending", "Outbox rows waiting to be published.",
-                       outbox["pending"]),
-                _gauge("bridge_outbox_retrying",
-                       "Pending outbox rows that failed at least once and wait for a retry.",
-                       outbox["retried"]),
-                _gauge("bridge_outbox_failed",
-                       "Outbox rows that failed max_attempts times (need requeue).",
-                       outbox["failed"]),
-            ]  # fmt: skip
-            age = outbox.get("oldest_pending_age_seconds")
-            out.append(
-                _gauge(
-                    "bridge_outbox_oldest_pending_age_seconds",
-                    "Age of the oldest pending outbox row (0 when none is pending).",
-                    float(age) if age is not None else 0.0,
-                )
-            )
-        inbox = status.get("inbox")
-        if inbox is not None:
-            family = GaugeMetricFamily(
-                "bridge_inbox_records", "Inbox records by status.", labels=["status"]
-            )
-            for label, key in (
-                (INBOX_PROCESSED, "processed"),
-                (INBOX_FAILED, "failed"),
-                (INBOX_DEAD_LETTERED, "dead_lettered"),
-            ):
-                family.add_metric([label], float(inbox[key]))
-            out.append(family)
-        dead_letters = status.get("dead_letters")
-        if dead_letters is not None:
-            out.append(
-                _gauge(
-                    "bridge_dead_letters",
-                    "Messages on this app's dead-letter subject in the stream.",
-                    dead_letters,
-                )
-            )
-        oldest = status.get("dead_letters_oldest_age_seconds")
-        if oldest is not None:
-            out.append(
-                _gauge(
-                    "bridge_dead_letters_oldest_age_seconds",
-                    "Seconds the oldest unhandled dead letter of this app has waited "
-                    "(0 when there is none); dead letters stay until replayed or purged.",
-                    oldest,
-                )
-            )
-        consumer = status.get("consumer") or {}
-        for key, name, doc in (
-            ("num_pending", "bridge_consumer_pending", "Messages not yet delivered."),
-            ("num_ack_pending", "bridge_consumer_ack_pending", "Deliveries awaiting an ack."),
-        ):
-            if consumer.get(key) is not None:
-                out.append(_gauge(name, doc, consumer[key]))
-        return out
-
-
-class RelayStateSource:
-    """``bridge_relay_running`` (1 while this process's relay runs, else 0), without I/O:
-    where no process runs a relay the outbox gauges are absent, this one is not."""
-
-    def __init__(self, running: Callable[[], bool]) -> None:
-        self._running = running
-
-    async def read(self) -> list[Metric]:
-        return [
-            _gauge(
-                "bridge_relay_running",
-                "1 while this process's outbox relay runs, else 0 (off, not started, stopped).",
-                1.0 if self._running() else 0.0,
-            )
-        ]
-
-
-def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, documentation, value=float(value))
-
-
-def counter_family(name: str, documentation: str, value: float) -> CounterMetricFamily:
-    """A counter read from a source (exposed as ``<name>_total``)."""
-    return CounterMetricFamily(name, documentation, value=float(value))
 
 
 def _occurred_at(data: bytes) -> float | None:

@@ -5,12 +5,9 @@ passes its ``TracerProvider``, or sets the global one) gets recorded spans.
 
 How a trace travels:
 
-1. :class:`TraceMiddleware` (ASGI) extracts an incoming ``traceparent`` header and
-   runs the request inside a server span that is its child.  Without an incoming
-   header it starts a new trace; without an SDK (no-op tracer, no span ids of its
-   own) it still makes the request's context valid: the incoming context is
-   passed through as is, and a request without one gets fresh random ids, so
-   every captured event carries a trace id to correlate logs with.
+1. :class:`bridge.integrations.asgi.TraceMiddleware` extracts an incoming
+   ``traceparent`` header and runs the request inside a server span that is its
+   child (a fresh trace without one).
 2. :func:`current_traceparent` renders the current span context as a W3C
    ``traceparent``; :class:`~bridge.runtime.Bridge` gives it to its
    :class:`~bridge.outbox.capture.Outbox`, which stores it in each outbox row's headers and
@@ -34,24 +31,18 @@ never an error: tracing must not decide whether an event is applied.
 
 from __future__ import annotations
 
-import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import (
     Link,
-    NonRecordingSpan,
     Span,
-    SpanContext,
     SpanKind,
     Status,
     StatusCode,
-    TraceFlags,
     TracerProvider,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -63,7 +54,6 @@ from bridge.routing.router import BatchHandler, Handler, Router
 __all__ = [
     "TRACER_NAME",
     "HandledCallback",
-    "TraceMiddleware",
     "TracedRouter",
     "batch_span",
     "context_from",
@@ -80,12 +70,6 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 #: ``(envelope, seconds, error)`` after each handler call (``error`` ``None`` on success).
 HandledCallback = Callable[[Envelope, float, BaseException | None], None]
 
-# Minimal ASGI types, so the library does not depend on Starlette.
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 # -- propagation ----------------------------------------------------------------------
@@ -122,17 +106,6 @@ def trace_id_of(traceparent: str | None) -> str | None:
     span = trace.get_current_span(context_from(traceparent))
     ctx = span.get_span_context()
     return trace.format_trace_id(ctx.trace_id) if ctx.is_valid else None
-
-
-def _fresh_span_context() -> SpanContext:
-    # Sampled, so a downstream SDK with a parent-based sampler records its part of
-    # the trace even though this process records nothing.
-    return SpanContext(
-        trace_id=secrets.randbits(128) or 1,
-        span_id=secrets.randbits(64) or 1,
-        is_remote=False,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
-    )
 
 
 # -- consumer side -------------------------------------------------------------------
@@ -310,64 +283,3 @@ class TracedRouter(Router):
                     on_handled(env, time.perf_counter() - started, error)
 
         return traced
-
-
-# -- HTTP side -----------------------------------------------------------------------
-class TraceMiddleware:
-    """ASGI middleware: each HTTP request runs in a ``SERVER`` span (module doc, step 1).
-
-    The span is named ``"<METHOD> <route template>"`` once routing has happened
-    (``"<METHOD>"`` otherwise) and carries the response status code.
-    ``generate_ids=False`` leaves requests without an incoming ``traceparent``
-    untraced when no SDK is installed.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        tracer_provider: TracerProvider | None = None,
-        generate_ids: bool = True,
-    ) -> None:
-        self.app = app
-        self._tracer_provider = tracer_provider
-        self._generate_ids = generate_ids
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {
-            key.decode("latin-1").lower(): value.decode("latin-1")
-            for key, value in scope.get("headers") or ()
-        }
-        parent = context_from(headers)
-        method = str(scope.get("method", "HTTP"))
-        tracer = trace.get_tracer(TRACER_NAME, tracer_provider=self._tracer_provider)
-        with tracer.start_as_current_span(
-            method,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": str(scope.get("path", ""))},
-        ) as span:
-            token = None
-            if self._generate_ids and not span.get_span_context().is_valid:
-                # No SDK and no incoming trace: ids of our own, for correlation.
-                token = otel_context.attach(
-                    trace.set_span_in_context(NonRecordingSpan(_fresh_span_context()))
-                )
-
-            async def send_traced(message: Message) -> None:
-                if message.get("type") == "http.response.start":
-                    span.set_attribute("http.response.status_code", int(message["status"]))
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_traced)
-            finally:
-                route = scope.get("route")
-                template = getattr(route, "path", None)
-                if template:
-                    span.update_name(f"{method} {template}")
-                if token is not None:
-                    otel_context.detach(token)

@@ -75,8 +75,6 @@ from bridge.outbox.capture import Outbox
 from bridge.schema import OUTBOX_CHANNEL
 from bridge.transport.publisher import Publisher
 
-__all__ = ["ClaimedRow", "OutboxRelay", "RelayStats"]
-
 log = logging.getLogger("bridge.relay")
 
 #: How often the LISTEN task checks that its connection is still open.

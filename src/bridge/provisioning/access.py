@@ -60,7 +60,6 @@ from bridge.errors import (
 )
 from bridge.provisioning._probes import (
     Probe,
-    parse_violation,
     probe_fire_and_forget,
     probe_publish,
     probe_pull_consumer,
@@ -77,14 +76,6 @@ from bridge.provisioning.permissions import (
 )
 from bridge.provisioning.specs import PUSH_IDLE_HEARTBEAT
 from bridge.transport.connection import Connection
-
-__all__ = [
-    "PermissionCheck",
-    "Probe",
-    "check_permissions",
-    "parse_violation",
-    "verify_runtime_access",
-]
 
 log = logging.getLogger("bridge.access")
 

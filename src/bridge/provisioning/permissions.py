@@ -48,10 +48,10 @@ and publishing on the app's consume subject, the only subject a replay goes to) 
 ``$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES`` advisory.  Apps do not need the
 advisory: the server never gives up on a consumer the provisioner created, and a
 delivery after the last attempt is dead-lettered by the app itself (the reserved
-delivery, :func:`bridge.routing.router.decide_exhausted`).  ``advisories=True`` still adds the
+delivery, :func:`bridge.routing.outcomes.decide_exhausted`).  ``advisories=True`` still adds the
 advisory subscription and the direct-get request for a deployment that runs
-:class:`bridge.routing.dlq.MaxDeliveriesWatcher` on a consumer with a finite limit — at the
-price that a direct get by sequence reads any message of the stream (the peer's
+:class:`bridge.consumer.max_deliveries.MaxDeliveriesWatcher` on a consumer with a finite
+limit — at the price that a direct get by sequence reads any message of the stream (the peer's
 events and dead letters too).
 """
 

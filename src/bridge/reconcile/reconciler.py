@@ -11,22 +11,11 @@ first, :func:`bridge.reconcile.synced_models.load_synced_models`):
    (:mod:`bridge.reconcile._digest`).  Equal (count, digest) → the range is in sync
    and nothing else about it crosses the wire: two identical tables cost one
    request per model.
-2. **Narrow** (:func:`narrow`).  A differing range becomes a *leaf* when neither
-   side holds more than ``leaf_rows`` rows in it or its prefix reached
-   :data:`MAX_PREFIX_LEN`; otherwise its 16 child prefixes are compared next.
+2. **Narrow** a differing range into its 16 child prefixes, down to *leaves* of at
+   most ``leaf_rows`` rows (:func:`bridge.reconcile.repair.narrow`).
 3. **Compare rows** of the leaves (id, version, row digest; never the row itself)
-   and decide per differing row (:func:`decide`) — **the repair rule**:
-
-   - present on one side only → that side re-emits it (a hard ``DELETE`` that
-     bypassed the API is restored: deletes are tombstones, a missing row is a loss);
-   - both present, different versions ``(updated_at, origin)`` → the side with the
-     greater last-writer-wins version re-emits (later ``updated_at``; equal
-     timestamps: greater ``origin``);
-   - same version, different content (a hand edit that did not bump
-     ``updated_at``) → the side named by the row's ``origin`` re-emits, and the
-     receiver overwrites its copy because the event's producer is the version's
-     origin (``services.shared.handlers``).  An ``origin`` naming neither app is
-     counted as *unresolved* and left alone.
+   and decide per differing row which side re-emits it — the repair rule,
+   :func:`bridge.reconcile.repair.decide`.
 4. **Repair.**  Local rows are re-emitted through this app's outbox
    (:meth:`~bridge.outbox.capture.Outbox.emit_snapshots`, one transaction per model);
    peer rows through ``reemit`` requests (the peer's outbox).  The relays publish
@@ -53,8 +42,8 @@ what it found; it does not verify that the peer applied it (the next pass would
 find it again).  Digest queries scan each compared range: a pass over identical
 tables reads every row once on each side.
 
-:class:`PeriodicReconciler` runs a pass every ``reconcile.interval`` seconds
-(off by default); ``bridge reconcile`` runs one on demand.
+:class:`bridge.reconcile.schedule.PeriodicReconciler` runs a pass every
+``reconcile.interval`` seconds (off by default); ``bridge reconcile`` runs one on demand.
 """
 
 from __future__ import annotations
@@ -65,143 +54,38 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from sqlalchemy import insert, select, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import insert, text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bridge._support.backoff import backoff_delay
-from bridge._support.periodic import Periodic
 from bridge.config import BridgeConfig
 from bridge.errors import ReconcileBusyError, ReconcileError, ReconcileRefusedError
 from bridge.outbox.capture import Outbox, Synced
 from bridge.reconcile import _protocol as proto
-from bridge.reconcile._digest import HEX, ModelDigests, RangeDigest, RowDigest
+from bridge.reconcile._digest import ModelDigests, RangeDigest
+from bridge.reconcile.repair import (
+    ReconcileObserver,
+    ReconcileReport,
+    decide,
+    narrow,
+)
 from bridge.schema import reconcile_runs
 
 log = logging.getLogger("bridge.reconcile")
 
-#: Narrowing stops at this prefix length (16^8 ranges; random UUIDs never need more).
-MAX_PREFIX_LEN = 8
 #: Rows one ``rows`` request asks for at most (leaves are grouped up to this).
 ROWS_PER_REQUEST = 2048
 #: Advisory lock class of reconciliation passes ("rc"); the key is hashtext(app name).
 LOCK_CLASS = 0x7263
 #: Backoff of a request the peer refused as ``busy`` (seconds).
 BUSY_RETRY_BASE, BUSY_RETRY_MAX = 0.1, 2.0
-
-
-# -- pure parts ------------------------------------------------------------------------
-def narrow(
-    local: Sequence[RangeDigest],
-    peer: Sequence[RangeDigest],
-    *,
-    leaf_rows: int,
-    max_prefix_len: int = MAX_PREFIX_LEN,
-) -> tuple[list[str], list[RangeDigest]]:
-    """Split compared ranges into child prefixes to compare next and differing leaves.
-
-    ``local`` and ``peer`` list the same prefixes in the same order.  A returned
-    leaf carries the larger of the two row counts (what its ``rows`` reply costs).
-    """
-    children: list[str] = []
-    leaves: list[RangeDigest] = []
-    for mine, theirs in zip(local, peer, strict=True):
-        if mine.prefix != theirs.prefix:
-            raise ReconcileError(f"peer answered range {theirs.prefix!r} for {mine.prefix!r}")
-        if (mine.count, mine.digest) == (theirs.count, theirs.digest):
-            continue
-        most = max(mine.count, theirs.count)
-        if most <= leaf_rows or len(mine.prefix) >= max_prefix_len:
-            leaves.append(RangeDigest(mine.prefix, most, ""))
-        else:
-            children.extend(mine.prefix + digit for digit in HEX)
-    return children, leaves
-
-
-@dataclass(frozen=True, slots=True)
-class Repairs:
-    """Ids to re-emit: by this app (``to_peer``), by the peer (``from_peer``)."""
-
-    to_peer: tuple[str, ...] = ()
-    from_peer: tuple[str, ...] = ()
-    unresolved: tuple[str, ...] = ()
-
-
-def decide(
-    local: Sequence[RowDigest], peer: Sequence[RowDigest], *, local_app: str, peer_app: str
-) -> Repairs:
-    """Apply the repair rule (module doc) to the rows of the same ranges on both sides."""
-    mine = {r.id: r for r in local}
-    theirs = {r.id: r for r in peer}
-    to_peer: list[str] = []
-    from_peer: list[str] = []
-    unresolved: list[str] = []
-    for row_id in sorted(mine.keys() | theirs.keys()):
-        a, b = mine.get(row_id), theirs.get(row_id)
-        if a is not None and b is not None and a.digest == b.digest:
-            continue
-        if b is None:
-            to_peer.append(row_id)
-        elif a is None:
-            from_peer.append(row_id)
-        elif a.version != b.version:
-            (to_peer if a.version > b.version else from_peer).append(row_id)
-        elif a.origin == local_app:
-            to_peer.append(row_id)
-        elif a.origin == peer_app:
-            from_peer.append(row_id)
-        else:
-            unresolved.append(row_id)
-    return Repairs(tuple(to_peer), tuple(from_peer), tuple(unresolved))
-
-
-@dataclass(frozen=True, slots=True)
-class ReconcileReport:
-    """What one pass did.  ``repaired_*`` count re-emitted rows (outbox rows written)."""
-
-    peer: str
-    started_at: datetime
-    finished_at: datetime
-    duration_seconds: float
-    resources: tuple[str, ...]
-    ranges_compared: int
-    rows_compared: int
-    repaired_to_peer: int
-    repaired_from_peer: int
-    unresolved: int
-    requests: int
-    bytes_sent: int
-    bytes_received: int
-    error: str | None = None
-
-    @property
-    def rows_repaired(self) -> int:
-        return self.repaired_to_peer + self.repaired_from_peer
-
-    @property
-    def bytes_transferred(self) -> int:
-        return self.bytes_sent + self.bytes_received
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["started_at"] = self.started_at.isoformat()
-        data["finished_at"] = self.finished_at.isoformat()
-        data["resources"] = list(self.resources)
-        data["rows_repaired"] = self.rows_repaired
-        data["bytes_transferred"] = self.bytes_transferred
-        return data
-
-
-class ReconcileObserver(Protocol):
-    """Told about every finished pass (metrics)."""
-
-    def reconcile_done(self, report: ReconcileReport) -> None: ...
 
 
 @dataclass
@@ -456,61 +340,3 @@ def _leaf_groups(leaves: Sequence[RangeDigest]) -> list[list[str]]:
         groups[-1].append(leaf.prefix)
         rows += leaf.count
     return groups
-
-
-class PeriodicReconciler:
-    """Runs :meth:`Reconciler.run` every ``interval`` seconds (first pass after one
-    interval) until stopped.  A failed pass is logged and recorded; the next one
-    runs on schedule.  A pass that finds another one running skips its turn."""
-
-    def __init__(self, reconciler: Reconciler, interval: float) -> None:
-        self._reconciler = reconciler
-        self._periodic = Periodic(
-            self._pass, interval, name="bridge-reconcile", on_error=_pass_failed
-        )
-        self.last_report: ReconcileReport | None = None
-
-    async def start(self) -> None:
-        await self._periodic.start()
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Stop scheduling; a running pass gets ``timeout`` seconds, then is cancelled."""
-        await self._periodic.stop(timeout)
-
-    async def _pass(self) -> None:
-        try:
-            self.last_report = await self._reconciler.run()
-        except ReconcileBusyError as exc:
-            log.info("reconciliation skipped", extra={"reason": str(exc)})
-
-
-def _pass_failed(exc: Exception) -> None:
-    # Keep the schedule; the run's row holds the error.
-    log.warning("reconciliation failed", extra={"error": repr(exc)})
-
-
-async def latest_run(conn: AsyncConnection) -> dict[str, Any] | None:
-    """The last recorded pass as ``/sync_status`` shows it (``None``: never ran)."""
-    row = (
-        (
-            await conn.execute(
-                select(reconcile_runs).order_by(reconcile_runs.c.started_at.desc()).limit(1)
-            )
-        )
-        .mappings()
-        .first()
-    )
-    if row is None:
-        return None
-    return {
-        "last_run_at": row["started_at"].astimezone(UTC).isoformat(),
-        "peer": row["peer"],
-        "ranges_compared": row["ranges_compared"],
-        "rows_compared": row["rows_compared"],
-        "rows_repaired": row["repaired_to_peer"] + row["repaired_from_peer"],
-        "repaired_to_peer": row["repaired_to_peer"],
-        "repaired_from_peer": row["repaired_from_peer"],
-        "bytes_transferred": row["bytes_sent"] + row["bytes_received"],
-        "duration": row["duration_seconds"],
-        "error": row["error"],
-    }

@@ -36,7 +36,7 @@ from datetime import datetime, timedelta
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope, format_timestamp, parse_timestamp
 from bridge.errors import EnvelopeError, Reject
-from bridge.routing.router import REASON_FUTURE_VERSION, REASON_UNKNOWN_ORIGIN
+from bridge.routing.outcomes import REASON_FUTURE_VERSION, REASON_UNKNOWN_ORIGIN
 
 log = logging.getLogger("bridge.inbox")
 

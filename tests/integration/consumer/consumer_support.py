@@ -22,12 +22,15 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from bridge.config import BridgeConfig, ConsumerOptions, Credentials
-from bridge.consumer import PullConsumer, PushConsumer, make_consumer
+from bridge.consumer.pull import PullConsumer
+from bridge.consumer.push import PushConsumer
 from bridge.envelope import Envelope
 from bridge.inbox.processor import InboxProcessor
-from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.routing.dlq import DeadLetters
 from bridge.routing.router import Router
+from bridge.runtime import make_consumer
 from bridge.schema import create_all
 from bridge.transport.connection import Connection
 from bridge.transport.delivery import Delivery

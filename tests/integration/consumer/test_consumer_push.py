@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge._support.durations import to_nanos
 from bridge.config import BridgeConfig, Credentials
-from bridge.consumer import PushConsumer
+from bridge.consumer.push import PushConsumer
 from bridge.envelope import Envelope
 from bridge.errors import PermissionDeniedError, Reject
 from bridge.provisioning.specs import consumer_spec

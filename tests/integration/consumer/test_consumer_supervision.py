@@ -17,7 +17,8 @@ from consumer_support import Stack, make_config, org_event, record_effect, wait_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig, ConsumerOptions
-from bridge.consumer import PullConsumer, PushConsumer
+from bridge.consumer.pull import PullConsumer
+from bridge.consumer.push import PushConsumer
 from bridge.envelope import Envelope
 from bridge.testing import NatsServer
 from bridge.transport.delivery import Delivery

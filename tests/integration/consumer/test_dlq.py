@@ -20,9 +20,11 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig
+from bridge.consumer.max_deliveries import MaxDeliveriesWatcher
 from bridge.envelope import Envelope
 from bridge.errors import DeadLetterNotFoundError, Reject
-from bridge.routing.dlq import DeadLetters, MaxDeliveriesWatcher, dead_letter_msg_id
+from bridge.routing.dlq import DeadLetters
+from bridge.routing.letter import dead_letter_msg_id
 from bridge.testing import NatsServer
 from bridge.transport.delivery import NatsDelivery, Outcome, StoredMessage
 from bridge.transport.jsapi import JetStreamApi

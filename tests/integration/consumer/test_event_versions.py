@@ -20,7 +20,7 @@ from bridge.errors import Retry
 from bridge.event_schemas import EventSchemas
 from bridge.inbox.processor import InboxProcessor
 from bridge.observability.metrics import BridgeMetrics
-from bridge.routing.router import REASON_UNSUPPORTED_SCHEMA_VERSION
+from bridge.routing.outcomes import REASON_UNSUPPORTED_SCHEMA_VERSION
 
 
 def requires(*names: str) -> Any:

@@ -27,12 +27,13 @@ from consumer_support import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig, Credentials
-from bridge.consumer import make_consumer
 from bridge.envelope import Envelope
 from bridge.errors import DriftError, Retry
 from bridge.provisioning.permissions import render_authorization
-from bridge.provisioning.specs import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.routing.dlq import DeadLetters
+from bridge.runtime import make_consumer
 from bridge.testing import NatsServer
 from bridge.transport.connection import Connection
 from bridge.transport.delivery import NatsDelivery, Outcome

@@ -13,8 +13,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bridge.envelope import Envelope
 from bridge.errors import Retry
-from bridge.inbox.processor import SKIP_PUBLISH_KEY, InboxProcessor
-from bridge.outbox.capture import Outbox, Synced
+from bridge.inbox.processor import InboxProcessor
+from bridge.outbox.capture import SKIP_PUBLISH_KEY, Outbox, Synced
 from bridge.routing.router import Router
 from bridge.transport.delivery import Delivery, NatsDelivery, Outcome
 

@@ -25,7 +25,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from bridge import schema
 from bridge.config import BridgeConfig, RelayOptions
 from bridge.outbox.capture import Outbox, Synced
-from bridge.provisioning.specs import Provisioner, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import stream_spec
 from bridge.testing import NatsServer, PostgresServer
 from bridge.transport.jsapi import JetStreamApi
 from bridge.transport.publisher import Publisher
