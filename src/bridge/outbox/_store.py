@@ -83,9 +83,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge._support.deadline import Deadline
-from bridge.envelope import MSG_ID_HEADER
 from bridge.outbox.admin import OutboxCounts, outbox_counts, requeue
-from bridge.transport.publisher import OutgoingMessage
 
 #: Compact JSON for published bodies; one stateless encoder (json.dumps with
 #: non-default arguments builds a new encoder per call).
@@ -239,16 +237,6 @@ class ClaimedRow:
         """The stored envelope, decoded (for inspection; publishing sends ``body``)."""
         decoded: Mapping[str, Any] = json.loads(self.body)
         return decoded
-
-    def message(self) -> OutgoingMessage:
-        """The stored envelope with ``Nats-Msg-Id`` = the row's event id.
-
-        The body is PostgreSQL's own text rendering of the JSONB envelope: valid JSON,
-        sent as is — decoding and re-encoding it in Python was the relay's largest
-        per-event CPU cost.
-        """
-        headers = {**self.headers, MSG_ID_HEADER: self.event_id}
-        return OutgoingMessage(self.subject, self.body, headers)
 
 
 @dataclass(frozen=True, slots=True)

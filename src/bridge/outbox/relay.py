@@ -9,7 +9,7 @@ Contract:
   the same (resource_type, resource_id) — never while one is leased by someone or
   waiting for its retry time (:mod:`bridge.outbox._store` has the exact rule).
   A batch publishes records concurrently (at most ``relay.max_in_flight`` PubAcks
-  outstanding) and each record's rows in id order (:mod:`bridge.outbox._pipeline`).
+  outstanding) and each record's rows in id order.
 - **Mark sent** only where the lease is still ours; if the lease was lost, the other
   relay publishes again and JetStream's duplicate window (``Nats-Msg-Id`` = event
   id) drops the copy (``PubAck.duplicate``, counted in ``duplicates_total``).  A relay
@@ -31,46 +31,40 @@ Contract:
 - **Wake-ups**: the in-process commit listener of ``outbox``, PostgreSQL
   ``LISTEN bridge_outbox`` (commits in other processes), the earliest retry this
   relay scheduled, and polling every ``relay.poll_interval`` as a fallback.  A full
-  batch is followed immediately by the next one, claims and batches pipelined
-  (:func:`bridge.outbox._pipeline.drain`).
+  batch is followed immediately by the next one: one round claims, publishes and
+  settles until a claim comes back short, overlapped
+  (:meth:`bridge.outbox._pipeline.RelayPipeline.drain`; the relay only decides when).
 - **Retention**: sent rows older than ``relay.retention`` are deleted every
-  ``relay.cleanup_interval``.
+  ``relay.cleanup_interval`` (:class:`~bridge._support.periodic.Periodic`).
 - **Observer** (optional, e.g. :class:`bridge.observability.metrics.BridgeMetrics`): told after
   every published batch how many rows went out, failed and were duplicates, and
   how long publishing and settling the batch took.
-- ``stop(timeout)`` finishes the batches in flight (their PubAcks and marks) without
-  claiming more, ends every task it started, and cancels what is still running
-  after ``timeout``, releasing the rows of a cancelled batch (claimable at once; the
-  window drops a republish).  The liveness lock goes last, when no row of this relay
-  is in flight: a graceful stop republishes nothing.
+- ``stop(timeout)`` is one deadline: the batches in flight get ``timeout`` minus a
+  reserve (:data:`STOP_RESERVE`, at most a quarter of it) to finish their PubAcks and
+  marks without claiming more, then are cancelled; the reserve releases the rows of a
+  cancelled batch (claimable at once; the window drops a republish) and gives up the
+  liveness lock last, when no row of this relay is in flight: a graceful stop
+  republishes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge._support.backoff import backoff_delay
+from bridge._support.periodic import Periodic
 from bridge.config import BridgeConfig
-from bridge.outbox._leases import LeaseKeeper
 from bridge.outbox._listen import NotifyListener
-from bridge.outbox._pipeline import BatchOutcome, drain, publish_batch
-from bridge.outbox._store import (
-    LIVE_PREFIX,
-    LIVENESS_LOCK_CLASS,
-    ClaimedRow,
-    Failure,
-    OutboxStore,
-)
+from bridge.outbox._pipeline import RelayObserver, RelayPipeline
+from bridge.outbox._store import LIVE_PREFIX, LIVENESS_LOCK_CLASS, ClaimedRow, OutboxStore
 from bridge.outbox.capture import Outbox
 from bridge.schema import OUTBOX_CHANNEL
 from bridge.transport.publisher import Publisher
@@ -81,6 +75,9 @@ log = logging.getLogger("bridge.relay")
 LISTEN_CHECK_INTERVAL = 5.0
 #: How long start() waits for the LISTEN connection and its liveness lock.
 LIVENESS_WAIT = 5.0
+#: Seconds of stop()'s timeout kept for releasing rows and the liveness lock (at most
+#: a quarter of the timeout): batches that hang are cancelled in time for them.
+STOP_RESERVE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,14 +99,6 @@ class RelayStats:
     duplicates_total: int = 0
 
 
-class RelayObserver(Protocol):
-    """Told about each published batch; must be cheap and must not raise."""
-
-    def relay_batch(
-        self, *, published: int, failures: int, duplicates: int, seconds: float
-    ) -> None: ...
-
-
 class OutboxRelay:
     """Publishes outbox rows; see the module docstring for the full contract.
 
@@ -128,28 +117,25 @@ class OutboxRelay:
         connected: Callable[[], bool] | None = None,
         observer: RelayObserver | None = None,
     ) -> None:
-        self.observer = observer
-        self._config = config
         self._opts = config.relay
-        self._engine = engine
-        self._publisher = publisher
         self._outbox = outbox
         self.owner = (owner or f"{config.app_name}-{uuid.uuid4().hex[:12]}")[:64]
         self._store = OutboxStore(
             engine, owner=self.owner, lease=self._opts.lease, max_attempts=self._opts.max_attempts
         )
-        self._leases = LeaseKeeper(self._store, lease=self._opts.lease, name=self.owner)
+        self._pipeline = RelayPipeline(self._store, publisher, self._opts, observer=observer)
         self._connected = connected or (lambda: True)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._batch_lock = asyncio.Lock()  # run_once and the loop never overlap
-        # PubAcks outstanding across all batches in flight.
-        self._in_flight = asyncio.Semaphore(self._opts.max_in_flight)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Monotonic times at which rows this relay failed become due again (a heap):
-        # the loop wakes for them instead of waiting for the next poll.
-        self._retry_due: list[float] = []
+        self._cleanup = Periodic(
+            self._purge_expired,
+            self._opts.cleanup_interval,
+            name=f"bridge-relay-cleanup-{self.owner}",
+            on_error=_cleanup_failed,
+        )
         # Commits in other processes: PostgreSQL NOTIFY on the outbox channel.
         self._listener = NotifyListener(
             engine,
@@ -159,16 +145,36 @@ class OutboxRelay:
             check_interval=LISTEN_CHECK_INTERVAL,
             name=self.owner,
         )
-        self.published_total = 0
-        self.publish_failures_total = 0
-        self.duplicates_total = 0
-        self.batches_total = 0
-        self.last_batch_seconds: float | None = None
+
+    # -- counters (the pipeline's) ------------------------------------------------------
+    @property
+    def observer(self) -> RelayObserver | None:
+        return self._pipeline.observer
+
+    @observer.setter
+    def observer(self, value: RelayObserver | None) -> None:
+        self._pipeline.observer = value
+
+    @property
+    def published_total(self) -> int:
+        return self._pipeline.published_total
+
+    @property
+    def publish_failures_total(self) -> int:
+        return self._pipeline.publish_failures_total
+
+    @property
+    def duplicates_total(self) -> int:
+        return self._pipeline.duplicates_total
+
+    @property
+    def batches_total(self) -> int:
+        return self._pipeline.batches_total
 
     # -- lifecycle ------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return bool(self._tasks)
+        return self._task is not None
 
     @property
     def listening(self) -> bool:
@@ -177,7 +183,7 @@ class OutboxRelay:
 
     async def start(self) -> None:
         """Start the relay loop, the LISTEN task and the retention task (idempotent)."""
-        if self._tasks:
+        if self._task is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._stopping.clear()
@@ -193,40 +199,39 @@ class OutboxRelay:
         await self._listener.start()
         if not await self._listener.wait_listening(LIVENESS_WAIT):
             log.warning("relay starts without its liveness lock", extra={"owner": self.owner})
-        await self._leases.start()
-        self._tasks = [
-            asyncio.create_task(self._run(), name=f"bridge-relay-{self.owner}"),
-            asyncio.create_task(self._cleanup(), name=f"bridge-relay-cleanup-{self.owner}"),
-        ]
+        await self._pipeline.leases.start()
+        await self._cleanup.start()
+        self._task = asyncio.create_task(self._run(), name=f"bridge-relay-{self.owner}")
         self._wake.set()  # drain whatever is already due
         log.info("relay started", extra={"owner": self.owner})
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batches in flight, then end all tasks (cancelled after ``timeout``);
-        release what a cancelled batch held; only then give up the liveness lock."""
-        tasks, self._tasks = self._tasks, []
+        """Finish the batches in flight, then end all tasks; release what a cancelled
+        batch held; only then give up the liveness lock — all within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        reserve = min(STOP_RESERVE, timeout / 4)
+        task, self._task = self._task, None
         if self._outbox is not None:
             self._outbox.remove_commit_listener(self._on_commit)
         self._stopping.set()
         self._wake.set()
-        pending: set[asyncio.Task[None]] = set()
-        if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            for task in pending:
+        cancelled = False
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=_left(deadline - reserve))
+            if not done:
+                cancelled = task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("relay task failed", extra={"error": repr(task.exception())})
-        released = await self._leases.stop(timeout)  # rows of cancelled batches
+            elif not task.cancelled() and task.exception() is not None:
+                log.error("relay task failed", extra={"error": repr(task.exception())})
+        await self._cleanup.stop(_left(deadline))
+        released = await self._pipeline.leases.stop(_left(deadline))  # cancelled batches
         # Last: while the lock is held, no other relay may take a row this one leased.
-        await self._listener.stop(timeout)
-        if tasks:
+        await self._listener.stop(_left(deadline))
+        if task is not None:
             log.info(
                 "relay stopped",
-                extra={"owner": self.owner, "cancelled_tasks": len(pending), "released": released},
+                extra={"owner": self.owner, "cancelled": cancelled, "released": released},
             )
 
     def wake(self) -> None:
@@ -255,11 +260,10 @@ class OutboxRelay:
             if connected:
                 round_started = time.monotonic()
                 try:
-                    await self._drain()
+                    async with self._batch_lock:
+                        await self._pipeline.drain(self._stopping.is_set)
                     failures = 0
-                    # Retries due before this round started were covered by it.
-                    while self._retry_due and self._retry_due[0] <= round_started:
-                        heapq.heappop(self._retry_due)
+                    self._pipeline.covered_until(round_started)
                 except Exception as exc:  # database hiccup: log, pause, try again
                     failures += 1
                     log.warning(
@@ -280,8 +284,9 @@ class OutboxRelay:
     def _idle_timeout(self, connected: bool) -> float:
         """Until the next poll, or the earliest scheduled retry if sooner."""
         timeout = self._opts.poll_interval
-        if connected and self._retry_due:
-            timeout = min(timeout, max(0.0, self._retry_due[0] - time.monotonic()))
+        retry = self._pipeline.next_retry()
+        if connected and retry is not None:
+            timeout = min(timeout, max(0.0, retry - time.monotonic()))
         return timeout
 
     async def _sleep(self, seconds: float) -> None:
@@ -295,23 +300,12 @@ class OutboxRelay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    # -- one batch by hand (tests, tools) -----------------------------------------------
     async def run_once(self) -> int:
         """Claim and publish one batch; return how many rows were published and marked."""
         async with self._batch_lock:
             rows = await self.claim()
             return await self.publish_claimed(rows) if rows else 0
-
-    async def _drain(self) -> int:
-        """One round: claim and publish until a claim comes back short (pipelined,
-        :func:`bridge.outbox._pipeline.drain`); return rows claimed."""
-        async with self._batch_lock:
-            return await drain(
-                self.claim,
-                self._publish,
-                self._settle,
-                batch_size=self._opts.batch_size,
-                stopping=self._stopping.is_set,
-            )
 
     async def claim(self, limit: int | None = None) -> list[ClaimedRow]:
         """Lease up to ``limit`` (default ``batch_size``) due rows to this relay.
@@ -320,97 +314,21 @@ class OutboxRelay:
         and never settled are claimable by anyone once the lease expires (a started
         relay renews it until ``stop()`` releases them).
         """
-        rows = await self._store.claim(limit or self._opts.batch_size)
-        self._leases.hold(row.id for row in rows)
-        return rows
+        return await self._pipeline.claim(limit or self._opts.batch_size)
 
     async def publish_claimed(self, rows: Sequence[ClaimedRow]) -> int:
         """Publish claimed rows (per-record chains, pipelined), record the outcome.
 
         Returns the number of rows published (PubAck received).
         """
-        return await self._settle(await self._publish(rows))
-
-    async def _publish(self, rows: Sequence[ClaimedRow]) -> BatchOutcome:
-        with self._leases.settling([row.id for row in rows], on_success=False):
-            return await publish_batch(
-                self._publisher,
-                rows,
-                in_flight=self._in_flight,
-                retry_base=self._opts.retry_base,
-                retry_max=self._opts.retry_max,
-            )
-
-    async def _settle(self, outcome: BatchOutcome) -> int:
-        """Mark a published batch in the database; update counters; return rows sent."""
-        sent, failures = outcome.sent, outcome.failures
-        with self._leases.settling(outcome.row_ids):
-            dead = await self._store.settle(sent, failures, outcome.released)
-        self.published_total += len(sent)
-        self.duplicates_total += outcome.duplicates
-        self.publish_failures_total += len(failures)
-        self.batches_total += 1
-        self.last_batch_seconds = time.perf_counter() - outcome.started
-        if self.observer is not None:
-            try:
-                self.observer.relay_batch(
-                    published=len(sent),
-                    failures=len(failures),
-                    duplicates=outcome.duplicates,
-                    seconds=self.last_batch_seconds,
-                )
-            except Exception as exc:  # metrics must never stop the relay
-                log.warning("relay observer failed", extra={"error": repr(exc)})
-        if failures:
-            self._note_failures(failures, dead)
-        return len(sent)
-
-    def _note_failures(self, failures: Sequence[Failure], dead: Sequence[int]) -> None:
-        now = time.monotonic()
-        for failure in failures:
-            heapq.heappush(self._retry_due, now + failure.delay)
-        first = failures[0]
-        # One line per round, not per row: an outage fails whole batches.
-        log.warning(
-            "publish failed; will retry",
-            extra={
-                "owner": self.owner,
-                "rows": len(failures),
-                "event_id": first.row.event_id,
-                "subject": first.row.subject,
-                "attempt": first.row.attempts + 1,
-                "retry_in_seconds": round(first.delay, 3),
-                "error": first.error,
-            },
-        )
-        by_id = {f.row.id: f for f in failures}
-        for row_id in dead:
-            failure = by_id[row_id]
-            log.error(
-                "outbox row failed permanently after max attempts; requeue_failed() to retry",
-                extra={
-                    "outbox_id": row_id,
-                    "event_id": failure.row.event_id,
-                    "subject": failure.row.subject,
-                    "attempt": failure.row.attempts + 1,
-                    "error": failure.error,
-                },
-            )
-
-    # -- retention ----------------------------------------------------------------------
-    async def _cleanup(self) -> None:
-        while not self._stopping.is_set():
-            await self._pause(self._opts.cleanup_interval)
-            if self._stopping.is_set():
-                return
-            try:
-                deleted = await self.purge_sent(self._opts.retention)
-                if deleted:
-                    log.info("purged sent outbox rows", extra={"rows": deleted})
-            except Exception as exc:
-                log.warning("outbox retention cleanup failed", extra={"error": repr(exc)})
+        return await self._pipeline.settle(await self._pipeline.publish(rows))
 
     # -- operations ---------------------------------------------------------------------
+    async def _purge_expired(self) -> None:
+        deleted = await self.purge_sent(self._opts.retention)
+        if deleted:
+            log.info("purged sent outbox rows", extra={"rows": deleted})
+
     async def purge_sent(self, older_than: float) -> int:
         """Delete sent rows whose ``sent_at`` is older than ``older_than`` seconds."""
         return await self._store.purge_sent(older_than)
@@ -433,3 +351,11 @@ class OutboxRelay:
             publish_failures_total=self.publish_failures_total,
             duplicates_total=self.duplicates_total,
         )
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def _cleanup_failed(exc: Exception) -> None:
+    log.warning("outbox retention cleanup failed", extra={"error": repr(exc)})
