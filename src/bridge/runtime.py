@@ -5,14 +5,20 @@ ConfigError before anything connects, :mod:`bridge.event_schemas`) → connect t
 NATS → provision (``auto_provision=True``: apply) or verify
 (``auto_provision=False``: read-only; falls back to a permission-limited runtime
 probe when the app's NATS user may not call the JetStream management API) → start
-the outbox relay → start the consumer.  Stop order is the reverse: the consumer
-finishes and acks its in-flight deliveries, the relay finishes its batch (PubAcks),
-then the connection drains.  A failure during start stops whatever had started and
+the outbox relay → start the consumer.  A failure during start stops whatever had started and
 re-raises, so a misconfigured app fails fast with the provisioning error's message.
+
+Stopping: ``stop(timeout)`` is one deadline for everything.  The reconciliation
+parts, the consumer (finishes and acks its in-flight deliveries), the inbox
+retention and the relay (finishes its batches' PubAcks and marks) stop side by side
+with the timeout minus a reserve (:data:`CONNECTION_RESERVE`, at most a quarter of
+it); what still runs then is cancelled and redelivered or republished later (the
+inbox and the duplicate window absorb it).  The reserve drains the connection and
+disposes the engine when the bridge owns it.
 
 With ``synced_models`` the bridge also answers the peer's reconciliation requests
 and, when ``reconcile.interval`` is set, runs periodic anti-entropy passes
-(:mod:`bridge.reconcile.reconciler`); both stop first on shutdown.
+(:mod:`bridge.reconcile.reconciler`).
 
 Web and worker processes scale separately: ``enable_consumer=False`` /
 ``enable_relay=False`` in the config turn either part off in a process.
@@ -31,10 +37,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.trace import TracerProvider
 from sqlalchemy import text
@@ -69,6 +76,16 @@ log = logging.getLogger("bridge.runtime")
 
 #: How long a management call may take before we assume the user lacks the permission.
 MANAGEMENT_PROBE_TIMEOUT = 2.0
+#: Seconds of stop()'s timeout kept for draining the connection (at most a quarter).
+CONNECTION_RESERVE = 1.0
+
+
+class _Stoppable(Protocol):
+    async def stop(self, timeout: float = ...) -> None: ...
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
 
 
 def make_consumer(
@@ -207,26 +224,28 @@ class Bridge:
         )
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop consumer, then relay, then drain the connection; each gets ``timeout``."""
+        """Stop every part within ``timeout`` seconds in all (module doc, "Stopping")."""
         self._started = False
-        periodic, self.periodic_reconciler = self.periodic_reconciler, None
-        responder, self.reconcile_responder = self.reconcile_responder, None
-        if periodic is not None:
-            await periodic.stop(timeout)
-        if responder is not None:
-            await responder.stop(timeout)
-        consumer, self.consumer = self.consumer, None
-        relay, self.relay = self.relay, None
-        retention, self.inbox_retention = self.inbox_retention, None
-        if consumer is not None:
-            await consumer.stop(timeout)
-        if retention is not None:
-            await retention.stop(timeout)
-        if relay is not None:
-            await relay.stop(timeout)
-        await self.connection.stop(timeout)
+        deadline = time.monotonic() + timeout
+        parts: list[_Stoppable | None] = [
+            self.periodic_reconciler,
+            self.reconcile_responder,
+            self.consumer,
+            self.inbox_retention,
+            self.relay,
+        ]
+        self.periodic_reconciler = self.reconcile_responder = None
+        self.consumer, self.inbox_retention, self.relay = None, None, None
+        parts_deadline = deadline - min(CONNECTION_RESERVE, timeout / 4)
+        await asyncio.gather(
+            *(part.stop(_left(parts_deadline)) for part in parts if part is not None)
+        )
+        await self.connection.stop(_left(deadline))
         if self._dispose_engine:
-            await self.engine.dispose()
+            try:
+                await asyncio.wait_for(self.engine.dispose(), max(_left(deadline), 0.1))
+            except TimeoutError:
+                log.warning("engine dispose did not finish within the stop deadline")
 
     def reconciler(self) -> Reconciler:
         """A reconciler of this bridge's synced models against the peer (connected)."""

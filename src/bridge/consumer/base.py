@@ -203,7 +203,8 @@ class BaseConsumer:
         self._holding.clear()
         await self._close()
         with contextlib.suppress(Exception):  # acks were written; push them out now
-            await self._connection.nc.flush(timeout=max(1, round(deadline - time.monotonic())))
+            flush = self._connection.nc.flush()
+            await asyncio.wait_for(flush, max(deadline - time.monotonic(), 0.1))
         log.info("consumer stopped", extra={"mode": self.mode, "unacked": len(self._in_flight)})
         self._in_flight.clear()
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Protocol
@@ -129,6 +130,8 @@ class ReconcileResponder:
         )
 
     async def stop(self, timeout: float = 10.0) -> None:
+        """Drain, then let the requests being served finish; all within ``timeout``."""
+        deadline = time.monotonic() + timeout
         sub, self._sub = self._sub, None
         if sub is not None:
             try:
@@ -139,7 +142,9 @@ class ReconcileResponder:
                     await sub.unsubscribe()
         serving = set(self._serving)
         if serving:
-            _, pending = await asyncio.wait(serving, timeout=timeout)
+            _, pending = await asyncio.wait(
+                serving, timeout=max(deadline - time.monotonic(), 0.0)
+            )
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)

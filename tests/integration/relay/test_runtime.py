@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bridge import schema
@@ -104,3 +104,44 @@ async def test_verify_mode_fails_fast_naming_the_stream(
         await bridge.start(timeout=5)
     assert time.monotonic() - started < 10
     assert bridge.connection.snapshot()["state"] == "closed"
+
+
+async def test_stop_is_one_deadline_for_all_parts(
+    nats_server: NatsServer, unique: str, engine: AsyncEngine
+) -> None:
+    """``Bridge.stop(timeout)`` ends within ``timeout`` even when several parts hang:
+    a handler that never returns (the consumer waits for it) and a relay whose claim
+    waits for a table lock.  Each part used to get the whole timeout in turn."""
+    started = asyncio.Event()
+
+    async def hang(session: AsyncSession, envelope: Envelope) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    router = Router()
+    router.on_resource("widget", hang)
+    cfg = side(nats_server, unique, "b", "a")
+    bridge = Bridge(cfg, engine=engine, router=router)
+    await bridge.start()
+    lock = await engine.connect()
+    try:
+        envelope = Envelope(
+            event_type="widget.created",
+            producer=cfg.destination_app,
+            resource_type="widget",
+            resource_id="w1",
+            payload={"name": "stuck"},
+        )
+        assert bridge.publisher is not None
+        await bridge.publisher.publish(cfg.subjects.consume, envelope)
+        await asyncio.wait_for(started.wait(), 10)
+        # The relay's next claim waits for this lock until its lease-long bound.
+        await lock.execute(text("LOCK TABLE bridge_outbox IN ACCESS EXCLUSIVE MODE"))
+        await asyncio.sleep(cfg.relay.poll_interval * 3)  # a claim is waiting now
+        began = time.monotonic()
+        await bridge.stop(timeout=3.0)
+        elapsed = time.monotonic() - began
+    finally:
+        await lock.rollback()
+        await lock.close()
+    assert elapsed < 3.0 + 1.0, f"stop took {elapsed:.1f}s for a 3s deadline"
