@@ -29,7 +29,9 @@ and the handlers, plus gauges read from :meth:`Bridge.status` at scrape time.  I
 outbox stamps each row with the current W3C ``traceparent``
 (:func:`bridge.observability.tracing.current_traceparent`; an ``outbox`` passed in keeps its own
 setting) and its handlers run in a span that continues the producer's trace
-(:class:`bridge.observability.tracing.TracedRouter`, ``tracer_provider`` or the global one).
+(:class:`~bridge.observability.tracing.TracingMiddleware`, ``tracer_provider`` or the global
+one), timed by :class:`~bridge.observability.metrics.MetricsMiddleware`; both wrap the
+router's own middleware (:meth:`bridge.routing.router.Router.around`).
 """
 
 from __future__ import annotations
@@ -54,9 +56,9 @@ from bridge.errors import BridgeError, PermissionDeniedError
 from bridge.event_schemas import EventSchemas
 from bridge.inbox.processor import InboxProcessor
 from bridge.inbox.retention import InboxRetention
-from bridge.observability.metrics import BridgeMetrics
+from bridge.observability.metrics import BridgeMetrics, MetricsMiddleware
 from bridge.observability.sources import BridgeStateSource, RelayStateSource
-from bridge.observability.tracing import TracedRouter, current_traceparent
+from bridge.observability.tracing import TracingMiddleware, current_traceparent
 from bridge.outbox.capture import Outbox, Synced
 from bridge.outbox.relay import OutboxRelay
 from bridge.provisioning.access import verify_runtime_access
@@ -178,10 +180,9 @@ class Bridge:
                 )
                 await self.relay.start()
             if self.config.enable_consumer:
-                router = TracedRouter(
-                    self.router,
-                    tracer_provider=self.tracer_provider,
-                    on_handled=self.metrics.handler_done,
+                router = self.router.around(
+                    MetricsMiddleware(self.metrics),
+                    TracingMiddleware(tracer_provider=self.tracer_provider),
                 )
                 self.processor = InboxProcessor(
                     self.config,

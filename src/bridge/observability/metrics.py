@@ -8,8 +8,7 @@ System B in one test process — never collide.  Two kinds of metric:
   monotonic counters for the life of the ``BridgeMetrics``):
   :meth:`relay_batch` (the relay, after each published batch),
   :meth:`consumer_batch` (the consumer, after each processed batch, acks done),
-  :meth:`handler_done` (:class:`~bridge.observability.tracing.TracedRouter`, after each
-  handler call),
+  :meth:`handler_done` (:class:`MetricsMiddleware`, after each handler call),
   :meth:`event_upcast` / :meth:`event_unsupported` (the inbox, once per delivery
   of a versioned type, :mod:`bridge.event_schemas`).
   :meth:`reconcile_done` (:class:`~bridge.reconcile.reconciler.Reconciler`, after each pass).
@@ -45,6 +44,7 @@ from bridge.envelope import Envelope, parse_timestamp
 from bridge.errors import EnvelopeError
 from bridge.reconcile._protocol import REFUSALS
 from bridge.reconcile.repair import ReconcileReport
+from bridge.routing.middleware import HandlerCall, Next
 from bridge.transport.delivery import Outcome, Received
 
 log = logging.getLogger("bridge.metrics")
@@ -266,6 +266,33 @@ class BridgeMetrics:
 
     def snapshot(self) -> list[Metric]:
         return list(self._snapshot)
+
+
+class MetricsMiddleware:
+    """Handler middleware (:mod:`bridge.routing.middleware`): times every handler call
+    into ``bridge_handler_duration_seconds`` (:meth:`BridgeMetrics.handler_done`).
+
+    A call, not a delivery: a batch re-run on the inbox's savepoint path calls a
+    handler again.  A batch handler's call reports each of its envelopes with an
+    equal share of the call's time (the per-event cost) and the call's error.
+    """
+
+    def __init__(self, metrics: BridgeMetrics) -> None:
+        self._metrics = metrics
+
+    async def __call__(self, call: HandlerCall, call_next: Next) -> None:
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            await call_next()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if call.envelopes:
+                share = (time.perf_counter() - started) / len(call.envelopes)
+                for envelope in call.envelopes:
+                    self._metrics.handler_done(envelope, share, error)
 
 
 class _SnapshotCollector:

@@ -13,7 +13,7 @@ How a trace travels:
    :class:`~bridge.outbox.capture.Outbox`, which stores it in each outbox row's headers and
    its trace id in the envelope's ``trace_id``.  The relay publishes the stored
    headers unchanged, so the NATS message carries the request's ``traceparent``.
-3. On the consumer side :class:`TracedRouter` runs every handler inside a
+3. On the consumer side :class:`TracingMiddleware` runs every handler inside a
    ``CONSUMER`` span whose parent is the delivery's ``traceparent``
    (:func:`context_from`), so the handler's work — and anything it logs or calls —
    belongs to the producer's trace.  Handlers that need the context themselves
@@ -31,8 +31,7 @@ never an error: tracing must not decide whether an event is applied.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from opentelemetry import trace
@@ -46,15 +45,13 @@ from opentelemetry.trace import (
     TracerProvider,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import TRACEPARENT_HEADER, Envelope
-from bridge.routing.router import BatchHandler, Handler, Router
+from bridge.routing.middleware import HandlerCall, Next
 
 __all__ = [
     "TRACER_NAME",
-    "HandledCallback",
-    "TracedRouter",
+    "TracingMiddleware",
     "batch_span",
     "context_from",
     "current_traceparent",
@@ -67,8 +64,6 @@ TRACER_NAME = "bridge"
 # Stateless (it holds no configuration or data), so sharing one instance is safe.
 _PROPAGATOR = TraceContextTextMapPropagator()
 
-#: ``(envelope, seconds, error)`` after each handler call (``error`` ``None`` on success).
-HandledCallback = Callable[[Envelope, float, BaseException | None], None]
 
 
 
@@ -196,90 +191,18 @@ def batch_span(
                 each.end()
 
 
-class TracedRouter(Router):
-    """A view of ``inner`` whose handlers run in :func:`handler_span` and are timed.
+class TracingMiddleware:
+    """Handler middleware (:mod:`bridge.routing.middleware`): every handler call runs
+    in :func:`handler_span` — a batch handler's call in :func:`batch_span` — so the
+    handler's work belongs to the producer's trace (module doc, step 3)."""
 
-    Registrations go to ``inner`` (so handlers registered later are seen); the
-    unknown-event policy is ``inner``'s at construction.  ``on_handled`` gets
-    ``(envelope, seconds, error)`` after every handler call — a call, not a
-    delivery: a batch re-run on the inbox's savepoint path calls a handler again.
-    A batch handler call reports each of its envelopes with an equal share of the
-    call's time (the per-event cost) and the call's error.
-    """
-
-    def __init__(
-        self,
-        inner: Router,
-        *,
-        tracer_provider: TracerProvider | None = None,
-        on_handled: HandledCallback | None = None,
-    ) -> None:
-        super().__init__(unknown_event_policy=inner.unknown_event_policy)
-        self.inner = inner
+    def __init__(self, *, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer_provider = tracer_provider
-        self._on_handled = on_handled
 
-    def on(self, event_type: str, handler: Handler) -> None:
-        self.inner.on(event_type, handler)
-
-    def on_resource(self, resource_type: str, handler: Handler) -> None:
-        self.inner.on_resource(resource_type, handler)
-
-    def on_batch(self, resource_type: str, handler: BatchHandler) -> None:
-        self.inner.on_batch(resource_type, handler)
-
-    @property
-    def event_types(self) -> frozenset[str]:
-        return self.inner.event_types
-
-    @property
-    def resource_types(self) -> frozenset[str]:
-        return self.inner.resource_types
-
-    @property
-    def batch_resource_types(self) -> frozenset[str]:
-        return self.inner.batch_resource_types
-
-    def batch_handler_for(self, envelope: Envelope) -> BatchHandler | None:
-        handler = self.inner.batch_handler_for(envelope)
-        if handler is None:
-            return None
-        provider, on_handled = self._tracer_provider, self._on_handled
-
-        async def traced(session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                with batch_span(envelopes, tracer_provider=provider):
-                    await handler(session, envelopes)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                if on_handled is not None and envelopes:
-                    share = (time.perf_counter() - started) / len(envelopes)
-                    for env in envelopes:
-                        on_handled(env, share, error)
-
-        return traced
-
-    def handler_for(self, envelope: Envelope) -> Handler | None:
-        handler = self.inner.handler_for(envelope)
-        if handler is None:
-            return None
-        provider, on_handled = self._tracer_provider, self._on_handled
-
-        async def traced(session: AsyncSession, env: Envelope) -> None:
-            started = time.perf_counter()
-            error: BaseException | None = None
-            try:
-                with handler_span(env, tracer_provider=provider):
-                    await handler(session, env)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                if on_handled is not None:
-                    on_handled(env, time.perf_counter() - started, error)
-
-        return traced
+    async def __call__(self, call: HandlerCall, call_next: Next) -> None:
+        if call.batch:
+            with batch_span(call.envelopes, tracer_provider=self._tracer_provider):
+                await call_next()
+        else:
+            with handler_span(call.envelopes[0], tracer_provider=self._tracer_provider):
+                await call_next()

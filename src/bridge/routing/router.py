@@ -32,16 +32,23 @@ per-event handler's would (:mod:`bridge.inbox._apply` has the run rule).  A reso
 has either a per-event handler (:meth:`Router.on_resource`) or a batch handler,
 never both; an exact event-type registration (:meth:`Router.on`) still wins for its
 event type, which is then handled one event at a time.
+
+**Middleware** (:meth:`Router.use`, :mod:`bridge.routing.middleware`) runs around every
+handler call, per-event and batch alike; :meth:`Router.around` gives a view with more
+middleware outside, which is how the bridge adds its tracing and metrics without
+changing the router it was given.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable, Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import Envelope
 from bridge.errors import ConfigError
+from bridge.routing.middleware import Middleware, wrap, wrap_batch
 from bridge.routing.outcomes import UNKNOWN_EVENT_POLICIES, UnknownEventPolicy
 
 Handler = Callable[[AsyncSession, Envelope], Awaitable[None]]
@@ -69,6 +76,26 @@ class Router:
         self._by_resource: dict[str, Handler] = {}
         self._batch_by_resource: dict[str, BatchHandler] = {}
         self._batch_single: dict[str, Handler] = {}  # the batch handler, one envelope a call
+        self._middleware: list[Middleware] = []  # use(); shared with around() views
+        self._outer: tuple[Middleware, ...] = ()  # around()
+        # handlers inside the middleware, by handler id: (middleware count, wrapper)
+        self._wrapped: dict[int, tuple[int, Handler]] = {}
+        self._wrapped_batch: dict[int, tuple[int, BatchHandler]] = {}
+
+    def use(self, middleware: Middleware) -> None:
+        """Run every handler call inside ``middleware`` (:mod:`bridge.routing.middleware`);
+        the first registered is the outermost."""
+        self._middleware.append(middleware)
+
+    def around(self, *middleware: Middleware) -> Router:
+        """A view of this router whose handler calls run inside ``middleware`` first,
+        outside those of :meth:`use`.  Registrations and :meth:`use` on either are
+        seen by both; the router itself is left as it was (the bridge adds its
+        tracing and metrics this way)."""
+        view = copy.copy(self)
+        view._outer = (*self._outer, *middleware)
+        view._wrapped, view._wrapped_batch = {}, {}
+        return view
 
     def on(self, event_type: str, handler: Handler) -> None:
         """Handle exactly ``event_type`` (e.g. ``"organization.created"``)."""
@@ -109,13 +136,30 @@ class Router:
             handler = self._by_resource.get(envelope.resource_type)
         if handler is None:
             handler = self._batch_single.get(envelope.resource_type)
-        return handler
+        if handler is None:
+            return None
+        layers = self._layers()
+        cached = self._wrapped.get(id(handler))
+        if cached is None or cached[0] != len(layers):
+            cached = self._wrapped[id(handler)] = (len(layers), wrap(handler, layers))
+        return cached[1]
 
     def batch_handler_for(self, envelope: Envelope) -> BatchHandler | None:
         """The batch handler of ``envelope``'s resource type, unless its event type has its own."""
         if envelope.event_type in self._by_event:
             return None
-        return self._batch_by_resource.get(envelope.resource_type)
+        handler = self._batch_by_resource.get(envelope.resource_type)
+        if handler is None:
+            return None
+        layers = self._layers()
+        cached = self._wrapped_batch.get(id(handler))
+        if cached is None or cached[0] != len(layers):
+            cached = self._wrapped_batch[id(handler)] = (len(layers), wrap_batch(handler, layers))
+        return cached[1]
+
+    def _layers(self) -> tuple[Middleware, ...]:
+        # use() only appends, so the count tells whether a cached wrapper is current
+        return (*self._outer, *self._middleware)
 
     @property
     def event_types(self) -> frozenset[str]:

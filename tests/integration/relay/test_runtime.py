@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from bridge import schema
 from bridge.config import BridgeConfig, ConsumerOptions, RelayOptions
 from bridge.envelope import Envelope
-from bridge.errors import MissingStreamError
+from bridge.errors import MissingStreamError, Reject
+from bridge.routing.middleware import HandlerCall, Next
 from bridge.routing.router import Router
 from bridge.runtime import Bridge
 from bridge.testing import NatsServer
@@ -92,6 +93,49 @@ async def test_change_in_a_is_applied_in_b_once_without_echo(
         async with eng_b.connect() as conn:
             rows = (await conn.execute(select(schema.outbox))).all()
         assert rows == []  # B applied it with publishing suppressed: no echo
+
+
+async def test_router_middleware_wraps_every_handler_call_of_a_running_bridge(
+    nats_server: NatsServer, unique: str, engines: tuple[AsyncEngine, AsyncEngine]
+) -> None:
+    """A middleware registered with Router.use runs inside the bridge's own (metrics,
+    tracing) around each handler call, in the inbox transaction; a Reject it raises
+    dead-letters the delivery like a handler's would."""
+    eng_a, eng_b = engines
+    seen: list[tuple[str, bool, bool]] = []
+
+    async def guard(call: HandlerCall, call_next: Next) -> None:
+        envelope = call.envelopes[0]
+        seen.append((envelope.payload["name"], call.batch, call.session.in_transaction()))
+        if envelope.payload["name"] == "forbidden":
+            raise Reject("names are checked before any handler", reason="forbidden_name")
+        await call_next()
+
+    router_b = widget_router()
+    router_b.use(guard)
+    a = Bridge(side(nats_server, unique, "a", "b"), engine=eng_a, router=widget_router())
+    b = Bridge(side(nats_server, unique, "b", "a"), engine=eng_b, router=router_b)
+    async with a, b:
+        async with a.session_factory.begin() as session:
+            session.add_all([Widget(name="fine"), Widget(name="forbidden")])
+
+        async def settled() -> bool:
+            status = await b.status()
+            return status["inbox"]["processed"] == 1 and status["dead_letters"] == 1
+
+        await wait_for(settled)
+        async with eng_b.connect() as conn:
+            names = (await conn.execute(select(Widget.name))).scalars().all()
+        assert names == ["fine"]
+        # "fine" may run twice (the inbox re-runs a batch after a rollback); the guard's
+        # Reject decides "forbidden" once, it is not run again
+        assert set(seen) == {("fine", False, True), ("forbidden", False, True)}
+        assert seen.count(("forbidden", False, True)) == 1
+        timed = b.metrics.registry.get_sample_value(
+            "bridge_handler_duration_seconds_count",
+            {"event_type": "widget.created", "result": "error"},
+        )
+        assert timed == 1  # the bridge's metrics middleware saw the guard's Reject
 
 
 async def test_verify_mode_fails_fast_naming_the_stream(
