@@ -37,27 +37,25 @@ router's own middleware (:meth:`bridge.routing.router.Router.around`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from types import TracebackType
 from typing import Any, Protocol
 
 from opentelemetry.trace import TracerProvider
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bridge.config import BridgeConfig
 from bridge.consumer.pull import PullConsumer
 from bridge.consumer.push import PushConsumer
-from bridge.errors import BridgeError, PermissionDeniedError
+from bridge.errors import PermissionDeniedError
 from bridge.event_schemas import EventSchemas
 from bridge.inbox.processor import InboxProcessor
 from bridge.inbox.retention import InboxRetention
 from bridge.observability.metrics import BridgeMetrics, MetricsMiddleware
 from bridge.observability.sources import BridgeStateSource, RelayStateSource
+from bridge.observability.status import BridgeStatus
 from bridge.observability.tracing import TracingMiddleware, current_traceparent
 from bridge.outbox.capture import Outbox, Synced
 from bridge.outbox.relay import OutboxRelay
@@ -68,7 +66,6 @@ from bridge.reconcile.reconciler import Reconciler
 from bridge.reconcile.responder import ReconcileResponder
 from bridge.reconcile.schedule import PeriodicReconciler
 from bridge.routing.dlq import DeadLetters
-from bridge.routing.letter import oldest_letter_age
 from bridge.routing.router import Router
 from bridge.transport.connection import Connection
 from bridge.transport.jsapi import JetStreamApi
@@ -151,7 +148,7 @@ class Bridge:
         self.reconcile_responder: ReconcileResponder | None = None
         self.periodic_reconciler: PeriodicReconciler | None = None
         self._dispose_engine = dispose_engine
-        self._management_allowed: bool | None = None
+        self.observed = BridgeStatus(self)
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -300,120 +297,24 @@ class Bridge:
         )
         if self.config.auto_provision:
             self.provisioning_plan = await provisioner.apply(stream_spec(self.config), consumers)
-            self._management_allowed = True
+            self.observed.management_allowed = True
             if not self.provisioning_plan.empty:
                 log.info("provisioned", extra={"plan": self.provisioning_plan.describe()})
             return
         try:
             await provisioner.verify(stream_spec(self.config), consumers)
-            self._management_allowed = True
+            self.observed.management_allowed = True
         except PermissionDeniedError:
             # Restrictive mode: this user may not read stream/consumer info.  Probe
             # only what the runtime needs, with the operations it is allowed.
-            self._management_allowed = False
+            self.observed.management_allowed = False
             await verify_runtime_access(self.connection, self.config)
 
-    # -- observability --------------------------------------------------------------
-    async def _database_ok(self) -> tuple[bool, str | None]:
-        try:
-            async with asyncio.timeout(2.0), self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception as exc:  # health reports it; nothing to recover here
-            return False, f"{type(exc).__name__}: {exc}"
-        return True, None
-
+    # -- observability (bridge.observability.status) ----------------------------------
     async def health(self) -> dict[str, Any]:
-        """Liveness of NATS, the database, the relay and the consumer (no secrets).
-
-        ``degraded`` (``/health`` answers 503) when NATS or the database is down, or
-        when a consumer task is dead or crash-looping (:meth:`BaseConsumer.health`:
-        ``consumer.problems`` says which task died and how).
-        """
-        db_ok, db_error = await self._database_ok()
-        nats = self.connection.snapshot()
-        consumer: dict[str, Any] = {"running": False, "mode": self.config.consumer_mode}
-        consumer_ok = True
-        if self.consumer is not None:
-            tasks = self.consumer.health()
-            consumer_ok = tasks.healthy
-            consumer.update(
-                running=self.consumer.stats().running,
-                healthy=tasks.healthy,
-                problems=list(tasks.problems),
-                task_restarts=tasks.task_restarts,
-                last_error=tasks.last_error,
-            )
-        ok = db_ok and bool(nats["connected"]) and consumer_ok
-        return {
-            "status": "ok" if ok else "degraded",
-            "app": self.config.app_name,
-            "nats": nats,
-            "database": {"connected": db_ok, "error": db_error},
-            "relay": {"running": self.relay is not None},
-            "consumer": consumer,
-        }
-
-    async def _management(self, subject: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A management API call that answers ``None`` where this user lacks permission."""
-        if self._management_allowed is False or not self.connection.is_connected:
-            return None
-        try:
-            return await JetStreamApi(self.connection.nc, timeout=1.0).request(subject, body)
-        except PermissionDeniedError:
-            self._management_allowed = False
-            return None
-        except BridgeError:
-            return None
-
-    async def dead_letter_count(self) -> int | None:
-        """Messages on this app's DLQ subject (``None`` without stream-info permission)."""
-        reply = await self._management(
-            f"STREAM.INFO.{self.config.stream_name}",
-            {"subjects_filter": self.config.subjects.dlq},
-        )
-        if not reply or "state" not in reply:
-            return None
-        subjects = reply["state"].get("subjects") or {}
-        return int(subjects.get(self.config.subjects.dlq, 0))
-
-    async def oldest_dead_letter_age(self) -> float | None:
-        """Seconds this app's oldest dead letter has waited, 0 when there is none
-        (``None`` without the permission to read the stream)."""
-        return await oldest_letter_age(self._management, self.config)
-
-    async def consumer_lag(self) -> dict[str, Any] | None:
-        """Pending and ack-pending counts of this app's durable (``None`` without permission)."""
-        reply = await self._management(
-            f"CONSUMER.INFO.{self.config.stream_name}.{self.config.subjects.durable}", None
-        )
-        if not reply or "config" not in reply:
-            return None
-        return {
-            "num_pending": reply.get("num_pending"),
-            "num_ack_pending": reply.get("num_ack_pending"),
-            "num_redelivered": reply.get("num_redelivered"),
-        }
+        """Liveness of NATS, the database, the relay and the consumer (no secrets)."""
+        return await self.observed.health()
 
     async def status(self) -> dict[str, Any]:
         """Counters for ``/sync_status`` and metrics; parts this process lacks are ``None``."""
-        outbox: dict[str, Any] | None = None
-        inbox: dict[str, Any] | None = None
-        if self.relay is not None:
-            outbox = asdict(await self.relay.stats())
-        if self.processor is not None:
-            inbox = asdict(await self.processor.counts())
-        consumer: dict[str, Any] = {"mode": self.config.consumer_mode}
-        if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                consumer.update(asdict(self.consumer.stats()))
-        lag = await self.consumer_lag()
-        consumer["num_pending"] = lag["num_pending"] if lag else None
-        consumer["num_ack_pending"] = lag["num_ack_pending"] if lag else None
-        return {
-            "jetstream_connected": self.connection.is_connected,
-            "outbox": outbox,
-            "inbox": inbox,
-            "dead_letters": await self.dead_letter_count(),
-            "dead_letters_oldest_age_seconds": await self.oldest_dead_letter_age(),
-            "consumer": consumer,
-        }
+        return await self.observed.status()

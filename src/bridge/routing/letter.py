@@ -64,7 +64,7 @@ SERVER_HEADERS = frozenset(
 )
 
 #: A JetStream management request that answers ``None`` where it cannot be made
-#: (no permission, not connected) — e.g. ``Bridge._management`` or ``JetStreamApi.request``.
+#: (no permission, not connected) — e.g. ``BridgeStatus._management`` or ``JetStreamApi.request``.
 ManagementRequest = Callable[[str, dict[str, Any] | None], Awaitable[dict[str, Any] | None]]
 
 
