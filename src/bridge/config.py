@@ -120,7 +120,6 @@ class ConsumerOptions:
     fetch_timeout: float = 1.0
     concurrency: int = 1
     in_progress_interval: float | None = None
-    stop_timeout: float = 10.0
     #: Settled inbox records older than this are deleted (see :mod:`bridge.inbox.retention`);
     #: the default matches ``stream_max_age``, how long the stream may replay a message.
     inbox_retention: float = 7 * 24 * 3600.0
@@ -139,7 +138,6 @@ class ConsumerOptions:
         _positive("consumer.batch_size", self.batch_size)
         _positive("consumer.fetch_timeout", self.fetch_timeout)
         _positive("consumer.concurrency", self.concurrency)
-        _positive("consumer.stop_timeout", self.stop_timeout)
         _positive("consumer.inbox_retention", self.inbox_retention)
         _positive("consumer.inbox_cleanup_interval", self.inbox_cleanup_interval)
         _positive("consumer.max_body_bytes", self.max_body_bytes)
@@ -266,6 +264,14 @@ class BridgeConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise values once, here
+        if not self.use_outbox:
+            raise ConfigError(
+                "use_outbox=False is not supported: the bridge publishes only through the "
+                "transactional outbox (publishing after the commit, the gem's way, loses the "
+                "event when the process dies in between).  Keep use_outbox=True; to run a "
+                "process that does not publish, set enable_relay=False (another process's "
+                "relay publishes its outbox rows)"
+            )
         validate_token(self.app_name, name="app_name")
         validate_token(self.destination_app, name="destination_app")
         validate_token(self.stream_name, name="stream_name")

@@ -23,7 +23,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_deliver": 3,
         "duplicate_window": 30.0,
         "relay": RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
-        "consumer": ConsumerOptions(fetch_timeout=0.5, stop_timeout=5.0),
+        "consumer": ConsumerOptions(fetch_timeout=0.5),
     },
     "production": {"auto_provision": False, "stream_replicas": 3, "ack_wait": 30.0},
     "high_throughput": {

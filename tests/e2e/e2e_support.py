@@ -37,7 +37,7 @@ FAST = {
     "ack_wait": 5.0,
     "duplicate_window": 30.0,
     "relay": RelayOptions(poll_interval=0.1, lease=5.0, retry_base=0.05, retry_max=0.5),
-    "consumer": ConsumerOptions(fetch_timeout=0.2, stop_timeout=5.0),
+    "consumer": ConsumerOptions(fetch_timeout=0.2),
 }
 
 

@@ -51,7 +51,7 @@ FAST: dict[str, Any] = {
     "reconnect_wait": 0.2,
     "reconnect_wait_max": 1.0,
     "relay": RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
-    "consumer": ConsumerOptions(fetch_timeout=0.2, stop_timeout=5.0),
+    "consumer": ConsumerOptions(fetch_timeout=0.2),
 }
 
 

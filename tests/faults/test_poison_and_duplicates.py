@@ -262,7 +262,7 @@ async def test_duplicate_deliveries_and_poison_messages_mid_load(
     burst: dict[int, tuple[str, str]] = {}  # stream seq -> (kind, what its error names)
     copies: dict[str, int] = {}
     consumer_options = ConsumerOptions(
-        fetch_timeout=0.2, stop_timeout=5.0, batch_size=BURST_FETCH, max_body_bytes=MAX_BODY
+        fetch_timeout=0.2, batch_size=BURST_FETCH, max_body_bytes=MAX_BODY
     )
     async with AsyncExitStack() as stack:
         deployment = await in_process_pair(

@@ -15,8 +15,7 @@ a duplicate still in process, too many requests.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nats.errors import MaxPayloadError, NoRespondersError
@@ -107,23 +106,3 @@ class Publisher:
         except Exception as exc:  # connection closed/draining, etc.
             raise PublishError(f"publish to {message.subject!r} failed: {exc!r}") from exc
         return PublishResult(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
-
-    async def publish_many(
-        self, messages: Sequence[OutgoingMessage], *, max_in_flight: int = 256
-    ) -> list[PublishResult | PublishError]:
-        """Publish ``messages`` pipelined (up to ``max_in_flight`` awaiting PubAcks).
-
-        Messages are written to the connection in order; the result list is in the
-        same order, holding a :class:`PublishResult` or the :class:`PublishError`
-        for each message.  Nothing is retried here.
-        """
-        semaphore = asyncio.Semaphore(max_in_flight)
-
-        async def one(message: OutgoingMessage) -> PublishResult | PublishError:
-            async with semaphore:
-                try:
-                    return await self.publish_raw(message)
-                except PublishError as exc:
-                    return exc
-
-        return list(await asyncio.gather(*(one(m) for m in messages)))

@@ -59,7 +59,7 @@ def make_config(url: str, unique: str, **overrides: Any) -> BridgeConfig:
         "backoff": (0.3, 0.6),
         "duplicate_window": 30.0,
         "reconnect_wait": 0.1,
-        "consumer": ConsumerOptions(batch_size=64, fetch_timeout=0.5, stop_timeout=5.0),
+        "consumer": ConsumerOptions(batch_size=64, fetch_timeout=0.5),
     }
     values.update(overrides)
     return BridgeConfig(**values)

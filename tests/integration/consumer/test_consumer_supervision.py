@@ -150,7 +150,7 @@ async def test_a_dead_receive_task_is_restarted_and_its_batch_comes_back(
     stack.router.on("organization.created", record_effect)
     cfg = stack.cfg.with_(
         consumer=ConsumerOptions(
-            batch_size=64, fetch_timeout=0.5, stop_timeout=5.0, concurrency=concurrency
+            batch_size=64, fetch_timeout=0.5, concurrency=concurrency
         )
     )
     processor = stack.processor_for(cfg)

@@ -31,7 +31,7 @@ def side(nats: NatsServer, unique: str, app: str, peer: str, **kw: object) -> Br
         max_deliver=3,
         ack_wait=5.0,
         relay=RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
-        consumer=ConsumerOptions(fetch_timeout=0.3, stop_timeout=5.0),
+        consumer=ConsumerOptions(fetch_timeout=0.3),
         **kw,  # type: ignore[arg-type]
     )
 
