@@ -1,5 +1,6 @@
-"""Provisioner settings: environment variables (the same names the services read)
-overridden by command-line flags, turned into one :class:`BridgeConfig` per app.
+"""Provisioner settings: the apps' environment variables, read by the apps' own reader
+(:func:`bridge.env.config_from_env`), overridden by command-line flags — one
+:class:`BridgeConfig` per app.
 
 Environment (flags win):
 
@@ -20,51 +21,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from bridge.config import BridgeConfig, Credentials
-from bridge.env import configure_bidirectional, resolve_consumer_mode
+from bridge.env import config_from_env
 from bridge.errors import ConfigError
 from bridge.provisioning.specs import ConsumerSpec, StreamSpec, consumer_spec, stream_spec
 
 
 @dataclass(frozen=True, slots=True)
 class ProvisionerSettings:
-    """Everything the provisioner needs; built once from env + flags."""
+    """Everything the provisioner needs: the environment with the flags applied, read
+    per app by :func:`bridge.env.config_from_env` (the apps' own reader)."""
 
-    nats_urls: tuple[str, ...]
-    stream_name: str
+    env: Mapping[str, str] = field(repr=False)  # may hold the admin's password
     apps: tuple[str, str]
-    consumer_modes: Mapping[str, str]
-    options: Mapping[str, Any] = field(default_factory=dict)
-    user: str | None = None
-    password: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
-    creds_file: str | None = None
+    #: A consumer mode given by a flag, per app (it wins over CONSUMER_MODE_<APP>).
+    consumer_modes: Mapping[str, str] = field(default_factory=dict)
 
-    @property
-    def credentials(self) -> Credentials:
-        """Admin credentials; validated when a command needs to connect."""
-        return Credentials(
-            user=self.user,
-            password=self.password if self.user else None,
-            token=self.token,
-            creds_file=self.creds_file,
-        )
-
-    def app_configs(self) -> list[BridgeConfig]:
-        """One restrictive-mode config per app (the apps' own view of the topology)."""
+    def app_configs(self, *, admin: bool = False) -> list[BridgeConfig]:
+        """One restrictive-mode config per app (the apps' own view of the topology);
+        with ``admin``, the environment's (the admin's) credentials, checked."""
         first, second = self.apps
+        credentials = {} if admin else {"credentials": Credentials()}
         return [
-            configure_bidirectional(
-                app,
-                peer,
-                "restrictive",
-                consumer_mode=self.consumer_modes[app],
-                env={},
-                nats_urls=self.nats_urls,
-                stream_name=self.stream_name,
-                **self.options,
+            config_from_env(
+                self.env,
+                app_name=app,
+                destination_app=peer,
+                mode="restrictive",
+                consumer_mode=self.consumer_modes.get(app),
+                **credentials,
             )
             for app, peer in ((first, second), (second, first))
         ]
@@ -76,7 +62,7 @@ class ProvisionerSettings:
 
     def admin_config(self) -> BridgeConfig:
         """Config used only to open the admin connection."""
-        return self.app_configs()[0].with_(credentials=self.credentials)
+        return self.app_configs(admin=True)[0]
 
 
 def _first(*values: str | None) -> str | None:
@@ -115,8 +101,7 @@ def load_settings(
     backoff: str | None = None,
     dlq_retention: str | None = None,
 ) -> ProvisionerSettings:
-    """Merge flags over ``env``; raise :class:`ConfigError` for invalid values."""
-    urls = _first(nats_urls, env.get("NATS_URLS"), env.get("NATS_URL")) or "nats://127.0.0.1:4222"
+    """Apply the flags over ``env``; raise :class:`ConfigError` for invalid values."""
     pair = _apps(apps, env)
     per_app: dict[str, str] = {}
     for item in consumer_mode_for:
@@ -125,38 +110,22 @@ def load_settings(
             raise ConfigError(f"--consumer-mode-for expects APP=pull|push for {pair}, got {item!r}")
         per_app[app] = mode
     # Per-app flag, then --consumer-mode, then CONSUMER_MODE_<APP>, then CONSUMER_MODE.
-    modes = {
-        app: resolve_consumer_mode(app, per_app.get(app) or consumer_mode, {})
-        if (per_app.get(app) or consumer_mode)
-        else resolve_consumer_mode(app, None, env)
-        for app in pair
+    modes: dict[str, str] = {}
+    for app in pair:
+        chosen = per_app.get(app) or consumer_mode
+        if chosen:
+            modes[app] = chosen
+    flags = {
+        "NATS_URLS": nats_urls,
+        "NATS_USER": user,
+        "NATS_PASSWORD": password,
+        "STREAM_NAME": stream,
+        "MAX_DELIVER": None if max_deliver is None else str(max_deliver),
+        "ACK_WAIT": ack_wait,
+        "BACKOFF": backoff,
+        "DLQ_RETENTION": dlq_retention,
     }
-    options: dict[str, Any] = {}
-    raw_max = max_deliver if max_deliver is not None else _first(env.get("MAX_DELIVER"))
-    if raw_max is not None:
-        try:
-            options["max_deliver"] = int(raw_max)
-        except ValueError as exc:
-            raise ConfigError(f"MAX_DELIVER must be an integer, got {raw_max!r}") from exc
-    wait = _first(ack_wait, env.get("ACK_WAIT"))
-    if wait is not None:
-        options["ack_wait"] = wait
-    steps = _first(backoff, env.get("BACKOFF"))
-    if steps is not None:
-        options["backoff"] = steps
-    retention = _first(dlq_retention, env.get("DLQ_RETENTION"))
-    if retention is not None:
-        options["dlq_retention"] = retention.lower()
-    settings = ProvisionerSettings(
-        nats_urls=tuple(u.strip() for u in urls.split(",") if u.strip()),
-        user=_first(user, env.get("NATS_USER")),
-        password=_first(password, env.get("NATS_PASSWORD")),
-        token=_first(env.get("NATS_TOKEN")),
-        creds_file=_first(env.get("NATS_CREDS")),
-        stream_name=_first(stream, env.get("STREAM_NAME")) or "sync-stream",
-        apps=pair,
-        consumer_modes=modes,
-        options=options,
-    )
+    merged = {**env, **{name: value for name, value in flags.items() if value is not None}}
+    settings = ProvisionerSettings(env=merged, apps=pair, consumer_modes=modes)
     settings.app_configs()  # validate every value now, not halfway through a run
     return settings

@@ -16,7 +16,7 @@ from services.shared.settings import ServiceSettings
 class SystemBSettings(ServiceSettings):
     """Defaults of System B; every field can be overridden by its environment variable."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="", extra="forbid", frozen=True)
 
     app_name: str = "system_b"
     destination_app: str = "system_a"

@@ -1,14 +1,32 @@
-"""Build a :class:`BridgeConfig` from environment variables — for command-line
-tools and worker processes, which have no settings class of their own.
+"""The environment: the one reader of the variables that configure the bridge, and
+env files.
 
-The names are the ones the services read (``services/shared/settings.py``):
-``APP_NAME``, ``DESTINATION_APP``, ``NATS_URLS``/``NATS_URL``, ``NATS_USER``/
-``NATS_PASSWORD``, ``NATS_TOKEN``, ``NATS_CREDS``, ``NATS_INBOX_PREFIX``,
-``STREAM_NAME``, ``MODE``, ``CONSUMER_MODE`` (and ``CONSUMER_MODE_<APP>``),
-``MAX_DELIVER``, ``ACK_WAIT``, ``BACKOFF``, ``RECONCILE_INTERVAL``; ``DATABASE_URL``
-is returned beside the config, ``BRIDGE_MODELS`` (the module declaring the synced
-models) by :func:`models_module_from_env`.  The mapping is passed in: nothing reads
-``os.environ`` implicitly.  ``DLQ_RETENTION`` sets ``dlq_retention``.
+:func:`config_from_env` is how every process of an app — the services and their
+workers (``services/shared/settings.py`` passes the environment on), the ``bridge``
+command, ``bridge-provision`` — turns its environment into a
+:class:`~bridge.config.BridgeConfig`, so they cannot disagree:
+
+=======================================  ==================================================
+``APP_NAME``, ``DESTINATION_APP``        this side and the other side (required)
+``NATS_URLS`` / ``NATS_URL``             servers, comma-separated (nats://127.0.0.1:4222)
+``NATS_USER`` + ``NATS_PASSWORD``,       credentials (one method), reply-inbox prefix
+``NATS_TOKEN``, ``NATS_CREDS``,
+``NATS_INBOX_PREFIX``
+``STREAM_NAME``                          stream (sync-stream)
+``MODE``                                 non_restrictive | restrictive (verify only)
+``CONSUMER_MODE_<APP>``, ``CONSUMER_MODE``  pull | push, in that order (pull)
+``MAX_DELIVER``, ``ACK_WAIT``, ``BACKOFF``  handler attempts, ack window, NAK delays
+``RECONCILE_INTERVAL``                   periodic anti-entropy ("1h"; unset: off)
+``DLQ_RETENTION``                        never | stream
+``MAX_CLOCK_SKEW``, ``KNOWN_ORIGINS``    bounds on incoming versions and origins
+``ENABLE_CONSUMER``, ``ENABLE_RELAY``    true | false: run that part in this process
+=======================================  ==================================================
+
+:func:`configure_bidirectional` (the gem's one call) reads only the consumer mode.
+``DATABASE_URL`` is returned beside the config (:func:`database_url_from_env`), and
+``BRIDGE_MODELS`` (the module declaring the synced models) by
+:func:`models_module_from_env`.  The mapping is always passed in; only
+:func:`configure_bidirectional` defaults to ``os.environ``.
 
 **Env files** (:func:`write_env_file`, :func:`read_env_file`) hold such a mapping:
 ``make up`` writes one per app under ``.devstack/`` and ``bridge --env-file PATH``
@@ -19,7 +37,6 @@ prefix, a value optionally in single quotes (taken literally) or double quotes
 comments, no multi-line values.  What :func:`write_env_file` writes is also what a
 POSIX shell reads (``set -a; . FILE``).
 """
-
 from __future__ import annotations
 
 import os
@@ -27,7 +44,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bridge.config import (
     CONSUMER_MODES,
@@ -87,24 +104,43 @@ def configure_bidirectional(
     return BridgeConfig(app_name=app_name, destination_app=destination_app, **values)
 
 
-def config_from_env(env: Mapping[str, str], **overrides: Any) -> BridgeConfig:
-    """The config one app's processes use, from ``env`` (``overrides`` win)."""
-    app = env.get("APP_NAME")
-    peer = env.get("DESTINATION_APP")
+#: ``ENABLE_*`` and other switches: what counts as on and off (any case).
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def config_from_env(
+    env: Mapping[str, str],
+    *,
+    mode: Mode | None = None,
+    consumer_mode: str | None = None,
+    **overrides: Any,
+) -> BridgeConfig:
+    """The config of one app's processes from ``env`` (module doc lists the variables).
+
+    ``overrides`` are :class:`~bridge.config.BridgeConfig` options and win over the
+    environment (``app_name`` and ``destination_app`` included, for a service whose
+    name is its default); ``mode`` and ``consumer_mode`` win over ``MODE`` and the
+    ``CONSUMER_MODE`` variables.  A bad value raises :class:`ConfigError` naming its
+    variable.
+    """
+    app = overrides.pop("app_name", None) or env.get("APP_NAME")
+    peer = overrides.pop("destination_app", None) or env.get("DESTINATION_APP")
     if not app or not peer:
         raise ConfigError("set APP_NAME and DESTINATION_APP (e.g. system_a / system_b)")
     urls = env.get("NATS_URLS") or env.get("NATS_URL") or "nats://127.0.0.1:4222"
     values: dict[str, Any] = {
         "nats_urls": tuple(u.strip() for u in urls.split(",") if u.strip()),
         "stream_name": env.get("STREAM_NAME") or "sync-stream",
-        "credentials": Credentials(
+    }
+    if "credentials" not in overrides:  # given: the NATS_* credentials are not read
+        values["credentials"] = Credentials(
             user=env.get("NATS_USER") or None,
             password=env.get("NATS_PASSWORD") or None,
             token=env.get("NATS_TOKEN") or None,
             creds_file=env.get("NATS_CREDS") or None,
             inbox_prefix=env.get("NATS_INBOX_PREFIX") or None,
-        ),
-    }
+        )
     if env.get("MAX_DELIVER"):
         try:
             values["max_deliver"] = int(env["MAX_DELIVER"])
@@ -112,19 +148,35 @@ def config_from_env(env: Mapping[str, str], **overrides: Any) -> BridgeConfig:
             raise ConfigError(
                 f"MAX_DELIVER must be an integer, got {env['MAX_DELIVER']!r}"
             ) from exc
-    if env.get("ACK_WAIT"):
-        values["ack_wait"] = env["ACK_WAIT"]
-    if env.get("BACKOFF"):
-        values["backoff"] = env["BACKOFF"]
+    for name, option in (
+        ("ACK_WAIT", "ack_wait"),
+        ("BACKOFF", "backoff"),
+        ("MAX_CLOCK_SKEW", "max_clock_skew"),
+        ("KNOWN_ORIGINS", "known_origins"),
+    ):
+        if env.get(name):
+            values[option] = env[name]
     if env.get("RECONCILE_INTERVAL"):
         values["reconcile"] = ReconcileOptions(interval=env["RECONCILE_INTERVAL"])
     if env.get("DLQ_RETENTION"):
         values["dlq_retention"] = env["DLQ_RETENTION"].strip().lower()
+    for name, option in (("ENABLE_CONSUMER", "enable_consumer"), ("ENABLE_RELAY", "enable_relay")):
+        if env.get(name):
+            values[option] = _switch(env[name], name)
     values.update(overrides)
-    mode = env.get("MODE") or "non_restrictive"
-    if mode not in ("non_restrictive", "restrictive"):
-        raise ConfigError(f"MODE must be non_restrictive or restrictive, got {mode!r}")
-    return configure_bidirectional(app, peer, mode, env=env, **values)  # type: ignore[arg-type]
+    chosen = mode or env.get("MODE") or "non_restrictive"
+    if chosen not in ("non_restrictive", "restrictive"):
+        raise ConfigError(f"MODE must be non_restrictive or restrictive, got {chosen!r}")
+    return configure_bidirectional(
+        app, peer, cast("Mode", chosen), consumer_mode=consumer_mode, env=env, **values
+    )
+
+
+def _switch(value: str, name: str) -> bool:
+    text = value.strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
 
 
 def database_url_from_env(env: Mapping[str, str]) -> str:

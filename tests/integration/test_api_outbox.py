@@ -25,10 +25,10 @@ async def api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     await migrate(database_url)
     settings = ServiceSettings(
-        app_name=f"a{unique}", destination_app=f"b{unique}", database_url=database_url,
-        nats_url=nats_server.url, stream_name=f"s{unique}",
-    )  # fmt: skip
-    config = settings.to_bridge_config(env={}, relay=RelayOptions(poll_interval=0.1))
+        app_name=f"a{unique}", destination_app=f"b{unique}", database_url=database_url
+    )
+    env = {"NATS_URL": nats_server.url, "STREAM_NAME": f"s{unique}"}
+    config = settings.to_bridge_config(env=env, relay=RelayOptions(poll_interval=0.1))
     app = create_app(settings, bridge_config=config)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -120,10 +120,8 @@ def test_local_versions_never_overflow_on_a_stored_future_version() -> None:
 
 
 def test_service_settings_pass_the_options_on() -> None:
-    settings = ServiceSettings(
-        app_name="system_b", destination_app="system_a", max_clock_skew="15m", known_origins="erp"
-    )
-    cfg = settings.to_bridge_config(env={})
+    settings = ServiceSettings(app_name="system_b", destination_app="system_a")
+    cfg = settings.to_bridge_config(env={"MAX_CLOCK_SKEW": "15m", "KNOWN_ORIGINS": "erp"})
     assert cfg.max_clock_skew == 900.0
     assert cfg.known_origins == {"system_a", "system_b", "erp"}
     default = ServiceSettings(app_name="system_b", destination_app="system_a")
