@@ -77,7 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
     dlq.add_argument("seq", nargs="*", type=int, help="DLQ stream sequence(s)")
     dlq.add_argument("--limit", type=int, help="list: at most N (100); replay: at most N (all)")
-    prov = sub.add_parser("provision", help="plan / apply / verify this app's stream and consumer")
+    prov = sub.add_parser(
+        "provision",
+        help="plan / apply / verify this app's stream and consumer (the pair: bridge-provision)",
+    )
     prov.add_argument("action", choices=["plan", "apply", "verify"])
     sub.add_parser("doctor", help="check every permission this app needs")
     bf = sub.add_parser("backfill", help="re-emit every synced row through the outbox")

@@ -19,6 +19,7 @@ from bridge._support.durations import parse_duration
 from bridge.cli._admin import DeniedFastApi
 from bridge.cli._context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, Output
 from bridge.cli._dlq import dlq_command
+from bridge.cli._topology import run_topology_command
 from bridge.env import (
     models_module_from_env,
 )
@@ -31,7 +32,6 @@ from bridge.inbox.processor import inbox_counts
 from bridge.outbox import admin as outbox_admin
 from bridge.outbox.capture import Outbox
 from bridge.provisioning.access import check_permissions
-from bridge.provisioning.provisioner import Provisioner
 from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.reconcile.backfill import (
     STATUS_ALREADY_COMPLETED,
@@ -124,26 +124,13 @@ async def cmd_dlq(ctx: Context, args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_provision(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    """This app's stream and consumer (:mod:`bridge.cli._topology`; the pair's:
+    ``bridge-provision``)."""
     conn = await ctx.nats()
-    provisioner = Provisioner(JetStreamApi(conn.nc))
     stream, consumers = stream_spec(ctx.config), [consumer_spec(ctx.config)]
-    if args.action == "verify":
-        try:
-            await provisioner.verify(stream, consumers)
-        except ProvisioningError as exc:
-            out.emit({"ok": False, "error": str(exc)}, [["result"], [str(exc)]])
-            return EXIT_FAILED
-        out.emit({"ok": True}, [["result"], ["stream and consumer match"]])
-        return EXIT_OK
-    plan = await (provisioner.apply if args.action == "apply" else provisioner.plan)(
-        stream, consumers
+    return await run_topology_command(
+        args.action, JetStreamApi(conn.nc), stream, consumers, out.out, as_json=out.json_mode
     )
-    changes = [{"kind": c.kind, "target": c.target, "fields": c.fields} for c in plan.changes]
-    out.emit(
-        {"applied": args.action == "apply", "changes": changes},
-        None if out.json_mode else [["plan"], *[[line] for line in plan.describe().splitlines()]],
-    )
-    return EXIT_OK
 
 
 async def cmd_doctor(ctx: Context, args: argparse.Namespace, out: Output) -> int:

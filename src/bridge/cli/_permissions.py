@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
+from bridge.cli._pair import ProvisionerSettings
 from bridge.provisioning.permissions import (
     app_permissions,
     render_authorization,
     render_server_config,
 )
-from provisioner.settings import ProvisionerSettings
 
 EXIT_OK = 0
 
