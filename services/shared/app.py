@@ -82,11 +82,10 @@ def build_bridge(
     )
 
 
-def repository_for(config: BridgeConfig, bridge: Bridge) -> Repository:
-    """The API's repository on ``bridge``: its outbox, and the config's clock and skew bound."""
+def repository_for(config: BridgeConfig) -> Repository:
+    """The API's repository: the config's app name, clock and skew bound."""
     return Repository(
         config.app_name,
-        outbox=bridge.outbox,
         clock=config.clock,
         max_clock_skew=config.max_clock_skew,
     )
@@ -126,7 +125,7 @@ def create_app(
                 app_name=config.app_name,
                 engine=engine,
                 session_factory=bridge.session_factory,
-                repository=repository_for(config, bridge),
+                repository=repository_for(config),
                 bridge=bridge,
             )
             run_bridge = bridge_lifespan(

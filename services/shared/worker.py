@@ -55,7 +55,7 @@ async def run_worker(
                 app_name=config.app_name,
                 engine=engine,
                 session_factory=bridge.session_factory,
-                repository=repository_for(config, bridge),
+                repository=repository_for(config),
                 bridge=bridge,
             )
             app = operations_app(state, service_metrics(engine, bridge))

@@ -8,6 +8,9 @@ Contract:
   changed (:meth:`Session.is_modified`) or deleted ``Synced`` instance adds one
   outbox row holding the complete envelope body — the full row snapshot as payload —
   through the flush's own connection: rollback → no row, commit → the row is there.
+- The event's action is the model's answer (:meth:`Synced.bridge_action`) to what the
+  flush saw, so a soft delete — an UPDATE that makes a tombstone — is a ``deleted``
+  event whatever code wrote it, with nothing bypassing capture.
 - Every insert into the outbox fires the table's statement trigger, which runs
   ``pg_notify('bridge_outbox')``; PostgreSQL delivers it only on commit (and drops
   it with a rolled-back savepoint), waking relays in other processes.
@@ -69,11 +72,14 @@ class Synced:
             for attr in state.mapper.column_attrs
         }
 
-    def bridge_snapshot_action(self) -> str:
-        """The action of an event that re-states this row as it is now (backfill,
-        reconciliation): ``updated`` unless the model says otherwise (a tombstone
-        returns ``deleted``)."""
-        return "updated"
+    def bridge_action(self, change: str) -> str:
+        """The action of an event about this row (``<resource>.<action>``).
+
+        ``change`` is what the flush saw — ``created``, ``updated`` or ``deleted`` —
+        or ``updated`` for a row re-stated as it is (backfill, reconciliation).  The
+        default is the change itself; a model with soft deletes returns ``deleted`` for
+        a tombstone, so every write path publishes one as a delete."""
+        return change
 
 
 def _sync_session(session: AsyncSession | Session) -> Session:
@@ -171,18 +177,20 @@ class Outbox:
     def _after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
         if session.info.pop(_SKIP_NEXT_FLUSH_KEY, False) or session.info.get(SKIP_PUBLISH_KEY):
             return
-        rows: list[dict[str, Any]] = []
-        for instance in session.new:
-            if isinstance(instance, Synced):
-                rows.append(self.row_for(self.envelope_for(instance, "created")))
-        for instance in session.dirty:
-            if isinstance(instance, Synced) and session.is_modified(
-                instance, include_collections=False
-            ):
-                rows.append(self.row_for(self.envelope_for(instance, "updated")))
-        for instance in session.deleted:
-            if isinstance(instance, Synced):
-                rows.append(self.row_for(self.envelope_for(instance, "deleted")))
+        changes = [
+            *((instance, "created") for instance in session.new),
+            *(
+                (instance, "updated")
+                for instance in session.dirty
+                if session.is_modified(instance, include_collections=False)
+            ),
+            *((instance, "deleted") for instance in session.deleted),
+        ]
+        rows = [
+            self.row_for(self.envelope_for(instance, instance.bridge_action(change)))
+            for instance, change in changes
+            if isinstance(instance, Synced)
+        ]
         if rows:
             self._write(session, rows)
 
@@ -203,7 +211,7 @@ class Outbox:
 
     async def emit_snapshots(self, session: AsyncSession, instances: Sequence[Synced]) -> int:
         """Re-state rows as they are now: one outbox row per instance, in the caller's
-        transaction, action from :meth:`Synced.bridge_snapshot_action`.
+        transaction, action ``bridge_action("updated")`` (a tombstone: ``deleted``).
 
         Used by backfill and reconciliation.  The payload carries the row's stored
         version, so a receiver that applies last-writer-wins treats a re-stated row
@@ -211,7 +219,7 @@ class Outbox:
         overwrite newer data.  Returns the number of outbox rows written.
         """
         rows = [
-            self.row_for(self.envelope_for(instance, instance.bridge_snapshot_action()))
+            self.row_for(self.envelope_for(instance, instance.bridge_action("updated")))
             for instance in instances
         ]
         if rows:
