@@ -83,8 +83,9 @@ from bridge.envelope import Envelope, utcnow
 from bridge.errors import Reject, Retry
 from bridge.routing.router import Router
 from bridge.routing.version_time import check_version_time
+from bridge.sync.lww import apply_batch
+from bridge.sync.versions import Verdict, Version, judge
 from services.shared.models import Organization, StaleEvent, SyncConflict, User
-from services.shared.sync_batch import apply_batch
 from services.shared.sync_rows import (
     ORGANIZATION,
     USER,
@@ -95,7 +96,6 @@ from services.shared.sync_rows import (
     log_repaired,
     log_stale,
 )
-from services.shared.versioning import Verdict, Version, judge
 
 log = logging.getLogger("bridge.services.sync")
 

@@ -4,7 +4,7 @@ Contract:
 
 - Reads hide tombstones (``deleted_at IS NOT NULL``): a deleted record is a 404.
 - Every write makes a new version of the row: ``updated_at = max(now, old + 1 µs)``
-  and ``origin = <this app>`` (:func:`services.shared.versioning.next_updated_at`).
+  and ``origin = <this app>`` (:func:`bridge.sync.versions.next_updated_at`).
   The row is locked (``FOR NO KEY UPDATE``) while its version is computed, so two
   concurrent writes to one row still produce strictly increasing versions; the
   lock does not block a concurrent user insert referencing the row (``KEY SHARE``).
@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import DEFAULT_MAX_CLOCK_SKEW
+from bridge.sync.versions import FutureVersion, next_updated_at
 from services.shared.errors import InvalidInput, StateConflict
 from services.shared.models import (
     ORGANIZATION_DOMAIN_INDEX,
@@ -48,7 +49,6 @@ from services.shared.schemas import (
     UserCreate,
     UserUpdate,
 )
-from services.shared.versioning import FutureVersion, next_updated_at
 
 Row = TypeVar("Row", Organization, User)
 Clock = Callable[[], datetime]

@@ -23,8 +23,8 @@ from typing import Any
 from bridge.envelope import Envelope, format_timestamp, parse_timestamp
 from bridge.errors import EnvelopeError, Reject
 from bridge.routing.outcomes import REASON_INVALID_PAYLOAD
+from bridge.sync.versions import Version
 from services.shared.models import Organization, User
-from services.shared.versioning import Version
 
 log = logging.getLogger("bridge.services.sync")
 

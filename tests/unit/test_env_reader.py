@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from bridge.cli._pair import load_settings
 from bridge.env import config_from_env
 from bridge.errors import ConfigError
 from bridge.provisioning.specs import consumer_spec, stream_spec
-from provisioner.settings import load_settings
 from services.shared.settings import ServiceSettings
 
 #: An app's environment with every variable the bridge reads set away from its default.

@@ -12,8 +12,8 @@ from bridge.envelope import Envelope, format_timestamp
 from bridge.errors import ConfigError, Reject
 from bridge.routing.outcomes import REASON_FUTURE_VERSION, REASON_UNKNOWN_ORIGIN, Action, decide
 from bridge.routing.version_time import beyond_skew, check_version_time, refusal
+from bridge.sync.versions import ONE_MICROSECOND, FutureVersion, next_updated_at
 from services.shared.settings import ServiceSettings
-from services.shared.versioning import ONE_MICROSECOND, FutureVersion, next_updated_at
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)  # 9999-12-31T23:59:59.999999Z

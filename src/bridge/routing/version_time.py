@@ -23,7 +23,7 @@ Where it applies:
 - the record version inside a payload (e.g. ``updated_at``) is the domain's: its handlers
   call :func:`check_version_time` (the services' sync handlers do, on the per-event and
   the batch path), and local writes use :func:`beyond_skew` to refuse building on a
-  stored version from the future (``services.shared.versioning``).
+  stored version from the future (:mod:`bridge.sync.versions`).
 
 Pure functions; the only side effect is the warning :func:`refusal` logs.
 """

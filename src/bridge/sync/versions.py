@@ -13,15 +13,16 @@ directly, the other side's through the stream), both end with the same row.
   a remote change (or within the same microsecond) never loses to it.
 - The receiver stores the sender's ``updated_at`` and ``origin`` verbatim; bumping
   them would create a version the sender never sees, and the sides would diverge.
-- Versions from the future are bounded (:mod:`bridge.routing.version_time`, one rule): the sync
-  handlers dead-letter an incoming ``updated_at`` later than ``now + max_clock_skew``
-  (``future_version``), and a local write never builds on a stored version that far
-  ahead (one that got in before that rule, or by SQL): :func:`next_updated_at` raises
-  :class:`FutureVersion` instead — never ``OverflowError`` at ``datetime.max`` — and
-  the API answers 409 naming the record and the repair.  A version ahead but within
-  the skew is still written over, at ``current + 1 µs``.
+- Versions from the future are bounded (:mod:`bridge.routing.version_time`, one
+  rule): sync handlers dead-letter an incoming ``updated_at`` later than ``now +
+  max_clock_skew`` (``future_version``), and a local write never builds on a stored
+  version that far ahead (one that got in before that rule, or by SQL):
+  :func:`next_updated_at` raises :class:`FutureVersion` instead — never
+  ``OverflowError`` at ``datetime.max`` — which the services' API answers with a 409
+  naming the record and the repair.  A version ahead but within the skew is still
+  written over, at ``current + 1 µs``.
 
-Pure functions, no I/O.
+Pure functions, no I/O; :mod:`bridge.sync.lww` applies incoming versions with them.
 """
 
 from __future__ import annotations

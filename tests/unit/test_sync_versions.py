@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from services.shared.versioning import (
+from bridge.sync.versions import (
     ONE_MICROSECOND,
     Verdict,
     Version,

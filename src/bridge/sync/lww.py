@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import Envelope
 from bridge.errors import Retry
+from bridge.sync.versions import Verdict, Version, judge
 from services.shared.models import StaleEvent
 from services.shared.sync_rows import Spec, differs, log_repaired, log_stale, stale_row
-from services.shared.versioning import Verdict, Version, judge
 
 
 class Collision(Retry):
