@@ -33,9 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.config import BridgeConfig, Credentials
-from bridge.env import configure_bidirectional, write_env_file
-from bridge.errors import ConfigError
+from bridge import BridgeConfig, ConfigError, Credentials, configure_bidirectional
+from bridge.env import write_env_file
 from bridge.provisioning.permissions import render_authorization, render_server_config
 from bridge.testing import nats_server_binary
 

@@ -31,12 +31,8 @@ from opentelemetry.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bridge.config import BridgeConfig
-from bridge.event_schemas import EventSchemas
-from bridge.integrations.fastapi import bridge_lifespan
+from bridge import Bridge, BridgeConfig, EventSchemas, Router, bridge_lifespan
 from bridge.reconcile.synced_models import load_synced_models
-from bridge.routing.router import Router
-from bridge.runtime import Bridge
 from services.shared.db import make_engine
 from services.shared.errors import ServiceError
 from services.shared.event_versions import event_schemas as domain_event_schemas

@@ -46,12 +46,10 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from bridge import Envelope, LastWriterWins, Retry, Router, SyncedTable, check_version_time
 from bridge.config import DEFAULT_MAX_CLOCK_SKEW, Clock
-from bridge.envelope import Envelope, utcnow
-from bridge.errors import Retry
-from bridge.routing.router import Router
-from bridge.routing.version_time import check_version_time
-from bridge.sync.lww import Conflict, LastWriterWins, Stale, SyncedTable
+from bridge.envelope import utcnow
+from bridge.sync.lww import Conflict, Stale
 from services.shared.models import Organization, StaleEvent, SyncConflict
 from services.shared.sync_rows import ORGANIZATION, USER, Spec, decode, json_row, stale_row
 

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bridge.outbox.capture import Synced
+from bridge import Synced
 
 #: Deterministic constraint names, so migrations and IntegrityError handling agree.
 NAMING_CONVENTION = {

@@ -27,7 +27,7 @@ from bridge.observability.metrics import CONTENT_TYPE, BridgeMetrics
 from bridge.observability.sources import counter_family
 
 if TYPE_CHECKING:
-    from bridge.runtime import Bridge
+    from bridge import Bridge
 
 _SYNC_TABLES = text(
     """

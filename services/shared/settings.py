@@ -20,8 +20,7 @@ from typing import Any
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bridge.config import BridgeConfig
-from bridge.env import config_from_env
+from bridge import BridgeConfig, config_from_env
 
 
 class ServiceSettings(BaseSettings):

@@ -31,7 +31,7 @@ from bridge.envelope import format_timestamp
 from bridge.reconcile.schedule import latest_run
 
 if TYPE_CHECKING:
-    from bridge.runtime import Bridge
+    from bridge import Bridge
 
 _COUNTS = text(
     """

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bridge.envelope import Envelope, format_timestamp, parse_timestamp
-from bridge.errors import EnvelopeError, Reject
+from bridge import Envelope, Reject
+from bridge.envelope import format_timestamp, parse_timestamp
+from bridge.errors import EnvelopeError
 from bridge.routing.outcomes import REASON_INVALID_PAYLOAD
 from bridge.sync.versions import Version
 from services.shared.models import Organization, User
