@@ -10,19 +10,15 @@ Contract (the payload is the sender's full row snapshot):
 - The payload is validated (:func:`services.shared.sync_rows.decode`); a payload
   that is not a row of this resource is rejected (dead letter ``invalid_payload``) —
   retrying would not fix it.
-- A payload ``updated_at`` later than this side's clock + ``max_clock_skew`` is a
-  version from the future: dead letter ``future_version``, never applied
-  (:func:`bridge.routing.version_time.check_version_time`; replayable once the clocks
-  agree).  Stored, it would win every comparison and could leave no room for a newer
-  version.
 - Deletes are versions too (a tombstone with ``deleted_at``); a ``*.deleted`` event
   without ``deleted_at`` (another producer hard-deleted) becomes a tombstone at
   ``occurred_at``.
 - A user whose organization has not arrived yet → :class:`~bridge.errors.Retry`
   (NAK with backoff), never a dead letter: the organization is on its way.
 - Everything else is last-writer-wins, applied by the library's one applier
-  (:class:`bridge.sync.lww.LastWriterWins`: versions, stale events, same-version
-  repairs, natural-key holders — ``domain`` and ``email`` — and conflicts), with this
+  (:class:`bridge.sync.lww.LastWriterWins`: versions from the future —
+  ``future_version`` dead letters — stale events, same-version repairs, natural-key
+  holders — ``domain`` and ``email`` — and conflicts), with this
   domain's bookkeeping: a stale event is recorded in ``sync_stale_events``
   (``/sync_status`` ``stale_events``), a conflict in ``sync_conflicts`` (both ids, the
   key, both rows), written in its own transaction because the handler's is rolled
@@ -40,18 +36,17 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from bridge import Envelope, LastWriterWins, Retry, Router, SyncedTable, check_version_time
+from bridge import Envelope, LastWriterWins, Retry, Router, SyncedTable
 from bridge.config import DEFAULT_MAX_CLOCK_SKEW, Clock
 from bridge.envelope import utcnow
 from bridge.sync.lww import Conflict, Stale
 from services.shared.models import Organization, StaleEvent, SyncConflict
-from services.shared.sync_rows import ORGANIZATION, USER, Spec, decode, json_row, stale_row
+from services.shared.sync_rows import ORGANIZATION, USER, decode, json_row, stale_row
 
 log = logging.getLogger("bridge.services.sync")
 
@@ -72,11 +67,11 @@ class SyncHandlers:
     ) -> None:
         self._engine = engine
         self.app_name = app_name
-        self._clock = clock
-        self._max_clock_skew = max_clock_skew
         self._lww = {
             spec.model: LastWriterWins(
                 SyncedTable(spec.model, natural_key=spec.natural_key),
+                clock=clock,
+                max_clock_skew=max_clock_skew,
                 on_stale=self._record_stale,
                 on_conflict=self._record_conflict,
             )
@@ -100,12 +95,14 @@ class SyncHandlers:
 
     async def organizations(self, session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
         """Apply a run of organization events, all or raise (module doc)."""
-        decoded = [self._decode(envelope, ORGANIZATION) for envelope in envelopes]
+        decoded = [decode(envelope, ORGANIZATION) for envelope in envelopes]
         await self._lww[ORGANIZATION.model].apply(session, envelopes, decoded)
 
     async def users(self, session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
         """Apply a run of user events, all or raise (module doc)."""
-        decoded = [self._decode(envelope, USER) for envelope in envelopes]
+        decoded = [decode(envelope, USER) for envelope in envelopes]
+        lww = self._lww[USER.model]
+        lww.bound_versions(envelopes, decoded)  # a version from the future, before a Retry
         wanted = {values["organization_id"] for values in decoded}
         known = set(
             await session.scalars(select(Organization.id).where(Organization.id.in_(wanted)))
@@ -116,22 +113,7 @@ class SyncHandlers:
                 user_id = decoded[0]["id"]
                 raise Retry(f"organization {missing} of user {user_id} has not arrived yet")
             raise Retry(f"organizations {missing} of users in this batch have not arrived yet")
-        await self._lww[USER.model].apply(session, envelopes, decoded)
-
-    def _decode(self, envelope: Envelope, spec: Spec) -> dict[str, Any]:
-        """:func:`decode`, then the version bound: Reject ``future_version`` beyond it.
-
-        In a batch call the Reject makes the call raise, so the inbox re-runs each
-        delivery alone and this same check decides the one it concerns.
-        """
-        values = decode(envelope, spec)
-        check_version_time(
-            values["updated_at"],
-            now=self._clock(),
-            max_clock_skew=self._max_clock_skew,
-            what=f"{envelope.event_type} payload updated_at",
-        )
-        return values
+        await lww.apply(session, envelopes, decoded)
 
     async def _record_conflict(self, conflict: Conflict) -> None:
         # Own transaction: the handler's transaction is rolled back when it rejects.

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bridge.envelope import Envelope
+from bridge.errors import Reject
 from bridge.outbox.capture import Synced
 from bridge.sync.lww import LastWriterWins, Stale, SyncedTable
 
@@ -115,3 +116,13 @@ async def test_same_version_repairs_only_from_its_origin(engine: AsyncEngine) ->
     assert (await stored(engine, n)).body == "edited by hand"  # type: ignore[union-attr]
     await apply(engine, lww, (envelope, row))  # the origin re-emits: repaired
     assert (await stored(engine, n)).body == "right"  # type: ignore[union-attr]
+
+
+async def test_a_version_from_beyond_the_clock_skew_is_refused(engine: AsyncEngine) -> None:
+    lww = LastWriterWins(SyncedTable(Note), clock=lambda: T0, max_clock_skew=60.0)
+    n = uuid.uuid4()
+    await apply(engine, lww, note(n, T0 + timedelta(seconds=59), "within"))
+    with pytest.raises(Reject) as refused:
+        await apply(engine, lww, note(n, T0 + timedelta(seconds=61), "from the future"))
+    assert refused.value.reason == "future_version"
+    assert (await stored(engine, n)).body == "within"  # type: ignore[union-attr]

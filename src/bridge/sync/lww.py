@@ -5,9 +5,14 @@ A *synced table* (:class:`SyncedTable`) has a primary key ``id``, a version —
 ``updated_at`` and ``origin`` (:mod:`bridge.sync.versions`) — a tombstone column
 ``deleted_at`` (a soft delete is one more version of the row) and, optionally, a
 natural key unique among live rows.  :meth:`LastWriterWins.apply` takes the run's
-envelopes and each one's payload as column values (decoded and checked by the
-handler: :func:`bridge.routing.version_time.check_version_time` bounds
-``updated_at``) and, in a constant number of statements:
+envelopes and each one's payload as column values (decoded by the handler) and, in a
+constant number of statements:
+
+0. **Bounds** every incoming ``updated_at``: later than ``clock()`` +
+   ``max_clock_skew`` (pass the bridge config's) is ``Reject(reason="future_version")``
+   (:func:`bridge.routing.version_time.check_version_time`) — stored, such a version
+   would win every comparison and leave no room for a newer one.  In a run of several
+   the call raises and the inbox re-runs each event alone, where it decides that one.
 
 1. **Locks and loads** every row of the run in ONE ``SELECT ... FOR NO KEY UPDATE``
    (in id order, so concurrent consumers lock in one order).
@@ -57,8 +62,10 @@ from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.config import DEFAULT_MAX_CLOCK_SKEW, Clock, system_clock
 from bridge.envelope import Envelope, format_timestamp
 from bridge.errors import Reject, Retry
+from bridge.routing.version_time import check_version_time
 from bridge.sync.versions import Verdict, Version, judge
 
 log = logging.getLogger("bridge.services.sync")
@@ -130,10 +137,16 @@ class LastWriterWins:
         self,
         table: SyncedTable,
         *,
+        clock: Clock = system_clock,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
         on_stale: OnStale | None = None,
         on_conflict: OnConflict | None = None,
     ) -> None:
+        """``clock`` and ``max_clock_skew``: the bridge config's (``config.clock``,
+        ``config.max_clock_skew``), so incoming versions are bounded like envelopes."""
         self.table = table
+        self._clock = clock
+        self._max_clock_skew = max_clock_skew
         self._on_stale = on_stale
         self._on_conflict = on_conflict
 
@@ -145,6 +158,7 @@ class LastWriterWins:
     ) -> None:
         """Apply ``rows[i]``, the payload of ``envelopes[i]`` as column values (module
         doc); raise to refuse the run (:class:`Collision`, ``Retry``, ``Reject``)."""
+        self.bound_versions(envelopes, rows)
         table = self.table.table
         loaded = await session.execute(
             select(table)
@@ -163,6 +177,20 @@ class LastWriterWins:
             _log_repaired(envelope)
         for each in run.stale:
             _log_stale(each)
+
+    def bound_versions(
+        self, envelopes: Sequence[Envelope], rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Step 0 of the module doc (``apply`` runs it; a handler may run it earlier,
+        before checks of its own, so a version from the future is decided first)."""
+        now = self._clock()
+        for envelope, row in zip(envelopes, rows, strict=True):
+            check_version_time(
+                row["updated_at"],
+                now=now,
+                max_clock_skew=self._max_clock_skew,
+                what=f"{envelope.event_type} payload updated_at",
+            )
 
     def _judge(
         self, envelopes: Sequence[Envelope], rows: Sequence[Mapping[str, Any]], run: _Run
