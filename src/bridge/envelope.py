@@ -1,7 +1,8 @@
 """The wire envelope: a JSON body plus NATS headers.
 
-Body fields (DESIGN.md): ``event_id`` (UUID), ``schema_version``, ``event_type``
-(``<resource>.<created|updated|deleted>`` ...), ``producer``, ``resource_type``,
+Body fields (docs/ARCHITECTURE.md, "The wire contract"): ``event_id`` (UUID),
+``schema_version``, ``event_type`` (``<resource>.<created|updated|deleted>`` ...),
+``producer``, ``resource_type``,
 ``resource_id``, ``occurred_at`` (ISO 8601 UTC, microseconds), ``trace_id``,
 ``payload``; additions: ``origin`` (the system where the change was first made)
 and ``causation_id`` (the event this one was caused by, e.g. a DLQ replay).

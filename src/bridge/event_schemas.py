@@ -23,8 +23,9 @@ the oldest the consumer accepts.  :meth:`EventSchemas.check` (called by
 version between the two has no validator or a step has no upcaster.
 
 Producer: the outbox stamps ``schema_version`` with :meth:`EventSchemas.current_version`
-(1 for a type nobody declared, the wire of DESIGN.md), or with the version pinned by
-:meth:`EventSchemas.publish_version` while consumers are being upgraded.
+(1 for a type nobody declared: the wire contract's first version, docs/ARCHITECTURE.md),
+or with the version pinned by :meth:`EventSchemas.publish_version` while consumers are
+being upgraded.
 
 Consumer (:meth:`EventSchemas.resolve`, run by the inbox once per delivery before
 the handler):

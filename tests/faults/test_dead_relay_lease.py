@@ -8,8 +8,8 @@ another record, so per-record order does not hold it back.  System B retried the
 (organization not there yet: ``Retry``) with its backoff until ``max_deliver`` ran out,
 well before the lease expired, and dead-lettered it as ``max_deliver_exceeded``.  The
 organization arrived later; the user never did (until an operator replays it): the
-databases diverge, against DESIGN.md's "a child arriving before its parent is retried,
-not dead-lettered".
+databases diverge, against the guarantee "a child arriving before its parent is retried,
+not dead-lettered" (README, "Guarantees and their limits").
 
 This test builds that state deterministically — the organization's outbox row leased to
 a relay that no longer exists (a ``live:`` owner whose liveness lock died with its

@@ -1,6 +1,7 @@
 """Idempotent inbox: apply a batch of deliveries in one transaction, then acknowledge.
 
-Contract (DESIGN.md, "Inbox is idempotent and atomic with the handler"):
+Contract (docs/ARCHITECTURE.md, "Where each guarantee lives": no duplicate application,
+ack only after commit):
 
 1. Decode every delivery, each on its own (:meth:`InboxProcessor.decode`).  A
    malformed body (:class:`~bridge.errors.EnvelopeError`: not a valid envelope, a
