@@ -17,25 +17,12 @@ ack only after commit):
    later without running the handler.  A record another replica holds makes the
    claim wait for it, so an event is never applied twice concurrently.
 3. Run the claimed deliveries' handlers in order (:mod:`bridge.inbox._apply`):
-   first optimistically, all in that one transaction WITHOUT savepoints, and
-   commit once.  If a handler raises or the commit fails, the whole transaction
-   is rolled back and the batch re-run with a SAVEPOINT per delivery, which
-   gives each delivery its own outcome (the failing handler is not run again;
-   its exception decides it).  Failures go back to ``failed`` (attempts,
-   last_error) in the committed transaction, so ``/sync_status`` counts them.
-   Per-record order (:mod:`bridge.inbox._order`): once a delivery of record X
-   failed, later deliveries of X in the batch are NAKed with the same delay
-   without running; a delivery of X whose record has an earlier ``failed`` event
-   still waiting for its redelivery (from an earlier batch or another replica) is
-   held back likewise — never on its own last allowed delivery.  Before its
-   handler, each delivery is brought to the current schema version of its type
-   (:mod:`bridge.event_schemas`); a version the consumer does not know is
-   dead-lettered ``unsupported_schema_version``.
-   Handlers other than the failing one may run twice, the first run rolled
-   back: see :mod:`bridge.inbox._apply`.  A batch handler
-   (:meth:`bridge.routing.router.Router.on_batch`) is called once per run of consecutive
-   deliveries of its resource type on the optimistic path and once per delivery
-   on the fallback path (:mod:`bridge.inbox._apply` has the rule).
+   optimistically, all in that one transaction without savepoints, committed once;
+   after a rollback (a handler raised, or the commit failed) again with a SAVEPOINT
+   per delivery, which gives each its own outcome.  Per-record order, schema
+   versions, batch-handler runs and which handlers may run twice are that module's
+   rules.  Failures go back to ``failed`` (attempts, last_error) in the committed
+   transaction, so ``/sync_status`` counts them.
 4. If the batch cannot be committed on either path, every delivery of the batch
    is NAKed (nothing was acked, nothing recorded) with the backoff delay.
 5. Only now: ack successes and duplicates; then for the failures either store a
@@ -52,28 +39,8 @@ With ``use_inbox=False`` there is no idempotency record: handlers run for every
 delivery (at-least-once), with the same optimistic attempt and fallback; per-record
 order then holds within a batch only (no ``failed`` records to wait for).
 
-Throughput, and what the application's engine should have (the application
-builds the engine; the library never reads settings):
-
-- Per event, an all-success batch costs the handler's own statements plus a
-  share of one look-up of waiting ``failed`` records, one claim statement and one
-  commit; the savepoint path adds SAVEPOINT
-  and RELEASE (two round trips, ~0.4 ms of client CPU with SQLAlchemy) per
-  delivery.  A batch handler replaces the handler's statements per event by its
-  own per run (e.g. one multi-row upsert).  ``benchmarks/consumer.py`` measures all three.
-- ``prepared_statement_cache_size`` (asyncpg dialect; URL query or
-  ``connect_args``): SQLAlchemy names each savepoint of a transaction differently
-  (``sa_savepoint_<n>``) and prepares every distinct statement, so the fallback
-  needs a cache above ``2 * batch_size`` plus the handlers' statements (e.g.
-  1000) or every SAVEPOINT/RELEASE is a prepare + execute.  The optimistic path
-  needs only the handlers' statements and a few of its own (default 100 is fine).
-- ``pool_size`` at least ``consumer.concurrency`` plus what the relay and the web
-  requests use: each worker holds one connection for the whole batch.
-- A larger ``consumer.batch_size`` spreads the claim and the commit over more
-  events; a batch with a failure costs a re-run, so keep it moderate (64 to 256)
-  where failures are frequent.
-- Not ``synchronous_commit=off``: the ack follows the commit, and a commit the
-  server may still lose breaks that.  One commit per batch keeps it cheap anyway.
+Throughput and what the application's engine should have (statement cache, pool,
+batch size, no ``synchronous_commit=off``): docs/OPERATIONS.md, "Consumer throughput".
 """
 
 from __future__ import annotations
