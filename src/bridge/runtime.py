@@ -62,6 +62,7 @@ from bridge.outbox.relay import OutboxRelay
 from bridge.provisioning.access import verify_runtime_access
 from bridge.provisioning.provisioner import Plan, Provisioner
 from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.reconcile._digest import LocalSide
 from bridge.reconcile.reconciler import Reconciler
 from bridge.reconcile.responder import ReconcileResponder
 from bridge.reconcile.schedule import PeriodicReconciler
@@ -247,14 +248,16 @@ class Bridge:
 
     def reconciler(self) -> Reconciler:
         """A reconciler of this bridge's synced models against the peer (connected)."""
-        return Reconciler(
+        return Reconciler(self._local_side(), observer=self.metrics)
+
+    def _local_side(self) -> LocalSide:
+        return LocalSide(
             self.config,
             self.connection.nc,
             self.engine,
             self.synced_models,
             outbox=self.outbox,
             session_factory=self.session_factory,
-            observer=self.metrics,
         )
 
     async def _start_reconciliation(self) -> None:
@@ -263,15 +266,7 @@ class Bridge:
             return
         options = self.config.reconcile
         if options.responder:
-            self.reconcile_responder = ReconcileResponder(
-                self.config,
-                self.connection.nc,
-                self.engine,
-                self.synced_models,
-                outbox=self.outbox,
-                session_factory=self.session_factory,
-                observer=self.metrics,
-            )
+            self.reconcile_responder = ReconcileResponder(self._local_side(), observer=self.metrics)
             await self.reconcile_responder.start()
         interval = options.interval_seconds
         if interval:

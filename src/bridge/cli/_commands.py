@@ -33,6 +33,7 @@ from bridge.outbox import admin as outbox_admin
 from bridge.outbox.capture import Outbox
 from bridge.provisioning.access import check_permissions
 from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.reconcile._digest import LocalSide
 from bridge.reconcile.backfill import (
     STATUS_ALREADY_COMPLETED,
     STATUS_COMPLETED,
@@ -208,7 +209,9 @@ async def cmd_reconcile(ctx: Context, args: argparse.Namespace, out: Output) -> 
         out.err.write(f"bridge reconcile: {exc}\n")
         return EXIT_USAGE
     conn = await ctx.nats()
-    reconciler = Reconciler(ctx.config, conn.nc, ctx.db(), models, outbox=Outbox(ctx.config))
+    reconciler = Reconciler(
+        LocalSide(ctx.config, conn.nc, ctx.db(), models, outbox=Outbox(ctx.config))
+    )
     try:
         report = await reconciler.run()
     except ReconcileBusyError as exc:

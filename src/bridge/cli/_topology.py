@@ -34,9 +34,35 @@ async def run_topology_command(
     *,
     as_json: bool,
 ) -> int:
-    """Run ``plan``, ``apply`` or ``verify`` for ``stream`` and ``consumers``."""
-    handler = {"plan": cmd_plan, "apply": cmd_apply, "verify": cmd_verify}[command]
-    return await handler(api, stream, consumers, out, as_json)
+    """Run ``plan``, ``apply`` or ``verify`` for ``stream`` and ``consumers`` (module doc)."""
+    if command not in COMMANDS:
+        raise ValueError(f"unknown command {command!r}")
+    provisioner = Provisioner(api)
+    applied = await provisioner.apply(stream, consumers) if command == "apply" else None
+    plan = await provisioner.plan(stream, consumers)  # after apply: what still differs
+    fields: dict[str, Any]
+    if applied is not None:
+        fields = {"applied": _changes(applied), "remaining": _changes(plan)}
+        text = "applied:\n" + applied.describe() if not applied.empty else applied.describe()
+        if not plan.empty:
+            text += "\nstill differs after apply:\n" + plan.describe()
+    elif command == "plan":
+        fields = {"in_sync": plan.empty, "changes": _changes(plan)}
+        text = plan.describe()
+    else:
+        problems = [{**change_to_json(c), "message": describe_problem(c)} for c in plan.changes]
+        fields = {"ok": plan.empty, "problems": problems}
+        names = ", ".join(f"{c.stream}/{c.durable} ({c.mode})" for c in consumers)
+        text = "\n".join(p["message"] for p in problems) or (
+            f"OK: stream {stream.name} and consumers {names} match"
+        )
+    payload = {"command": command, **fields, "desired": summary(stream, consumers)}
+    out.write((json.dumps(payload, indent=2, sort_keys=True) if as_json else text) + "\n")
+    return EXIT_OK if command == "plan" or plan.empty else EXIT_FAILED
+
+
+def _changes(plan: Plan) -> list[dict[str, Any]]:
+    return [change_to_json(c) for c in plan.changes]
 
 
 def _jsonable(value: Any) -> Any:
@@ -84,86 +110,3 @@ def summary(stream: StreamSpec, consumers: Sequence[ConsumerSpec]) -> dict[str, 
             for c in consumers
         ],
     }
-
-
-def emit(out: TextIO, as_json: bool, payload: dict[str, Any], text: str) -> None:
-    out.write(json.dumps(payload, indent=2, sort_keys=True) + "\n" if as_json else text + "\n")
-
-
-# -- the commands -------------------------------------------------------------------------
-async def cmd_plan(
-    api: JetStreamApi,
-    stream: StreamSpec,
-    consumers: Sequence[ConsumerSpec],
-    out: TextIO,
-    as_json: bool,
-) -> int:
-    plan = await Provisioner(api).plan(stream, consumers)
-    emit(
-        out,
-        as_json,
-        {
-            "command": "plan",
-            "in_sync": plan.empty,
-            "changes": [change_to_json(c) for c in plan.changes],
-            "desired": summary(stream, consumers),
-        },
-        plan.describe(),
-    )
-    return EXIT_OK
-
-
-async def cmd_apply(
-    api: JetStreamApi,
-    stream: StreamSpec,
-    consumers: Sequence[ConsumerSpec],
-    out: TextIO,
-    as_json: bool,
-) -> int:
-    provisioner = Provisioner(api)
-    applied = await provisioner.apply(stream, consumers)
-    remaining = await provisioner.plan(stream, consumers)
-    text = "applied:\n" + applied.describe() if not applied.empty else applied.describe()
-    if not remaining.empty:
-        text += "\nstill differs after apply:\n" + remaining.describe()
-    emit(
-        out,
-        as_json,
-        {
-            "command": "apply",
-            "applied": [change_to_json(c) for c in applied.changes],
-            "remaining": [change_to_json(c) for c in remaining.changes],
-            "desired": summary(stream, consumers),
-        },
-        text,
-    )
-    return EXIT_OK if remaining.empty else EXIT_FAILED
-
-
-async def cmd_verify(
-    api: JetStreamApi,
-    stream: StreamSpec,
-    consumers: Sequence[ConsumerSpec],
-    out: TextIO,
-    as_json: bool,
-) -> int:
-    plan: Plan = await Provisioner(api).plan(stream, consumers)
-    if plan.empty:
-        names = ", ".join(f"{c.stream}/{c.durable} ({c.mode})" for c in consumers)
-        text = f"OK: stream {stream.name} and consumers {names} match"
-    else:
-        text = "\n".join(describe_problem(c) for c in plan.changes)
-    emit(
-        out,
-        as_json,
-        {
-            "command": "verify",
-            "ok": plan.empty,
-            "problems": [
-                {**change_to_json(c), "message": describe_problem(c)} for c in plan.changes
-            ],
-            "desired": summary(stream, consumers),
-        },
-        text,
-    )
-    return EXIT_OK if plan.empty else EXIT_FAILED

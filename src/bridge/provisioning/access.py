@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +53,7 @@ from nats.aio.client import Client
 
 from bridge.config import BridgeConfig
 from bridge.errors import (
+    BridgeError,
     DriftError,
     MissingConsumerError,
     MissingStreamError,
@@ -126,66 +127,61 @@ async def verify_runtime_access(
     targets = [config.subjects.publish] + ([config.subjects.dlq] if config.use_dlq else [])
     for subject in targets:
         result = await probe_publish(nc, subject, stream, timeout=timeout, violations=violations)
-        if result is Probe.NO_RESPONDERS:
-            raise MissingStreamError(
+        _fail_on(result, {
+            Probe.NO_RESPONDERS: MissingStreamError(
                 f"stream {stream!r} does not exist or does not capture subject {subject!r} "
                 f"(no JetStream answer to a publish); {_PROVISION_HINT}"
-            )
-        if result is Probe.WRONG_STREAM:
-            raise DriftError(
+            ),
+            Probe.WRONG_STREAM: DriftError(
                 f"subject {subject!r} is captured by a stream other than {stream!r}; "
                 f"{_PROVISION_HINT}"
-            )
-        if result is Probe.DENIED:
-            raise PermissionDeniedError(f"NATS user may not publish to {subject!r}")
-        if result is Probe.INBOX_DENIED:
-            raise inbox_denied
-        if result is Probe.NO_ANSWER:
-            raise PermissionDeniedError(
+            ),
+            Probe.DENIED: PermissionDeniedError(f"NATS user may not publish to {subject!r}"),
+            Probe.INBOX_DENIED: inbox_denied,
+            Probe.NO_ANSWER: PermissionDeniedError(
                 f"no PubAck for a probe on {subject!r} within {timeout}s: "
                 "NATS or JetStream is unavailable"
-            )
+            ),
+        })  # fmt: skip
 
     durable = config.subjects.durable
     if config.consumer_mode == "pull":
         result = await probe_pull_consumer(nc, config, timeout=timeout, violations=violations)
-        missing = f"consumer {durable!r} on stream {stream!r} does not exist"
-        if result is Probe.NO_RESPONDERS:
-            raise MissingConsumerError(
-                f"{missing} (no answer to a pull request); {_PROVISION_HINT}"
-            )
-        if result is Probe.PUSH_BASED:
-            raise DriftError(
+        pull = msg_next_subject(config)
+        _fail_on(result, {
+            Probe.NO_RESPONDERS: MissingConsumerError(
+                f"consumer {durable!r} on stream {stream!r} does not exist (no answer to a "
+                f"pull request); {_PROVISION_HINT}"
+            ),
+            Probe.PUSH_BASED: DriftError(
                 f"consumer {durable!r} on stream {stream!r} is push-based but consumer_mode "
                 f"is pull; {_PROVISION_HINT}"
-            )
-        if result is Probe.DENIED:
-            raise PermissionDeniedError(
-                f"NATS user may not publish pull requests to {msg_next_subject(config)!r}"
-            )
-        if result is Probe.INBOX_DENIED:
-            raise inbox_denied
-        if result is Probe.NO_ANSWER:
-            raise PermissionDeniedError(
-                f"no answer to a pull request on {msg_next_subject(config)!r} within {timeout}s"
-            )
+            ),
+            Probe.DENIED: PermissionDeniedError(
+                f"NATS user may not publish pull requests to {pull!r}"
+            ),
+            Probe.INBOX_DENIED: inbox_denied,
+            Probe.NO_ANSWER: PermissionDeniedError(
+                f"no answer to a pull request on {pull!r} within {timeout}s"
+            ),
+        })  # fmt: skip
     else:
         wait = heartbeat_wait if heartbeat_wait is not None else 2 * PUSH_IDLE_HEARTBEAT + 1
         result = await probe_push_consumer(nc, config, wait=wait, violations=violations)
-        if result is Probe.DENIED:
-            raise PermissionDeniedError(
-                f"NATS user may not subscribe to {config.deliver_subject!r} "
-                f"in queue group {config.deliver_group!r}"
-            )
-        if result is Probe.NO_ANSWER:
-            raise PermissionDeniedError(
-                f"no answer from NATS to a subscription on {config.deliver_subject!r}"
-            )
+        deliver, group = config.deliver_subject, config.deliver_group
+        _fail_on(result, {
+            Probe.DENIED: PermissionDeniedError(
+                f"NATS user may not subscribe to {deliver!r} in queue group {group!r}"
+            ),
+            Probe.NO_ANSWER: PermissionDeniedError(
+                f"no answer from NATS to a subscription on {deliver!r}"
+            ),
+        })  # fmt: skip
         if result is not Probe.OK:
             raise MissingConsumerError(
                 f"push consumer {durable!r} on stream {stream!r} is missing: no heartbeat or "
-                f"delivery on {config.deliver_subject!r} (group {config.deliver_group!r}) "
-                f"within {wait:g}s (or it is a pull consumer); {_PROVISION_HINT}"
+                f"delivery on {deliver!r} (group {group!r}) within {wait:g}s (or it is a pull "
+                f"consumer); {_PROVISION_HINT}"
             )
 
     extra = [ack_subjects(config)]
@@ -195,10 +191,12 @@ async def verify_runtime_access(
         result = await probe_fire_and_forget(
             nc, probe_subject(pattern), timeout=timeout, violations=violations
         )
-        if result is Probe.DENIED:
-            raise PermissionDeniedError(f"NATS user may not publish to {pattern!r}")
-        if result is Probe.NO_ANSWER:
-            raise PermissionDeniedError(f"no answer from NATS to a publish on {pattern!r}")
+        _fail_on(result, {
+            Probe.DENIED: PermissionDeniedError(f"NATS user may not publish to {pattern!r}"),
+            Probe.NO_ANSWER: PermissionDeniedError(
+                f"no answer from NATS to a publish on {pattern!r}"
+            ),
+        })  # fmt: skip
     leftover = violations()
     if leftover:
         raise PermissionDeniedError("permission violations during start-up: " + "; ".join(leftover))
@@ -206,6 +204,13 @@ async def verify_runtime_access(
         "runtime access verified",
         extra={"stream": stream, "durable": durable, "consumer_mode": config.consumer_mode},
     )
+
+
+def _fail_on(result: Probe, errors: Mapping[Probe, BridgeError]) -> None:
+    """Raise the error a probe's result means, if it means one."""
+    error = errors.get(result)
+    if error is not None:
+        raise error
 
 
 # -- per-subject report (bridge doctor) -----------------------------------------------

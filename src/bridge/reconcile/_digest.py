@@ -32,10 +32,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from nats.aio.client import Client
 from sqlalchemy import DateTime, Table, inspect, select, text
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
+from bridge.config import BridgeConfig
 from bridge.errors import ConfigError, ReconcileError
 from bridge.outbox.capture import Outbox, Synced
 
@@ -177,3 +179,27 @@ class ModelDigests:
         column = self.table.columns["id"]
         rows = (await session.execute(select(self.model).where(column.in_(keys)))).scalars().all()
         return await outbox.emit_snapshots(session, list(rows))
+
+
+class LocalSide:
+    """This app's side of a reconciliation — its config, connection, database, synced
+    models (digests by resource, in dependency order) and the outbox that re-emits
+    them: what a :class:`~bridge.reconcile.reconciler.Reconciler` and a
+    :class:`~bridge.reconcile.responder.ReconcileResponder` work on."""
+
+    def __init__(
+        self,
+        config: BridgeConfig,
+        nc: Client,
+        engine: AsyncEngine,
+        models: Sequence[type[Synced]],
+        *,
+        outbox: Outbox,
+        session_factory: async_sessionmaker[AsyncSession] | None = None,
+    ) -> None:
+        self.config = config
+        self.nc = nc
+        self.engine = engine
+        self.outbox = outbox
+        self.sessions = session_factory or async_sessionmaker(engine, expire_on_commit=False)
+        self.models = {m.__bridge_resource__: ModelDigests(m) for m in models}

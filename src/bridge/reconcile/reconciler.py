@@ -62,14 +62,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from sqlalchemy import insert, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bridge._support.backoff import backoff_delay
 from bridge.config import BridgeConfig
 from bridge.errors import ReconcileBusyError, ReconcileError, ReconcileRefusedError
-from bridge.outbox.capture import Outbox, Synced
 from bridge.reconcile import _protocol as proto
-from bridge.reconcile._digest import ModelDigests, RangeDigest
+from bridge.reconcile._digest import LocalSide, ModelDigests, RangeDigest
 from bridge.reconcile.repair import (
     ReconcileObserver,
     ReconcileReport,
@@ -103,31 +101,17 @@ class _Tally:
 
 # -- the pass --------------------------------------------------------------------------
 class Reconciler:
-    """Runs reconciliation passes of ``config``'s app against its destination."""
+    """Runs reconciliation passes of ``side``'s app against its destination."""
 
-    def __init__(
-        self,
-        config: BridgeConfig,
-        nc: Client,
-        engine: AsyncEngine,
-        models: Sequence[type[Synced]],
-        *,
-        outbox: Outbox,
-        session_factory: async_sessionmaker[AsyncSession] | None = None,
-        observer: ReconcileObserver | None = None,
-    ) -> None:
-        self._config = config
-        self._nc = nc
-        self._engine = engine
-        self._outbox = outbox
-        self._sessions = session_factory or async_sessionmaker(engine, expire_on_commit=False)
-        self._models = [ModelDigests(m) for m in models]
+    def __init__(self, side: LocalSide, *, observer: ReconcileObserver | None = None) -> None:
+        self._side = side
+        self._config = side.config
         self._observer = observer
         self._peer: PeerRequests | None = None
 
     async def run(self) -> ReconcileReport:
         """One pass (module doc); raises :class:`ReconcileBusyError` if one is running."""
-        async with self._engine.connect() as lock_conn:
+        async with self._side.engine.connect() as lock_conn:
             locked = await lock_conn.scalar(
                 text("SELECT pg_try_advisory_lock(:cls, hashtext(:app))"),
                 {"cls": LOCK_CLASS, "app": self._config.app_name},
@@ -152,10 +136,10 @@ class Reconciler:
     async def _run_locked(self) -> ReconcileReport:
         started, clock = datetime.now(UTC), time.monotonic()
         tally, error = _Tally(), None
-        self._peer = PeerRequests(self._nc, self._config)
+        self._peer = PeerRequests(self._side.nc, self._config)
         try:
             await self._peer.start()
-            for model in self._models:
+            for model in self._side.models.values():
                 tally.resources.append(model.resource)
                 await self._reconcile_model(model, tally)
         except Exception as exc:
@@ -189,7 +173,7 @@ class Reconciler:
         row["started_at"], row["finished_at"] = report.started_at, report.finished_at
         columns = {c.name for c in reconcile_runs.columns} - {"id"}
         try:
-            async with self._engine.begin() as conn:
+            async with self._side.engine.begin() as conn:
                 await conn.execute(
                     insert(reconcile_runs), {k: v for k, v in row.items() if k in columns}
                 )
@@ -205,7 +189,7 @@ class Reconciler:
             children: list[str] = []
             leaves: list[RangeDigest] = []
             for chunk in _chunks(pending, proto.MAX_RANGES):
-                async with self._engine.connect() as conn:
+                async with self._side.engine.connect() as conn:
                     local = await model.digests(conn, chunk)
                 reply = await self._request(
                     proto.Request("digests", model.resource, ranges=chunk), tally
@@ -219,7 +203,7 @@ class Reconciler:
             pending = children
 
     async def _repair_leaves(self, model: ModelDigests, prefixes: list[str], tally: _Tally) -> None:
-        async with self._engine.connect() as conn:
+        async with self._side.engine.connect() as conn:
             local = await model.rows(conn, prefixes)
         reply = await self._request(
             proto.Request("rows", model.resource, ranges=tuple(prefixes)), tally
@@ -236,8 +220,8 @@ class Reconciler:
             )
         tally.unresolved += len(repairs.unresolved)
         if repairs.to_peer:
-            async with self._sessions() as session, session.begin():
-                tally.to_peer += await model.reemit(session, self._outbox, repairs.to_peer)
+            async with self._side.sessions() as session, session.begin():
+                tally.to_peer += await model.reemit(session, self._side.outbox, repairs.to_peer)
         for ids in _chunks(list(repairs.from_peer), proto.MAX_IDS):
             reply = await self._request(
                 proto.Request("reemit", model.resource, ids=tuple(ids)), tally

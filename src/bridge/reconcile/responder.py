@@ -45,21 +45,16 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from typing import Protocol
 
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bridge.config import BridgeConfig
 from bridge.errors import ReconcileRefusedError
-from bridge.outbox.capture import Outbox, Synced
 from bridge.reconcile import _protocol as proto
-from bridge.reconcile._digest import ModelDigests
+from bridge.reconcile._digest import LocalSide
 
 log = logging.getLogger("bridge.reconcile")
 
@@ -81,22 +76,10 @@ class ReconcileResponder:
     """Serves ``digests``, ``rows`` and ``reemit`` for this app's synced models."""
 
     def __init__(
-        self,
-        config: BridgeConfig,
-        nc: Client,
-        engine: AsyncEngine,
-        models: Sequence[type[Synced]],
-        *,
-        outbox: Outbox,
-        session_factory: async_sessionmaker[AsyncSession] | None = None,
-        observer: ReconcileRequestObserver | None = None,
+        self, side: LocalSide, *, observer: ReconcileRequestObserver | None = None
     ) -> None:
-        self._config = config
-        self._nc = nc
-        self._engine = engine
-        self._outbox = outbox
-        self._sessions = session_factory or async_sessionmaker(engine, expire_on_commit=False)
-        self._models = {m.__bridge_resource__: ModelDigests(m) for m in models}
+        self._side = side
+        config = self._config = side.config
         self._observer = observer
         self._limit = config.reconcile.max_concurrent_requests
         self._timeout_ms = str(max(1, round(config.reconcile.statement_timeout * 1000)))
@@ -113,7 +96,7 @@ class ReconcileResponder:
         if self._sub is not None:
             return
         subjects = self._config.subjects
-        self._sub = await self._nc.subscribe(
+        self._sub = await self._side.nc.subscribe(
             subjects.reconcile,
             queue=subjects.reconcile_group,
             cb=self._on_request,
@@ -124,7 +107,7 @@ class ReconcileResponder:
             "reconcile responder started",
             extra={
                 "subject": subjects.reconcile,
-                "resources": sorted(self._models),
+                "resources": sorted(self._side.models),
                 "max_concurrent_requests": self._limit,
             },
         )
@@ -169,7 +152,7 @@ class ReconcileResponder:
 
     async def _publish(self, subject: str, reply: bytes) -> None:
         with contextlib.suppress(Exception):  # the requester is gone or the connection closing
-            await self._nc.publish(subject, reply)
+            await self._side.nc.publish(subject, reply)
 
     def _count(self, result: str) -> None:
         if self._observer is not None:
@@ -217,22 +200,22 @@ class ReconcileResponder:
         return proto.refusal("internal", request_id)
 
     async def _handle(self, request: proto.Request) -> bytes:
-        digests = self._models.get(request.resource)
+        digests = self._side.models.get(request.resource)
         if digests is None:
             raise ReconcileRefusedError(
                 f"{self._config.app_name} does not sync resource {request.resource!r}",
                 code="unknown_resource",
             )
         if request.op == "reemit":
-            async with self._sessions() as session, session.begin():
+            async with self._side.sessions() as session, session.begin():
                 await session.execute(_STATEMENT_TIMEOUT, {"ms": self._timeout_ms})
-                count = await digests.reemit(session, self._outbox, request.ids)
+                count = await digests.reemit(session, self._side.outbox, request.ids)
             log.info(
                 "reconcile re-emitted rows",
                 extra={"resource": request.resource, "requested": len(request.ids), "rows": count},
             )
             return proto.ok(reemitted=count)
-        async with self._engine.connect() as conn:
+        async with self._side.engine.connect() as conn:
             await conn.execute(_STATEMENT_TIMEOUT, {"ms": self._timeout_ms})
             if request.op == "digests":
                 return proto.encode_digests(await digests.digests(conn, request.ranges))
