@@ -79,7 +79,7 @@ def connect_options(credentials: Credentials) -> dict[str, Any]:
 
 
 class Connection:
-    """One NATS connection and its JetStream context, owned by a :class:`Bridge`."""
+    """One NATS connection and its JetStream context, owned by a :class:`~bridge.runtime.Bridge`."""
 
     def __init__(self, config: BridgeConfig, *, name: str | None = None) -> None:
         self._config = config
