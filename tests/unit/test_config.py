@@ -183,3 +183,10 @@ def test_stream_max_bytes_is_unlimited_or_positive(bad: object) -> None:
     with pytest.raises(ConfigError, match="stream_max_bytes"):
         BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=bad)  # type: ignore[arg-type]
     assert BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=1024).stream_max_bytes
+
+
+def test_names_longer_than_the_peer_can_store_are_refused() -> None:
+    # an envelope's producer must fit the peer's inbox, or every event is malformed there
+    with pytest.raises(ConfigError, match="app_name is 65 characters long; at most 64"):
+        BridgeConfig(app_name="a" * 65, destination_app="b")
+    assert BridgeConfig(app_name="a" * 64, destination_app="b").app_name == "a" * 64
