@@ -205,14 +205,14 @@ undecodable request body got an undocumented 400 (now in the OpenAPI of every wr
   meanwhile the relay's publishes time out one by one and the consumer receives nothing. Now
   `ping_interval` / `max_outstanding_pings` are options, default 5 s x 2: noticed within 15 s
   (measured 14.5 s). `partition_bridge_nats` runs with 1 s x 3 (bound 4 s).
-- **Known limit: the consumer on a dead PostgreSQL connection.** The consumer's inbox
-  transactions (and the API's) run on the application's engine, which the bridge does not
-  create, with whatever timeouts it has — asyncpg's default is none. Tried once by hand with
-  B's consumer (instead of its relay) behind the proxy and its connections stranded: B's
-  durable still had 106 pending and 26 unacknowledged deliveries 90 s after healing — that
-  consumer applies nothing until restarted. Not a scenario here (it cannot pass yet); the
-  services' engine needs a bound (asyncpg `command_timeout`, docs/OPERATIONS.md) or the
-  consumer the relay's `Deadline`.
+- **Fixed defect: the consumer on a dead PostgreSQL connection.** The consumer's inbox
+  transactions run on the application's engine, with whatever timeouts it has — asyncpg's
+  default is none. Tried by hand with B's consumer behind the proxy and its connections
+  stranded: B's durable still had 106 pending and 26 unacknowledged deliveries 90 s after
+  healing. Now each batch's database work is bounded by `consumer.batch_timeout` (the same
+  `bridge.deadline`): the stuck batch is NAKed and applied again on a fresh connection
+  (`tests/faults/test_consumer_dead_connection.py`); the services' engine also has a
+  per-statement `command_timeout`.
 - **SIGSTOP does not always hit a delivery.** An ack queued in a socket buffer while the
   server is frozen often wins against the ack-wait timer after SIGCONT; `nats_sigstop_over_ack_wait`
   freezes three times to make in-flight deliveries likely, and the redeliveries column shows

@@ -19,9 +19,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
+#: Seconds a statement of the API may wait: asyncpg has no limit of its own, so a request
+#: on a connection that died without a FIN or an RST (a partition) would never return.
+COMMAND_TIMEOUT = 60.0
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    """An asyncpg engine; ``pool_pre_ping`` so a restarted database is survived."""
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    """An asyncpg engine; ``pool_pre_ping`` so a restarted database is survived, and a
+    per-statement ``command_timeout`` so a dead connection fails a request instead of
+    hanging it."""
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"command_timeout": COMMAND_TIMEOUT},
+    )
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -133,9 +133,15 @@ class ConsumerOptions:
     max_body_bytes: int = 1024 * 1024
     max_json_depth: int = 32
     max_id_length: int = 255
+    #: Longest a batch's database work may take (the inbox transaction, the dead-letter
+    #: bookkeeping); past it the batch is rolled back and NAKed, and a dead connection is
+    #: discarded (:class:`bridge.deadline.Deadline`).  ``None``: unbounded.
+    batch_timeout: float | None = 120.0
 
     def __post_init__(self) -> None:
         _positive("consumer.batch_size", self.batch_size)
+        if self.batch_timeout is not None:
+            _positive("consumer.batch_timeout", self.batch_timeout)
         _positive("consumer.fetch_timeout", self.fetch_timeout)
         _positive("consumer.concurrency", self.concurrency)
         _positive("consumer.inbox_retention", self.inbox_retention)

@@ -40,6 +40,17 @@ class PublishError(BridgeError):
         self.rejected = rejected
 
 
+class PayloadTooLargeError(PublishError):
+    """The message (headers and body) is larger than the server's ``max_payload``; it
+    was not sent.  Always ``rejected``.  ``limit`` is the server's maximum and
+    ``size`` the message's, both in bytes."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message, rejected=True)
+        self.size = size
+        self.limit = limit
+
+
 class ProvisioningError(BridgeError):
     """Stream or consumer is missing, drifted, or may not be managed."""
 

@@ -17,10 +17,20 @@ from bridge.errors import ConfigError
 _FORBIDDEN = re.compile(r"[.*>\s]")
 
 
+#: Longest app, stream or group name: an envelope's ``producer`` must fit the peer's
+#: inbox column (128) with room to spare, and so must the subjects built from it.
+MAX_TOKEN_LENGTH = 64
+
+
 def validate_token(value: str, *, name: str) -> str:
     """Return ``value`` if it is a single, safe subject token; else raise ConfigError."""
     if not value:
         raise ConfigError(f"{name} must not be empty")
+    if len(value) > MAX_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{name} is {len(value)} characters long; at most {MAX_TOKEN_LENGTH}: names travel "
+            "in every envelope (producer, origin) and the peer's inbox stores them"
+        )
     if _FORBIDDEN.search(value):
         raise ConfigError(
             f"{name}={value!r} is not a valid NATS name token: it must not contain "

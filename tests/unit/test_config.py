@@ -196,3 +196,10 @@ def test_consumer_options_have_no_stop_timeout() -> None:
     # It was never read: Bridge.stop(timeout) is the one deadline (bridge.runtime).
     with pytest.raises(TypeError, match="stop_timeout"):
         ConsumerOptions(stop_timeout=5.0)  # type: ignore[call-arg]
+
+
+def test_names_longer_than_the_peer_can_store_are_refused() -> None:
+    # an envelope's producer must fit the peer's inbox, or every event is malformed there
+    with pytest.raises(ConfigError, match="app_name is 65 characters long; at most 64"):
+        BridgeConfig(app_name="a" * 65, destination_app="b")
+    assert BridgeConfig(app_name="a" * 64, destination_app="b").app_name == "a" * 64

@@ -53,6 +53,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bridge._envelope_limits import EnvelopeLimits
+from bridge._support.deadline import Deadline
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.errors import DeadLetterError, EnvelopeError
@@ -148,7 +149,8 @@ class InboxProcessor:
         pending = [item for item in items if item.decision is None]
         if pending:
             try:
-                await self._applier.apply(pending)
+                async with Deadline(self._config.consumer.batch_timeout, "inbox transaction"):
+                    await self._applier.apply(pending)
             except Exception as exc:
                 log.error(
                     "inbox transaction failed; NAKing the batch",
@@ -248,7 +250,11 @@ class InboxProcessor:
     async def _record_rows(self, rows: list[dict[str, Any]]) -> None:
         if rows and self._config.use_inbox:
             try:
-                async with self._session_factory() as session, session.begin():
+                async with (
+                    Deadline(self._config.consumer.batch_timeout, "dead-letter bookkeeping"),
+                    self._session_factory() as session,
+                    session.begin(),
+                ):
                     await store.record(session, rows)
             except Exception as exc:  # bookkeeping only: the term below still happens
                 log.warning("could not record dead letters", extra={"error": repr(exc)})

@@ -31,7 +31,12 @@ from nats.js.errors import NotFoundError
 
 from bridge.config import BridgeConfig
 from bridge.envelope import MSG_ID_HEADER, format_timestamp, utcnow
-from bridge.errors import DeadLetterError, DeadLetterNotFoundError, PublishError
+from bridge.errors import (
+    DeadLetterError,
+    DeadLetterNotFoundError,
+    PayloadTooLargeError,
+    PublishError,
+)
 from bridge.routing.letter import (
     H_APP,
     H_AT,
@@ -43,6 +48,7 @@ from bridge.routing.letter import (
     H_ORIGINAL_SUBJECT,
     H_REASON,
     H_STREAM_SEQ,
+    H_TRUNCATED,
     SERVER_HEADERS,
     TTL_HEADER,
     DeadLetter,
@@ -53,7 +59,7 @@ from bridge.routing.letter import (
 )
 from bridge.routing.replay import Replayed, replay_envelope
 from bridge.transport.delivery import Received, StoredMessage
-from bridge.transport.publisher import OutgoingMessage, Publisher
+from bridge.transport.publisher import OutgoingMessage, Publisher, PublishResult, headers_size
 
 log = logging.getLogger("bridge.dlq")
 
@@ -96,9 +102,7 @@ class DeadLetters:
         )
         try:
             try:
-                result = await self._publisher.publish_raw(
-                    OutgoingMessage(self.subject, delivery.data, headers)
-                )
+                result = await self._publish_fitting(delivery, headers)
             except PublishError as exc:
                 if TTL_HEADER not in headers or not ttl_refused(exc):
                     raise
@@ -115,9 +119,7 @@ class DeadLetters:
                     },
                 )
                 del headers[TTL_HEADER]
-                result = await self._publisher.publish_raw(
-                    OutgoingMessage(self.subject, delivery.data, headers)
-                )
+                result = await self._publish_fitting(delivery, headers)
         except PublishError as exc:
             raise DeadLetterError(
                 f"dead letter for {delivery.stream}#{delivery.stream_seq} not stored: {exc}"
@@ -156,6 +158,36 @@ class DeadLetters:
                 return
             yield DeadLetter.from_stored(seq, raw.data or b"", raw.headers or {})
             cursor = seq + 1
+
+    async def _publish_fitting(
+        self, delivery: Received, headers: dict[str, str]
+    ) -> PublishResult:
+        """Publish the letter; a body that does not fit ``max_payload`` beside the
+        ``x-dlq-*`` headers is cut to fit and marked :data:`H_TRUNCATED` (the original
+        stays in the stream at ``x-dlq-stream-seq`` until ``max_age``): a delivery near
+        the limit is still dead-lettered, not NAKed for ever."""
+        try:
+            return await self._publisher.publish_raw(
+                OutgoingMessage(self.subject, delivery.data, headers)
+            )
+        except PayloadTooLargeError as exc:
+            cut = {**headers, H_TRUNCATED: str(len(delivery.data))}
+            # exc.size counts every header the publish adds; the marker adds its own
+            overhead = exc.size - len(delivery.data) + headers_size(cut) - headers_size(headers)
+            room = max(exc.limit - overhead, 0)
+            log.warning(
+                "dead letter body cut to fit max_payload",
+                extra={
+                    "stream_seq": delivery.stream_seq,
+                    "subject": delivery.subject,
+                    "body_bytes": len(delivery.data),
+                    "kept_bytes": room,
+                    "max_payload": exc.limit,
+                },
+            )
+            return await self._publisher.publish_raw(
+                OutgoingMessage(self.subject, delivery.data[:room], cut)
+            )
 
     async def list(self, limit: int = 100, *, start_seq: int = 1) -> list[DeadLetter]:
         """Up to ``limit`` dead letters, oldest first, from stream sequence ``start_seq``."""

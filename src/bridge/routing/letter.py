@@ -52,6 +52,9 @@ H_STREAM_SEQ = "x-dlq-stream-seq"
 H_ORIGINAL_MSG_ID = "x-dlq-original-msg-id"
 H_APP = "x-dlq-app"
 H_AT = "x-dlq-at"
+#: Set on a letter whose body was cut to fit ``max_payload``: the original body's size.
+#: The original message stays in the stream (``x-dlq-stream-seq``) until ``max_age``.
+H_TRUNCATED = "x-dlq-truncated"
 TTL_HEADER = "Nats-TTL"
 TTL_NEVER = "never"
 ERROR_MESSAGE_LIMIT = 1000

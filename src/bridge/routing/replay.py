@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.errors import DeadLetterNotFoundError, EnvelopeError, PublishError, ReplayRefusedError
-from bridge.routing.letter import DeadLetter
+from bridge.routing.letter import H_TRUNCATED, DeadLetter
 
 if TYPE_CHECKING:
     from bridge.routing.dlq import DeadLetters
@@ -73,6 +73,15 @@ def replay_envelope(letter: DeadLetter, config: BridgeConfig) -> Envelope:
             f"`bridge dlq purge {letter.seq}`",
             seq=letter.seq,
             reason=REASON_FOREIGN_SUBJECT,
+        )
+    if H_TRUNCATED in letter.headers:
+        raise ReplayRefusedError(
+            f"dead letter {letter.seq} holds only the first bytes of a "
+            f"{letter.headers[H_TRUNCATED]}-byte body (cut to fit max_payload): the original "
+            f"is message {letter.original_seq} of the stream until max_age; republish a "
+            f"corrected event from the producer, then `bridge dlq purge {letter.seq}`",
+            seq=letter.seq,
+            reason=REASON_MALFORMED,
         )
     try:
         original = letter.envelope()

@@ -11,6 +11,12 @@ server's store full) and a lost connection are unavailability, not rejection —
 and so are the 4xx answers in :data:`TRANSIENT_API_ERRORS`, which are about the
 server's capacity, not the message: an account's JetStream storage full (a 400),
 a duplicate still in process, too many requests.
+
+A message whose headers and body together exceed the server's ``max_payload`` is
+refused here, before it is sent (:class:`~bridge.errors.PayloadTooLargeError`): the
+client library checks only the body, and the server answers an oversized message by
+closing the connection — every publish and delivery of the process would stall on
+the reconnect, and the same message would do it again.
 """
 
 from __future__ import annotations
@@ -21,10 +27,13 @@ from dataclasses import dataclass
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
+from nats.js.api import Header
 from nats.js.errors import APIError
 
 from bridge.envelope import Envelope
-from bridge.errors import PublishError
+from bridge.errors import PayloadTooLargeError, PublishError
+
+EXPECTED_STREAM = Header.EXPECTED_STREAM.value
 
 #: JetStream errors (``err_code``, nats-server's errors.json) answered with a 4xx that do
 #: not refuse the message: the same message is stored once the condition passes.
@@ -53,6 +62,16 @@ class OutgoingMessage:
     headers: Mapping[str, str]
 
 
+def headers_size(headers: Mapping[str, str]) -> int:
+    """Bytes the headers take in an HPUB (``NATS/1.0`` line, ``key: value`` lines, end)."""
+    return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
+
+
+def message_size(message: OutgoingMessage) -> int:
+    """What the server counts against ``max_payload``: headers plus body."""
+    return headers_size(message.headers) + len(message.data)
+
+
 class Publisher:
     """Thin, typed wrapper over ``js.publish`` that maps errors to :class:`PublishError`."""
 
@@ -67,8 +86,28 @@ class Publisher:
             OutgoingMessage(subject, envelope.to_bytes(), envelope.headers())
         )
 
+    @property
+    def max_payload(self) -> int | None:
+        """The most a message may take on the wire, headers included (the server's
+        ``max_payload``, as the connection learnt it); ``None`` if unknown."""
+        # nats-py keeps the client on the context privately; INFO's max_payload is public.
+        client = getattr(self._js, "_nc", None)
+        limit = getattr(client, "max_payload", None)
+        return int(limit) if isinstance(limit, int) else None
+
     async def publish_raw(self, message: OutgoingMessage) -> PublishResult:
         """Publish pre-encoded bytes and headers; await the PubAck."""
+        size = message_size(message)
+        if self._stream is not None:  # nats-py adds Nats-Expected-Stream for us
+            size += headers_size({EXPECTED_STREAM: self._stream}) - headers_size({})
+        limit = self.max_payload
+        if limit is not None and size > limit:
+            raise PayloadTooLargeError(
+                f"publish to {message.subject!r}: {size} bytes with headers exceed the "
+                f"server's max_payload of {limit}",
+                size=size,
+                limit=limit,
+            )
         try:
             ack = await self._js.publish(
                 message.subject,
