@@ -52,6 +52,7 @@ from bridge.inbox import InboxProcessor
 from bridge.inbox_retention import InboxRetention
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import BridgeMetrics, BridgeStateSource, RelayStateSource
+from bridge.metrics_consumer import ConsumerTasksSource
 from bridge.outbox import Outbox, Synced
 from bridge.provisioning import Plan, Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
@@ -100,6 +101,10 @@ class Bridge:
         self.metrics.add_source("bridge", BridgeStateSource(self.status))
         self.metrics.add_source(
             "relay", RelayStateSource(lambda: self.relay is not None and self.relay.running)
+        )
+        self.metrics.add_source(
+            "consumer",
+            ConsumerTasksSource(lambda: None if self.consumer is None else self.consumer.stats()),
         )
         self.tracer_provider = tracer_provider
         self.session_factory: async_sessionmaker[AsyncSession] = async_sessionmaker(
