@@ -19,7 +19,8 @@ Web and worker processes scale separately: ``enable_consumer=False`` /
 
 Observability: every Bridge has its own :class:`~bridge.metrics.BridgeMetrics`
 (``bridge.metrics``, its own Prometheus registry) fed by the relay, the consumer
-and the handlers, plus gauges read from :meth:`Bridge.status` at scrape time.  Its
+and the handlers, plus gauges read from :meth:`Bridge.status` at scrape time and the
+consumer's supervision counters (:mod:`bridge.metrics_consumer`, read without I/O).  Its
 outbox stamps each row with the current W3C ``traceparent``
 (:func:`bridge.tracing.current_traceparent`; an ``outbox`` passed in keeps its own
 setting) and its handlers run in a span that continues the producer's trace
