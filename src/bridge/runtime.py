@@ -19,7 +19,8 @@ Web and worker processes scale separately: ``enable_consumer=False`` /
 
 Observability: every Bridge has its own :class:`~bridge.metrics.BridgeMetrics`
 (``bridge.metrics``, its own Prometheus registry) fed by the relay, the consumer
-and the handlers, plus gauges read from :meth:`Bridge.status` at scrape time.  Its
+and the handlers, plus gauges read from :meth:`Bridge.status` at scrape time and the
+consumer's supervision counters (:mod:`bridge.metrics_consumer`, read without I/O).  Its
 outbox stamps each row with the current W3C ``traceparent``
 (:func:`bridge.tracing.current_traceparent`; an ``outbox`` passed in keeps its own
 setting) and its handlers run in a span that continues the producer's trace
@@ -52,6 +53,7 @@ from bridge.inbox import InboxProcessor
 from bridge.inbox_retention import InboxRetention
 from bridge.jsapi import JetStreamApi
 from bridge.metrics import BridgeMetrics, BridgeStateSource, RelayStateSource
+from bridge.metrics_consumer import ConsumerTasksSource
 from bridge.outbox import Outbox, Synced
 from bridge.provisioning import Plan, Provisioner, consumer_spec, stream_spec
 from bridge.publisher import Publisher
@@ -100,6 +102,10 @@ class Bridge:
         self.metrics.add_source("bridge", BridgeStateSource(self.status))
         self.metrics.add_source(
             "relay", RelayStateSource(lambda: self.relay is not None and self.relay.running)
+        )
+        self.metrics.add_source(
+            "consumer",
+            ConsumerTasksSource(lambda: None if self.consumer is None else self.consumer.stats()),
         )
         self.tracer_provider = tracer_provider
         self.session_factory: async_sessionmaker[AsyncSession] = async_sessionmaker(
