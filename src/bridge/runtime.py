@@ -24,8 +24,9 @@ Web and worker processes scale separately: ``enable_consumer=False`` /
 ``enable_relay=False`` in the config turn either part off in a process.
 
 Observability: every Bridge has its own :class:`~bridge.observability.metrics.BridgeMetrics`
-(``bridge.observability.metrics``, its own Prometheus registry) fed by the relay, the consumer
-and the handlers, plus gauges read from :meth:`Bridge.status` at scrape time.  Its
+(its own Prometheus registry) fed by the relay, the consumer and the handlers, plus
+gauges read at scrape time from :meth:`Bridge.status` and, without I/O, the consumer's
+supervision counters (:mod:`bridge.observability.sources`).  Its
 outbox stamps each row with the current W3C ``traceparent``
 (:func:`bridge.observability.tracing.current_traceparent`; an ``outbox`` passed in keeps its own
 setting) and its handlers run in a span that continues the producer's trace
@@ -54,7 +55,11 @@ from bridge.event_schemas import EventSchemas
 from bridge.inbox.processor import InboxProcessor
 from bridge.inbox.retention import InboxRetention
 from bridge.observability.metrics import BridgeMetrics, MetricsMiddleware
-from bridge.observability.sources import BridgeStateSource, RelayStateSource
+from bridge.observability.sources import (
+    BridgeStateSource,
+    ConsumerTasksSource,
+    RelayStateSource,
+)
 from bridge.observability.status import BridgeStatus
 from bridge.observability.tracing import TracingMiddleware, current_traceparent
 from bridge.outbox.capture import Outbox, Synced
@@ -133,6 +138,10 @@ class Bridge:
         self.metrics.add_source("bridge", BridgeStateSource(self.status))
         self.metrics.add_source(
             "relay", RelayStateSource(lambda: self.relay is not None and self.relay.running)
+        )
+        self.metrics.add_source(
+            "consumer",
+            ConsumerTasksSource(lambda: None if self.consumer is None else self.consumer.stats()),
         )
         self.tracer_provider = tracer_provider
         self.session_factory: async_sessionmaker[AsyncSession] = async_sessionmaker(

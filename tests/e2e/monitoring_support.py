@@ -26,7 +26,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class Target:
     instance: str
     samples: dict[SeriesKey, float] | None
     wall_time: float = 0.0
-    synthesized: set[str] = field(default_factory=set)
 
     @property
     def labels(self) -> dict[str, str]:

@@ -48,7 +48,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -291,6 +291,7 @@ def check(
     injected: Collection[int] = (),
     lww: bool = False,
     replayed_reasons: Collection[str] = (),
+    replayed_letters: Mapping[str, str] | None = None,
 ) -> Verdict:
     verdict = Verdict()
     states = {a.app: a, b.app: b}
@@ -303,7 +304,9 @@ def check(
         messages = [m for m in messages if m.seq not in injected]
     replayed: Counter[str] = Counter()
     if replayed_reasons:
-        (a, b), messages, replayed = fold_replays((a, b), messages, replayed_reasons, verdict)
+        (a, b), messages, replayed = fold_replays(
+            (a, b), messages, replayed_reasons, verdict, replayed_letters
+        )
         states = {a.app: a, b.app: b}
     by_subject: dict[str, list[StreamMessage]] = {}
     for message in messages:

@@ -7,7 +7,9 @@ the receiver's inbox.  :func:`fold_replays` folds each replay chain (the origina
 from an outbox, then each replay of the one before) into its original, and checks:
 
 - every element but the one applied is ``dead_lettered`` with a reason the scenario
-  expects to replay (e.g. ``future_version``), and there is a dead letter for it;
+  expects to replay (e.g. ``future_version``), and there is a dead letter for it — in the
+  stream, or recorded by the scenario when it replayed it (a replay removes the letter
+  from the DLQ: ``recorded`` maps its event id to its reason);
 - exactly ONE element of the chain is ``processed`` by the receiver: none is a lost
   event, two are an event applied twice;
 - every replay traces back to an event of the producer's outbox (nothing made up).
@@ -22,7 +24,7 @@ injected poison, or anything unexpected — are left for the usual dead-letter c
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -44,6 +46,7 @@ def fold_replays(
     messages: Sequence[StreamMessage],
     reasons: Collection[str],
     verdict: Findings,
+    recorded: Mapping[str, str] | None = None,
 ) -> tuple[list[SideState], list[StreamMessage], Counter[str]]:
     """Fold replay chains into their originals (module doc)."""
     outbox_ids = {row["event_id"] for side in sides for row in side.outbox}
@@ -82,13 +85,15 @@ def fold_replays(
             if event_id in done:
                 continue
             letter = letters.get(event_id)
-            if status.get(event_id) != "dead_lettered" or letter is None:
+            reason = letter.reason if letter is not None else (recorded or {}).get(event_id)
+            if status.get(event_id) != "dead_lettered" or reason is None:
                 verdict.fail(f"{event_id} (chain of {root}) was replayed but not dead-lettered")
-            elif letter.reason not in reasons:
-                verdict.fail(f"{event_id} replayed after a {letter.reason!r} dead letter")
+            elif reason not in reasons:
+                verdict.fail(f"{event_id} replayed after a {reason!r} dead letter")
             else:
-                folded[letter.reason] += 1
-                dropped_letters.add(letter.seq)
+                folded[reason] += 1
+                if letter is not None:
+                    dropped_letters.add(letter.seq)
     replay_ids = {e for chain in chains.values() for e in chain[1:]}
     kept = [m for m in messages if m.event_id not in replay_ids and m.seq not in dropped_letters]
     states = [_fold_inbox(side, replay_ids, applied) for side in sides]

@@ -27,7 +27,7 @@ import json
 import platform
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,6 +118,7 @@ async def run_scenario(
     min_acked: int = 0,
     settle: Callable[[FaultLog], Awaitable[None]] | None = None,
     replayed_reasons: Collection[str] = (),
+    replayed_letters: Mapping[str, str] | None = None,
 ) -> ScenarioResult:
     """``injected``: stream sequences of messages ``inject`` published itself (poison),
     read at check time (a set the injector fills is fine); see :func:`fault_checker.check`.
@@ -125,7 +126,8 @@ async def run_scenario(
     ``shared``: every worker writes every record on both sides (:mod:`fault_load`), and
     the checker applies last-writer-wins' record rule (:mod:`fault_lww`).
     ``replayed_reasons``: dead letters of these reasons that ``settle`` replayed are
-    folded into their events (:mod:`fault_replays`)."""
+    folded into their events (:mod:`fault_replays`); ``replayed_letters`` (event id →
+    reason) are the letters ``settle`` replayed, recorded as it did (a replay removes them)."""
     wall = time.monotonic()
     history = History()
     load = Load(deployment.sides, history, seed=seed, workers=workers, pace=pace, shared=shared)
@@ -164,6 +166,7 @@ async def run_scenario(
         injected=injected,
         lww=shared,
         replayed_reasons=replayed_reasons,
+        replayed_letters=replayed_letters,
     )
     deliveries = await _deliveries(deployment, verdict.stream_messages)
     if not converged:

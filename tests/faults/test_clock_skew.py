@@ -176,6 +176,7 @@ async def run_skew(
     injected: set[int] = set()
     crafted: list[Envelope] = []
     replayed: list[int] = []
+    replayed_letters: dict[str, str] = {}  # event id -> reason; a replay removes the letter
     bound = {"max_clock_skew": max_clock_skew} if max_clock_skew else {}
     async with AsyncExitStack() as stack:
         deployment = await in_process_pair(
@@ -194,6 +195,7 @@ async def run_skew(
             letters: DeadLetters = bridge_of(deployment.b).dead_letters
             for letter in await letters.list(limit=1_000_000):
                 if letter.reason == "future_version" and letter.original_seq not in injected:
+                    replayed_letters[letter.envelope().event_id] = letter.reason
                     await letters.replay(letter.seq)
                     replayed.append(letter.seq)
             faults.note("dlq-replay", deployment.b.app, dead_letters=len(replayed))
@@ -218,6 +220,7 @@ async def run_skew(
             shared=True,
             settle=fix_clocks_and_replay if replay else None,
             replayed_reasons=("future_version",) if replay else (),
+            replayed_letters=replayed_letters,
         )
     return result, deployment, crafted, len(replayed)
 

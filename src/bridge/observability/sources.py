@@ -4,6 +4,14 @@ implementations of the bridge itself.
 - :class:`BridgeStateSource`: outbox, inbox, dead letters and consumer lag, from
   :meth:`bridge.runtime.Bridge.status` (what ``/sync_status`` shows).
 - :class:`RelayStateSource`: whether this process's relay runs, without I/O.
+- :class:`ConsumerTasksSource`: the consumer's supervision counters, without I/O —
+  ``bridge_consumer_task_restarts_total`` (receive, worker or in-progress tasks that
+  died and were restarted, :mod:`bridge.consumer._supervisor`) and
+  ``bridge_consumer_batch_errors_total`` (batches whose processing raised; their
+  deliveries come back).  Read from the consumer's memory, they stay on ``/metrics``
+  while the database or NATS is down (when the :class:`BridgeStateSource` gauges are
+  absent), so a consumer that dies during an outage is still seen; they restart at 0
+  with the consumer, which ``rate``/``increase`` treat as a counter reset.
 - :func:`counter_family`: a counter whose value a source reads (e.g. a service's
   append-only audit tables).
 
@@ -14,7 +22,7 @@ than reported as 0 (a missing series, not a false zero).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -115,6 +123,44 @@ class RelayStateSource:
                 "1 while this process's outbox relay runs, else 0 (off, not started, stopped).",
                 1.0 if self._running() else 0.0,
             )
+        ]
+
+
+class SupervisionCounts(Protocol):
+    """What :class:`ConsumerTasksSource` reads (:class:`bridge.consumer.base.ConsumerStats`)."""
+
+    @property
+    def task_restarts(self) -> int: ...
+
+    @property
+    def batch_errors(self) -> int: ...
+
+
+class ConsumerTasksSource:
+    """The consumer's ``task_restarts`` and ``batch_errors`` as counters (module doc).
+
+    ``stats`` returns the running consumer's stats, or ``None`` where the process
+    runs no consumer; it must not do I/O (``BaseConsumer.stats`` does none).
+    """
+
+    def __init__(self, stats: Callable[[], SupervisionCounts | None]) -> None:
+        self._stats = stats
+
+    async def read(self) -> list[Metric]:
+        stats = self._stats()
+        if stats is None:
+            return []
+        return [
+            counter_family(
+                "bridge_consumer_task_restarts",
+                "Consumer tasks (receive, worker, in-progress) that died and were restarted.",
+                stats.task_restarts,
+            ),
+            counter_family(
+                "bridge_consumer_batch_errors",
+                "Consumer batches whose processing raised (their deliveries are redelivered).",
+                stats.batch_errors,
+            ),
         ]
 
 
