@@ -5,12 +5,13 @@ records) through a durable pull consumer of its own with the same batch size (25
 
 - raw (:func:`_raw`): nats-py ``fetch(batch)`` + ``ack()`` of every message, nothing
   else — the fastest correct way to consume (every message acked after it was seen);
-- bridge: :class:`~bridge.consumer.PullConsumer` + :class:`~bridge.inbox.InboxProcessor`
+- bridge: :class:`~bridge.consumer.pull.PullConsumer` +
+  :class:`~bridge.inbox.processor.InboxProcessor`
   (inbox claim, handlers in one transaction without savepoints, one commit per
   batch, then acks) with a handler that upserts the event's record.
 
 Headline ``consumer_vs_raw_ratio`` (target >= 0.5): raw and the services' handler form
-(a batch handler, :meth:`bridge.router.Router.on_batch`, one multi-row upsert per run
+(a batch handler, :meth:`bridge.routing.router.Router.on_batch`, one multi-row upsert per run
 of the fetched batch, concurrency 1: ``consumer_inbox_batch_handler``) alternate for
 ``BENCH_RUNS`` (3) rounds; the median round's ratio.  Bound: one Python process at
 100 % of a core (decode, inbox rows, SQLAlchemy) while nats-server and PostgreSQL
@@ -24,7 +25,7 @@ Variants, once each after the rounds, against the mean of the raw runs around th
 - ``consumer_inbox_c1_default_engine``: per-event handler, SQLAlchemy's default engine;
 - ``consumer_inbox_c1`` / ``_c4``: concurrency 1 / 4 with the engine the inbox doc
   recommends: ``prepared_statement_cache_size=1000`` (holds the fallback path's
-  per-savepoint statements; see :mod:`bridge.inbox`, "Throughput") and
+  per-savepoint statements; see :mod:`bridge.inbox.processor`, "Throughput") and
   ``pool_size = concurrency + 2``;
 - ``consumer_inbox_c1_savepoints``: ``optimistic=False``, every batch on the
   savepoint path (what the inbox did before): the optimistic path's gain;
@@ -54,16 +55,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from benchmarks.stats import CpuMeter, Line, interleaved, median_ratio, ratio_lines
 from benchmarks.workload import payload, runs
 from bridge.config import BridgeConfig, ConsumerOptions
-from bridge.connection import Connection
-from bridge.consumer import PullConsumer
-from bridge.dlq import DeadLetters
+from bridge.consumer.pull import PullConsumer
 from bridge.envelope import Envelope
-from bridge.inbox import InboxProcessor
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
-from bridge.publisher import Publisher
-from bridge.router import BatchHandler, Handler, Router
+from bridge.inbox.processor import InboxProcessor
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.routing.dlq import DeadLetters
+from bridge.routing.router import BatchHandler, Handler, Router
 from bridge.schema import create_all
+from bridge.transport.connection import Connection
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 N = 5000
 BATCH = 256

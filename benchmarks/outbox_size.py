@@ -28,12 +28,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from benchmarks.stats import Line
 from benchmarks.workload import bench_config, create_stream, delete_stream, envelope
-from bridge.config import PRESETS
-from bridge.outbox import Outbox
-from bridge.publisher import Publisher
-from bridge.relay import OutboxRelay
+from bridge.outbox.capture import Outbox
+from bridge.outbox.relay import OutboxRelay
+from bridge.presets import PRESETS
 from bridge.schema import create_all
 from bridge.schema import outbox as outbox_table
+from bridge.transport.publisher import Publisher
 
 BACKLOG = 50_000
 CHUNK = 1000

@@ -7,7 +7,7 @@ Workload (:mod:`benchmarks.workload`): ``N`` envelopes with a ~300 B payload.  E
    way nats-py publishes ``N`` messages with ``Nats-Msg-Id``, every PubAck checked;
 2. the semaphore raw (:func:`benchmarks.raw.publish_semaphore`): ``js.publish`` per
    message behind a semaphore of ``max_in_flight``, the baseline of earlier reports;
-3. :class:`~bridge.relay.OutboxRelay`'s own loop draining ``N`` pre-committed outbox
+3. :class:`~bridge.outbox.relay.OutboxRelay`'s own loop draining ``N`` pre-committed outbox
    rows (claim + publish + mark sent), ``high_throughput`` relay options (batch 1000,
    1024 PubAcks in flight).
 
@@ -73,12 +73,13 @@ from benchmarks.workload import (
     runs,
     stored_ids,
 )
-from bridge.config import PRESETS, BridgeConfig
-from bridge.outbox import Outbox, Synced
-from bridge.publisher import Publisher
-from bridge.relay import OutboxRelay
+from bridge.config import BridgeConfig
+from bridge.outbox.capture import Outbox, Synced
+from bridge.outbox.relay import OutboxRelay
+from bridge.presets import PRESETS
 from bridge.schema import create_all
 from bridge.schema import outbox as outbox_table
+from bridge.transport.publisher import Publisher
 
 N = 10_000
 LATENCY_RATE = 500.0

@@ -53,7 +53,7 @@ from benchmarks.stats import Line, interleaved, median_ratio, ratio_lines
 from benchmarks.workload import bench_config, create_stream, delete_stream, runs
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
-from bridge.outbox import Outbox
+from bridge.outbox.capture import Outbox
 from bridge.schema import outbox as outbox_table
 from services.shared.models import Organization
 from services.shared.settings import ServiceSettings

@@ -57,10 +57,9 @@ CLEANUP_INTERVAL = 2.0
 async def _bridge(
     name: str, peer: str, url: str, nats_url: str, stream: str
 ) -> AsyncIterator[Bridge]:
-    settings = ServiceSettings(app_name=name, destination_app=peer, database_url=url,
-                               nats_url=nats_url, stream_name=stream)  # fmt: skip
+    settings = ServiceSettings(app_name=name, destination_app=peer, database_url=url)
     config = settings.to_bridge_config(
-        env={},
+        env={"NATS_URL": nats_url, "STREAM_NAME": stream},
         relay=RelayOptions(retention=RETENTION, cleanup_interval=CLEANUP_INTERVAL),
         consumer=ConsumerOptions(
             fetch_timeout=0.5,

@@ -93,11 +93,11 @@ async def _app(
     relay: bool = True,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = ServiceSettings(
-        app_name=name, destination_app=peer, database_url=url, nats_url=nats_url,
-        stream_name=stream, sync_enabled=sync, db_pool_size=20, enable_relay=relay,
-    )  # fmt: skip
+        app_name=name, destination_app=peer, database_url=url, sync_enabled=sync, db_pool_size=20
+    )
     config = settings.to_bridge_config(
-        env={},
+        env={"NATS_URL": nats_url, "STREAM_NAME": stream},
+        enable_relay=relay,
         relay=RelayOptions(poll_interval=0.5),
         consumer=ConsumerOptions(fetch_timeout=1.0),
     )

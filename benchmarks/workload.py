@@ -25,8 +25,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bridge.config import BridgeConfig
 from bridge.envelope import MSG_ID_HEADER, Envelope
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import stream_spec
+from bridge.transport.jsapi import JetStreamApi
 
 PAYLOAD_BYTES = 300
 #: how many interleaved runs each ratio is the median of (``BENCH_RUNS``, default 3)

@@ -13,7 +13,7 @@ stack is:
 3. each app with ``env=stack.app_env(app)`` — app users can only verify.
 
 One vocabulary, the one the services and the ``bridge`` CLI read
-(:mod:`bridge.envconfig`): ``NATS_USER`` / ``NATS_PASSWORD`` are the user a
+(:mod:`bridge.env`): ``NATS_USER`` / ``NATS_PASSWORD`` are the user a
 process connects as — the app's own in :meth:`RestrictiveStack.app_env`, the
 admin in :meth:`RestrictiveStack.admin_env` and :meth:`RestrictiveStack.operator_env`
 (an app's environment for the commands that need the JetStream API, ``bridge
@@ -33,10 +33,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.config import BridgeConfig, Credentials, configure_bidirectional
-from bridge.envconfig import write_env_file
-from bridge.errors import ConfigError
-from bridge.permissions import render_authorization, render_server_config
+from bridge import BridgeConfig, ConfigError, Credentials, configure_bidirectional
+from bridge.env import write_env_file
+from bridge.provisioning.permissions import render_authorization, render_server_config
 from bridge.testing import nats_server_binary
 
 CONFIG_NAME = "nats-restrictive.conf"

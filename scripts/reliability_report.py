@@ -187,7 +187,7 @@ undecodable request body got an undocumented 400 (now in the OpenAPI of every wr
   and the sides never converged (not quiescent after 60 s). Now every relay transaction
   (claim, settle, lease renewal, purge) is bounded by `relay.lease` and then fails with a
   `TimeoutError` naming the database — cancelled again until the dead connection lets go
-  (`bridge.deadline`: once was not enough when the link died half way through SQLAlchemy's
+  (`bridge._support.deadline`: once was not enough when the link died half way through SQLAlchemy's
   pool pre-ping) — the connection is discarded and the next round reconnects. The LISTEN
   connection (wake-ups, and the session lock that proves the relay alive) never noticed a dead
   link either — it only waited for notifications — and now runs `SELECT 1` every 5 s that must

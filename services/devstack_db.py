@@ -29,8 +29,8 @@ import asyncpg
 from alembic.script import ScriptDirectory
 
 from bridge import schema as bridge_schema
-from bridge.connection import redact_url
 from bridge.testing import PostgresServer, database_name, to_async_url, to_plain_url
+from bridge.transport.connection import redact_url
 from services.devstack_support import DevstackError
 from services.shared import models
 from services.shared.db import alembic_config

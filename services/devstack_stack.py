@@ -22,7 +22,7 @@ from typing import TextIO
 
 import httpx
 
-from bridge.envconfig import write_env_file
+from bridge.env import write_env_file
 from bridge.testing import NatsServer, PostgresServer, database_name
 from services.devstack_db import (
     DEFAULT_DATABASES,

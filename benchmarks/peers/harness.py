@@ -41,7 +41,8 @@ from benchmarks.workload import (
     messages,
     stored_ids,
 )
-from bridge.config import PRESETS, BridgeConfig, RelayOptions
+from bridge.config import BridgeConfig, RelayOptions
+from bridge.presets import PRESETS
 from bridge.schema import create_all
 
 HERE = Path(__file__).resolve().parent

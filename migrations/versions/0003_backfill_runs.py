@@ -6,7 +6,7 @@ Create Date: 2026-12-01
 
 One row per (backfill run, table): the primary key of the last re-emitted row and
 the rows emitted so far, advanced in the same transaction as each batch's outbox
-rows (bridge.backfill), so an interrupted backfill resumes where it stopped.
+rows (bridge.reconcile.backfill), so an interrupted backfill resumes where it stopped.
 """
 
 from __future__ import annotations

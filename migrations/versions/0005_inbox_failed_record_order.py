@@ -6,7 +6,7 @@ Create Date: 2026-12-02
 
 ``bridge_inbox.retry_at`` is when a ``failed`` record's delivery comes back (its NAK
 delay); the consumer holds back a later event of the same record until then
-(bridge.inbox_apply).  ``ix_bridge_inbox_failed_resource`` indexes only ``failed``
+(bridge.inbox._apply).  ``ix_bridge_inbox_failed_resource`` indexes only ``failed``
 records, by (resource_type, resource_id): the one look-up per batch.  Records that
 were ``failed`` before this migration have no ``retry_at`` and hold nothing back.
 """

@@ -31,12 +31,8 @@ from opentelemetry.trace import TracerProvider
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bridge.config import BridgeConfig
-from bridge.event_schemas import EventSchemas
-from bridge.integrations.fastapi import bridge_lifespan
-from bridge.router import Router
-from bridge.runtime import Bridge
-from bridge.synced_models import load_synced_models
+from bridge import Bridge, BridgeConfig, EventSchemas, Router, bridge_lifespan
+from bridge.reconcile.synced_models import load_synced_models
 from services.shared.db import make_engine
 from services.shared.errors import ServiceError
 from services.shared.event_versions import event_schemas as domain_event_schemas
@@ -63,7 +59,7 @@ def build_bridge(
     event_schemas: EventSchemas | None = None,
 ) -> Bridge:
     """The service's bridge: the domain's sync handlers on its router (web and worker),
-    and its synced models (answers reconciliation requests, see :mod:`bridge.reconcile`).
+    and its synced models (answers reconciliation requests, see :mod:`bridge.reconcile.reconciler`).
 
     ``event_schemas`` defaults to the domain's declared versions
     (:func:`services.shared.event_versions.event_schemas`).
@@ -82,11 +78,10 @@ def build_bridge(
     )
 
 
-def repository_for(config: BridgeConfig, bridge: Bridge) -> Repository:
-    """The API's repository on ``bridge``: its outbox, and the config's clock and skew bound."""
+def repository_for(config: BridgeConfig) -> Repository:
+    """The API's repository: the config's app name, clock and skew bound."""
     return Repository(
         config.app_name,
-        outbox=bridge.outbox,
         clock=config.clock,
         max_clock_skew=config.max_clock_skew,
     )
@@ -126,7 +121,7 @@ def create_app(
                 app_name=config.app_name,
                 engine=engine,
                 session_factory=bridge.session_factory,
-                repository=repository_for(config, bridge),
+                repository=repository_for(config),
                 bridge=bridge,
             )
             run_bridge = bridge_lifespan(

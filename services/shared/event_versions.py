@@ -32,9 +32,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StringConstraints
 
-from bridge.envelope import Envelope, parse_timestamp
+from bridge import Envelope, EventSchemas
+from bridge.envelope import parse_timestamp
 from bridge.errors import EnvelopeError
-from bridge.event_schemas import EventSchemas
 
 CURRENT_VERSION = 2
 

@@ -13,10 +13,10 @@ The cost: the unique natural keys (``domain``, ``email``) are *partial* unique
 indexes ``WHERE deleted_at IS NULL`` (a deleted organization frees its domain),
 and the API hides tombstones.
 
-The models use :class:`bridge.outbox.Synced`: a flush of a created or changed
+The models use :class:`bridge.outbox.capture.Synced`: a flush of a created or changed
 instance writes an outbox row with the full row snapshot in the same transaction
 (for sessions built from the bridge's session factory).  A soft delete is
-published as ``<resource>.deleted`` (see :mod:`services.shared.repository`).
+published as ``<resource>.deleted``: capture asks :meth:`SyncedRow.bridge_action`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bridge.outbox import Synced
+from bridge import Synced
 
 #: Deterministic constraint names, so migrations and IntegrityError handling agree.
 NAMING_CONVENTION = {
@@ -73,9 +73,10 @@ class SyncedRow(Synced):
     origin: Mapped[str] = mapped_column(String(64))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    def bridge_snapshot_action(self) -> str:
-        """A tombstone is re-stated as ``deleted``, a live row as ``updated``."""
-        return "deleted" if self.deleted_at is not None else "updated"
+    def bridge_action(self, change: str) -> str:
+        """A tombstone's events are ``deleted`` (a soft delete is an UPDATE to the
+        database, a delete to the peer); a live row's are the change itself."""
+        return "deleted" if self.deleted_at is not None else change
 
 
 class Organization(SyncedRow, Base):

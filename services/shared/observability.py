@@ -1,12 +1,12 @@
 """The operators' view of a service: ``GET /metrics`` (Prometheus) and request tracing.
 
-:func:`install_observability` adds :class:`bridge.tracing.TraceMiddleware` (every
+:func:`install_observability` adds :class:`bridge.integrations.asgi.TraceMiddleware` (every
 request runs in a span continuing an incoming ``traceparent``, so the outbox rows
 it writes carry the request's trace) and the ``/metrics`` route.
 
 :func:`service_metrics` builds what ``/metrics`` serves, kept in
 ``app.state.metrics`` by the lifespan: the bridge's own
-:class:`~bridge.metrics.BridgeMetrics` (its own registry — both systems run in one
+:class:`~bridge.observability.metrics.BridgeMetrics` (its own registry — both systems run in one
 test process without colliding) plus this domain's sync bookkeeping read at
 scrape time (:class:`SyncTablesSource`).  With sync off there is no bridge: a
 fresh ``BridgeMetrics`` whose bridge counters stay at 0 and the table counts.
@@ -22,11 +22,12 @@ from prometheus_client.core import Metric
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.metrics import CONTENT_TYPE, BridgeMetrics, counter_family
-from bridge.tracing import TraceMiddleware
+from bridge.integrations.asgi import TraceMiddleware
+from bridge.observability.metrics import CONTENT_TYPE, BridgeMetrics
+from bridge.observability.sources import counter_family
 
 if TYPE_CHECKING:
-    from bridge.runtime import Bridge
+    from bridge import Bridge
 
 _SYNC_TABLES = text(
     """

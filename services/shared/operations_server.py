@@ -24,7 +24,7 @@ from collections.abc import Generator
 import uvicorn
 from fastapi import FastAPI
 
-from bridge.metrics import BridgeMetrics
+from bridge.observability.metrics import BridgeMetrics
 from services.shared import observability, routes
 from services.shared.state import ServiceState
 

@@ -4,7 +4,7 @@ Contract:
 
 - Reads hide tombstones (``deleted_at IS NOT NULL``): a deleted record is a 404.
 - Every write makes a new version of the row: ``updated_at = max(now, old + 1 µs)``
-  and ``origin = <this app>`` (:func:`services.shared.versioning.next_updated_at`).
+  and ``origin = <this app>`` (:func:`bridge.sync.versions.next_updated_at`).
   The row is locked (``FOR NO KEY UPDATE``) while its version is computed, so two
   concurrent writes to one row still produce strictly increasing versions; the
   lock does not block a concurrent user insert referencing the row (``KEY SHARE``).
@@ -19,10 +19,8 @@ Contract:
   :func:`integrity_error_to_invalid` maps their violation to the same 422.
 - The caller owns the transaction (commit, rollback); nothing here commits.
   With the bridge's session factory, the flush writes the outbox row in it
-  (``<resource>.created`` / ``.updated``).  A soft delete is an UPDATE to the
-  database, but it is published as ``<resource>.deleted``: the tombstone is
-  flushed with capture suppressed and the event enqueued explicitly, in the same
-  transaction, through :meth:`bridge.outbox.Outbox.enqueue`.
+  (``<resource>.created`` / ``.updated``; a soft delete, an UPDATE to the database,
+  is ``<resource>.deleted`` because the model says so).
 """
 
 from __future__ import annotations
@@ -37,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import DEFAULT_MAX_CLOCK_SKEW
-from bridge.outbox import Outbox, skip_publish
+from bridge.sync.versions import FutureVersion, next_updated_at
 from services.shared.errors import InvalidInput, StateConflict
 from services.shared.models import (
     ORGANIZATION_DOMAIN_INDEX,
@@ -51,7 +49,6 @@ from services.shared.schemas import (
     UserCreate,
     UserUpdate,
 )
-from services.shared.versioning import FutureVersion, next_updated_at
 
 Row = TypeVar("Row", Organization, User)
 Clock = Callable[[], datetime]
@@ -64,7 +61,6 @@ def utc_now() -> datetime:
 class Repository:
     """Domain reads and writes for one app (its name becomes ``origin`` of its writes).
 
-    ``outbox`` publishes soft deletes as ``.deleted`` events; ``None`` when sync is off.
     ``clock`` and ``max_clock_skew``: the bridge config's (one clock per process).
     """
 
@@ -72,12 +68,10 @@ class Repository:
         self,
         app_name: str,
         *,
-        outbox: Outbox | None = None,
         clock: Clock = utc_now,
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW,
     ) -> None:
         self.app_name = app_name
-        self._outbox = outbox
         self._clock = clock
         self._max_clock_skew = max_clock_skew
 
@@ -231,14 +225,10 @@ class Repository:
         row.origin = self.app_name
 
     async def _tombstone(self, session: AsyncSession, row: Organization | User) -> None:
+        # Captured as "<resource>.deleted": the model says so (SyncedRow.bridge_action).
         self._new_version(row)
         row.deleted_at = row.updated_at
-        if self._outbox is None:
-            await session.flush()
-            return
-        with skip_publish(session):  # captured as "updated" otherwise
-            await session.flush()
-        await self._outbox.enqueue(session, self._outbox.envelope_for(row, "deleted"))
+        await session.flush()
 
     @staticmethod
     async def _page(

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.shared.repository import Repository
 
 if TYPE_CHECKING:
-    from bridge.runtime import Bridge
+    from bridge import Bridge
 
 DB_CHECK_TIMEOUT = 2.0
 

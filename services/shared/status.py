@@ -28,10 +28,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import format_timestamp
-from bridge.reconcile import latest_run
+from bridge.reconcile.schedule import latest_run
 
 if TYPE_CHECKING:
-    from bridge.runtime import Bridge
+    from bridge import Bridge
 
 _COUNTS = text(
     """

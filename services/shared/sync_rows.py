@@ -3,30 +3,26 @@
 - :func:`decode`: an event's payload as column values of its resource (``organization``
   or ``user``, :data:`ORGANIZATION` / :data:`USER`), or ``Reject("invalid_payload")``;
   a ``*.deleted`` event without ``deleted_at`` becomes a tombstone at ``occurred_at``.
-- :func:`differs`, :func:`json_row`: row comparison and the JSON a conflict records.
-- :func:`stale_row`, :func:`log_stale`, :func:`log_repaired`: the ``sync_stale_events``
-  row and the log lines of an event judged stale, or of a same-version repair.
+- :func:`json_row`: the JSON of a row a conflict records.
+- :func:`stale_row`: the ``sync_stale_events`` row of an event judged stale.
 
-Shared by the per-event handlers (:mod:`services.shared.handlers`, which states the
-contract) and their batch path (:mod:`services.shared.sync_batch`).  No I/O but logging.
+Used by :mod:`services.shared.handlers` (which states the contract).  No I/O.
 """
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bridge.envelope import Envelope, format_timestamp, parse_timestamp
-from bridge.errors import EnvelopeError, Reject
-from bridge.router import REASON_INVALID_PAYLOAD
+from bridge import Envelope, Reject
+from bridge.envelope import format_timestamp, parse_timestamp
+from bridge.errors import EnvelopeError
+from bridge.routing.outcomes import REASON_INVALID_PAYLOAD
+from bridge.sync.versions import Version
 from services.shared.models import Organization, User
-from services.shared.versioning import Version
-
-log = logging.getLogger("bridge.services.sync")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +39,9 @@ ORGANIZATION = Spec(Organization, "domain", ("name", "domain", "origin"), ("id",
 USER = Spec(User, "email", ("name", "email", "role", "origin"), ("id", "organization_id"))
 
 
-def stale_row(
-    envelope: Envelope, event_id: uuid.UUID, incoming: Version, current: Version
-) -> dict[str, Any]:
+def stale_row(envelope: Envelope, incoming: Version, current: Version) -> dict[str, Any]:
     return {
-        "event_id": event_id,
+        "event_id": uuid.UUID(envelope.event_id),
         "resource_type": envelope.resource_type,
         "resource_id": uuid.UUID(envelope.resource_id),
         "incoming_updated_at": incoming.updated_at,
@@ -55,33 +49,6 @@ def stale_row(
         "local_updated_at": current.updated_at,
         "local_origin": current.origin,
     }
-
-
-def log_repaired(envelope: Envelope) -> None:
-    log.warning(
-        "repaired divergent row",
-        extra={
-            "event_id": envelope.event_id,
-            "resource_type": envelope.resource_type,
-            "resource_id": envelope.resource_id,
-            "producer": envelope.producer,
-        },
-    )
-
-
-def log_stale(
-    envelope: Envelope, record_id: uuid.UUID, incoming: Version, current: Version
-) -> None:
-    log.info(
-        "stale event ignored",
-        extra={
-            "event_id": envelope.event_id,
-            "resource_type": envelope.resource_type,
-            "resource_id": str(record_id),
-            "incoming_updated_at": format_timestamp(incoming.updated_at),
-            "local_updated_at": format_timestamp(current.updated_at),
-        },
-    )
 
 
 def decode(envelope: Envelope, spec: Spec) -> dict[str, Any]:
@@ -122,25 +89,20 @@ def decode(envelope: Envelope, spec: Spec) -> dict[str, Any]:
     return values
 
 
-def differs(local: Organization | User | Mapping[Any, Any], values: Mapping[str, Any]) -> bool:
-    if isinstance(local, Mapping):
-        return any(local[name] != value for name, value in values.items())
-    return any(getattr(local, name) != value for name, value in values.items())
-
-
 def _timestamp(value: Any) -> datetime:
     if not isinstance(value, str):
         raise ValueError(f"timestamp must be an ISO 8601 string, got {value!r}")
     return parse_timestamp(value)
 
 
-def json_row(row: Organization | User) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for column in row.__table__.columns:
-        value = getattr(row, column.key)
-        if isinstance(value, datetime):
-            value = format_timestamp(value)
-        elif isinstance(value, uuid.UUID):
-            value = str(value)
-        result[column.key] = value
-    return result
+def json_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row's columns as JSON values (timestamps ISO 8601, UUIDs as text)."""
+    return {str(name): _json_value(value) for name, value in row.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value

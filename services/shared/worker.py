@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from bridge.logs import configure_logging
+from bridge.observability.logs import configure_logging
 from services.shared.app import STOP_TIMEOUT, build_bridge, repository_for
 from services.shared.db import make_engine
 from services.shared.observability import service_metrics
@@ -35,14 +35,16 @@ async def run_worker(
     settings: ServiceSettings,
     stop: asyncio.Event,
     *,
+    env: Mapping[str, str] | None = None,
     listening: Callable[[int], None] | None = None,
 ) -> None:
     """Run the bridge of ``settings`` until ``stop`` is set.
 
-    ``listening`` is told the operations endpoint's port once it listens
-    (``METRICS_PORT`` set; port 0 picks a free one).
+    ``env``: where the bridge's variables are read (default: the process environment,
+    :func:`bridge.env.config_from_env`).  ``listening`` is told the operations
+    endpoint's port once it listens (``METRICS_PORT`` set; port 0 picks a free one).
     """
-    config = settings.to_bridge_config(enable_consumer=True, enable_relay=True)
+    config = settings.to_bridge_config(env, enable_consumer=True, enable_relay=True)
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
     bridge = build_bridge(config, engine)
     operations: OperationsServer | None = None
@@ -53,7 +55,7 @@ async def run_worker(
                 app_name=config.app_name,
                 engine=engine,
                 session_factory=bridge.session_factory,
-                repository=repository_for(config, bridge),
+                repository=repository_for(config),
                 bridge=bridge,
             )
             app = operations_app(state, service_metrics(engine, bridge))

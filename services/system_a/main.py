@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from pydantic_settings import SettingsConfigDict
 
+from bridge import BridgeConfig
 from services.shared.app import create_app
 from services.shared.settings import ServiceSettings
 
@@ -16,7 +17,7 @@ from services.shared.settings import ServiceSettings
 class SystemASettings(ServiceSettings):
     """Defaults of System A; every field can be overridden by its environment variable."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="", extra="forbid", frozen=True)
 
     app_name: str = "system_a"
     destination_app: str = "system_b"
@@ -24,9 +25,12 @@ class SystemASettings(ServiceSettings):
     port: int = 3000
 
 
-def build_app(settings: ServiceSettings | None = None) -> FastAPI:
-    """A fresh System A app (tests build several in one process)."""
-    return create_app(settings or SystemASettings())
+def build_app(
+    settings: ServiceSettings | None = None, *, bridge_config: BridgeConfig | None = None
+) -> FastAPI:
+    """A fresh System A app (tests build several in one process);
+    ``bridge_config`` replaces the one read from the environment."""
+    return create_app(settings or SystemASettings(), bridge_config=bridge_config)
 
 
 app = build_app()

@@ -5,20 +5,19 @@ Option names and defaults follow the Ruby gem (``nats_urls``, ``app_name``,
 ``use_inbox``, ``use_dlq``, ``max_deliver``, ``ack_wait``, ``backoff``,
 ``consumer_mode``, ``delivery_subject``, ``push_consumer_group``).  Durations are
 float seconds; strings such as ``"30s"`` are accepted and parsed here, once.
-Nothing reads the environment except :func:`configure_bidirectional`, which takes
-the mapping to read as an argument.
+Nothing here reads the environment (:mod:`bridge.env` does); presets are in
+:mod:`bridge.presets`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from bridge.config_rules import check_stream_rules, default_inbox_prefix
-from bridge.durations import parse_duration
+from bridge._config_rules import check_stream_rules, default_inbox_prefix
+from bridge._support.durations import parse_duration
 from bridge.errors import ConfigError
 from bridge.subjects import Subjects, validate_token
 
@@ -33,7 +32,7 @@ DLQ_RETENTIONS: tuple[str, ...] = ("never", "stream")
 INBOX_ID_WIDTH = 255
 #: The most ``consumer.max_json_depth`` may be (parsing recurses once per level).
 MAX_JSON_DEPTH_LIMIT = 200
-#: How far ahead of the receiver's clock an incoming version may be (bridge.version_time).
+#: How far ahead of the receiver's clock an incoming version may be (bridge.routing.version_time).
 DEFAULT_MAX_CLOCK_SKEW = 300.0
 #: The current time, timezone-aware UTC (``BridgeConfig.clock``).
 Clock = Callable[[], datetime]
@@ -90,7 +89,7 @@ class Credentials:
 
 @dataclass(frozen=True, slots=True)
 class RelayOptions:
-    """Outbox relay tuning.  See :mod:`bridge.relay` for the contract."""
+    """Outbox relay tuning.  See :mod:`bridge.outbox.relay` for the contract."""
 
     batch_size: int = 256
     poll_interval: float = 1.0
@@ -121,15 +120,14 @@ class ConsumerOptions:
     fetch_timeout: float = 1.0
     concurrency: int = 1
     in_progress_interval: float | None = None
-    stop_timeout: float = 10.0
-    #: Settled inbox records older than this are deleted (see :mod:`bridge.inbox_retention`);
+    #: Settled inbox records older than this are deleted (see :mod:`bridge.inbox.retention`);
     #: the default matches ``stream_max_age``, how long the stream may replay a message.
     inbox_retention: float = 7 * 24 * 3600.0
     inbox_cleanup_interval: float = 300.0
     #: Accept an ``inbox_retention`` shorter than ``stream_max_age`` (refused otherwise):
     #: only for handlers that are idempotent on their own, e.g. last-writer-wins.
     allow_short_inbox_retention: bool = False
-    #: Limits on an incoming body (:mod:`bridge.envelope_limits`): a larger body, deeper
+    #: Limits on an incoming body (:mod:`bridge._envelope_limits`): a larger body, deeper
     #: JSON nesting or a longer id is dead-lettered ``malformed`` on its first delivery.
     #: The server's ``max_payload`` (1 MiB by default) already bounds what can arrive.
     max_body_bytes: int = 1024 * 1024
@@ -146,7 +144,6 @@ class ConsumerOptions:
             _positive("consumer.batch_timeout", self.batch_timeout)
         _positive("consumer.fetch_timeout", self.fetch_timeout)
         _positive("consumer.concurrency", self.concurrency)
-        _positive("consumer.stop_timeout", self.stop_timeout)
         _positive("consumer.inbox_retention", self.inbox_retention)
         _positive("consumer.inbox_cleanup_interval", self.inbox_cleanup_interval)
         _positive("consumer.max_body_bytes", self.max_body_bytes)
@@ -166,7 +163,7 @@ class ConsumerOptions:
 
 @dataclass(frozen=True, slots=True)
 class ReconcileOptions:
-    """Anti-entropy reconciliation.  See :mod:`bridge.reconcile` for the contract.
+    """Anti-entropy reconciliation.  See :mod:`bridge.reconcile.reconciler` for the contract.
 
     ``interval``: seconds between periodic passes; ``None`` or 0 = off (the default;
     ``bridge reconcile`` runs a pass on demand).  ``responder``: answer the peer's
@@ -174,7 +171,7 @@ class ReconcileOptions:
     ``max_concurrent_requests``: peer requests the responder serves at once (each holds
     a database connection); more are refused "busy" at once.  ``statement_timeout``:
     how long one request's SQL may run on the responder
-    (:mod:`bridge.reconcile_responder`).
+    (:mod:`bridge.reconcile.responder`).
     """
 
     interval: float | str | None = None
@@ -257,10 +254,10 @@ class BridgeConfig:
     relay: RelayOptions = field(default_factory=RelayOptions)
     consumer: ConsumerOptions = field(default_factory=ConsumerOptions)
     reconcile: ReconcileOptions = field(default_factory=ReconcileOptions)
-    #: How long dead letters are kept (see :data:`DLQ_RETENTIONS`, :mod:`bridge.dlq`).
+    #: How long dead letters are kept (see :data:`DLQ_RETENTIONS`, :mod:`bridge.routing.dlq`).
     dlq_retention: str = "never"
     #: An incoming version (``occurred_at``, a record's ``updated_at``) later than the
-    #: clock plus this is dead-lettered ``future_version`` (:mod:`bridge.version_time`).
+    #: clock plus this is dead-lettered ``future_version`` (:mod:`bridge.routing.version_time`).
     max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
     #: Systems whose changes this side applies (an envelope's ``origin`` and ``producer``);
     #: ``app_name`` and ``destination_app`` are always in it.  Others: ``unknown_origin``.
@@ -273,6 +270,14 @@ class BridgeConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise values once, here
+        if not self.use_outbox:
+            raise ConfigError(
+                "use_outbox=False is not supported: the bridge publishes only through the "
+                "transactional outbox (publishing after the commit, the gem's way, loses the "
+                "event when the process dies in between).  Keep use_outbox=True; to run a "
+                "process that does not publish, set enable_relay=False (another process's "
+                "relay publishes its outbox rows)"
+            )
         validate_token(self.app_name, name="app_name")
         validate_token(self.destination_app, name="destination_app")
         validate_token(self.stream_name, name="stream_name")
@@ -352,7 +357,7 @@ class BridgeConfig:
     def inbox_prefix(self) -> str:
         """Reply-inbox prefix of this app's connections: ``credentials.inbox_prefix``, or
         ``_INBOX_<app_name>`` — private to the app, so the generated permissions never
-        share an inbox between two apps (:mod:`bridge.permissions`)."""
+        share an inbox between two apps (:mod:`bridge.provisioning.permissions`)."""
         return self.credentials.inbox_prefix or default_inbox_prefix(self.app_name)
 
     def backoff_for(self, attempt: int) -> float:
@@ -393,86 +398,3 @@ def _as_durations(values: Iterable[str | float] | str, *, name: str) -> tuple[fl
     if isinstance(values, str):
         values = [v for v in values.replace(",", " ").split() if v]
     return tuple(parse_duration(v, name=f"{name}[{i}]") for i, v in enumerate(values))
-
-
-# -- presets -------------------------------------------------------------------------
-PRESETS: dict[str, dict[str, Any]] = {
-    "development": {"auto_provision": True, "ack_wait": 30.0},
-    "test": {
-        "auto_provision": True,
-        "ack_wait": 5.0,
-        "backoff": (0.1, 0.2, 0.5),
-        "max_deliver": 3,
-        "duplicate_window": 30.0,
-        "relay": RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
-        "consumer": ConsumerOptions(fetch_timeout=0.5, stop_timeout=5.0),
-    },
-    "production": {"auto_provision": False, "stream_replicas": 3, "ack_wait": 30.0},
-    "high_throughput": {
-        "relay": RelayOptions(batch_size=1000, max_in_flight=1024),
-        "consumer": ConsumerOptions(batch_size=256, concurrency=8),
-        "ack_wait": 60.0,
-    },
-    "maximum_reliability": {
-        "auto_provision": False,
-        "stream_replicas": 3,
-        "max_deliver": 10,
-        "backoff": (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0),
-        "duplicate_window": 600.0,
-        "relay": RelayOptions(max_attempts=100),
-    },
-}
-
-
-def preset(name: str, **overrides: Any) -> BridgeConfig:
-    """Build a config from a named preset plus overrides (``app_name`` etc.)."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return BridgeConfig(**{**PRESETS[name], **overrides})
-
-
-def resolve_consumer_mode(
-    app_name: str, explicit: str | None, env: Mapping[str, str]
-) -> ConsumerMode:
-    """Explicit override, then ``CONSUMER_MODE_<APP>``, then ``CONSUMER_MODE``, then pull."""
-    for value in (
-        explicit,
-        env.get(f"CONSUMER_MODE_{app_name.upper()}"),
-        env.get("CONSUMER_MODE"),
-    ):
-        if value:
-            mode = value.strip().lower()
-            if mode not in CONSUMER_MODES:
-                raise ConfigError(f"consumer mode must be 'pull' or 'push', got {value!r}")
-            return mode  # type: ignore[return-value]
-    return "pull"
-
-
-def configure_bidirectional(
-    app_name: str,
-    destination_app: str,
-    mode: Mode = "non_restrictive",
-    *,
-    consumer_mode: str | None = None,
-    env: Mapping[str, str] | None = None,
-    **overrides: Any,
-) -> BridgeConfig:
-    """One call for one side of a pair, like the gem's ``configure_bidirectional``.
-
-    ``mode="restrictive"`` turns ``auto_provision`` off (apps only verify).  The
-    consumer mode comes from ``consumer_mode``, then ``CONSUMER_MODE_<APP>``, then
-    ``CONSUMER_MODE`` in ``env`` (default: ``os.environ``), then pull.
-    """
-    if mode not in ("non_restrictive", "restrictive"):
-        raise ConfigError(f"mode must be 'non_restrictive' or 'restrictive', got {mode!r}")
-    environ = os.environ if env is None else env
-    known = {f.name for f in fields(BridgeConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ConfigError(f"unknown option(s): {', '.join(unknown)}")
-    values: dict[str, Any] = {
-        "auto_provision": mode == "non_restrictive",
-        "consumer_mode": resolve_consumer_mode(app_name, consumer_mode, environ),
-    }
-    values.update(overrides)
-    return BridgeConfig(app_name=app_name, destination_app=destination_app, **values)

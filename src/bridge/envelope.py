@@ -1,7 +1,8 @@
 """The wire envelope: a JSON body plus NATS headers.
 
-Body fields (DESIGN.md): ``event_id`` (UUID), ``schema_version``, ``event_type``
-(``<resource>.<created|updated|deleted>`` ...), ``producer``, ``resource_type``,
+Body fields (docs/ARCHITECTURE.md, "The wire contract"): ``event_id`` (UUID),
+``schema_version``, ``event_type`` (``<resource>.<created|updated|deleted>`` ...),
+``producer``, ``resource_type``,
 ``resource_id``, ``occurred_at`` (ISO 8601 UTC, microseconds), ``trace_id``,
 ``payload``; additions: ``origin`` (the system where the change was first made)
 and ``causation_id`` (the event this one was caused by, e.g. a DLQ replay).
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from bridge.envelope_limits import (
+from bridge._envelope_limits import (
     DEFAULT_LIMITS,
     TIMESTAMP_WIDTH,
     EnvelopeLimits,
@@ -199,7 +200,7 @@ class Envelope:
     ) -> Envelope:
         """Decode a message body; raise :class:`EnvelopeError` if it is malformed.
 
-        The body is parsed within ``limits`` (:mod:`bridge.envelope_limits`: size
+        The body is parsed within ``limits`` (:mod:`bridge._envelope_limits`: size
         first, then UTF-8, nesting depth, strict JSON, field lengths), so no body can
         make this raise anything else.  When a ``Nats-Msg-Id`` header is present it
         must equal ``event_id``.

@@ -116,7 +116,7 @@ class ReconcileBusyError(ReconcileError):
 
 class ReconcileRefusedError(ReconcileError):
     """A reconciliation request was refused.  ``code`` says why, from a fixed set
-    (:data:`bridge.reconcile_protocol.REFUSALS`: ``bad_request``, ``too_large``,
+    (:data:`bridge.reconcile._protocol.REFUSALS`: ``bad_request``, ``too_large``,
     ``unknown_resource``, ``busy``, ``timeout``, ``internal``); ``request_id`` names the
     responder's log line that holds the details (a refusal carries none)."""
 
@@ -145,7 +145,7 @@ class AttemptsExhausted(BridgeError):
 
     Its last attempt never finished — the process was killed or stalled past
     ``ack_wait`` — so it is dead-lettered without running the handler again
-    (:func:`bridge.router.decide_exhausted`).
+    (:func:`bridge.routing.outcomes.decide_exhausted`).
     """
 
     def __init__(self, num_delivered: int, max_deliver: int) -> None:

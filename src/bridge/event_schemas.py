@@ -6,7 +6,7 @@ upcasters between consecutive versions, declared once.
 
 An application declares, per **resource type** (``"organization"``: every action,
 since the payload is the row snapshot whatever the action) or per **exact event
-type** (``"organization.deleted"``; exact wins, as in :class:`bridge.router.Router`):
+type** (``"organization.deleted"``; exact wins, as in :class:`bridge.routing.router.Router`):
 
 - :meth:`EventSchemas.version`: the payload validator of version *n* — any callable
   ``validate(payload) -> payload`` that raises ``ValueError``/``TypeError``/
@@ -23,8 +23,9 @@ the oldest the consumer accepts.  :meth:`EventSchemas.check` (called by
 version between the two has no validator or a step has no upcaster.
 
 Producer: the outbox stamps ``schema_version`` with :meth:`EventSchemas.current_version`
-(1 for a type nobody declared, the wire of DESIGN.md), or with the version pinned by
-:meth:`EventSchemas.publish_version` while consumers are being upgraded.
+(1 for a type nobody declared: the wire contract's first version, docs/ARCHITECTURE.md),
+or with the version pinned by :meth:`EventSchemas.publish_version` while consumers are
+being upgraded.
 
 Consumer (:meth:`EventSchemas.resolve`, run by the inbox once per delivery before
 the handler):
@@ -43,7 +44,7 @@ the handler):
   whose ``payload`` and ``schema_version`` are the current ones.
 
 An upcaster that raises anything else is a bug, not bad input: the error goes to
-:func:`bridge.router.decide` like a handler's (retried with backoff, dead-lettered
+:func:`bridge.routing.outcomes.decide` like a handler's (retried with backoff, dead-lettered
 ``max_deliver_exceeded`` on the last delivery).  Upcasters must be pure.
 """
 
@@ -55,7 +56,7 @@ from typing import Any, Protocol
 
 from bridge.envelope import SCHEMA_VERSION, Envelope
 from bridge.errors import ConfigError, Reject
-from bridge.router import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
+from bridge.routing.outcomes import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
 
 __all__ = [
     "EventSchemas",

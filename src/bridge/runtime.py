@@ -5,68 +5,104 @@ ConfigError before anything connects, :mod:`bridge.event_schemas`) → connect t
 NATS → provision (``auto_provision=True``: apply) or verify
 (``auto_provision=False``: read-only; falls back to a permission-limited runtime
 probe when the app's NATS user may not call the JetStream management API) → start
-the outbox relay → start the consumer.  Stop order is the reverse: the consumer
-finishes and acks its in-flight deliveries, the relay finishes its batch (PubAcks),
-then the connection drains.  A failure during start stops whatever had started and
+the outbox relay → start the consumer.  A failure during start stops whatever had started and
 re-raises, so a misconfigured app fails fast with the provisioning error's message.
+
+Stopping: ``stop(timeout)`` is one deadline for everything.  The reconciliation
+parts, the consumer (finishes and acks its in-flight deliveries), the inbox
+retention and the relay (finishes its batches' PubAcks and marks) stop side by side
+with the timeout minus a reserve (:data:`CONNECTION_RESERVE`, at most a quarter of
+it); what still runs then is cancelled and redelivered or republished later (the
+inbox and the duplicate window absorb it).  The reserve drains the connection and
+disposes the engine when the bridge owns it.
 
 With ``synced_models`` the bridge also answers the peer's reconciliation requests
 and, when ``reconcile.interval`` is set, runs periodic anti-entropy passes
-(:mod:`bridge.reconcile`); both stop first on shutdown.
+(:mod:`bridge.reconcile.reconciler`).
 
 Web and worker processes scale separately: ``enable_consumer=False`` /
 ``enable_relay=False`` in the config turn either part off in a process.
 
-Observability: every Bridge has its own :class:`~bridge.metrics.BridgeMetrics`
-(``bridge.metrics``, its own Prometheus registry) fed by the relay, the consumer
-and the handlers, plus gauges read from :meth:`Bridge.status` at scrape time and the
-consumer's supervision counters (:mod:`bridge.metrics_consumer`, read without I/O).  Its
+Observability: every Bridge has its own :class:`~bridge.observability.metrics.BridgeMetrics`
+(its own Prometheus registry) fed by the relay, the consumer and the handlers, plus
+gauges read at scrape time from :meth:`Bridge.status` and, without I/O, the consumer's
+supervision counters (:mod:`bridge.observability.sources`).  Its
 outbox stamps each row with the current W3C ``traceparent``
-(:func:`bridge.tracing.current_traceparent`; an ``outbox`` passed in keeps its own
+(:func:`bridge.observability.tracing.current_traceparent`; an ``outbox`` passed in keeps its own
 setting) and its handlers run in a span that continues the producer's trace
-(:class:`bridge.tracing.TracedRouter`, ``tracer_provider`` or the global one).
+(:class:`~bridge.observability.tracing.TracingMiddleware`, ``tracer_provider`` or the global
+one), timed by :class:`~bridge.observability.metrics.MetricsMiddleware`; both wrap the
+router's own middleware (:meth:`bridge.routing.router.Router.around`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.trace import TracerProvider
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bridge.access import verify_runtime_access
 from bridge.config import BridgeConfig
-from bridge.connection import Connection
-from bridge.consumer import PullConsumer, PushConsumer, make_consumer
-from bridge.dlq import DeadLetters
-from bridge.dlq_letter import oldest_letter_age
-from bridge.errors import BridgeError, PermissionDeniedError
+from bridge.consumer.pull import PullConsumer
+from bridge.consumer.push import PushConsumer
+from bridge.errors import PermissionDeniedError
 from bridge.event_schemas import EventSchemas
-from bridge.inbox import InboxProcessor
-from bridge.inbox_retention import InboxRetention
-from bridge.jsapi import JetStreamApi
-from bridge.metrics import BridgeMetrics, BridgeStateSource, RelayStateSource
-from bridge.metrics_consumer import ConsumerTasksSource
-from bridge.outbox import Outbox, Synced
-from bridge.provisioning import Plan, Provisioner, consumer_spec, stream_spec
-from bridge.publisher import Publisher
-from bridge.reconcile import PeriodicReconciler, Reconciler
-from bridge.reconcile_responder import ReconcileResponder
-from bridge.relay import OutboxRelay
-from bridge.router import Router
-from bridge.tracing import TracedRouter, current_traceparent
+from bridge.inbox.processor import InboxProcessor
+from bridge.inbox.retention import InboxRetention
+from bridge.observability.metrics import BridgeMetrics, MetricsMiddleware
+from bridge.observability.sources import (
+    BridgeStateSource,
+    ConsumerTasksSource,
+    RelayStateSource,
+)
+from bridge.observability.status import BridgeStatus
+from bridge.observability.tracing import TracingMiddleware, current_traceparent
+from bridge.outbox.capture import Outbox, Synced
+from bridge.outbox.relay import OutboxRelay
+from bridge.provisioning.access import verify_runtime_access
+from bridge.provisioning.provisioner import Plan, Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.reconcile._digest import LocalSide
+from bridge.reconcile.reconciler import Reconciler
+from bridge.reconcile.responder import ReconcileResponder
+from bridge.reconcile.schedule import PeriodicReconciler
+from bridge.routing.dlq import DeadLetters
+from bridge.routing.router import Router
+from bridge.transport.connection import Connection
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 log = logging.getLogger("bridge.runtime")
 
 #: How long a management call may take before we assume the user lacks the permission.
 MANAGEMENT_PROBE_TIMEOUT = 2.0
+#: Seconds of stop()'s timeout kept for draining the connection (at most a quarter).
+CONNECTION_RESERVE = 1.0
+
+
+class _Stoppable(Protocol):
+    async def stop(self, timeout: float = ...) -> None: ...
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def make_consumer(
+    config: BridgeConfig,
+    connection: Connection,
+    processor: InboxProcessor,
+    *,
+    watch_max_deliveries: bool | None = None,
+) -> PullConsumer | PushConsumer:
+    """The consumer for ``config.consumer_mode`` (not started)."""
+    cls = PushConsumer if config.consumer_mode == "push" else PullConsumer
+    return cls(config, connection, processor, watch_max_deliveries=watch_max_deliveries)
 
 
 class Bridge:
@@ -87,7 +123,7 @@ class Bridge:
     ) -> None:
         """``event_schemas``: the versions of the app's event types, used to stamp
         published events and to upcast consumed ones (an ``outbox`` passed in
-        keeps its own).  ``synced_models``: the app's :class:`~bridge.outbox.Synced`
+        keeps its own).  ``synced_models``: the app's :class:`~bridge.outbox.capture.Synced`
         models; with them the bridge answers the peer's reconciliation requests and
         runs the periodic reconciler when ``reconcile.interval`` is set."""
         self.config = config
@@ -122,7 +158,7 @@ class Bridge:
         self.reconcile_responder: ReconcileResponder | None = None
         self.periodic_reconciler: PeriodicReconciler | None = None
         self._dispose_engine = dispose_engine
-        self._management_allowed: bool | None = None
+        self.observed = BridgeStatus(self)
         self._started = False
 
     # -- lifecycle ------------------------------------------------------------------
@@ -151,10 +187,9 @@ class Bridge:
                 )
                 await self.relay.start()
             if self.config.enable_consumer:
-                router = TracedRouter(
-                    self.router,
-                    tracer_provider=self.tracer_provider,
-                    on_handled=self.metrics.handler_done,
+                router = self.router.around(
+                    MetricsMiddleware(self.metrics),
+                    TracingMiddleware(tracer_provider=self.tracer_provider),
                 )
                 self.processor = InboxProcessor(
                     self.config,
@@ -197,54 +232,50 @@ class Bridge:
         )
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Stop consumer, then relay, then drain the connection; each gets ``timeout``."""
+        """Stop every part within ``timeout`` seconds in all (module doc, "Stopping")."""
         self._started = False
-        periodic, self.periodic_reconciler = self.periodic_reconciler, None
-        responder, self.reconcile_responder = self.reconcile_responder, None
-        if periodic is not None:
-            await periodic.stop(timeout)
-        if responder is not None:
-            await responder.stop(timeout)
-        consumer, self.consumer = self.consumer, None
-        relay, self.relay = self.relay, None
-        retention, self.inbox_retention = self.inbox_retention, None
-        if consumer is not None:
-            await consumer.stop(timeout)
-        if retention is not None:
-            await retention.stop(timeout)
-        if relay is not None:
-            await relay.stop(timeout)
-        await self.connection.stop(timeout)
+        deadline = time.monotonic() + timeout
+        parts: list[_Stoppable | None] = [
+            self.periodic_reconciler,
+            self.reconcile_responder,
+            self.consumer,
+            self.inbox_retention,
+            self.relay,
+        ]
+        self.periodic_reconciler = self.reconcile_responder = None
+        self.consumer, self.inbox_retention, self.relay = None, None, None
+        parts_deadline = deadline - min(CONNECTION_RESERVE, timeout / 4)
+        await asyncio.gather(
+            *(part.stop(_left(parts_deadline)) for part in parts if part is not None)
+        )
+        await self.connection.stop(_left(deadline))
         if self._dispose_engine:
-            await self.engine.dispose()
+            try:
+                await asyncio.wait_for(self.engine.dispose(), max(_left(deadline), 0.1))
+            except TimeoutError:
+                log.warning("engine dispose did not finish within the stop deadline")
 
     def reconciler(self) -> Reconciler:
         """A reconciler of this bridge's synced models against the peer (connected)."""
-        return Reconciler(
+        return Reconciler(self._local_side(), observer=self.metrics)
+
+    def _local_side(self) -> LocalSide:
+        return LocalSide(
             self.config,
             self.connection.nc,
             self.engine,
             self.synced_models,
             outbox=self.outbox,
             session_factory=self.session_factory,
-            observer=self.metrics,
         )
 
     async def _start_reconciliation(self) -> None:
-        """Anti-entropy (:mod:`bridge.reconcile`): only for a bridge given its synced models."""
+        """Anti-entropy (:mod:`bridge.reconcile.reconciler`), for a bridge given synced models."""
         if not self.synced_models:
             return
         options = self.config.reconcile
         if options.responder:
-            self.reconcile_responder = ReconcileResponder(
-                self.config,
-                self.connection.nc,
-                self.engine,
-                self.synced_models,
-                outbox=self.outbox,
-                session_factory=self.session_factory,
-                observer=self.metrics,
-            )
+            self.reconcile_responder = ReconcileResponder(self._local_side(), observer=self.metrics)
             await self.reconcile_responder.start()
         interval = options.interval_seconds
         if interval:
@@ -270,120 +301,24 @@ class Bridge:
         )
         if self.config.auto_provision:
             self.provisioning_plan = await provisioner.apply(stream_spec(self.config), consumers)
-            self._management_allowed = True
+            self.observed.management_allowed = True
             if not self.provisioning_plan.empty:
                 log.info("provisioned", extra={"plan": self.provisioning_plan.describe()})
             return
         try:
             await provisioner.verify(stream_spec(self.config), consumers)
-            self._management_allowed = True
+            self.observed.management_allowed = True
         except PermissionDeniedError:
             # Restrictive mode: this user may not read stream/consumer info.  Probe
             # only what the runtime needs, with the operations it is allowed.
-            self._management_allowed = False
+            self.observed.management_allowed = False
             await verify_runtime_access(self.connection, self.config)
 
-    # -- observability --------------------------------------------------------------
-    async def _database_ok(self) -> tuple[bool, str | None]:
-        try:
-            async with asyncio.timeout(2.0), self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except Exception as exc:  # health reports it; nothing to recover here
-            return False, f"{type(exc).__name__}: {exc}"
-        return True, None
-
+    # -- observability (bridge.observability.status) ----------------------------------
     async def health(self) -> dict[str, Any]:
-        """Liveness of NATS, the database, the relay and the consumer (no secrets).
-
-        ``degraded`` (``/health`` answers 503) when NATS or the database is down, or
-        when a consumer task is dead or crash-looping (:meth:`BaseConsumer.health`:
-        ``consumer.problems`` says which task died and how).
-        """
-        db_ok, db_error = await self._database_ok()
-        nats = self.connection.snapshot()
-        consumer: dict[str, Any] = {"running": False, "mode": self.config.consumer_mode}
-        consumer_ok = True
-        if self.consumer is not None:
-            tasks = self.consumer.health()
-            consumer_ok = tasks.healthy
-            consumer.update(
-                running=self.consumer.stats().running,
-                healthy=tasks.healthy,
-                problems=list(tasks.problems),
-                task_restarts=tasks.task_restarts,
-                last_error=tasks.last_error,
-            )
-        ok = db_ok and bool(nats["connected"]) and consumer_ok
-        return {
-            "status": "ok" if ok else "degraded",
-            "app": self.config.app_name,
-            "nats": nats,
-            "database": {"connected": db_ok, "error": db_error},
-            "relay": {"running": self.relay is not None},
-            "consumer": consumer,
-        }
-
-    async def _management(self, subject: str, body: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A management API call that answers ``None`` where this user lacks permission."""
-        if self._management_allowed is False or not self.connection.is_connected:
-            return None
-        try:
-            return await JetStreamApi(self.connection.nc, timeout=1.0).request(subject, body)
-        except PermissionDeniedError:
-            self._management_allowed = False
-            return None
-        except BridgeError:
-            return None
-
-    async def dead_letter_count(self) -> int | None:
-        """Messages on this app's DLQ subject (``None`` without stream-info permission)."""
-        reply = await self._management(
-            f"STREAM.INFO.{self.config.stream_name}",
-            {"subjects_filter": self.config.subjects.dlq},
-        )
-        if not reply or "state" not in reply:
-            return None
-        subjects = reply["state"].get("subjects") or {}
-        return int(subjects.get(self.config.subjects.dlq, 0))
-
-    async def oldest_dead_letter_age(self) -> float | None:
-        """Seconds this app's oldest dead letter has waited, 0 when there is none
-        (``None`` without the permission to read the stream)."""
-        return await oldest_letter_age(self._management, self.config)
-
-    async def consumer_lag(self) -> dict[str, Any] | None:
-        """Pending and ack-pending counts of this app's durable (``None`` without permission)."""
-        reply = await self._management(
-            f"CONSUMER.INFO.{self.config.stream_name}.{self.config.subjects.durable}", None
-        )
-        if not reply or "config" not in reply:
-            return None
-        return {
-            "num_pending": reply.get("num_pending"),
-            "num_ack_pending": reply.get("num_ack_pending"),
-            "num_redelivered": reply.get("num_redelivered"),
-        }
+        """Liveness of NATS, the database, the relay and the consumer (no secrets)."""
+        return await self.observed.health()
 
     async def status(self) -> dict[str, Any]:
         """Counters for ``/sync_status`` and metrics; parts this process lacks are ``None``."""
-        outbox: dict[str, Any] | None = None
-        inbox: dict[str, Any] | None = None
-        if self.relay is not None:
-            outbox = asdict(await self.relay.stats())
-        if self.processor is not None:
-            inbox = asdict(await self.processor.counts())
-        consumer: dict[str, Any] = {"mode": self.config.consumer_mode}
-        if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                consumer.update(asdict(self.consumer.stats()))
-        lag = await self.consumer_lag()
-        consumer["num_pending"] = lag["num_pending"] if lag else None
-        consumer["num_ack_pending"] = lag["num_ack_pending"] if lag else None
-        return {
-            "jetstream_connected": self.connection.is_connected,
-            "outbox": outbox,
-            "inbox": inbox,
-            "dead_letters": await self.dead_letter_count(),
-            "dead_letters_oldest_age_seconds": await self.oldest_dead_letter_age(),
-            "consumer": consumer,
-        }
+        return await self.observed.status()

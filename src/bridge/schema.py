@@ -12,8 +12,9 @@ transaction as the handler's writes), ``failed`` (last attempt failed or was hel
 back, will be redelivered at ``retry_at``), ``dead_lettered`` (sent to the DLQ; not
 "processed").
 Backfill checkpoint: one row per (run, table), advanced in the same transaction as
-the outbox rows of each batch (:mod:`bridge.backfill`).
-``bridge_reconcile_runs`` keeps one row per reconciliation pass (:mod:`bridge.reconcile`).
+the outbox rows of each batch (:mod:`bridge.reconcile.backfill`).
+``bridge_reconcile_runs`` keeps one row per reconciliation pass
+(:mod:`bridge.reconcile.reconciler`).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ inbox = Table(
     Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("processed_at", DateTime(timezone=True), nullable=True),
     # When a ``failed`` record's delivery comes back (its NAK delay): later events of
-    # its record are held back until then (bridge.inbox_order, per-record order).
+    # its record are held back until then (bridge.inbox._order, per-record order).
     Column("retry_at", DateTime(timezone=True), nullable=True),
     Index("ix_bridge_inbox_status", "status"),
     Index("ix_bridge_inbox_processed_at", "processed_at"),
@@ -143,7 +144,8 @@ inbox = Table(
 )
 
 #: Backfill checkpoints: how far run ``run_name`` has re-emitted ``table_name``
-#: (``last_key``: the primary key of the last emitted row, as strings) — see bridge.backfill.
+#: (``last_key``: the primary key of the last emitted row, as strings) — see
+#: bridge.reconcile.backfill.
 backfill_runs = Table(
     "bridge_backfill_runs",
     metadata,

@@ -3,8 +3,8 @@
 embedded one from the ``pgserver`` wheel).
 
 Nothing here is a fake: :class:`NatsServer` is a real ``nats-server`` process on
-a free loopback port with its own store directory; :func:`postgres_url` returns
-a reachable PostgreSQL server or raises — it never lets a test skip silently.
+a free loopback port with its own store directory; :class:`PostgresServer` is a
+reachable PostgreSQL server or raises — it never lets a test skip silently.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ FAST = {
     "ack_wait": 5.0,
     "duplicate_window": 30.0,
     "relay": RelayOptions(poll_interval=0.1, lease=5.0, retry_base=0.05, retry_max=0.5),
-    "consumer": ConsumerOptions(fetch_timeout=0.2, stop_timeout=5.0),
+    "consumer": ConsumerOptions(fetch_timeout=0.2),
 }
 
 
@@ -125,10 +125,10 @@ async def start_side(
     """Start one service; ``database_url`` reuses a database (a restart), else a new one."""
     url = database_url or await new_database(stack, postgres)
     settings = ServiceSettings(
-        app_name=name, destination_app=peer, database_url=url, nats_url=nats_url,
-        stream_name=stream, consumer_mode=consumer_mode, db_pool_size=5,
-    )  # fmt: skip
-    config = settings.to_bridge_config(env={}, **{**FAST, **overrides})
+        app_name=name, destination_app=peer, database_url=url, db_pool_size=5
+    )
+    env = {"NATS_URL": nats_url, "STREAM_NAME": stream, "CONSUMER_MODE": consumer_mode}
+    config = settings.to_bridge_config(env=env, **{**FAST, **overrides})
     app = create_app(settings, bridge_config=config, event_schemas=event_schemas)
     await stack.enter_async_context(app.router.lifespan_context(app))
     client = await stack.enter_async_context(

@@ -20,8 +20,8 @@ from pathlib import Path
 from e2e_support import Pair, Side, eventually, start_side
 from sqlalchemy import text
 
-from bridge.backfill import STATUS_COMPLETED, Backfill, BackfillOptions
-from bridge.synced_models import load_synced_models
+from bridge.reconcile.backfill import STATUS_COMPLETED, Backfill, BackfillOptions
+from bridge.reconcile.synced_models import load_synced_models
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.settings import ServiceSettings
 from services.shared.worker import run_worker
@@ -172,9 +172,9 @@ async def test_backfill_again_changes_nothing_and_never_overwrites_newer_data(
         await seed(a, 20, 10)
         rows = 30
         settings = ServiceSettings(
-            app_name=b.name, destination_app=a.name, database_url=b.database_url,
-            nats_url=nats_server.url, stream_name=stream, db_pool_size=3,
-        )  # fmt: skip
+            app_name=b.name, destination_app=a.name, database_url=b.database_url, db_pool_size=3
+        )
+        env = {"NATS_URL": nats_server.url, "STREAM_NAME": stream}
         assert a.state.bridge is not None
         models = load_synced_models(MODELS)
 
@@ -190,7 +190,7 @@ async def test_backfill_again_changes_nothing_and_never_overwrites_newer_data(
 
         async def run_b_worker(until_processed: int) -> None:
             stop = asyncio.Event()
-            worker = asyncio.create_task(run_worker(settings, stop))
+            worker = asyncio.create_task(run_worker(settings, stop, env=env))
             try:
                 await eventually(
                     lambda: processed(until_processed), timeout=60.0, what="B's worker applied"

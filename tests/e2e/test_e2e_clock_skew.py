@@ -27,8 +27,8 @@ from e2e_support import Pair, Side, eventually, new_database, start_side
 from nats.js import JetStreamContext
 
 from bridge.cli import EXIT_OK, main_async
-from bridge.dlq import DeadLetter
 from bridge.envelope import Envelope, format_timestamp, utcnow
+from bridge.routing.letter import DeadLetter
 from bridge.testing import NatsServer, PostgresServer
 
 FAR_FUTURE = "9999-12-31T23:59:59.999999Z"

@@ -18,8 +18,8 @@ from typing import Any
 
 from e2e_support import Pair, Side, eventually
 
-from bridge.dlq import DeadLetters
-from bridge.publisher import Publisher
+from bridge.routing.dlq import DeadLetters
+from bridge.transport.publisher import Publisher
 from services.shared.schemas import OrganizationCreate
 
 log = logging.getLogger("tests.e2e.convergence")

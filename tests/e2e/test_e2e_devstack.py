@@ -24,7 +24,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bridge.envconfig import read_env_file
+from bridge.env import read_env_file
 from bridge.testing import PostgresServer, free_port, replace_database, to_plain_url
 
 ROOT = Path(__file__).resolve().parents[2]

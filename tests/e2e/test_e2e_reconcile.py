@@ -19,7 +19,8 @@ from sqlalchemy import text
 
 from bridge.cli import main_async
 from bridge.errors import ReconcileBusyError
-from bridge.reconcile import LOCK_CLASS, PeriodicReconciler
+from bridge.reconcile.reconciler import LOCK_CLASS
+from bridge.reconcile.schedule import PeriodicReconciler
 
 SEED = (
     """

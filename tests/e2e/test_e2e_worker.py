@@ -40,10 +40,13 @@ async def test_worker_applies_changes_for_a_web_process_without_consumer(
         stop = asyncio.Event()
         settings = ServiceSettings(
             app_name=b.name, destination_app=a.name, database_url=b.database_url,
-            nats_url=nats_server.url, stream_name=stream, db_pool_size=3, metrics_port=0,
+            db_pool_size=3, metrics_port=0,
         )  # fmt: skip
+        env = {"NATS_URL": nats_server.url, "STREAM_NAME": stream}
         ports: list[int] = []
-        worker = asyncio.create_task(run_worker(settings, stop, listening=ports.append))
+        worker = asyncio.create_task(
+            run_worker(settings, stop, env=env, listening=ports.append)
+        )
         try:
 
             async def arrived() -> bool:

@@ -5,7 +5,7 @@ not a linear history, so "the newest acknowledged write is the final state" does
 hold: a write on B made before B received A's concurrent write may lose to it, and
 must, when A's version is greater — that is last-writer-wins.  What must hold instead,
 per record, with a version being ``(updated_at, origin)`` compared as the services do
-(:mod:`services.shared.versioning`):
+(:mod:`bridge.sync.versions`):
 
 - **a write acknowledged after its side applied version X never loses to X**: every
   acked update whose side had applied X before it (``applied_before``, read just before

@@ -26,7 +26,7 @@ import asyncpg
 from fault_stack import Deployment, InProcessInstance, in_process_side, new_database
 from tcp_proxy import TcpProxy
 
-from bridge.outbox_store import LIVENESS_LOCK_CLASS
+from bridge.outbox._store import LIVENESS_LOCK_CLASS
 from bridge.testing import PostgresServer, to_plain_url
 
 
@@ -124,7 +124,7 @@ async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> 
 
 async def liveness_lock_held(database_url: str, owner: str, *, timeout: float) -> float:
     """Wait until the relay ``owner`` holds its liveness lock (its LISTEN connection is
-    up, :mod:`bridge.outbox_store`); return the seconds it took."""
+    up, :mod:`bridge.outbox._store`); return the seconds it took."""
     started = time.monotonic()
     conn = await asyncpg.connect(to_plain_url(database_url), timeout=5)
     try:

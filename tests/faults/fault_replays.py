@@ -1,7 +1,7 @@
 """The checker's view of dead letters a scenario replayed (``bridge dlq replay``).
 
 A replay publishes the dead-lettered envelope again with a NEW event id and
-``causation_id`` = the id it replays (:meth:`bridge.dlq.DeadLetters.replay`), so the
+``causation_id`` = the id it replays (:meth:`bridge.routing.dlq.DeadLetters.replay`), so the
 stream holds events no outbox row explains and the original stays ``dead_lettered`` in
 the receiver's inbox.  :func:`fold_replays` folds each replay chain (the original event
 from an outbox, then each replay of the one before) into its original, and checks:

@@ -51,7 +51,7 @@ FAST: dict[str, Any] = {
     "reconnect_wait": 0.2,
     "reconnect_wait_max": 1.0,
     "relay": RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
-    "consumer": ConsumerOptions(fetch_timeout=0.2, stop_timeout=5.0),
+    "consumer": ConsumerOptions(fetch_timeout=0.2),
 }
 
 
@@ -238,13 +238,15 @@ async def _drop_quietly(postgres: PostgresServer, url: str) -> None:
         await postgres.drop_database(url)
 
 
-def settings_for(
-    app: str, peer: str, database_url: str, stream: str, nats_urls: Sequence[str]
-) -> ServiceSettings:
+def settings_for(app: str, peer: str, database_url: str) -> ServiceSettings:
     return ServiceSettings(
-        app_name=app, destination_app=peer, database_url=database_url,
-        nats_urls=",".join(nats_urls), stream_name=stream, consumer_mode="pull", db_pool_size=5,
-    )  # fmt: skip
+        app_name=app, destination_app=peer, database_url=database_url, db_pool_size=5
+    )
+
+
+def bridge_env(stream: str, nats_urls: Sequence[str]) -> dict[str, str]:
+    """The bridge's variables of an in-process side (bridge.env reads them)."""
+    return {"NATS_URLS": ",".join(nats_urls), "STREAM_NAME": stream, "CONSUMER_MODE": "pull"}
 
 
 async def in_process_side(
@@ -256,8 +258,8 @@ async def in_process_side(
     nats_urls: Sequence[str],
     **overrides: Any,
 ) -> Side:
-    settings = settings_for(app, peer, database_url, stream, nats_urls)
-    config = settings.to_bridge_config(env={}, **{**FAST, **overrides})
+    settings = settings_for(app, peer, database_url)
+    config = settings.to_bridge_config(env=bridge_env(stream, nats_urls), **{**FAST, **overrides})
     instance = InProcessInstance(app, settings, config)
     await instance.start()
     return Side(app, peer, database_url, config, [instance])
@@ -305,8 +307,7 @@ def process_side(
 ) -> Side:
     """A side of ``replicas`` uvicorn processes (not started: see :func:`start_all`)."""
     env = process_env(app, peer, database_url, stream=stream, nats_urls=nats_urls, extra=extra_env)
-    settings = settings_for(app, peer, database_url, stream, nats_urls)
-    config = settings.to_bridge_config(env=env)
+    config = settings_for(app, peer, database_url).to_bridge_config(env=env)
     instances: list[Instance] = [
         ProcessInstance(f"{app}-{i}", module, env, log_dir / f"{app}-{i}.log")
         for i in range(replicas)

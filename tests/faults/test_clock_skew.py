@@ -49,8 +49,8 @@ from fault_checker import consumer_lag, read_side
 from fault_scenario import FaultLog, ScenarioResult, run_scenario
 from fault_stack import Deployment, Side, fast_config, in_process_pair
 
-from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope, format_timestamp, utcnow
+from bridge.routing.dlq import DeadLetters
 from bridge.subjects import Subjects
 from bridge.testing import NatsServer, PostgresServer
 

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.faults
 DOWN = 3.0
 # FAST's relay (0.05 s doubling to 0.5 s) with only 3 attempts: an election takes
 # seconds, so this fails unless unavailability (no PubAck, no leader) is retried for as
-# long as it lasts instead of counting towards max_attempts (bridge.relay, "Retry").
+# long as it lasts instead of counting towards max_attempts (bridge.outbox.relay, "Retry").
 RELAY = RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5, max_attempts=3)
 
 

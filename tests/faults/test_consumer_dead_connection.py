@@ -5,7 +5,7 @@ application's engine, and asyncpg has no timeout of its own, so a batch whose
 connection died without a FIN or an RST (:meth:`tcp_proxy.TcpProxy.strand`) waited
 for ever — the worker never came back, the durable's deliveries stayed un-acked and the
 consumer stopped applying for good.  Now every batch's database work is bounded by
-``consumer.batch_timeout`` (:class:`bridge.deadline.Deadline`): past it the batch is
+``consumer.batch_timeout`` (:class:`bridge._support.deadline.Deadline`): past it the batch is
 rolled back and NAKed, the dead connection is discarded, and the redelivery applies on a
 fresh one.
 """
@@ -22,16 +22,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 
 from bridge import schema
 from bridge.config import BridgeConfig, ConsumerOptions
-from bridge.connection import Connection
-from bridge.consumer import make_consumer
-from bridge.delivery import Outcome
 from bridge.envelope import Envelope
-from bridge.inbox import InboxProcessor
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
-from bridge.publisher import Publisher
-from bridge.router import Router
+from bridge.inbox.processor import InboxProcessor
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.routing.router import Router
+from bridge.runtime import make_consumer
 from bridge.testing import NatsServer
+from bridge.transport.connection import Connection
+from bridge.transport.delivery import Outcome
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 BATCH_TIMEOUT = 2.0
 

@@ -8,13 +8,13 @@ another record, so per-record order does not hold it back.  System B retried the
 (organization not there yet: ``Retry``) with its backoff until ``max_deliver`` ran out,
 well before the lease expired, and dead-lettered it as ``max_deliver_exceeded``.  The
 organization arrived later; the user never did (until an operator replays it): the
-databases diverge, against DESIGN.md's "a child arriving before its parent is retried,
-not dead-lettered".
+databases diverge, against the guarantee "a child arriving before its parent is retried,
+not dead-lettered" (README, "Guarantees and their limits").
 
 This test builds that state deterministically — the organization's outbox row leased to
 a relay that no longer exists (a ``live:`` owner whose liveness lock died with its
 process), exactly what a relay killed after its claim leaves — and then creates the user
-through the API.  Fixed by relay liveness (bridge.outbox_store.LIVE_PREFIX): a dead
+through the API.  Fixed by relay liveness (bridge.outbox._store.LIVE_PREFIX): a dead
 owner's lease frees at once.  Expected: the user is applied on B once the
 organization arrives.  It FAILS today whenever ``sum(backoff over max_deliver)`` is
 shorter than the remaining lease (here FAST: 7 NAKs of 0.2+0.5+1+2+2+2+2 = 9.7 s < 30 s).

@@ -14,8 +14,8 @@ import time
 from fault_partition import start_proxy, wait_for
 
 from bridge.config import BridgeConfig
-from bridge.connection import Connection, ConnectionState
 from bridge.testing import NatsServer
+from bridge.transport.connection import Connection, ConnectionState
 
 PING = 0.5
 OUTSTANDING = 2

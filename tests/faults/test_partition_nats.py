@@ -31,8 +31,8 @@ from fault_partition import nats_partition_pair, wait_for
 from fault_scenario import FaultLog, run_scenario
 from fault_stack import InProcessInstance, fast_config
 
-from bridge.connection import ConnectionState
 from bridge.testing import NatsServer, PostgresServer
+from bridge.transport.connection import ConnectionState
 
 pytestmark = pytest.mark.faults
 

@@ -43,11 +43,11 @@ from fault_stack import Side, fast_config, in_process_pair
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bridge.config import ConsumerOptions
-from bridge.dlq import DeadLetters
 from bridge.envelope import MSG_ID_HEADER, Envelope, format_timestamp, utcnow
-from bridge.publisher import Publisher
+from bridge.routing.dlq import DeadLetters
 from bridge.subjects import Subjects
 from bridge.testing import NatsServer, PostgresServer
+from bridge.transport.publisher import Publisher
 
 pytestmark = pytest.mark.faults
 
@@ -262,7 +262,7 @@ async def test_duplicate_deliveries_and_poison_messages_mid_load(
     burst: dict[int, tuple[str, str]] = {}  # stream seq -> (kind, what its error names)
     copies: dict[str, int] = {}
     consumer_options = ConsumerOptions(
-        fetch_timeout=0.2, stop_timeout=5.0, batch_size=BURST_FETCH, max_body_bytes=MAX_BODY
+        fetch_timeout=0.2, batch_size=BURST_FETCH, max_body_bytes=MAX_BODY
     )
     async with AsyncExitStack() as stack:
         deployment = await in_process_pair(

@@ -11,7 +11,7 @@ and the sides never converged).  These tests pin the two places down, fast:
   slower than the lease is pointless anyway, the leases it takes would be expired when
   it commits — then fails with a ``TimeoutError`` naming the database, and the next
   one gets a fresh connection; also when the link dies half way through the pool's
-  pre-ping, where one cancellation is not enough (:class:`bridge.deadline.Deadline`);
+  pre-ping, where one cancellation is not enough (:class:`bridge._support.deadline.Deadline`);
 - the LISTEN connection (wake-ups and the relay's liveness lock) is probed every
   ``check_interval``; a dead one is dropped and re-established — past a half-dead
   pooled connection too — and notifications flow again;
@@ -31,11 +31,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tcp_proxy import TcpProxy
 
-from bridge import pg_listen, schema
+from bridge import schema
 from bridge.config import BridgeConfig, RelayOptions
-from bridge.pg_listen import NotifyListener
-from bridge.publisher import Publisher
-from bridge.relay import OutboxRelay
+from bridge.outbox import _listen as pg_listen
+from bridge.outbox._listen import NotifyListener
+from bridge.outbox.relay import OutboxRelay
+from bridge.transport.publisher import Publisher
 
 LEASE = 2.0
 #: SQLAlchemy closes a timed-out connection gracefully for up to 2 s before aborting it.

@@ -16,7 +16,7 @@ import pytest
 from fault_storage import Limit, cleanup, limited_nats, raise_limit
 
 from bridge.errors import PublishError
-from bridge.publisher import OutgoingMessage, Publisher
+from bridge.transport.publisher import OutgoingMessage, Publisher
 
 BODY = b"x" * 4000
 

@@ -39,6 +39,7 @@ from schemathesis.generation.case import Case
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from bridge import BridgeConfig
 from services.shared.db import migrate
 from services.shared.models import Organization, User
 from services.shared.schemas import OrganizationOut, UserOut
@@ -90,12 +91,12 @@ def _settings_class(service: str) -> type[ServiceSettings]:
     return SystemBSettings
 
 
-def _build_app(service: str, settings: ServiceSettings) -> FastAPI:
+def _build_app(service: str, settings: ServiceSettings, config: BridgeConfig) -> FastAPI:
     if service == "system_a":
         from services.system_a.main import build_app
     else:
         from services.system_b.main import build_app
-    return build_app(settings)
+    return build_app(settings, bridge_config=config)
 
 
 class FuzzedService:
@@ -123,10 +124,9 @@ class FuzzedService:
             app_name=f"{service}_{unique}",
             destination_app=f"peer_{unique}",
             database_url=database_url,
-            nats_url=nats_url,
-            stream_name=f"fuzz-{unique}",
         )
-        app = _build_app(service, settings)
+        env = {"NATS_URL": nats_url, "STREAM_NAME": f"fuzz-{unique}"}
+        app = _build_app(service, settings, settings.to_bridge_config(env=env))
         with ExitStack() as stack:
             portal = stack.enter_context(start_blocking_portal())
             portal.call(migrate, database_url)

@@ -4,11 +4,14 @@ with the right event type — and none for rejected or no-op requests."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import nats
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -16,24 +19,30 @@ from bridge.config import RelayOptions
 from bridge.testing import NatsServer
 from services.shared.app import create_app
 from services.shared.db import migrate
+from services.shared.models import Organization
 from services.shared.settings import ServiceSettings
 
 
 @pytest.fixture
-async def api(
+async def served(
     database_url: str, nats_server: NatsServer, unique: str
-) -> AsyncIterator[httpx.AsyncClient]:
+) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
     await migrate(database_url)
     settings = ServiceSettings(
-        app_name=f"a{unique}", destination_app=f"b{unique}", database_url=database_url,
-        nats_url=nats_server.url, stream_name=f"s{unique}",
-    )  # fmt: skip
-    config = settings.to_bridge_config(env={}, relay=RelayOptions(poll_interval=0.1))
+        app_name=f"a{unique}", destination_app=f"b{unique}", database_url=database_url
+    )
+    env = {"NATS_URL": nats_server.url, "STREAM_NAME": f"s{unique}"}
+    config = settings.to_bridge_config(env=env, relay=RelayOptions(poll_interval=0.1))
     app = create_app(settings, bridge_config=config)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
-            yield client
+            yield client, app
+
+
+@pytest.fixture
+def api(served: tuple[httpx.AsyncClient, FastAPI]) -> httpx.AsyncClient:
+    return served[0]
 
 
 async def outbox_rows(database_url: str) -> list[dict[str, object]]:
@@ -96,3 +105,29 @@ async def test_one_event_per_change_and_none_for_rejected_requests(
         assert types == [r["event_type"] for r in rows]
     finally:
         await nc.close()
+
+
+async def test_a_tombstone_is_captured_as_deleted_by_any_write_path(
+    served: tuple[httpx.AsyncClient, FastAPI], database_url: str
+) -> None:
+    """Capture asks the model for the action: a row turned into a tombstone by a plain
+    write in a bridge session (not only by the API's delete) is a ``.deleted`` event,
+    and a tombstone created as such (an import, a late create) is one too."""
+    api, app = served
+    org = (await api.post("/organizations", json={"name": "O", "domain": "t.test"})).json()
+    async with app.state.service.session_factory.begin() as session:
+        row = await session.get(Organization, uuid.UUID(org["id"]))
+        assert row is not None
+        row.updated_at = row.deleted_at = datetime.now(UTC)
+        session.add(
+            Organization(
+                id=uuid.uuid4(), name="gone", domain="gone.test", created_at=row.updated_at,
+                updated_at=row.updated_at, origin="import", deleted_at=row.updated_at,
+            )
+        )  # fmt: skip
+    rows = await outbox_rows(database_url)
+    assert sorted(r["event_type"] for r in rows) == [
+        "organization.created",
+        "organization.deleted",
+        "organization.deleted",
+    ]

@@ -20,7 +20,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
-from bridge.backfill import (
+from bridge.env import configure_bidirectional
+from bridge.envelope import format_timestamp
+from bridge.outbox.capture import Outbox, Synced
+from bridge.reconcile.backfill import (
     STATUS_ALREADY_COMPLETED,
     STATUS_COMPLETED,
     STATUS_STOPPED,
@@ -28,10 +31,7 @@ from bridge.backfill import (
     BackfillOptions,
     BackfillProgress,
 )
-from bridge.config import configure_bidirectional
-from bridge.envelope import format_timestamp
-from bridge.outbox import Outbox, Synced
-from bridge.synced_models import load_synced_models
+from bridge.reconcile.synced_models import load_synced_models
 from services.shared.db import migrate
 
 ORGS, USERS = 25, 10

@@ -19,10 +19,11 @@ import nats
 import pytest
 
 from bridge.cli import EXIT_OK, EXIT_UNREACHABLE, main_async
-from bridge.envconfig import read_env_file, write_env_file
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
+from bridge.env import read_env_file, write_env_file
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.testing import NatsServer, free_port
+from bridge.transport.jsapi import JetStreamApi
 from provisioner.stack import RestrictiveStack, write_restrictive_stack
 from services.shared.db import migrate
 

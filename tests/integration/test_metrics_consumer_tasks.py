@@ -1,6 +1,6 @@
 """``bridge_consumer_task_restarts_total`` and ``bridge_consumer_batch_errors_total``.
 
-The consumer's supervision (:mod:`bridge.supervisor`) restarts a task that dies and
+The consumer's supervision (:mod:`bridge.consumer._supervisor`) restarts a task that dies and
 counts it; a batch whose processing raises is logged and counted.  These counters
 follow those counts at scrape time, read without I/O: they stay on ``/metrics``
 while the database is down (when the database-backed gauges are absent).
@@ -25,13 +25,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bridge.config import configure_bidirectional
-from bridge.consumer_base import BatchObserver
-from bridge.delivery import Delivery
+from bridge.consumer.base import BatchObserver
+from bridge.env import configure_bidirectional
 from bridge.envelope import Envelope
-from bridge.router import Router
+from bridge.routing.router import Router
 from bridge.runtime import Bridge
 from bridge.testing import NatsServer, database_name, to_plain_url
+from bridge.transport.delivery import Delivery
 from services.shared.db import make_engine, migrate
 
 RESTARTS = "bridge_consumer_task_restarts_total"

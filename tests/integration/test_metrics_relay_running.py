@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.config import configure_bidirectional
+from bridge.env import configure_bidirectional
 from bridge.runtime import Bridge
 from bridge.testing import NatsServer
 from services.shared.db import make_engine, migrate

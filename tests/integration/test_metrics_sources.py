@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from bridge.envelope import Envelope, format_timestamp
-from bridge.metrics import BridgeMetrics
+from bridge.observability.metrics import BridgeMetrics
 from bridge.testing import PostgresServer
 from services.shared.app import create_app
 from services.shared.db import migrate

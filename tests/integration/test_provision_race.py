@@ -12,9 +12,10 @@ import asyncio
 from nats.aio.client import Client
 
 from bridge.config import BridgeConfig
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.testing import NatsServer
+from bridge.transport.jsapi import JetStreamApi
 
 
 async def test_both_sides_provisioning_at_once_both_succeed(

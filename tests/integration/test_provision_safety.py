@@ -13,10 +13,11 @@ from nats.aio.msg import Msg
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.errors import DriftError, PublishError
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
-from bridge.publisher import Publisher
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.testing import NatsServer
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 
 def config(server: NatsServer, unique: str, **kw: object) -> BridgeConfig:

@@ -15,8 +15,8 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from bridge.jsapi import JetStreamApi
 from bridge.testing import NatsServer, free_port
+from bridge.transport.jsapi import JetStreamApi
 from provisioner.cli import main_async
 from provisioner.stack import write_restrictive_stack
 

@@ -9,13 +9,14 @@ import pytest
 from nats.aio.client import Client
 
 from bridge.config import BridgeConfig
-from bridge.connection import Connection
 from bridge.envelope import Envelope
 from bridge.errors import ConnectionError, DriftError, MissingConsumerError, MissingStreamError
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
-from bridge.publisher import Publisher
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
 from bridge.testing import NatsServer, free_port
+from bridge.transport.connection import Connection
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 
 def config(server: NatsServer, unique: str, **kw: object) -> BridgeConfig:

@@ -18,12 +18,13 @@ from nats.aio.client import Client
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bridge import reconcile_protocol as proto
 from bridge.config import BridgeConfig, ReconcileOptions
-from bridge.metrics import BridgeMetrics
-from bridge.outbox import Outbox
-from bridge.reconcile import Reconciler
-from bridge.reconcile_responder import ReconcileResponder
+from bridge.observability.metrics import BridgeMetrics
+from bridge.outbox.capture import Outbox
+from bridge.reconcile import _protocol as proto
+from bridge.reconcile._digest import LocalSide
+from bridge.reconcile.reconciler import Reconciler
+from bridge.reconcile.responder import ReconcileResponder
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.db import migrate
 from services.shared.models import Organization, User
@@ -171,7 +172,8 @@ async def test_hostile_requests_are_refused_at_once_with_generic_replies(
     metrics = BridgeMetrics()
     nc = await nats.connect(nats_server.url)
     responder = ReconcileResponder(
-        config, nc, engine, (Organization, User), outbox=Outbox(config), observer=metrics
+        LocalSide(config, nc, engine, (Organization, User), outbox=Outbox(config)),
+        observer=metrics,
     )
     await responder.start()
     subject = config.subjects.reconcile
@@ -216,7 +218,8 @@ async def test_beyond_the_limit_is_busy_at_once_and_a_slow_request_times_out(
     metrics = BridgeMetrics()
     nc = await nats.connect(nats_server.url)
     responder = ReconcileResponder(
-        config, nc, engine, (Organization, User), outbox=Outbox(config), observer=metrics
+        LocalSide(config, nc, engine, (Organization, User), outbox=Outbox(config)),
+        observer=metrics,
     )
     await responder.start()
     subject = config.subjects.reconcile
@@ -238,7 +241,9 @@ async def test_beyond_the_limit_is_busy_at_once_and_a_slow_request_times_out(
         blockers = [asyncio.create_task(ask(nc, subject, whole, timeout=60)) for _ in range(2)]
         await _until(lambda: responder.in_flight == 2)
         reconciler = Reconciler(
-            requester_config, nc, local, (Organization, User), outbox=Outbox(requester_config)
+            LocalSide(
+                requester_config, nc, local, (Organization, User), outbox=Outbox(requester_config)
+            )
         )
         passing = asyncio.create_task(reconciler.run())
         await _until(lambda: requests_by_result(metrics)["busy"] >= 2)  # it was refused
@@ -270,7 +275,8 @@ async def test_a_flood_gets_answers_and_a_normal_pass_still_runs(
     nc = await nats.connect(nats_server.url)
     flooder = await nats.connect(nats_server.url)
     responder = ReconcileResponder(
-        config, nc, engine, (Organization, User), outbox=Outbox(config), observer=metrics
+        LocalSide(config, nc, engine, (Organization, User), outbox=Outbox(config)),
+        observer=metrics,
     )
     await responder.start()
     subject = config.subjects.reconcile
@@ -279,7 +285,9 @@ async def test_a_flood_gets_answers_and_a_normal_pass_still_runs(
     try:
         asks = [asyncio.create_task(ask(flooder, subject, body, timeout=60)) for body in flood]
         reconciler = Reconciler(
-            requester_config, nc, local, (Organization, User), outbox=Outbox(requester_config)
+            LocalSide(
+                requester_config, nc, local, (Organization, User), outbox=Outbox(requester_config)
+            )
         )
         report = await asyncio.wait_for(reconciler.run(), 60)
         replies = await asyncio.wait_for(asyncio.gather(*asks), 60)

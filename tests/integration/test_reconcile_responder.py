@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bridge import reconcile_protocol as proto
 from bridge.config import BridgeConfig
-from bridge.outbox import Outbox
-from bridge.reconcile_digest import ModelDigests
-from bridge.reconcile_responder import ReconcileResponder
+from bridge.outbox.capture import Outbox
+from bridge.reconcile import _protocol as proto
+from bridge.reconcile._digest import LocalSide, ModelDigests
+from bridge.reconcile.responder import ReconcileResponder
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.db import migrate
 from services.shared.models import Organization, User
@@ -110,7 +110,9 @@ async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
         app_name=f"b{unique}", destination_app=f"a{unique}", nats_urls=(nats_server.url,)
     )
     nc = await nats.connect(nats_server.url)
-    responder = ReconcileResponder(config, nc, engine, (Organization, User), outbox=Outbox(config))
+    responder = ReconcileResponder(
+        LocalSide(config, nc, engine, (Organization, User), outbox=Outbox(config))
+    )
     await responder.start()
 
     async def ask(body: bytes) -> dict[str, object]:

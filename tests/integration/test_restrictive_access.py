@@ -10,15 +10,16 @@ import time
 import pytest
 from test_restrictive import EnvFactory, envs  # noqa: F401 - shared fixture
 
-from bridge.access import check_permissions, verify_runtime_access
 from bridge.errors import (
     DriftError,
     MissingConsumerError,
     MissingStreamError,
     PermissionDeniedError,
 )
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
+from bridge.provisioning.access import check_permissions, verify_runtime_access
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.transport.jsapi import JetStreamApi
 
 
 async def test_verify_passes_for_pull_and_push_and_changes_nothing(envs: EnvFactory) -> None:  # noqa: F811

@@ -9,14 +9,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from test_restrictive import EnvFactory, envs, wait_for  # noqa: F401 - shared fixture
 
 from bridge import schema
-from bridge.delivery import StoredMessage
-from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope
-from bridge.jsapi import JetStreamApi
-from bridge.permissions import app_permissions
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
-from bridge.publisher import Publisher
+from bridge.provisioning.permissions import app_permissions
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.routing.dlq import DeadLetters
 from bridge.runtime import Bridge
+from bridge.transport.delivery import StoredMessage
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 
 def event(producer: str) -> Envelope:

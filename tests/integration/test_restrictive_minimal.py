@@ -17,15 +17,16 @@ import pytest
 from nats.aio.msg import Msg
 
 from bridge.config import BridgeConfig, Credentials
-from bridge.connection import Connection
 from bridge.envelope import Envelope
 from bridge.errors import PublishError
-from bridge.jsapi import JetStreamApi
-from bridge.permissions import AppPermissions, app_permissions
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
-from bridge.publisher import Publisher
-from bridge.reconcile import PeerRequests
+from bridge.provisioning.permissions import AppPermissions, app_permissions
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.reconcile.reconciler import PeerRequests
 from bridge.testing import NatsServer
+from bridge.transport.connection import Connection
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 ADMIN = ("admin", "admin-pw")
 PUSH_MESSAGES, PUSH_SIZE = 8, 256_000  # enough bytes for the server to ask for flow control

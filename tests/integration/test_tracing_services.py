@@ -57,10 +57,9 @@ async def start_traced_side(
     stack.push_async_callback(postgres.drop_database, url)
     await migrate(url)
     settings = ServiceSettings(
-        app_name=name, destination_app=peer, database_url=url, nats_url=nats_url,
-        stream_name=stream, db_pool_size=5,
-    )  # fmt: skip
-    config = settings.to_bridge_config(env={}, **FAST)
+        app_name=name, destination_app=peer, database_url=url, db_pool_size=5
+    )
+    config = settings.to_bridge_config(env={"NATS_URL": nats_url, "STREAM_NAME": stream}, **FAST)
     app = create_app(settings, bridge_config=config, tracer_provider=tracer_provider)
     await stack.enter_async_context(app.router.lifespan_context(app))
     client = await stack.enter_async_context(

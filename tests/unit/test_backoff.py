@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from bridge.backoff import Backoff, backoff_ceiling, backoff_delay
+from bridge._support.backoff import Backoff, backoff_ceiling, backoff_delay
 from bridge.errors import ConfigError
 
 

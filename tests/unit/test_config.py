@@ -2,15 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.config import (
-    BridgeConfig,
-    Credentials,
-    configure_bidirectional,
-    preset,
-    resolve_consumer_mode,
-)
-from bridge.durations import parse_duration, to_nanos
+from bridge._support.durations import parse_duration, to_nanos
+from bridge.config import BridgeConfig, ConsumerOptions, Credentials
+from bridge.env import configure_bidirectional, resolve_consumer_mode
 from bridge.errors import ConfigError
+from bridge.presets import preset
 
 
 @pytest.mark.parametrize(
@@ -183,6 +179,23 @@ def test_stream_max_bytes_is_unlimited_or_positive(bad: object) -> None:
     with pytest.raises(ConfigError, match="stream_max_bytes"):
         BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=bad)  # type: ignore[arg-type]
     assert BridgeConfig(app_name="a", destination_app="b", stream_max_bytes=1024).stream_max_bytes
+
+
+def test_use_outbox_false_fails_at_construction_saying_what_to_use() -> None:
+    # The gem's use_outbox=False publishes after the commit: a crash in between loses the
+    # event.  The bridge has no such path, so the option must not be accepted silently.
+    with pytest.raises(ConfigError, match="use_outbox=False") as refused:
+        BridgeConfig(app_name="a", destination_app="b", use_outbox=False)
+    assert "enable_relay=False" in str(refused.value)
+    with pytest.raises(ConfigError, match="use_outbox"):
+        configure_bidirectional("a", "b", env={}, use_outbox=False)
+    assert BridgeConfig(app_name="a", destination_app="b", use_outbox=True).use_outbox
+
+
+def test_consumer_options_have_no_stop_timeout() -> None:
+    # It was never read: Bridge.stop(timeout) is the one deadline (bridge.runtime).
+    with pytest.raises(TypeError, match="stop_timeout"):
+        ConsumerOptions(stop_timeout=5.0)  # type: ignore[call-arg]
 
 
 def test_names_longer_than_the_peer_can_store_are_refused() -> None:

@@ -1,4 +1,4 @@
-"""``bridge.deadline.Deadline``: a timeout that cancels again until the body gives up."""
+"""``bridge._support.deadline.Deadline``: a timeout that cancels again until the body gives up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bridge.deadline import Deadline
+from bridge._support.deadline import Deadline
 
 
 async def test_a_body_within_the_deadline_is_untouched() -> None:

@@ -1,7 +1,7 @@
 """Env files: what ``make up`` writes under ``.devstack/`` and ``bridge --env-file`` reads.
 
 One vocabulary: the names in the file are the ones the services and the CLI read
-(``bridge.envconfig``), so a file written for an app configures the CLI for it.
+(``bridge.env``), so a file written for an app configures the CLI for it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bridge.cli import EXIT_USAGE, main_async
-from bridge.envconfig import config_from_env, read_env_file, write_env_file
+from bridge.env import config_from_env, read_env_file, write_env_file
 from bridge.errors import ConfigError
 
 HOSTILE = {

@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from bridge._envelope_limits import EnvelopeLimits, json_depth_exceeds
 from bridge.config import BridgeConfig, ConsumerOptions
-from bridge.delivery import StoredMessage
 from bridge.envelope import MSG_ID_HEADER, Envelope
-from bridge.envelope_limits import EnvelopeLimits, json_depth_exceeds
 from bridge.errors import ConfigError, EnvelopeError
-from bridge.inbox import InboxProcessor
-from bridge.router import Router
+from bridge.inbox.processor import InboxProcessor
+from bridge.routing.router import Router
 from bridge.schema import inbox
+from bridge.transport.delivery import StoredMessage
 
 
 def body(**changes: Any) -> dict[str, Any]:

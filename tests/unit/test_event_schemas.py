@@ -12,7 +12,7 @@ from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.errors import ConfigError, Reject
 from bridge.event_schemas import EventSchemas
-from bridge.router import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
+from bridge.routing.outcomes import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
 from bridge.runtime import Bridge
 
 

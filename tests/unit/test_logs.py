@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import logging
 
-from bridge.logs import JsonFormatter, TextFormatter, redact
+from bridge.observability.logs import JsonFormatter, TextFormatter, redact
 
 
 def make_record(**extra: object) -> logging.LogRecord:

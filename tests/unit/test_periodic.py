@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.periodic import Periodic
+from bridge._support.periodic import Periodic
 
 
 async def test_steps_repeat_and_a_failing_step_does_not_stop_the_schedule() -> None:

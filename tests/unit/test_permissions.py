@@ -7,7 +7,7 @@ import pytest
 
 from bridge.config import BridgeConfig, Credentials
 from bridge.errors import ConfigError
-from bridge.permissions import (
+from bridge.provisioning.permissions import (
     app_permissions,
     render_authorization,
     render_server_config,

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 from bridge.config import BridgeConfig
-from bridge.provisioning import consumer_spec, server_backoff, stream_drift, stream_spec
+from bridge.provisioning.provisioner import stream_drift
+from bridge.provisioning.specs import consumer_spec, server_backoff, stream_spec
 
 
 def test_consumer_json_carries_nanoseconds() -> None:

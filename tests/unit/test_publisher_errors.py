@@ -1,4 +1,4 @@
-"""How :class:`bridge.publisher.Publisher` classifies JetStream's answers (pure logic: a
+"""How :class:`bridge.transport.publisher.Publisher` classifies JetStream's answers (pure logic: a
 stand-in JetStream context raises the errors nats-py builds from the server's reply).
 
 Only a refusal of the message itself is a *rejection* (counts towards
@@ -16,7 +16,7 @@ import pytest
 from nats.js.errors import APIError
 
 from bridge.errors import PublishError
-from bridge.publisher import OutgoingMessage, Publisher
+from bridge.transport.publisher import OutgoingMessage, Publisher
 
 
 class Refusing:

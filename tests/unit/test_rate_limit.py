@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.backfill import BackfillOptions
+from bridge._support.rate_limit import TokenBucket
 from bridge.errors import ConfigError
-from bridge.rate_limit import TokenBucket
+from bridge.reconcile.backfill import BackfillOptions
 
 
 class FakeTime:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from bridge import reconcile_protocol as proto
 from bridge.errors import ReconcileError, ReconcileRefusedError
-from bridge.reconcile import decide, narrow
-from bridge.reconcile_digest import HEX, RangeDigest, RowDigest, bounds
+from bridge.reconcile import _protocol as proto
+from bridge.reconcile._digest import HEX, RangeDigest, RowDigest, bounds
+from bridge.reconcile.repair import decide, narrow
 
 T1 = "2026-01-01T00:00:00.000001Z"
 T2 = "2026-01-01T00:00:00.000002Z"
@@ -166,7 +166,7 @@ def test_a_refusal_carries_a_code_and_a_fixed_message_only() -> None:
 
 def test_reconcile_options_from_config_and_environment() -> None:
     from bridge.config import ReconcileOptions
-    from bridge.envconfig import config_from_env, models_module_from_env
+    from bridge.env import config_from_env, models_module_from_env
     from bridge.errors import ConfigError
 
     assert ReconcileOptions().interval_seconds is None  # off by default

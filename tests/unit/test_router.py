@@ -8,7 +8,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.errors import AttemptsExhausted, ConfigError, EnvelopeError, Reject, Retry
-from bridge.router import Action, Decision, Router, decide, decide_exhausted, decide_unknown
+from bridge.routing.outcomes import Action, Decision, decide, decide_exhausted, decide_unknown
+from bridge.routing.router import Router
 
 CFG = BridgeConfig(app_name="a", destination_app="b", max_deliver=4, backoff=(1.0, 5.0, 15.0))
 

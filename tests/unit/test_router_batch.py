@@ -1,4 +1,5 @@
-"""Batch handler registration (Router.on_batch) and its tracing wrapper (pure, no I/O)."""
+"""Batch handler registration (Router.on_batch) and its tracing and metrics middleware
+(pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import Envelope
 from bridge.errors import ConfigError, Retry
-from bridge.router import Router
-from bridge.tracing import TracedRouter
+from bridge.observability.metrics import MetricsMiddleware
+from bridge.observability.tracing import TracingMiddleware
+from bridge.routing.router import Router
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -96,14 +98,18 @@ async def test_traced_batch_call_is_one_span_linked_to_each_delivery_and_reports
 ) -> None:
     provider, exporter = spans
     handled: list[tuple[str, float, BaseException | None]] = []
+
+    class Handled:
+        def handler_done(self, env: Envelope, seconds: float, error: BaseException | None) -> None:
+            handled.append((env.resource_id, seconds, error))
+
     inner = Router()
-    traced = TracedRouter(
-        inner,
-        tracer_provider=provider,
-        on_handled=lambda env, seconds, error: handled.append((env.resource_id, seconds, error)),
+    traced = inner.around(
+        MetricsMiddleware(Handled()),  # type: ignore[arg-type]
+        TracingMiddleware(tracer_provider=provider),
     )
     batch = Calls(fail=fail)
-    traced.on_batch("organization", batch)  # registrations go to the inner router
+    traced.on_batch("organization", batch)  # registrations reach the router itself
     assert inner.batch_resource_types == traced.batch_resource_types == {"organization"}
     assert traced.batch_handler_for(envelope("user.updated")) is None
     handler = traced.batch_handler_for(envelope())

@@ -9,7 +9,7 @@ import pytest
 
 from bridge.envelope import Envelope
 from bridge.errors import Reject
-from bridge.router import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
+from bridge.routing.outcomes import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
 from services.shared.event_versions import CURRENT_VERSION, event_schemas
 
 ORG_ID = str(uuid.uuid4())

@@ -1,4 +1,4 @@
-"""Service settings: environment → BridgeConfig, secrets hidden, imports side-effect free."""
+"""Service settings: environment → BridgeConfig (through bridge.env), imports side-effect free."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from bridge.errors import ConfigError
 from services.shared.settings import ServiceSettings
@@ -27,10 +28,11 @@ def test_environment_builds_the_bridge_config(monkeypatch: pytest.MonkeyPatch) -
         "ACK_WAIT": "45s",
         "BACKOFF": "1s,2s,4s",
         "PORT": "3101",
+        "CONSUMER_MODE_SYSTEM_B": "push",
     }.items():
         monkeypatch.setenv(name, value)
     settings = ServiceSettings()
-    config = settings.to_bridge_config(env={"CONSUMER_MODE_SYSTEM_B": "push"})
+    config = settings.to_bridge_config()  # the process environment, read by bridge.env
     assert (config.app_name, config.destination_app, config.stream_name) == (
         "system_b",
         "system_a",
@@ -45,13 +47,19 @@ def test_environment_builds_the_bridge_config(monkeypatch: pytest.MonkeyPatch) -
     assert "s3cret" not in repr(settings) and "s3cret" not in repr(config)
 
 
-def test_explicit_consumer_mode_wins_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_consumer_mode_order_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CONSUMER_MODE_<APP>, then CONSUMER_MODE, then pull: the order the CLI and the
+    # provisioner use (the service used to put CONSUMER_MODE first).
     monkeypatch.setenv("CONSUMER_MODE", "push")
     settings = ServiceSettings(app_name="system_a", destination_app="system_b")
-    assert settings.to_bridge_config(env={"CONSUMER_MODE_SYSTEM_A": "pull"}).consumer_mode == "push"
-    monkeypatch.delenv("CONSUMER_MODE")
-    plain = ServiceSettings(app_name="system_a", destination_app="system_b")
-    config = plain.to_bridge_config(env={})
+    assert settings.to_bridge_config().consumer_mode == "push"
+    assert (
+        settings.to_bridge_config(
+            env={"CONSUMER_MODE_SYSTEM_A": "pull", "CONSUMER_MODE": "push"}
+        ).consumer_mode
+        == "pull"
+    )
+    config = settings.to_bridge_config(env={})
     assert config.consumer_mode == "pull" and config.auto_provision is True
     assert config.nats_urls == ("nats://127.0.0.1:4222",)
 
@@ -60,9 +68,11 @@ def test_invalid_values_fail_at_construction() -> None:
     with pytest.raises(ConfigError):
         ServiceSettings(app_name="sys.a", destination_app="b").to_bridge_config(env={})
     with pytest.raises(ConfigError):
-        ServiceSettings(
-            app_name="a", destination_app="b", nats_user="u", nats_token="t"
-        ).to_bridge_config(env={})
+        ServiceSettings(app_name="a", destination_app="b").to_bridge_config(
+            env={"NATS_USER": "u", "NATS_PASSWORD": "p", "NATS_TOKEN": "t"}
+        )
+    with pytest.raises(ValidationError, match="nats_url"):  # the bridge's, not the service's
+        ServiceSettings(nats_url="nats://elsewhere:4222")  # type: ignore[call-arg]
 
 
 def test_importing_the_services_connects_to_nothing() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.errors import ConfigError
-from bridge.synced_models import load_synced_models, resource_names, synced_models_of
+from bridge.reconcile.synced_models import load_synced_models, resource_names, synced_models_of
 from services.shared.models import Organization, SyncConflict, User
 
 

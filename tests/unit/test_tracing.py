@@ -1,4 +1,4 @@
-"""bridge.tracing: traceparent propagation, handler spans, the ASGI middleware (no I/O).
+"""bridge.observability.tracing: traceparent propagation, handler spans, ASGI middleware (no I/O).
 
 Spans are recorded by an opentelemetry-sdk ``TracerProvider`` passed explicitly
 (never installed globally), so the no-SDK behaviour — the global no-op tracer —
@@ -22,15 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.envelope import Envelope
 from bridge.errors import Retry
-from bridge.router import Router
-from bridge.tracing import (
-    TracedRouter,
-    TraceMiddleware,
+from bridge.integrations.asgi import TraceMiddleware
+from bridge.observability.metrics import MetricsMiddleware
+from bridge.observability.tracing import (
+    TracingMiddleware,
     context_from,
     current_traceparent,
     handler_span,
     trace_id_of,
 )
+from bridge.routing.router import Router
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
@@ -123,11 +124,21 @@ def test_handler_span_is_a_consumer_child_of_the_envelope(spans) -> None:
     assert match.group(2) == hexid(span.context.span_id, 16) != SPAN_ID
 
 
-# -- TracedRouter ------------------------------------------------------------------------
-async def test_traced_router_runs_handlers_in_a_child_span_and_reports_each_call(spans) -> None:
+# -- TracingMiddleware + MetricsMiddleware ------------------------------------------------
+class Handled:
+    """What MetricsMiddleware reports (the BridgeMetrics hook it calls)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float, BaseException | None]] = []
+
+    def handler_done(self, env: Envelope, seconds: float, error: BaseException | None) -> None:
+        self.calls.append((env.event_type, seconds, error))
+
+
+async def test_middleware_runs_handlers_in_a_child_span_and_reports_each_call(spans) -> None:
     provider, exporter = spans
     seen: list[str | None] = []
-    handled: list[tuple[str, float, BaseException | None]] = []
+    handled = Handled()
 
     async def ok(session: AsyncSession, env: Envelope) -> None:
         seen.append(current_traceparent())
@@ -136,17 +147,17 @@ async def test_traced_router_runs_handlers_in_a_child_span_and_reports_each_call
         raise Retry("parent not here yet")
 
     inner = Router(unknown_event_policy="retry")
-    traced = TracedRouter(
-        inner,
-        tracer_provider=provider,
-        on_handled=lambda env, seconds, error: handled.append((env.event_type, seconds, error)),
+    traced = inner.around(
+        MetricsMiddleware(handled),  # type: ignore[arg-type]
+        TracingMiddleware(tracer_provider=provider),
     )
-    traced.on("organization.created", ok)  # registrations go to the inner router
+    traced.on("organization.created", ok)  # registrations reach the router itself
     inner.on_resource("user", transient)  # ... and later ones on it are seen
     assert traced.unknown_event_policy == "retry"
-    assert traced.event_types == frozenset({"organization.created"})
+    assert inner.event_types == traced.event_types == frozenset({"organization.created"})
     assert traced.resource_types == frozenset({"user"})
     assert traced.handler_for(envelope(event_type="invoice.created")) is None
+    assert inner.handler_for(envelope()) is ok  # the router itself is not wrapped
 
     session = AsyncSession()
     org_handler = traced.handler_for(envelope())
@@ -157,9 +168,9 @@ async def test_traced_router_runs_handlers_in_a_child_span_and_reports_each_call
     with pytest.raises(Retry):
         await user_handler(session, envelope(event_type="user.updated"))
 
-    assert [h[0] for h in handled] == ["organization.created", "user.updated"]
-    assert all(h[1] >= 0 for h in handled)
-    assert handled[0][2] is None and isinstance(handled[1][2], Retry)
+    assert [h[0] for h in handled.calls] == ["organization.created", "user.updated"]
+    assert all(h[1] >= 0 for h in handled.calls)
+    assert handled.calls[0][2] is None and isinstance(handled.calls[1][2], Retry)
     org_span, user_span = exporter.get_finished_spans()
     assert seen == [f"00-{TRACE_ID}-{hexid(org_span.context.span_id, 16)}-01"]
     assert org_span.status.status_code is StatusCode.UNSET

@@ -6,13 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bridge.config import DEFAULT_MAX_CLOCK_SKEW, BridgeConfig, configure_bidirectional
+from bridge.config import DEFAULT_MAX_CLOCK_SKEW, BridgeConfig
+from bridge.env import configure_bidirectional
 from bridge.envelope import Envelope, format_timestamp
 from bridge.errors import ConfigError, Reject
-from bridge.router import REASON_FUTURE_VERSION, REASON_UNKNOWN_ORIGIN, Action, decide
-from bridge.version_time import beyond_skew, check_version_time, refusal
+from bridge.routing.outcomes import REASON_FUTURE_VERSION, REASON_UNKNOWN_ORIGIN, Action, decide
+from bridge.routing.version_time import beyond_skew, check_version_time, refusal
+from bridge.sync.versions import ONE_MICROSECOND, FutureVersion, next_updated_at
 from services.shared.settings import ServiceSettings
-from services.shared.versioning import ONE_MICROSECOND, FutureVersion, next_updated_at
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
 FAR_FUTURE = datetime.max.replace(tzinfo=UTC)  # 9999-12-31T23:59:59.999999Z
@@ -119,10 +120,8 @@ def test_local_versions_never_overflow_on_a_stored_future_version() -> None:
 
 
 def test_service_settings_pass_the_options_on() -> None:
-    settings = ServiceSettings(
-        app_name="system_b", destination_app="system_a", max_clock_skew="15m", known_origins="erp"
-    )
-    cfg = settings.to_bridge_config(env={})
+    settings = ServiceSettings(app_name="system_b", destination_app="system_a")
+    cfg = settings.to_bridge_config(env={"MAX_CLOCK_SKEW": "15m", "KNOWN_ORIGINS": "erp"})
     assert cfg.max_clock_skew == 900.0
     assert cfg.known_origins == {"system_a", "system_b", "erp"}
     default = ServiceSettings(app_name="system_b", destination_app="system_a")

@@ -22,17 +22,20 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from bridge.config import BridgeConfig, ConsumerOptions, Credentials
-from bridge.connection import Connection
-from bridge.consumer import PullConsumer, PushConsumer, make_consumer
-from bridge.delivery import Delivery
-from bridge.dlq import DeadLetters
+from bridge.consumer.pull import PullConsumer
+from bridge.consumer.push import PushConsumer
 from bridge.envelope import Envelope
-from bridge.inbox import InboxProcessor
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
-from bridge.publisher import OutgoingMessage, Publisher, PublishResult
-from bridge.router import Router
+from bridge.inbox.processor import InboxProcessor
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.routing.dlq import DeadLetters
+from bridge.routing.router import Router
+from bridge.runtime import make_consumer
 from bridge.schema import create_all
+from bridge.transport.connection import Connection
+from bridge.transport.delivery import Delivery
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import OutgoingMessage, Publisher, PublishResult
 
 EFFECTS_DDL = """
 CREATE TABLE effects (
@@ -56,7 +59,7 @@ def make_config(url: str, unique: str, **overrides: Any) -> BridgeConfig:
         "backoff": (0.3, 0.6),
         "duplicate_window": 30.0,
         "reconnect_wait": 0.1,
-        "consumer": ConsumerOptions(batch_size=64, fetch_timeout=0.5, stop_timeout=5.0),
+        "consumer": ConsumerOptions(batch_size=64, fetch_timeout=0.5),
     }
     values.update(overrides)
     return BridgeConfig(**values)

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge.config import ConsumerOptions, Credentials
 from bridge.envelope import Envelope
 from bridge.errors import Reject
-from bridge.permissions import render_authorization
+from bridge.provisioning.permissions import render_authorization
 from bridge.testing import NatsServer
 
 
@@ -167,7 +167,7 @@ async def _connected(stack: Stack) -> bool:
 
 
 async def test_pull_with_least_privilege_app_user(unique: str, database_url: str) -> None:
-    """The app user gets exactly bridge.permissions' pull set: no stream/consumer
+    """The app user gets exactly bridge.provisioning.permissions' pull set: no stream/consumer
     management, only MSG.NEXT on its durable, acks, its own subjects and inbox."""
     probe = make_config("nats://127.0.0.1:4222", unique, auto_provision=False)
     auth = render_authorization(

@@ -17,14 +17,14 @@ from consumer_support import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge._support.durations import to_nanos
 from bridge.config import BridgeConfig, Credentials
-from bridge.consumer import PushConsumer
-from bridge.durations import to_nanos
+from bridge.consumer.push import PushConsumer
 from bridge.envelope import Envelope
 from bridge.errors import PermissionDeniedError, Reject
-from bridge.jsapi import JetStreamApi
-from bridge.provisioning import consumer_spec
+from bridge.provisioning.specs import consumer_spec
 from bridge.testing import NatsServer
+from bridge.transport.jsapi import JetStreamApi
 
 
 @pytest.fixture

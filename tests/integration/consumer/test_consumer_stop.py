@@ -17,8 +17,8 @@ from consumer_support import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import ConsumerOptions
-from bridge.consumer import make_consumer
 from bridge.envelope import Envelope
+from bridge.runtime import make_consumer
 from bridge.testing import NatsServer
 
 

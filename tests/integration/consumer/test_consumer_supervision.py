@@ -17,10 +17,11 @@ from consumer_support import Stack, make_config, org_event, record_effect, wait_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig, ConsumerOptions
-from bridge.consumer import PullConsumer, PushConsumer
-from bridge.delivery import Delivery
+from bridge.consumer.pull import PullConsumer
+from bridge.consumer.push import PushConsumer
 from bridge.envelope import Envelope
 from bridge.testing import NatsServer
+from bridge.transport.delivery import Delivery
 
 ACK_WAIT = 30.0
 WITHIN = ACK_WAIT / 3
@@ -149,7 +150,7 @@ async def test_a_dead_receive_task_is_restarted_and_its_batch_comes_back(
     stack.router.on("organization.created", record_effect)
     cfg = stack.cfg.with_(
         consumer=ConsumerOptions(
-            batch_size=64, fetch_timeout=0.5, stop_timeout=5.0, concurrency=concurrency
+            batch_size=64, fetch_timeout=0.5, concurrency=concurrency
         )
     )
     processor = stack.processor_for(cfg)

@@ -20,13 +20,15 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig
-from bridge.delivery import NatsDelivery, Outcome, StoredMessage
-from bridge.dlq import DeadLetters, MaxDeliveriesWatcher, dead_letter_msg_id
+from bridge.consumer.max_deliveries import MaxDeliveriesWatcher
 from bridge.envelope import Envelope
 from bridge.errors import DeadLetterNotFoundError, Reject
-from bridge.jsapi import JetStreamApi
-from bridge.publisher import Publisher
+from bridge.routing.dlq import DeadLetters
+from bridge.routing.letter import dead_letter_msg_id
 from bridge.testing import NatsServer
+from bridge.transport.delivery import NatsDelivery, Outcome, StoredMessage
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 
 async def test_each_failure_kind_lands_in_the_dlq_and_replay_processes_it(stack: Stack) -> None:

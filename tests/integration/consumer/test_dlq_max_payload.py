@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator
 import pytest
 from consumer_support import Stack, build_stack, close_stack, make_config, org_event, wait_until
 
-from bridge.dlq_letter import H_TRUNCATED
 from bridge.errors import PayloadTooLargeError, ReplayRefusedError
-from bridge.publisher import OutgoingMessage
-from bridge.router import Router
+from bridge.routing.letter import H_TRUNCATED
+from bridge.routing.router import Router
 from bridge.testing import NatsServer
+from bridge.transport.publisher import OutgoingMessage
 
 MAX_PAYLOAD = 16 * 1024
 

@@ -28,12 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.cli import EXIT_FAILED, main_async
 from bridge.config import BridgeConfig
-from bridge.delivery import StoredMessage
-from bridge.dlq import DeadLetter, DeadLetters
 from bridge.envelope import Envelope
 from bridge.errors import BridgeError, DeadLetterNotFoundError, Reject
-from bridge.publisher import OutgoingMessage, Publisher
+from bridge.routing.dlq import DeadLetters
+from bridge.routing.letter import DeadLetter
 from bridge.testing import NatsServer
+from bridge.transport.delivery import StoredMessage
+from bridge.transport.publisher import OutgoingMessage, Publisher
 
 
 class Applied:

@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge.envelope import Envelope
 from bridge.errors import Retry
 from bridge.event_schemas import EventSchemas
-from bridge.inbox import InboxProcessor
-from bridge.metrics import BridgeMetrics
-from bridge.router import REASON_UNSUPPORTED_SCHEMA_VERSION
+from bridge.inbox.processor import InboxProcessor
+from bridge.observability.metrics import BridgeMetrics
+from bridge.routing.outcomes import REASON_UNSUPPORTED_SCHEMA_VERSION
 
 
 def requires(*names: str) -> Any:

@@ -27,17 +27,18 @@ from consumer_support import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig, Credentials
-from bridge.connection import Connection
-from bridge.consumer import make_consumer
-from bridge.delivery import NatsDelivery, Outcome
-from bridge.dlq import DeadLetters
 from bridge.envelope import Envelope
 from bridge.errors import DriftError, Retry
-from bridge.jsapi import JetStreamApi
-from bridge.permissions import render_authorization
-from bridge.provisioning import Provisioner, consumer_spec, stream_spec
-from bridge.publisher import Publisher
+from bridge.provisioning.permissions import render_authorization
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import consumer_spec, stream_spec
+from bridge.routing.dlq import DeadLetters
+from bridge.runtime import make_consumer
 from bridge.testing import NatsServer
+from bridge.transport.connection import Connection
+from bridge.transport.delivery import NatsDelivery, Outcome
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 ADMIN = Credentials(user="admin", password="adminpw")
 

@@ -11,12 +11,12 @@ from sqlalchemy import String, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from bridge.delivery import Delivery, NatsDelivery, Outcome
 from bridge.envelope import Envelope
 from bridge.errors import Retry
-from bridge.inbox import SKIP_PUBLISH_KEY, InboxProcessor
-from bridge.outbox import Outbox, Synced
-from bridge.router import Router
+from bridge.inbox.processor import InboxProcessor
+from bridge.outbox.capture import SKIP_PUBLISH_KEY, Outbox, Synced
+from bridge.routing.router import Router
+from bridge.transport.delivery import Delivery, NatsDelivery, Outcome
 
 
 async def fetch(stack: Stack, sub: object, n: int, timeout: float = 5.0) -> list[SpyDelivery]:

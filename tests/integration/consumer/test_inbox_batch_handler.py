@@ -20,10 +20,10 @@ from test_inbox import fetch
 from test_inbox_optimistic import count, effects_by_event, publish_and_fetch, statements
 
 from bridge.config import BridgeConfig
-from bridge.delivery import Outcome
 from bridge.envelope import Envelope
 from bridge.errors import Reject, Retry
 from bridge.testing import NatsServer
+from bridge.transport.delivery import Outcome
 
 
 class Recorder:

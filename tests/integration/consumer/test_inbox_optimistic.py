@@ -23,10 +23,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from test_inbox import fetch
 
-from bridge.delivery import Outcome
 from bridge.envelope import Envelope
 from bridge.errors import Reject, Retry
-from bridge.inbox import InboxProcessor
+from bridge.inbox.processor import InboxProcessor
+from bridge.transport.delivery import Outcome
 
 # deferred: inserting the same key twice succeeds, the COMMIT fails
 ONCE_DDL = "CREATE TABLE once (k text, CONSTRAINT once_k UNIQUE (k) DEFERRABLE INITIALLY DEFERRED)"
@@ -88,7 +88,7 @@ async def test_all_success_batch_commits_once_without_savepoints_then_acks(
     assert count(seen, "INSERT INTO BRIDGE_INBOX") == 1  # the batch's claim
     assert count(seen, "INSERT INTO EFFECTS") == 6
     # the batch's look-up of failed records still waiting for a redelivery (per-record
-    # order, bridge.inbox_order), and first_ack's count(*)
+    # order, bridge.inbox._order), and first_ack's count(*)
     assert count(seen, "SELECT I.EVENT_ID") == 1
     assert count(seen, "SELECT") == 2 and len(seen) == 9
     assert (stack.processor.optimistic_batches, stack.processor.fallback_batches) == (1, 0)

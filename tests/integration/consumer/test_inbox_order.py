@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.errors import Reject, Retry
-from bridge.router import Router
+from bridge.routing.router import Router
 
 
 class OrderRecorder:

@@ -9,7 +9,7 @@ from consumer_support import Stack, org_event, record_effect, wait_until
 from sqlalchemy import text
 
 from bridge.config import BridgeConfig, ConsumerOptions
-from bridge.inbox_retention import InboxRetention
+from bridge.inbox.retention import InboxRetention
 from bridge.runtime import Bridge
 
 

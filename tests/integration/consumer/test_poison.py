@@ -103,7 +103,7 @@ async def burst_stack(
         unique,
         consumer_mode=mode,
         consumer=ConsumerOptions(
-            batch_size=64, fetch_timeout=0.5, stop_timeout=5.0, concurrency=concurrency,
+            batch_size=64, fetch_timeout=0.5, concurrency=concurrency,
             max_body_bytes=MAX_BODY,
         ),
     )  # fmt: skip

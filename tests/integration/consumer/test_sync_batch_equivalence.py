@@ -24,9 +24,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from test_inbox import fetch
 from test_inbox_optimistic import statements
 
-from bridge.delivery import Outcome
 from bridge.envelope import Envelope, format_timestamp
 from bridge.testing import NatsServer, PostgresServer
+from bridge.transport.delivery import Outcome
 from services.shared.db import migrate
 from services.shared.handlers import SyncHandlers
 

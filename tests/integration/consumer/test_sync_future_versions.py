@@ -20,9 +20,9 @@ from sqlalchemy import text
 from test_inbox import fetch
 
 from bridge.config import BridgeConfig
-from bridge.delivery import Outcome
 from bridge.envelope import Envelope, format_timestamp, utcnow
 from bridge.testing import NatsServer
+from bridge.transport.delivery import Outcome
 from services.shared.db import migrate
 from services.shared.handlers import SyncHandlers
 

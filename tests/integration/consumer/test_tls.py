@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from bridge.config import Credentials
-from bridge.connection import Connection
 from bridge.errors import ConnectionError
 from bridge.testing import NatsServer
+from bridge.transport.connection import Connection
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bridge import schema
 from bridge.config import BridgeConfig, RelayOptions
-from bridge.jsapi import JetStreamApi
-from bridge.outbox import Outbox, Synced
-from bridge.provisioning import Provisioner, stream_spec
-from bridge.publisher import Publisher
+from bridge.outbox.capture import Outbox, Synced
+from bridge.provisioning.provisioner import Provisioner
+from bridge.provisioning.specs import stream_spec
 from bridge.testing import NatsServer, PostgresServer
+from bridge.transport.jsapi import JetStreamApi
+from bridge.transport.publisher import Publisher
 
 
 class Base(DeclarativeBase):

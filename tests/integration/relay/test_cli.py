@@ -7,15 +7,18 @@ import io
 import json
 from typing import Any
 
+import nats
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bridge.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main_async
+from bridge.cli.provision import main_async as provision_main
 from bridge.envelope import Envelope
 from bridge.errors import Reject
-from bridge.router import Router
+from bridge.routing.router import Router
 from bridge.runtime import Bridge
 from bridge.testing import NatsServer
+from bridge.transport.jsapi import JetStreamApi
 
 from .conftest import Widget
 from .test_runtime import side, wait_for, widget_router
@@ -151,9 +154,40 @@ async def test_cli_verify_names_missing_stream(
 ) -> None:
     env = cli_env(nats_server, unique, "a", "b", database_url)
     code, result, _ = await run(env, "provision", "verify")
-    assert code == EXIT_FAILED and f"s{unique}" in result["error"]
+    assert code == EXIT_FAILED and not result["ok"]
+    assert result["problems"][0]["message"] == f"MISSING stream s{unique}"
     code, result, _ = await run(env, "provision", "apply")
-    assert code == EXIT_OK and {c["kind"] for c in result["changes"]} == {
+    assert code == EXIT_OK and {c["kind"] for c in result["applied"]} == {
         "create_stream",
         "create_consumer",
     }
+    assert result["remaining"] == []
+
+
+async def test_bridge_provision_and_bridge_provision_of_the_pair_say_the_same(
+    nats_server: NatsServer, unique: str, database_url: str
+) -> None:
+    """One plan/apply/verify: ``bridge provision`` (this app) and ``bridge-provision``
+    (the pair) report a drifted consumer in the same words and the same JSON."""
+    env = cli_env(nats_server, unique, "a", "b", database_url)
+    assert (await run(env, "provision", "apply"))[0] == EXIT_OK
+    nc = await nats.connect(nats_server.url)
+    try:
+        api = JetStreamApi(nc)
+        durable = f"a{unique}-workers"
+        current = (await api.consumer_info(f"s{unique}", durable))["config"]
+        await api.save_consumer(f"s{unique}", {**current, "max_deliver": 9}, action="update")
+    finally:
+        await nc.close()
+
+    app_code, app_json, _ = await run(env, "provision", "verify")
+    pair_env = {**env, "APPS": f"a{unique},b{unique}"}
+    out, err = io.StringIO(), io.StringIO()
+    pair_code = await provision_main(["verify", "--json"], env=pair_env, stdout=out, stderr=err)
+    pair_json = json.loads(out.getvalue())
+    drift = f"DRIFT consumer s{unique}/{durable}: max_deliver: 9 (want -1)"
+    assert app_code == pair_code == EXIT_FAILED
+    assert app_json["command"] == pair_json["command"] == "verify"
+    [app_problem] = app_json["problems"]
+    assert app_problem["message"] == drift
+    assert app_problem in pair_json["problems"]  # the pair also misses b's consumer

@@ -6,7 +6,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from bridge.envelope import Envelope
-from bridge.outbox import Outbox, skip_publish
+from bridge.outbox.capture import Outbox, skip_publish
 from bridge.schema import outbox
 from bridge.testing import NatsServer
 

@@ -12,8 +12,8 @@ from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bridge.envelope import Envelope
-from bridge.outbox import Outbox
-from bridge.relay import OutboxRelay
+from bridge.outbox.capture import Outbox
+from bridge.outbox.relay import OutboxRelay
 from bridge.schema import outbox
 from bridge.testing import NatsServer
 

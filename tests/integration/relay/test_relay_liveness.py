@@ -17,11 +17,11 @@ from nats.aio.client import Client
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.outbox import Outbox
-from bridge.outbox_store import LIVENESS_LOCK_CLASS
-from bridge.publisher import OutgoingMessage, Publisher
-from bridge.relay import OutboxRelay
+from bridge.outbox._store import LIVENESS_LOCK_CLASS
+from bridge.outbox.capture import Outbox
+from bridge.outbox.relay import OutboxRelay
 from bridge.testing import NatsServer, to_plain_url
+from bridge.transport.publisher import OutgoingMessage, Publisher
 
 from .conftest import (
     Widget,

@@ -26,8 +26,8 @@ import pytest
 from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.outbox import Outbox
-from bridge.relay import OutboxRelay
+from bridge.outbox.capture import Outbox
+from bridge.outbox.relay import OutboxRelay
 from bridge.testing import NatsServer
 
 from .conftest import (

@@ -15,9 +15,9 @@ from nats.aio.client import Client
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bridge.outbox import Outbox
-from bridge.relay import OutboxRelay
-from bridge.relay_pipeline import BATCHES_IN_FLIGHT
+from bridge.outbox._pipeline import BATCHES_IN_FLIGHT
+from bridge.outbox.capture import Outbox
+from bridge.outbox.relay import OutboxRelay
 from bridge.schema import outbox
 from bridge.testing import NatsServer
 

@@ -15,12 +15,12 @@ from nats.js.api import StreamConfig
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.backoff import backoff_ceiling
+from bridge._support.backoff import backoff_ceiling
 from bridge.errors import PublishError
-from bridge.outbox import Outbox
-from bridge.publisher import OutgoingMessage, PublishResult
-from bridge.relay import OutboxRelay
+from bridge.outbox.capture import Outbox
+from bridge.outbox.relay import OutboxRelay
 from bridge.testing import NatsServer
+from bridge.transport.publisher import OutgoingMessage, PublishResult
 
 from .conftest import (
     Widget,

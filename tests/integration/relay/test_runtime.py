@@ -6,14 +6,15 @@ import asyncio
 import time
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from bridge import schema
 from bridge.config import BridgeConfig, ConsumerOptions, RelayOptions
 from bridge.envelope import Envelope
-from bridge.errors import MissingStreamError
-from bridge.router import Router
+from bridge.errors import MissingStreamError, Reject
+from bridge.routing.middleware import HandlerCall, Next
+from bridge.routing.router import Router
 from bridge.runtime import Bridge
 from bridge.testing import NatsServer
 
@@ -30,7 +31,7 @@ def side(nats: NatsServer, unique: str, app: str, peer: str, **kw: object) -> Br
         max_deliver=3,
         ack_wait=5.0,
         relay=RelayOptions(poll_interval=0.2, lease=5.0, retry_base=0.05, retry_max=0.5),
-        consumer=ConsumerOptions(fetch_timeout=0.3, stop_timeout=5.0),
+        consumer=ConsumerOptions(fetch_timeout=0.3),
         **kw,  # type: ignore[arg-type]
     )
 
@@ -94,6 +95,49 @@ async def test_change_in_a_is_applied_in_b_once_without_echo(
         assert rows == []  # B applied it with publishing suppressed: no echo
 
 
+async def test_router_middleware_wraps_every_handler_call_of_a_running_bridge(
+    nats_server: NatsServer, unique: str, engines: tuple[AsyncEngine, AsyncEngine]
+) -> None:
+    """A middleware registered with Router.use runs inside the bridge's own (metrics,
+    tracing) around each handler call, in the inbox transaction; a Reject it raises
+    dead-letters the delivery like a handler's would."""
+    eng_a, eng_b = engines
+    seen: list[tuple[str, bool, bool]] = []
+
+    async def guard(call: HandlerCall, call_next: Next) -> None:
+        envelope = call.envelopes[0]
+        seen.append((envelope.payload["name"], call.batch, call.session.in_transaction()))
+        if envelope.payload["name"] == "forbidden":
+            raise Reject("names are checked before any handler", reason="forbidden_name")
+        await call_next()
+
+    router_b = widget_router()
+    router_b.use(guard)
+    a = Bridge(side(nats_server, unique, "a", "b"), engine=eng_a, router=widget_router())
+    b = Bridge(side(nats_server, unique, "b", "a"), engine=eng_b, router=router_b)
+    async with a, b:
+        async with a.session_factory.begin() as session:
+            session.add_all([Widget(name="fine"), Widget(name="forbidden")])
+
+        async def settled() -> bool:
+            status = await b.status()
+            return status["inbox"]["processed"] == 1 and status["dead_letters"] == 1
+
+        await wait_for(settled)
+        async with eng_b.connect() as conn:
+            names = (await conn.execute(select(Widget.name))).scalars().all()
+        assert names == ["fine"]
+        # "fine" may run twice (the inbox re-runs a batch after a rollback); the guard's
+        # Reject decides "forbidden" once, it is not run again
+        assert set(seen) == {("fine", False, True), ("forbidden", False, True)}
+        assert seen.count(("forbidden", False, True)) == 1
+        timed = b.metrics.registry.get_sample_value(
+            "bridge_handler_duration_seconds_count",
+            {"event_type": "widget.created", "result": "error"},
+        )
+        assert timed == 1  # the bridge's metrics middleware saw the guard's Reject
+
+
 async def test_verify_mode_fails_fast_naming_the_stream(
     nats_server: NatsServer, unique: str, engines: tuple[AsyncEngine, AsyncEngine]
 ) -> None:
@@ -104,3 +148,44 @@ async def test_verify_mode_fails_fast_naming_the_stream(
         await bridge.start(timeout=5)
     assert time.monotonic() - started < 10
     assert bridge.connection.snapshot()["state"] == "closed"
+
+
+async def test_stop_is_one_deadline_for_all_parts(
+    nats_server: NatsServer, unique: str, engine: AsyncEngine
+) -> None:
+    """``Bridge.stop(timeout)`` ends within ``timeout`` even when several parts hang:
+    a handler that never returns (the consumer waits for it) and a relay whose claim
+    waits for a table lock.  Each part used to get the whole timeout in turn."""
+    started = asyncio.Event()
+
+    async def hang(session: AsyncSession, envelope: Envelope) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    router = Router()
+    router.on_resource("widget", hang)
+    cfg = side(nats_server, unique, "b", "a")
+    bridge = Bridge(cfg, engine=engine, router=router)
+    await bridge.start()
+    lock = await engine.connect()
+    try:
+        envelope = Envelope(
+            event_type="widget.created",
+            producer=cfg.destination_app,
+            resource_type="widget",
+            resource_id="w1",
+            payload={"name": "stuck"},
+        )
+        assert bridge.publisher is not None
+        await bridge.publisher.publish(cfg.subjects.consume, envelope)
+        await asyncio.wait_for(started.wait(), 10)
+        # The relay's next claim waits for this lock until its lease-long bound.
+        await lock.execute(text("LOCK TABLE bridge_outbox IN ACCESS EXCLUSIVE MODE"))
+        await asyncio.sleep(cfg.relay.poll_interval * 3)  # a claim is waiting now
+        began = time.monotonic()
+        await bridge.stop(timeout=3.0)
+        elapsed = time.monotonic() - began
+    finally:
+        await lock.rollback()
+        await lock.close()
+    assert elapsed < 3.0 + 1.0, f"stop took {elapsed:.1f}s for a 3s deadline"

@@ -1,0 +1,1 @@
+"""What operators see: Prometheus metrics, W3C tracing, structured logs."""

@@ -1,0 +1,283 @@
+"""NATS connection with credentials, endless reconnects and an observable state.
+
+Contract:
+- :meth:`Connection.start` connects, retrying with capped exponential backoff
+  until it succeeds or ``timeout`` passes (then :class:`~bridge.errors.ConnectionError`
+  with the last error seen).  A server certificate that fails TLS verification
+  (wrong ``tls_ca_file``, or a certificate for another host) is not retried: the
+  ConnectionError names it and the CA file at once.
+- Once connected, nats-py reconnects forever (``max_reconnect_attempts=-1``), so
+  a NATS outage of any length does not leave the process dead.
+- A connection that went dead silently (a partition: no FIN, no RST, nothing
+  arrives) is noticed by the client's PINGs within
+  ``ping_interval * (max_outstanding_pings + 1)`` and replaced like any other
+  lost connection; until then ``state`` still says connected.
+- :meth:`Connection.stop` drains (subscriptions finish what they hold, pending
+  publishes flush) within ``timeout`` and then closes.
+- ``state`` and ``last_error`` are readable at any time for health checks.
+  Permission violations reported asynchronously by the server are kept in
+  ``permission_errors`` so callers can turn a silent timeout into a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections import deque
+from enum import StrEnum
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from bridge.config import BridgeConfig, Credentials
+from bridge.errors import ConnectionError
+
+log = logging.getLogger("bridge.connection")
+
+
+class ConnectionState(StrEnum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+def redact_url(url: str) -> str:
+    """Drop ``user:password@`` from a URL so it can be logged."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+def connect_options(credentials: Credentials) -> dict[str, Any]:
+    """nats-py ``connect`` keyword arguments for ``credentials`` (no I/O)."""
+    options: dict[str, Any] = {}
+    if credentials.user:
+        options["user"] = credentials.user
+        options["password"] = credentials.password
+    if credentials.token:
+        options["token"] = credentials.token
+    if credentials.nkey_seed:
+        options["nkeys_seed_str"] = credentials.nkey_seed
+    if credentials.creds_file:
+        options["user_credentials"] = credentials.creds_file
+    if credentials.uses_tls:
+        context = ssl.create_default_context(cafile=credentials.tls_ca_file)
+        if credentials.tls_cert_file and credentials.tls_key_file:
+            context.load_cert_chain(credentials.tls_cert_file, credentials.tls_key_file)
+        options["tls"] = context
+    if credentials.inbox_prefix:
+        options["inbox_prefix"] = credentials.inbox_prefix.encode()
+    return options
+
+
+class Connection:
+    """One NATS connection and its JetStream context, owned by a :class:`~bridge.runtime.Bridge`."""
+
+    def __init__(self, config: BridgeConfig, *, name: str | None = None) -> None:
+        self._config = config
+        self._name = name or config.app_name
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self.state = ConnectionState.IDLE
+        self.last_error: str | None = None
+        self.permission_errors: deque[str] = deque(maxlen=50)
+        self.reconnects = 0
+        self._connected_at: float | None = None
+        # while start() connects: the last error nats-py reported, and a TLS
+        # verification failure that ends the attempt (see _connect_within)
+        self._reported: str | None = None
+        self._untrusted: ssl.SSLCertVerificationError | None = None
+        self._tls_failed: asyncio.Event | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def start(self, timeout: float = 30.0) -> None:
+        """Connect, retrying with backoff until ``timeout`` seconds have passed."""
+        if self._nc is not None and not self._nc.is_closed:
+            return
+        self.state = ConnectionState.CONNECTING
+        deadline = time.monotonic() + timeout
+        delay = self._config.reconnect_wait
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                self._nc = await self._connect_within(max(remaining, 0.1))
+                break
+            except ssl.SSLCertVerificationError as exc:  # a wrong CA does not fix itself
+                self.state = ConnectionState.CLOSED
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                raise ConnectionError(self._untrusted_message(exc)) from exc
+            except Exception as exc:
+                if isinstance(exc, TimeoutError) and self._reported is not None:
+                    self.last_error = self._reported  # what nats-py saw, not the deadline
+                else:
+                    self.last_error = (
+                        f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                    )
+                remaining = deadline - time.monotonic()
+                log.warning(
+                    "nats connect failed",
+                    extra={
+                        "servers": [redact_url(u) for u in self._config.nats_urls],
+                        "error": self.last_error,
+                    },
+                )
+                if remaining <= 0:
+                    self.state = ConnectionState.CLOSED
+                    raise ConnectionError(
+                        f"could not connect to NATS at "
+                        f"{', '.join(redact_url(u) for u in self._config.nats_urls)}: "
+                        f"{self.last_error}"
+                    ) from exc
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, self._config.reconnect_wait_max)
+        self._js = self._nc.jetstream()
+        self.state = ConnectionState.CONNECTED
+        self._connected_at = time.monotonic()
+        log.info("nats connected", extra={"server": redact_url(str(self._nc.connected_url or ""))})
+
+    async def _connect_within(self, timeout: float) -> Client:
+        """Connect within ``timeout``; raise a TLS verification failure at once.
+
+        nats-py retries the *initial* connect for ever when reconnects are unbounded
+        (reporting each failure to the error callback), so the start-up deadline is
+        enforced here, and a server certificate that fails verification — reported
+        through the callback — ends the attempt instead of being retried.
+        """
+        self._reported, self._untrusted = None, None
+        failed = asyncio.Event()
+        self._tls_failed = failed
+        connect = asyncio.ensure_future(self._connect())
+        untrusted = asyncio.ensure_future(failed.wait())
+        try:
+            await asyncio.wait(
+                {connect, untrusted}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (connect, untrusted):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+        if connect.done() and not connect.cancelled() and connect.exception() is None:
+            return connect.result()
+        if self._untrusted is not None:
+            raise self._untrusted
+        if connect.done() and not connect.cancelled():
+            raise connect.exception()  # type: ignore[misc]
+        raise TimeoutError(f"no connection within {timeout:.1f}s")
+
+    def _untrusted_message(self, exc: ssl.SSLCertVerificationError) -> str:
+        servers = ", ".join(redact_url(u) for u in self._config.nats_urls)
+        ca = self._config.credentials.tls_ca_file
+        hint = (
+            f"credentials.tls_ca_file={ca!r} must be the CA that signed the server's certificate"
+            if ca
+            else "no credentials.tls_ca_file is set and the system's CAs do not trust it: "
+            "set tls_ca_file to the CA that signed the server's certificate"
+        )
+        return (
+            f"NATS server at {servers} failed TLS verification ({exc}); {hint}, and the "
+            "certificate must name the host used in nats_urls"
+        )
+
+    async def _connect(self) -> Client:
+        return await nats.connect(
+            servers=list(self._config.nats_urls),
+            name=self._name,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=self._config.reconnect_wait,
+            connect_timeout=self._config.connect_timeout,
+            ping_interval=self._config.ping_interval,
+            max_outstanding_pings=self._config.max_outstanding_pings,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+            **{
+                **connect_options(self._config.credentials),
+                # the app's own reply inbox, the one its permissions grant
+                "inbox_prefix": self._config.inbox_prefix.encode(),
+            },
+        )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Drain and close; never raises for an already-closed connection."""
+        nc, self._nc = self._nc, None
+        self._js = None
+        if nc is None or nc.is_closed:
+            self.state = ConnectionState.CLOSED
+            return
+        try:
+            await asyncio.wait_for(nc.drain(), timeout)
+        except Exception as exc:  # drain failed or timed out: close hard, nothing to keep
+            log.warning("nats drain failed; closing", extra={"error": repr(exc)})
+            with contextlib.suppress(Exception):
+                await nc.close()
+        self.state = ConnectionState.CLOSED
+
+    # -- accessors ------------------------------------------------------------------
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise ConnectionError("not connected: call start() first")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise ConnectionError("not connected: call start() first")
+        return self._js
+
+    @property
+    def is_connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    def snapshot(self) -> dict[str, Any]:
+        """State for health endpoints; never includes credentials."""
+        server = None
+        if self._nc is not None and self._nc.connected_url is not None:
+            server = redact_url(self._nc.connected_url.geturl())
+        return {
+            "state": str(self.state),
+            "connected": self.is_connected,
+            "server": server,
+            "reconnects": self.reconnects,
+            "last_error": self.last_error,
+        }
+
+    # -- callbacks (nats-py calls these on its own tasks) ---------------------------
+    async def _on_error(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}"
+        self.last_error = text
+        if self.state == ConnectionState.CONNECTING:
+            self._reported = text
+            if isinstance(exc, ssl.SSLCertVerificationError) and self._tls_failed is not None:
+                self._untrusted = exc
+                self._tls_failed.set()
+        if "permissions violation" in str(exc).lower():
+            self.permission_errors.append(str(exc))
+            log.error("nats permission violation", extra={"error": str(exc)})
+        else:
+            log.warning("nats error", extra={"error": text})
+
+    async def _on_disconnected(self) -> None:
+        if self.state != ConnectionState.CLOSED:
+            self.state = ConnectionState.RECONNECTING
+            log.warning("nats disconnected; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        self.reconnects += 1
+        self.state = ConnectionState.CONNECTED
+        log.info("nats reconnected", extra={"reconnects": self.reconnects})
+
+    async def _on_closed(self) -> None:
+        self.state = ConnectionState.CLOSED
