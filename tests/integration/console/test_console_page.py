@@ -4,15 +4,23 @@ filters, the letter's page and the charts' samples."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+from datetime import UTC, datetime
 
+import httpx
 from console_support import TOKEN, ConsoleStack, console_stack, eventually
 from markupsafe import escape
+from sqlalchemy import insert
 
 from bridge.integrations.console.options import ConsoleOptions
 from bridge.integrations.console.redact import UNSET
 from bridge.integrations.console.web import SECURITY_HEADERS
-from bridge.testing import NatsServer
+from bridge.schema import reconcile_runs
+from bridge.testing import NatsServer, PostgresServer
+from services.shared.app import create_app
+from services.shared.db import migrate
+from services.shared.settings import ServiceSettings
 
 XSS_BODY = b'<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
 XSS_HEADER = '"><script>window.__xss = 3</script>'
@@ -124,3 +132,59 @@ async def test_charts_fill_with_samples_of_real_traffic(stack: ConsoleStack) -> 
     page = (await stack.client.get("/console/")).text
     points = [int(n) for n in re.findall(r'<svg class="chart"[^>]*data-points="(\d+)"', page)]
     assert len(points) == 3 and all(n > 0 for n in points), points
+
+
+async def test_reconciliation_runs_and_their_repairs_are_listed_as_text(
+    stack: ConsoleStack,
+) -> None:
+    async with stack.bridge.engine.begin() as conn:
+        await conn.execute(
+            insert(reconcile_runs).values(
+                peer=stack.config.destination_app, started_at=datetime.now(UTC),
+                finished_at=datetime.now(UTC), duration_seconds=0.25, ranges_compared=3,
+                rows_compared=120, repaired_to_peer=2, repaired_from_peer=5, unresolved=1,
+                requests=4, bytes_sent=100, bytes_received=200, error="<b>peer busy</b>",
+            )
+        )  # fmt: skip
+    section = (await stack.client.get("/console/")).text.split('id="reconcile"')[1]
+    section = section.split("</section>")[0]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
+    assert cells[1:9] == [stack.config.destination_app, "0.25 s", "3", "120", "2", "5", "1", "300"]
+    assert "&lt;b&gt;peer busy&lt;/b&gt;" in section and "<b>" not in section
+
+
+async def test_the_sampler_is_owned_and_stops_with_the_app(
+    nats_server: NatsServer, database_url: str, unique: str
+) -> None:
+    async with console_stack(nats_server.url, database_url, unique) as stack:
+        await eventually(lambda: len(stack.console.history) >= 2, what="two samples")
+        assert any(t.get_name() == "bridge-console-sampler" for t in asyncio.all_tasks())
+        console = stack.console
+    assert console.bridge is None
+    assert not any(t.get_name() == "bridge-console-sampler" for t in asyncio.all_tasks())
+
+
+async def test_a_service_without_sync_serves_a_console_that_says_so(
+    postgres: PostgresServer,
+) -> None:
+    url = await postgres.create_database()
+    try:
+        await migrate(url)
+        settings = ServiceSettings(
+            app_name="nosync", destination_app="peer", database_url=url, sync_enabled=False
+        )
+        app = create_app(settings, console_options=ConsoleOptions(token=TOKEN))
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://s"
+            ) as client,
+        ):
+            page = await client.get("/console/")
+            assert page.status_code == 503
+            assert "no bridge runs in this process" in page.text
+            assert (await client.get("/organizations")).status_code == 200
+            schema = (await client.get("/openapi.json")).json()
+            assert not [path for path in schema["paths"] if path.startswith("/console")]
+    finally:
+        await postgres.drop_database(url)

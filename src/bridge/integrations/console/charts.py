@@ -2,8 +2,8 @@
 
 :func:`line_chart` draws the series of a :class:`~.history.History` over a fixed
 span ending now: one polyline per run of known values (a ``None`` leaves a gap, a
-lone point is a dot), a zero-based y axis rounded up to a readable maximum, four
-grid lines, the span's minutes on the x axis and a legend with each series' latest
+lone point is a dot), a zero-based y axis rounded up to a readable maximum, grid
+lines at round steps, how long ago on the x axis and a legend with each series' latest
 value.  Every piece of text goes through :func:`markupsafe.escape`; colours and
 numbers are ours.  The ``<svg>`` carries ``data-points`` (how many points it plots),
 which the browser tests read.
@@ -43,6 +43,13 @@ def nice_max(value: float) -> float:
     return 10 * power
 
 
+def grid_steps(top: float) -> int:
+    """How many grid intervals divide ``top`` (a :func:`nice_max`) into round steps:
+    5 for 2.5 or 5 times a power of ten, else 4."""
+    mantissa = top / 10.0 ** math.floor(math.log10(top))
+    return 5 if round(mantissa, 6) in (2.5, 5.0) else 4
+
+
 def format_value(value: float | None, unit: str) -> str:
     """``value`` for people: seconds as ms/s/min, rates with ``/s``, counts whole."""
     if value is None:
@@ -53,7 +60,11 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:.1f} s" if value < 120 else f"{value / 60:.1f} min"
     if unit == "/s":
         return f"{value:.1f}/s" if value < 100 else f"{value:.0f}/s"
-    return f"{value:.0f}"
+    return f"{value:.0f}" if value >= 10 else f"{value:g}"
+
+
+def _ago(seconds: float) -> str:
+    return f"-{seconds / 60:g}m" if seconds >= 120 else f"-{seconds:g}s"
 
 
 def _runs(points: Sequence[tuple[float, float]]) -> list[list[tuple[float, float]]]:
@@ -98,17 +109,17 @@ def line_chart(
         f'<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fbfbfd" '
         'stroke="#d0d4dc"/>',
     ]
-    for step in range(5):
-        value = top * step / 4
+    steps = grid_steps(top)
+    for step in range(steps + 1):
+        value = top * step / steps
         gy = y(value)
         parts.append(f'<line x1="{LEFT}" x2="{LEFT + plot_w}" y1="{gy:.1f}" y2="{gy:.1f}" '
                      'stroke="#e4e7ec"/>')  # fmt: skip
         parts.append(f'<text x="{LEFT - 6}" y="{gy + 4:.1f}" text-anchor="end" font-size="11" '
                      f'fill="#555">{escape(format_value(value, unit))}</text>')  # fmt: skip
-    minutes = max(round(span / 60), 1)
     for step in range(5):
         fraction = step / 4
-        label = "now" if step == 4 else f"-{round(minutes * (1 - fraction))}m"
+        label = "now" if step == 4 else _ago(span * (1 - fraction))
         parts.append(f'<text x="{LEFT + plot_w * fraction:.1f}" y="{TOP + plot_h + 15}" '
                      f'text-anchor="middle" font-size="11" fill="#555">{label}</text>')  # fmt: skip
     for s in series:

@@ -50,6 +50,15 @@ def dead_letters_unavailable(web: Web) -> str | None:
     return None
 
 
+def span_label(seconds: float) -> str:
+    """``hour``, ``minute``, ``5 minutes``, ``90 seconds``: what the charts span."""
+    for unit, size in (("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds / size
+            return unit if count == 1 else f"{count:g} {unit}s"
+    return f"{seconds:g} seconds"
+
+
 def charts(web: Web) -> list[Any]:
     """The three charts of the last ``history`` seconds."""
     now, span, history = time.time(), web.options.history, web.history
@@ -109,7 +118,8 @@ async def overview(web: Web, request: Request) -> Response:
     return web.render(
         request, "console.html", session=session, overview=overview_part,
         letters=letters_part, letters_unavailable=unavailable, chosen=chosen,
-        charts=charts(web), samples=len(web.history), config=rows,
+        charts=charts(web), span_label=span_label(options.history),
+        samples=len(web.history), config=rows,
         audit=audit[0], audit_note=audit[1],
     )  # fmt: skip
 
