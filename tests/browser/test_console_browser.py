@@ -12,8 +12,6 @@ chromium), against the real services: System A's console at /console.
 
 from __future__ import annotations
 
-import asyncio
-
 from browser_support import TOKEN, XSS_HEADER, Scene, eventually
 from playwright.async_api import BrowserContext, Page
 
@@ -125,6 +123,6 @@ async def test_a_dead_letter_is_replayed_after_confirmation_and_disappears(
                      what="the replayed organization on A")  # fmt: skip
     audit = await page.inner_text("#audit")
     assert f"dead letters {seq}" in audit and "replay" in audit
-    await asyncio.sleep(0)  # nothing pending
-    await page.screenshot(path=scene.shot("console-after-replay.png"), full_page=False)
+    await page.locator("#dead-letters").screenshot(path=scene.shot("console-after-replay.png"))
+    await page.locator("#audit").screenshot(path=scene.shot("console-audit.png"))
     await page.close()

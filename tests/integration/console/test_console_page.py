@@ -188,3 +188,15 @@ async def test_a_service_without_sync_serves_a_console_that_says_so(
             assert not [path for path in schema["paths"] if path.startswith("/console")]
     finally:
         await postgres.drop_database(url)
+
+
+async def test_a_slow_management_reply_does_not_hide_the_dead_letters(stack: ConsoleStack) -> None:
+    stack.reject.add("r4")
+    await stack.publish_as_peer("r4")
+    (letter,) = await stack.dead_letters(1)
+    # BridgeStatus turns management reads off after one reply slower than its 1 s timeout
+    # (it takes that for a denial); only a violation the server reports means denied.
+    stack.bridge.observed.management_allowed = False
+    page = (await stack.client.get("/console/")).text
+    assert 'id="letters-unavailable"' not in page
+    assert f'id="letter-{letter.seq}"' in page
