@@ -169,3 +169,23 @@ def test_span_label(seconds: float, label: str) -> None:
     from bridge.integrations.console.pages import span_label
 
     assert span_label(seconds) == label
+
+
+async def test_a_page_reads_a_bounded_number_of_body_bytes() -> None:
+    from bridge.integrations.console import letters as module
+
+    big = b"x" * (module.SCAN_BYTES // 4 + 1)
+
+    class Store:
+        read: list[int] = []
+
+        async def letters(self, *, start_seq: int = 1):  # type: ignore[no-untyped-def]
+            for seq in range(start_seq, start_seq + 50):
+                self.read.append(seq)
+                yield letter(seq, data=big)
+
+    page = await module.letter_page(
+        Store(), LetterFilter(), now=datetime.now(UTC), page_size=100, scan_limit=1000,  # type: ignore[arg-type]
+        preview_bytes=10,
+    )  # fmt: skip
+    assert page.scanned == 4 and page.next_start == 5  # just past SCAN_BYTES: the rest waits

@@ -313,3 +313,19 @@ async def test_sign_out_ends_the_session(stack: ConsoleStack) -> None:
     assert SESSION_COOKIE not in stack.client.cookies
     page = await stack.client.get("/console/")
     assert 'id="sign-in"' in page.text
+
+
+async def test_a_confirmation_posted_twice_replays_once(stack: ConsoleStack) -> None:
+    seq = await one_letter(stack, "r9")
+    await stack.sign_in()
+    csrf = await stack.csrf()
+    stack.reject.clear()
+    form = {"seq": str(seq), "confirm": "yes", "csrf": csrf}
+    first = await stack.client.post("/console/dlq/replay", data=form)
+    assert "Replay: ok" in first.text
+    again = await stack.client.post("/console/dlq/replay", data=form)  # back, resubmit
+    assert "Replay: failed" in again.text and "not_found" in again.text
+    await eventually(lambda: "r9" in stack.handled, what="the replayed event applied")
+    assert stack.handled == ["r9"]
+    outcomes = [r["outcome"] for r in await audit_rows(stack) if r["action"] == "replay"]
+    assert outcomes == ["ok", "failed"]

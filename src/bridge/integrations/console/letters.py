@@ -11,8 +11,9 @@ DLQ).
 parse is dropped and reported, never an error page): ``reason`` (exact), ``type``
 (the body's ``event_type``, exact), ``min_age`` / ``max_age`` in minutes (from the
 letter's ``x-dlq-at``; a letter whose time cannot be read matches no age filter).
-A page scans at most ``scan_limit`` letters from ``start`` and shows up to
-``page_size`` that match, with where the next page starts.
+A page scans at most ``scan_limit`` letters (and about :data:`SCAN_BYTES` of
+bodies) from ``start`` and shows up to ``page_size`` that match, with where the
+next page starts.
 
 Everything a letter carries — body, headers, reason, error message — was written by
 whoever could publish on the DLQ subject: it is data for the templates to escape.
@@ -36,6 +37,9 @@ from bridge.routing.dlq import DeadLetters
 from bridge.routing.letter import H_TRUNCATED, DeadLetter
 
 PRETTY_LIMIT = 256 * 1024
+#: Bytes of bodies one page reads at most (letters can be up to ``max_payload`` each):
+#: past it the page ends and "next page" goes on, so a reload costs bounded transfer.
+SCAN_BYTES = 16 * 1024 * 1024
 _EVENT_TYPE = re.compile(rb'"event_type"\s*:\s*"([^"\\]{1,128})"')
 _RESOURCE_ID = re.compile(rb'"resource_id"\s*:\s*"([^"\\]{1,255})"')
 _FILTER_TEXT = 128
@@ -217,12 +221,15 @@ async def letter_page(
 ) -> LetterPage:
     """Scan from ``chosen.start`` (module doc); ``next_start`` is set when more remain."""
     page = LetterPage()
+    read = 0
     async with _closing(dead_letters.letters(start_seq=chosen.start)) as letters:
         async for letter in letters:
-            if page.scanned >= scan_limit or len(page.letters) >= page_size:
+            full = page.scanned >= scan_limit or len(page.letters) >= page_size
+            if full or read > SCAN_BYTES:
                 page.next_start = letter.seq
                 break
             page.scanned += 1
+            read += len(letter.data)
             shown = view(letter, now=now, preview_bytes=preview_bytes)
             page.reasons.add(shown.reason)
             if shown.event_type:
