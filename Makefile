@@ -14,14 +14,14 @@ DEVSTACK = $(PY) -m services.devstack --mode $(MODE) --consumer-mode $(CONSUMER_
 	--workdir $(DEVSTACK_DIR) $(if $(A_PORT),--a-port $(A_PORT)) \
 	$(if $(B_PORT),--b-port $(B_PORT)) $(if $(NATS_PORT),--nats-port $(NATS_PORT))
 
-.PHONY: install up demo test test-faults lint format bench bench-peers clean deploy-tools
+.PHONY: install up demo test test-faults lint format bench bench-peers clean deploy-tools browser-tools
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[services,dev]'
+	$(PY) -m pip install -q -e '.[services,console,dev]'
 	touch $@
 
 ## Start NATS, PostgreSQL, migrate, run System A and System B (Ctrl-C stops all).
@@ -37,8 +37,13 @@ demo: install
 deploy-tools:
 	@scripts/install_promtool.sh
 
+## Debian's chromium for the console's browser tests (Playwright drives it; no browser
+## download): installed if missing, else a message saying what to do.
+browser-tools:
+	@scripts/install_chromium.sh
+
 ## The whole suite; brings up the servers it needs itself.
-test: install deploy-tools
+test: install deploy-tools browser-tools
 	$(PY) -m pytest -q -m "not faults or smoke" tests
 
 test-faults: install

@@ -11,6 +11,7 @@ API without NATS.
 
 ``GET /metrics`` and request tracing: :mod:`services.shared.observability`
 (``tracer_provider``: an OpenTelemetry SDK provider; default the global one).
+The operator console at ``/console``: :mod:`services.shared.console`.
 
 Errors are JSON: ``{"error": "..."}`` with HTTP 404/409/422, and for 422 a
 ``details`` list of ``{"field", "location", "message", "type"}``.  Bad input never
@@ -32,7 +33,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bridge import Bridge, BridgeConfig, EventSchemas, Router, bridge_lifespan
+from bridge.integrations.console.options import ConsoleOptions
 from bridge.reconcile.synced_models import load_synced_models
+from services.shared.console import install_console
 from services.shared.db import make_engine
 from services.shared.errors import ServiceError
 from services.shared.event_versions import event_schemas as domain_event_schemas
@@ -93,9 +96,11 @@ def create_app(
     bridge_config: BridgeConfig | None = None,
     tracer_provider: TracerProvider | None = None,
     event_schemas: EventSchemas | None = None,
+    console_options: ConsoleOptions | None = None,
 ) -> FastAPI:
     """The service app for ``settings``; ``bridge_config`` replaces the one settings build,
-    ``event_schemas`` the domain's declared event versions."""
+    ``event_schemas`` the domain's declared event versions, ``console_options`` the
+    console's (default: from the environment, ``BRIDGE_CONSOLE_TOKEN``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -143,6 +148,7 @@ def create_app(
     )
     app.include_router(api_router)
     install_observability(app, tracer_provider=tracer_provider)
+    install_console(app, console_options)  # /console (services.shared.console)
     _install_error_handlers(app)
     return app
 

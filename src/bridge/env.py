@@ -25,7 +25,8 @@ command, ``bridge-provision`` — turns its environment into a
 :func:`configure_bidirectional` (the gem's one call) reads only the consumer mode.
 ``DATABASE_URL`` is returned beside the config (:func:`database_url_from_env`), and
 ``BRIDGE_MODELS`` (the module declaring the synced models) by
-:func:`models_module_from_env`.  The mapping is always passed in; only
+:func:`models_module_from_env`, and ``BRIDGE_CONSOLE_TOKEN`` (the operator token of
+the console) by :func:`console_token_from_env`.  The mapping is always passed in; only
 :func:`configure_bidirectional` defaults to ``os.environ``.
 
 **Env files** (:func:`write_env_file`, :func:`read_env_file`) hold such a mapping:
@@ -189,6 +190,12 @@ def database_url_from_env(env: Mapping[str, str]) -> str:
 def models_module_from_env(env: Mapping[str, str]) -> str:
     """``BRIDGE_MODELS``: the module declaring the app's synced models ("" if unset)."""
     return env.get("BRIDGE_MODELS", "")
+
+
+def console_token_from_env(env: Mapping[str, str]) -> str | None:
+    """``BRIDGE_CONSOLE_TOKEN``: the operator token of the console
+    (:mod:`bridge.integrations.console`); ``None`` when unset (the console is read-only)."""
+    return env.get("BRIDGE_CONSOLE_TOKEN") or None
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

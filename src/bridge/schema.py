@@ -15,6 +15,8 @@ Backfill checkpoint: one row per (run, table), advanced in the same transaction 
 the outbox rows of each batch (:mod:`bridge.reconcile.backfill`).
 ``bridge_reconcile_runs`` keeps one row per reconciliation pass
 (:mod:`bridge.reconcile.reconciler`).
+``bridge_console_audit`` keeps one row per operator console action — sign-in,
+replay, purge, done, failed or refused (:mod:`bridge.integrations.console.audit`).
 """
 
 from __future__ import annotations
@@ -178,6 +180,23 @@ reconcile_runs = Table(
     Column("bytes_received", BigInteger, nullable=False),
     Column("error", Text, nullable=True),
     Index("ix_bridge_reconcile_runs_started_at", "started_at"),
+)
+
+#: The operator console's audit trail (bridge.integrations.console.audit): who did
+#: what to which dead letters, and how it ended; append-only.
+console_audit = Table(
+    "bridge_console_audit",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("app", String(64), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("client", String(128), nullable=True),
+    Column("action", String(32), nullable=False),
+    Column("target", Text, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=True),
+    Index("ix_bridge_console_audit_at", "at"),
 )
 
 

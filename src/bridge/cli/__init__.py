@@ -8,6 +8,7 @@ variables (see :mod:`bridge.env`).
     bridge doctor                      every permission this app needs, pass/fail
     bridge backfill                    re-emit every synced row through the outbox
     bridge reconcile [--models MODULE] one anti-entropy pass against the peer
+    bridge console [--host --port]     the operator console, a web page (bridge.cli._console)
 
 Every command prints a table for people or, with ``--json``, one JSON document.
 ``--env-file PATH`` (repeatable, before the command; its values win over the
@@ -35,6 +36,7 @@ from bridge.cli._commands import (
     cmd_reconcile,
     cmd_status,
 )
+from bridge.cli._console import add_console_parser, cmd_console
 from bridge.cli._context import (
     EXIT_FAILED,
     EXIT_OK,
@@ -56,6 +58,7 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "backfill": cmd_backfill,
     "reconcile": cmd_reconcile,
+    "console": cmd_console,
 }
 
 
@@ -93,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     rec = sub.add_parser("reconcile", help="compare with the peer and re-emit differing rows")
     rec.add_argument("--models", help="module declaring the synced models (env BRIDGE_MODELS)")
+    add_console_parser(sub)
     return parser
 
 
