@@ -130,7 +130,7 @@ async def main_async(
         async with opened(config, environ) as ctx:
             work = COMMANDS[args.command](ctx, args, output)
             if args.command in ADMIN_COMMANDS:
-                work = until_denied(work, ctx.permission_errors, command=command, config=config)
+                work = until_denied(work, ctx.denied_api_subject, command=command, config=config)
             return await work
     except AdminCredentialsError as exc:
         err.write(f"bridge: {exc}\n")

@@ -19,12 +19,11 @@ request, for commands that read the API only optionally (``bridge status``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from bridge.config import BridgeConfig
 from bridge.errors import AdminCredentialsError
-from bridge.provisioning._probes import parse_violation
 from bridge.transport.connection import Connection
 from bridge.transport.jsapi import JetStreamApi
 
@@ -37,21 +36,9 @@ ADMIN_DOC = "docs/OPERATIONS.md#commands-that-need-admin-credentials"
 #: How often a running command looks for an asynchronously reported violation.
 VIOLATION_POLL = 0.02
 
-Violations = Callable[[], Sequence[str]]
-
-
-def denied_api_subject(violations: Iterable[str]) -> str | None:
-    """The ``$JS.API`` subject of the first denied publish among ``violations``."""
-    for text in violations:
-        parsed = parse_violation(text)
-        # nats-py lower-cases the server's text: compare without case.
-        if (
-            parsed is not None
-            and parsed[0] == "publish"
-            and parsed[1].lower().startswith("$js.api.")
-        ):
-            return parsed[1]
-    return None
+#: The ``$JS.API`` subject the server denied so far, or ``None``
+#: (:meth:`bridge.transport.connection.Connection.denied_api_subject`).
+Denied = Callable[[], str | None]
 
 
 def admin_message(command: str, config: BridgeConfig, subject: str) -> str:
@@ -67,10 +54,10 @@ def admin_message(command: str, config: BridgeConfig, subject: str) -> str:
 
 
 async def until_denied(
-    work: Awaitable[T], violations: Violations, *, command: str, config: BridgeConfig
+    work: Awaitable[T], denied: Denied, *, command: str, config: BridgeConfig
 ) -> T:
     """Await ``work``; cancel it and raise :class:`AdminCredentialsError` as soon as
-    ``violations()`` holds a denied ``$JS.API`` publish (checked every
+    ``denied()`` names a denied ``$JS.API`` publish (checked every
     :data:`VIOLATION_POLL` seconds while ``work`` runs, and once more if it fails,
     since the server's denial and the client's timeout race).  ``work`` that
     succeeds returns its result."""
@@ -80,7 +67,7 @@ async def until_denied(
             done, _ = await asyncio.wait({task}, timeout=VIOLATION_POLL)
             if done and not task.cancelled() and task.exception() is None:
                 return task.result()
-            subject = denied_api_subject(violations())
+            subject = denied()
             if subject is not None:
                 raise AdminCredentialsError(admin_message(command, config, subject))
             if done:
@@ -107,7 +94,7 @@ class DeniedFastApi(JetStreamApi):
     async def request(self, subject: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return await until_denied(
             super().request(subject, body),
-            lambda: list(self._connection.permission_errors),
+            self._connection.denied_api_subject,
             command=self._command,
             config=self._config,
         )

@@ -80,9 +80,9 @@ class Context:
             await self.connection.start(timeout=5.0)
         return self.connection
 
-    def permission_errors(self) -> list[str]:
-        """The server's permission violations on this command's connection so far."""
-        return list(self.connection.permission_errors) if self.connection is not None else []
+    def denied_api_subject(self) -> str | None:
+        """The ``$JS.API`` subject the server refused this command's connection, if any."""
+        return self.connection.denied_api_subject() if self.connection is not None else None
 
     async def dead_letters(self) -> DeadLetters:
         conn = await self.nats()

@@ -7,8 +7,9 @@
   (the gauges of :class:`~bridge.observability.sources.BridgeStateSource`).
 
 Parts this process does not run are ``None``; so is what its NATS user may not read
-(restrictive mode has no stream-info permission): the first denied management call
-turns them off for the life of the bridge (``management_allowed``, which start-up's
+(restrictive mode has no stream-info permission): the first management call the server
+refuses with a "Permissions Violation" turns them off for the life of the bridge (a slow
+answer only leaves that one read unknown) (``management_allowed``, which start-up's
 provisioning sets when it learns it).  Nothing here contains a secret.
 """
 
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
-from bridge.errors import BridgeError, PermissionDeniedError
+from bridge.errors import BridgeError
 from bridge.routing.letter import oldest_letter_age
 from bridge.transport.jsapi import JetStreamApi
 
@@ -83,10 +84,10 @@ class BridgeStatus:
         try:
             api = JetStreamApi(self._bridge.connection.nc, timeout=1.0)
             return await api.request(subject, body)
-        except PermissionDeniedError:
-            self.management_allowed = False
-            return None
         except BridgeError:
+            # A slow answer is no denial: only the server's verdict turns the reads off.
+            if self._bridge.connection.denied_api_subject() is not None:
+                self.management_allowed = False
             return None
 
     async def dead_letter_count(self) -> int | None:

@@ -38,7 +38,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
@@ -51,6 +50,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from bridge._support.durations import to_nanos
 from bridge.config import BridgeConfig
 from bridge.provisioning.permissions import msg_next_subject
+from bridge.transport.connection import parse_violation
 
 log = logging.getLogger("bridge.access")
 
@@ -64,10 +64,6 @@ PROBE_NAK = b'-NAK {"delay": ' + str(to_nanos(PROBE_NAK_DELAY)).encode() + b"}"
 WRONG_LAST_SEQUENCE = 10071
 STREAM_MISMATCH = 10060
 NO_RESPONDERS_STATUS = "503"
-_VIOLATION = re.compile(
-    r'permissions violation for (publish|subscription) to "([^"]+)"(?: using queue "([^"]+)")?',
-    re.IGNORECASE,
-)
 
 Violations = Callable[[], Sequence[str]]
 
@@ -82,18 +78,6 @@ class Probe(StrEnum):
     DENIED = "denied"
     INBOX_DENIED = "inbox_denied"
     NO_ANSWER = "no_answer"
-
-
-def parse_violation(text: str) -> tuple[str, str, str | None] | None:
-    """``(operation, subject, queue)`` of a server "Permissions Violation" error.
-
-    nats-py hands the text over lower-cased: the subject may differ in case.
-    """
-    match = _VIOLATION.search(text)
-    if match is None:
-        return None
-    operation = "publish" if match.group(1).lower() == "publish" else "subscribe"
-    return operation, match.group(2), match.group(3)
 
 
 def denied(violations: Sequence[str], operation: str, subject: str) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import ssl
 import time
 from collections import deque
@@ -38,6 +39,25 @@ from bridge.config import BridgeConfig, Credentials
 from bridge.errors import ConnectionError
 
 log = logging.getLogger("bridge.connection")
+
+
+#: A server "Permissions Violation" error as nats-py reports it (lower-cased).
+_VIOLATION = re.compile(
+    r'permissions violation for (publish|subscription) to "([^"]+)"(?: using queue "([^"]+)")?',
+    re.IGNORECASE,
+)
+
+
+def parse_violation(text: str) -> tuple[str, str, str | None] | None:
+    """``(operation, subject, queue)`` of a server "Permissions Violation" error.
+
+    nats-py hands the text over lower-cased: the subject may differ in case.
+    """
+    match = _VIOLATION.search(text)
+    if match is None:
+        return None
+    operation = "publish" if match.group(1).lower() == "publish" else "subscribe"
+    return operation, match.group(2), match.group(3)
 
 
 class ConnectionState(StrEnum):
@@ -253,6 +273,18 @@ class Connection:
             "reconnects": self.reconnects,
             "last_error": self.last_error,
         }
+
+    def denied_api_subject(self) -> str | None:
+        """The ``$JS.API`` subject of the first publish the server refused this connection
+        (a "Permissions Violation"): the user may not use the JetStream management API.
+        A slow or missing answer is no denial — only the server's verdict counts."""
+        for text in self.permission_errors:
+            parsed = parse_violation(text)
+            if parsed is not None and parsed[0] == "publish" and (
+                parsed[1].lower().startswith("$js.api.")
+            ):
+                return parsed[1]
+        return None
 
     # -- callbacks (nats-py calls these on its own tasks) ---------------------------
     async def _on_error(self, exc: Exception) -> None:

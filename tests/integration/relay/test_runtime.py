@@ -189,3 +189,31 @@ async def test_stop_is_one_deadline_for_all_parts(
         await lock.rollback()
         await lock.close()
     assert elapsed < 3.0 + 1.0, f"stop took {elapsed:.1f}s for a 3s deadline"
+
+
+async def test_a_slow_management_reply_does_not_turn_the_status_reads_off(
+    engine: AsyncEngine, nats_server: NatsServer, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A management request that gets no answer within its 1 s (a busy server) used to be
+    # taken for a permission denial: the dead-letter count and consumer lag were gone from
+    # /sync_status and /metrics for the rest of the bridge's life.  Only the server's
+    # "Permissions Violation" turns them off.
+    from bridge.errors import PermissionDeniedError
+    from bridge.observability import status as status_module
+
+    bridge = Bridge(side(nats_server, unique, "a", "b"), engine=engine, router=widget_router())
+    await bridge.start()
+    try:
+        assert await bridge.observed.dead_letter_count() == 0
+        real = status_module.JetStreamApi.request
+
+        async def slow(self: object, subject: str, body: object = None) -> dict[str, object]:
+            raise PermissionDeniedError(f"no answer to $JS.API.{subject} within 1.0s")
+
+        monkeypatch.setattr(status_module.JetStreamApi, "request", slow)
+        assert await bridge.observed.dead_letter_count() is None  # this read: unknown
+        monkeypatch.setattr(status_module.JetStreamApi, "request", real)
+        assert bridge.observed.management_allowed is not False
+        assert await bridge.observed.dead_letter_count() == 0  # the next read works again
+    finally:
+        await bridge.stop(5.0)

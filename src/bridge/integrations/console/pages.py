@@ -43,7 +43,7 @@ def dead_letters_unavailable(web: Web) -> str | None:
         return "dead letters are off in this process (use_dlq=False, or the bridge is stopped)"
     # The server reports a denied request asynchronously (a "Permissions Violation");
     # a slow answer is no denial, so this looks at what the server said, not at timeouts.
-    if any("$js.api." in error.lower() for error in bridge.connection.permission_errors):
+    if bridge.connection.denied_api_subject() is not None:
         return (
             f"this process's NATS user may not read the stream (restrictive mode): run "
             f"`bridge --env-file .devstack/{bridge.config.app_name}.admin.env console` with "
