@@ -7,9 +7,9 @@ Contract:
   fix themselves are not retried: a server certificate that fails TLS verification
   (wrong ``tls_ca_file``, or a certificate for another host; the error names the CA
   file) and credentials the server refuses (the error names the variables to check).
-- Causes are told once, not per attempt (:func:`failure_cause`): while connecting or
-  reconnecting, the first failure of each cause is one WARNING line with ``cause``
-  and a hint; the repeats are DEBUG.  An outage is one ``nats disconnected;
+- Causes are told once, not per attempt (:mod:`bridge.transport._causes`): while
+  connecting or reconnecting, the first failure of each cause is one WARNING line with
+  ``cause`` and a hint; the repeats are DEBUG.  An outage is one ``nats disconnected;
   reconnecting`` and one ``nats reconnected`` (with ``outage_seconds``).
 - Once connected, nats-py reconnects forever (``max_reconnect_attempts=-1``), so
   a NATS outage of any length does not leave the process dead.
@@ -159,7 +159,8 @@ class Connection:
         self._js = self._nc.jetstream()
         self.state = ConnectionState.CONNECTED
         self._connected_at = time.monotonic()
-        log.info("nats connected", extra={"server": redact_url(str(self._nc.connected_url or ""))})
+        url = self._nc.connected_url
+        log.info("nats connected", extra={"server": redact_url(url.geturl()) if url else None})
 
     def _servers(self) -> str:
         return ", ".join(redact_url(u) for u in self._config.nats_urls)
