@@ -1,9 +1,11 @@
 """Logs a user gets without configuring anything: the FastAPI integration configures
 logging by default (one JSON object per line when the output is not a terminal).  The
-issue's handler bug — ``handler failed`` x5 and ``dead-lettered`` with no exception,
-no traceback, no event id — now shows, on every line, the event id, subject and
-delivery count, the exception's type and message, and on the dead letter (ERROR) the
-traceback down to the user's function."""
+issue's examples, each in a process of its own: a handler bug — once ``handler failed``
+x5 and ``dead-lettered`` with no exception, no traceback, no event id — now shows, on
+every line, the event id, subject and delivery count, the exception's type and message,
+and on the dead letter (ERROR) the traceback down to the user's function; the clean
+shutdown after it logs no reconnect; a wrong NATS port — once 30 bare ``nats error``
+lines — is one line naming the refused connection."""
 
 from __future__ import annotations
 
@@ -14,16 +16,41 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bridge.testing import NatsServer
+from bridge.testing import NatsServer, free_port
 
 PROGRAM = Path(__file__).with_name("handler_bug_program.py")
 
 
-def run_program(env: dict[str, str]) -> tuple[str, list[dict[str, Any]]]:
+WRONG_PORT = """
+import asyncio, os
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import create_async_engine
+from bridge import Bridge, bridge_lifespan, configure_bidirectional
+from bridge.errors import ConnectionError
+
+async def main():
+    config = configure_bidirectional(
+        "shop", "stock", nats_urls=os.environ["NATS_URL"], connect_timeout=0.5,
+        reconnect_wait=0.1)
+    engine = create_async_engine(os.environ["DATABASE_URL"])
+    bridge = Bridge(config, engine=engine)
+    app = FastAPI(lifespan=bridge_lifespan(lambda app: bridge, start_timeout=3))
+    try:
+        async with app.router.lifespan_context(app):
+            raise AssertionError("started without NATS")
+    except ConnectionError as exc:
+        print(exc)
+    await engine.dispose()
+
+asyncio.run(main())
+"""
+
+
+def run_program(env: dict[str, str], *code: str) -> tuple[str, list[dict[str, Any]]]:
+    command = [sys.executable, "-c", code[0]] if code else [sys.executable, str(PROGRAM)]
     result = subprocess.run(
-        [sys.executable, str(PROGRAM)], env=env, capture_output=True, text=True, timeout=120,
-        check=False,
-    )  # fmt: skip
+        command, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     records = []
@@ -59,3 +86,22 @@ def test_a_handler_bug_logs_the_exception_event_and_traceback_by_default(
     assert letter["deliveries"] == 3 and letter["reason"] == "max_deliver_exceeded"
     assert letter["error_type"] == "ZeroDivisionError"
     assert "in parse_price" in letter["traceback"] and "ZeroDivisionError" in letter["traceback"]
+    # the lifespan's clean shutdown: no disconnect, no reconnect
+    connection = [r["message"] for r in records if r["logger"] == "bridge.connection"]
+    assert not [m for m in connection if "disconnect" in m or "reconnect" in m], connection
+
+
+def test_a_wrong_nats_port_is_one_line_naming_the_refused_connection(
+    database_url: str,
+) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("CONSUMER_MODE")},
+        "NATS_URL": f"nats://127.0.0.1:{port}", "DATABASE_URL": database_url,
+    }  # fmt: skip
+    error, records = run_program(env, WRONG_PORT)
+    assert "connection refused" in error and f"127.0.0.1:{port}" in error
+    connection = [r for r in records if r["logger"] == "bridge.connection"]
+    assert [(r["level"], r["message"], r["cause"]) for r in connection] == [
+        ("warning", "nats unreachable; retrying: connection refused", "refused")
+    ]
