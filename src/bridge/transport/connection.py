@@ -105,7 +105,7 @@ class Connection:
         self._reported_cause: str | None = None
         self._untrusted: ssl.SSLCertVerificationError | None = None
         self._refused_credentials: Exception | None = None
-        self._tls_failed: asyncio.Event | None = None
+        self._fatal: asyncio.Event | None = None
         # causes already told in this connect or outage (module doc: once, not per retry)
         self._told: set[str] = set()
         self._outage_started: float | None = None
@@ -182,17 +182,19 @@ class Connection:
         )
 
     async def _connect_within(self, timeout: float) -> Client:
-        """Connect within ``timeout``; raise a TLS verification failure at once.
+        """Connect within ``timeout``; raise a TLS verification failure or refused
+        credentials at once.
 
         nats-py retries the *initial* connect for ever when reconnects are unbounded
         (reporting each failure to the error callback), so the start-up deadline is
-        enforced here, and a server certificate that fails verification — reported
-        through the callback — ends the attempt instead of being retried.
+        enforced here, and a server certificate that fails verification or credentials
+        the server refuses — reported through the callback — end the attempt instead of
+        being retried.
         """
         self._reported, self._reported_cause = None, None
         self._untrusted, self._refused_credentials = None, None
         failed = asyncio.Event()
-        self._tls_failed = failed
+        self._fatal = failed
         connect = asyncio.ensure_future(self._connect())
         untrusted = asyncio.ensure_future(failed.wait())
         try:
@@ -310,12 +312,12 @@ class Connection:
             # start() decides and tells (one line per cause, or the error it raises)
             if cause != "closed" or self._reported is None:  # the reset after a refusal
                 self._reported, self._reported_cause = text, cause
-            if isinstance(exc, ssl.SSLCertVerificationError) and self._tls_failed is not None:
+            if isinstance(exc, ssl.SSLCertVerificationError) and self._fatal is not None:
                 self._untrusted = exc
-                self._tls_failed.set()
-            elif cause == "auth" and self._tls_failed is not None:
+                self._fatal.set()
+            elif cause == "auth" and self._fatal is not None:
                 self._refused_credentials = exc
-                self._tls_failed.set()
+                self._fatal.set()
             elif cause != "closed":
                 self._tell("nats unreachable; retrying", cause, text)
             return
