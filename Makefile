@@ -18,10 +18,14 @@ DEVSTACK = $(PY) -m services.devstack --mode $(MODE) --consumer-mode $(CONSUMER_
 
 install: $(VENV)/.installed
 
+## The library as an editable install (only `bridge` is distributed); the checkout's own
+## packages (services/, provisioner/, benchmarks/) run from the source tree: a .pth file
+## puts the checkout on this virtualenv's path, whatever the working directory.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[services,console,dev]'
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "jetstream_bridge_checkout.pth").write_text("$(CURDIR)\n")'
 	touch $@
 
 ## Start NATS, PostgreSQL, migrate, run System A and System B (Ctrl-C stops all).

@@ -9,8 +9,11 @@ engine.  With ``sync_enabled=False`` the API runs on its database alone (plain
 sessions, no outbox capture): used to measure the outbox's cost and to run the
 API without NATS.
 
-``GET /metrics`` and request tracing: :mod:`services.shared.observability`
-(``tracer_provider``: an OpenTelemetry SDK provider; default the global one).
+``GET /health``, ``/metrics`` and ``/sync_status``: the library's router over the bridge,
+with the domain's fields on ``/sync_status`` (:mod:`services.shared.status`).  Request
+tracing: :mod:`services.shared.observability` (``tracer_provider``: an OpenTelemetry
+SDK provider; default the global one).  Logging: the bridge's lifespan configures it
+(level ``LOG_LEVEL``) unless the process already did (a worker, a test run).
 The operator console at ``/console``: :mod:`services.shared.console`.
 
 Errors are JSON: ``{"error": "..."}`` with HTTP 404/409/422, and for 422 a
@@ -45,6 +48,7 @@ from services.shared.repository import Repository
 from services.shared.routes import router as api_router
 from services.shared.settings import ServiceSettings
 from services.shared.state import ServiceState
+from services.shared.status import operations_router
 
 log = logging.getLogger("bridge.services.app")
 
@@ -130,7 +134,10 @@ def create_app(
                 bridge=bridge,
             )
             run_bridge = bridge_lifespan(
-                lambda _app: bridge, start_timeout=START_TIMEOUT, stop_timeout=STOP_TIMEOUT
+                lambda _app: bridge,
+                start_timeout=START_TIMEOUT,
+                stop_timeout=STOP_TIMEOUT,
+                log_level=settings.log_level,
             )
             async with run_bridge(app):
                 yield
@@ -147,6 +154,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.include_router(api_router)
+    app.include_router(operations_router(sync_enabled=settings.sync_enabled))
     install_observability(app, tracer_provider=tracer_provider)
     install_console(app, console_options)  # /console (services.shared.console)
     _install_error_handlers(app)

@@ -1,8 +1,9 @@
-"""The operators' view of a service: ``GET /metrics`` (Prometheus) and request tracing.
+"""The operators' view of a service: what ``GET /metrics`` serves, and request tracing.
 
 :func:`install_observability` adds :class:`bridge.integrations.asgi.TraceMiddleware` (every
 request runs in a span continuing an incoming ``traceparent``, so the outbox rows
-it writes carry the request's trace) and the ``/metrics`` route.
+it writes carry the request's trace).  The ``/metrics`` route is among the operations
+routes (:mod:`services.shared.status`).
 
 :func:`service_metrics` builds what ``/metrics`` serves, kept in
 ``app.state.metrics`` by the lifespan: the bridge's own
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import FastAPI
 from opentelemetry.trace import TracerProvider
 from prometheus_client.core import Metric
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bridge.integrations.asgi import TraceMiddleware
-from bridge.observability.metrics import CONTENT_TYPE, BridgeMetrics
+from bridge.observability.metrics import BridgeMetrics
 from bridge.observability.sources import counter_family
 
 if TYPE_CHECKING:
@@ -35,8 +36,6 @@ _SYNC_TABLES = text(
            (SELECT count(*) FROM sync_stale_events) AS stale
     """
 )
-
-router = APIRouter()
 
 
 class SyncTablesSource:
@@ -74,13 +73,5 @@ def service_metrics(engine: AsyncEngine, bridge: Bridge | None) -> BridgeMetrics
 
 
 def install_observability(app: FastAPI, *, tracer_provider: TracerProvider | None = None) -> None:
-    """Add the tracing middleware and the ``/metrics`` route to ``app``."""
+    """Add the tracing middleware to ``app``."""
     app.add_middleware(TraceMiddleware, tracer_provider=tracer_provider)
-    app.include_router(router)
-
-
-@router.get("/metrics", tags=["operations"], response_class=Response)
-async def metrics(request: Request) -> Response:
-    """Prometheus text exposition (gauges cached about a second; see docs/OPERATIONS.md)."""
-    exposition: BridgeMetrics = request.app.state.metrics
-    return Response(content=await exposition.render(), media_type=CONTENT_TYPE)

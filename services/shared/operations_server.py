@@ -4,8 +4,8 @@
 A worker (:mod:`services.shared.worker`) runs the relay and the consumer but no web
 app, so without this Prometheus could not scrape the figures that matter most for
 it (deliveries, dead letters, relay lag).  The routes are the web app's own
-(:mod:`services.shared.routes`, :mod:`services.shared.observability`), mounted on a
-small FastAPI app served by uvicorn inside the worker's event loop.
+(:mod:`services.shared.status`: the library's router over the worker's bridge), mounted
+on a small FastAPI app served by uvicorn inside the worker's event loop.
 
 Lifecycle: :meth:`OperationsServer.start` returns once the socket listens (the
 bound port is in :attr:`OperationsServer.port`; port 0 picks a free one);
@@ -25,8 +25,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from bridge.observability.metrics import BridgeMetrics
-from services.shared import observability, routes
 from services.shared.state import ServiceState
+from services.shared.status import operations_router
 
 log = logging.getLogger("bridge.services.operations")
 
@@ -38,9 +38,8 @@ def operations_app(state: ServiceState, metrics: BridgeMetrics) -> FastAPI:
     app = FastAPI(title=f"{state.app_name} worker (operations)")
     app.state.service = state
     app.state.metrics = metrics
-    app.include_router(observability.router)
-    app.add_api_route("/health", routes.health, methods=["GET"], tags=["operations"])
-    app.add_api_route("/sync_status", routes.get_sync_status, methods=["GET"], tags=["operations"])
+    app.state.bridge = state.bridge  # what the library's router reads
+    app.include_router(operations_router(sync_enabled=state.bridge is not None))
     return app
 
 

@@ -1,9 +1,9 @@
 """The HTTP API, the same on both systems (seed's API tables plus DELETE).
 
-``GET/POST /organizations``, ``GET/PATCH/DELETE /organizations/{id}``, the same for
-``/users``, ``GET /health`` and ``GET /sync_status``.  Every write runs in one
-transaction on the bridge's session factory, so the outbox row is committed with
-the change (or not at all).  Lists paginate with ``limit``/``offset`` and return
+``GET/POST /organizations``, ``GET/PATCH/DELETE /organizations/{id}`` and the same for
+``/users`` (``/health``, ``/metrics``, ``/sync_status``: :mod:`services.shared.status`).
+Every write runs in one transaction on the bridge's session factory, so the outbox row
+is committed with the change (or not at all).  Lists paginate with ``limit``/``offset`` and return
 ``total``.  A malformed id in a path is a 404 (no such record), like an unknown one.
 A PATCH or DELETE of a record whose stored version is more than ``max_clock_skew``
 ahead of the clock is a 409 naming the record and the repair (never a 500).
@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,7 +34,6 @@ from services.shared.schemas import (
     UserUpdate,
 )
 from services.shared.state import ServiceState
-from services.shared.status import sync_status
 
 T = TypeVar("T")
 
@@ -231,16 +229,3 @@ async def delete_user(state: State, user_id: str) -> Response:
         if not await state.repository.delete_user(session, key):
             raise NotFound(f"user {user_id} not found")
     return Response(status_code=204)
-
-
-# -- operations -------------------------------------------------------------------------------
-@router.get("/health", tags=["operations"])
-async def health(state: State) -> JSONResponse:
-    """200 when the database and NATS are reachable, else 503 (with what is down)."""
-    body = await state.health()
-    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
-
-
-@router.get("/sync_status", tags=["operations"])
-async def get_sync_status(state: State) -> dict[str, Any]:
-    return await read(state, lambda s: sync_status(s, state.bridge))

@@ -28,17 +28,10 @@ class ServiceState:
     bridge: Bridge | None
 
     async def health(self) -> dict[str, Any]:
-        """``status`` ok|degraded, ``database`` and ``nats`` state; no secrets."""
-        if self.bridge is not None:
-            report = await self.bridge.health()
-            return {
-                "status": report["status"],
-                "app": self.app_name,
-                "database": report["database"],
-                "nats": report["nats"],
-                "relay": report.get("relay"),
-                "consumer": report.get("consumer"),
-            }
+        """``/health`` with sync off: ``status`` ok|degraded and the database; no secrets.
+
+        With sync on the library's router answers from the bridge
+        (:mod:`services.shared.status`)."""
         database: dict[str, Any] = {"connected": True, "error": None}
         try:
             async with asyncio.timeout(DB_CHECK_TIMEOUT), self.engine.connect() as conn:

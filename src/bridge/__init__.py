@@ -16,7 +16,10 @@ What an application needs, in one import::
   middleware (:class:`HandlerCall`).  :class:`LastWriterWins` applies incoming row
   versions of a :class:`SyncedTable`; :func:`check_version_time` bounds a version.
 - **Run**: :class:`Bridge` (``start()``, ``stop(timeout)``, ``async with``); with
-  FastAPI, :func:`bridge_lifespan`.  :class:`EventSchemas` declares payload versions.
+  FastAPI, :func:`bridge_lifespan` (and, with the ``fastapi`` extra,
+  ``bridge.integrations.fastapi``: ``bridge_router()`` for ``/health``, ``/metrics``,
+  ``/sync_status`` and the typed ``get_bridge`` dependency).  :class:`EventSchemas`
+  declares payload versions.
 - **Errors**: every error the library raises is a :class:`BridgeError`;
   :class:`ConfigError` at construction.
 
@@ -36,7 +39,7 @@ from bridge.env import config_from_env, configure_bidirectional
 from bridge.envelope import Envelope
 from bridge.errors import BridgeError, ConfigError, Reject, Retry
 from bridge.event_schemas import EventSchemas
-from bridge.integrations.fastapi import bridge_lifespan
+from bridge.integrations.lifespan import bridge_lifespan
 from bridge.outbox.capture import Synced, skip_publish
 from bridge.presets import preset
 from bridge.routing.middleware import HandlerCall

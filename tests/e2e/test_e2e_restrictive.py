@@ -18,7 +18,8 @@ from sqlalchemy import text
 from test_e2e_sync import crud_crosses
 
 from bridge.errors import MissingConsumerError, MissingStreamError
-from bridge.testing import PostgresServer, _wait_port, free_port
+from bridge.testing import PostgresServer, free_port
+from bridge.testing.servers import _wait_port
 from bridge.transport.jsapi import JetStreamApi
 from provisioner.cli import main_async as provisioner_main
 from provisioner.stack import RestrictiveStack, write_restrictive_stack

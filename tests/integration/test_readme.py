@@ -135,3 +135,27 @@ async def test_the_readme_code_runs_against_real_servers(
             await check.dispose()
     await engine.dispose()
     assert "applying 1 event(s)" in caplog.messages  # the README's middleware ran
+
+
+async def test_the_readme_harness_example_test_passes(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's example test of a handler with ``BridgeHarness``: no NATS server."""
+    url = to_async_url(database_url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.delenv("CONSUMER_MODE", raising=False)
+    monkeypatch.delenv("CONSUMER_MODE_SYSTEM_A", raising=False)
+    module = types.ModuleType("readme_harness")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace: dict[str, Any] = module.__dict__
+    for block in python_blocks():
+        exec(compile(block, str(README), "exec"), namespace)
+    example = namespace["test_an_organization_from_the_peer_is_applied_once"]
+    engine = namespace["engine"]
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(namespace["Base"].metadata.create_all)
+        await create_all(engine)
+        await example(engine)
+    finally:
+        await engine.dispose()

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 from bridge.observability.logs import JsonFormatter, TextFormatter, redact
 
@@ -32,3 +34,49 @@ def test_text_format_redacts_too() -> None:
 
 def test_redact_leaves_plain_values() -> None:
     assert redact({"subject": "a.sync.b", "n": 3}) == {"subject": "a.sync.b", "n": 3}
+
+
+def failing_record(level: int = logging.ERROR) -> logging.LogRecord:
+    try:
+        {}["price"]  # the failure under test
+    except KeyError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("bridge.inbox", level, __file__, 1, "handler failed", (),
+                               exc_info)  # fmt: skip
+    record.__dict__.update(event_id="e1", subject="b.sync.a", deliveries=5)
+    return record
+
+
+def test_a_json_record_with_an_exception_carries_type_message_and_traceback() -> None:
+    body = json.loads(JsonFormatter().format(failing_record()))
+    assert body["error_type"] == "KeyError" and body["error"] == "'price'"
+    assert "Traceback (most recent call last)" in body["traceback"]
+    assert "failing_record" in body["traceback"]
+    assert body["event_id"] == "e1" and body["deliveries"] == 5
+
+
+def test_a_text_record_is_one_line_even_with_a_traceback() -> None:
+    line = TextFormatter().format(failing_record())
+    assert "\n" not in line
+    assert "error_type=KeyError" in line and "event_id=e1" in line and "deliveries=5" in line
+    assert 'traceback="Traceback (most recent call last):\\n' in line
+    assert 'error="\'price\'"' in line
+
+
+def test_ensure_logging_leaves_an_application_s_own_configuration_alone() -> None:
+    code = (
+        "import logging, sys\n"
+        "from bridge.observability.logs import ensure_logging\n"
+        "mine = logging.StreamHandler(sys.stdout)\n"
+        "logging.getLogger().addHandler(mine)\n"
+        "assert ensure_logging() is False\n"
+        "assert logging.getLogger().handlers == [mine]\n"
+        "logging.getLogger().handlers.clear()\n"
+        "assert ensure_logging() is True and ensure_logging() is False\n"
+        "logging.getLogger('bridge.x').warning('hello', extra={'event_id': 'e1'})\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [line] = result.stderr.splitlines()  # not a terminal: JSON lines
+    assert json.loads(line)["event_id"] == "e1"

@@ -11,10 +11,18 @@ variables (see :mod:`bridge.env`).
     bridge console [--host --port]     the operator console, a web page (bridge.cli._console)
 
 Every command prints a table for people or, with ``--json``, one JSON document.
-``--env-file PATH`` (repeatable, before the command; its values win over the
-environment) reads ``NAME=value`` lines, e.g. ``.devstack/system_a.env``.  Exit codes:
-0 ok, 1 a check failed or something is missing, 2 usage error, 3 NATS or the database
-unreachable, or the NATS user may not use the JetStream API (``bridge.cli._admin``).
+``--env-file PATH`` (repeatable; its values win over the environment) reads
+``NAME=value`` lines, e.g. ``.devstack/system_a.env``.  ``--json``, ``--env-file`` and
+``--log-level`` go before or after the command (:mod:`bridge.cli._options`).  Library
+log records (a retried connection, ...) are one line each on stderr, from WARNING.
+
+Exit codes (docs/OPERATIONS.md, "Exit codes"): 0 ok; 1 the command found something
+wrong or missing (a failed check, a dead letter not replayed, a stopped backfill, the
+bridge's tables missing) or could not finish; 2 usage or configuration (arguments,
+environment, models the command cannot use); 3 NATS or the database cannot be reached
+or refuses the connection, or the NATS user may not use the JetStream API the command
+needs (``bridge.cli._admin``).  Errors are one line on stderr saying what to do
+(:mod:`bridge.cli._failures`).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from bridge.cli._admin import ADMIN_COMMANDS, until_denied
 from bridge.cli._commands import (
@@ -37,13 +47,16 @@ from bridge.cli._commands import (
     cmd_status,
 )
 from bridge.cli._console import add_console_parser, cmd_console
-from bridge.cli._context import (
+from bridge.cli._context import Output, opened
+from bridge.cli._failures import database_failure
+from bridge.cli._options import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
-    Output,
-    opened,
+    add_global_options,
+    configure_command_logging,
+    env_files,
 )
 from bridge.env import config_from_env, with_env_files
 from bridge.errors import AdminCredentialsError, BridgeError, ConfigError, ConnectionError
@@ -64,37 +77,39 @@ COMMANDS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bridge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--env-file", action="append", default=[], metavar="PATH",
-                        help="NAME=value lines (e.g. .devstack/system_a.env) that win over the "
-                        "environment; repeatable, a later file wins")  # fmt: skip
+    add_global_options(parser, subcommand=False)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="connection, stream, consumer, outbox, inbox, DLQ")
-    outbox = sub.add_parser("outbox", help="inspect and repair the outbox")
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_)
+        add_global_options(cmd, subcommand=True)
+        return cmd
+
+    command("status", "connection, stream, consumer, outbox, inbox, DLQ")
+    outbox = command("outbox", "inspect and repair the outbox")
     outbox.add_argument("action", choices=["list", "retry", "purge"])
     outbox.add_argument("--status", choices=["pending", "sent", "failed"])
     outbox.add_argument("--limit", type=int, default=50)
     outbox.add_argument("--older-than", default="168h", help="age, e.g. 24h (purge)")
     outbox.add_argument("ids", nargs="*", type=int, help="row ids (retry)")
-    dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
+    dlq = command("dlq", "inspect, replay and purge dead letters")
     dlq.add_argument("action", choices=["list", "show", "replay", "purge"])
     dlq.add_argument("seq", nargs="*", type=int, help="DLQ stream sequence(s)")
     dlq.add_argument("--limit", type=int, help="list: at most N (100); replay: at most N (all)")
-    prov = sub.add_parser(
+    prov = command(
         "provision",
-        help="plan / apply / verify this app's stream and consumer (the pair: bridge-provision)",
+        "plan / apply / verify this app's stream and consumer (the pair: bridge-provision)",
     )
     prov.add_argument("action", choices=["plan", "apply", "verify"])
-    sub.add_parser("doctor", help="check every permission this app needs")
-    bf = sub.add_parser("backfill", help="re-emit every synced row through the outbox")
+    command("doctor", "check every permission this app needs")
+    bf = command("backfill", "re-emit every synced row through the outbox")
     bf.add_argument("--models", help="module declaring the synced models (default $BRIDGE_MODELS)")
     bf.add_argument("--batch-size", type=int, default=500, help="rows per transaction")
     bf.add_argument("--rate", type=float, help="rows per second (default: unlimited)")
     bf.add_argument("--max-pending", type=int, default=10_000, help="pause above this (0: never)")
     bf.add_argument("--run", default="default", help="run name: re-running it resumes")
     bf.add_argument("--restart", action="store_true", help="start the run from the first row")
-    bf.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
-    rec = sub.add_parser("reconcile", help="compare with the peer and re-emit differing rows")
+    rec = command("reconcile", "compare with the peer and re-emit differing rows")
     rec.add_argument("--models", help="module declaring the synced models (env BRIDGE_MODELS)")
     add_console_parser(sub)
     return parser
@@ -117,10 +132,11 @@ async def main_async(
     if args.command == "dlq" and args.action == "show" and len(args.seq) != 1:
         err.write("bridge dlq show: give exactly one sequence\n")
         return EXIT_USAGE
+    configure_command_logging(args)
     output = Output(out, err, args.json)
     environ: Mapping[str, str] = os.environ if env is None else env
     try:
-        environ = with_env_files(environ, args.env_file)
+        environ = with_env_files(environ, env_files(args))
         config = config_from_env(environ)
     except ConfigError as exc:
         err.write(f"bridge: configuration error: {exc}\n")
@@ -132,15 +148,16 @@ async def main_async(
             if args.command in ADMIN_COMMANDS:
                 work = until_denied(work, ctx.denied_api_subject, command=command, config=config)
             return await work
-    except AdminCredentialsError as exc:
+    except (AdminCredentialsError, ConnectionError) as exc:  # they name the cause
         err.write(f"bridge: {exc}\n")
         return EXIT_UNREACHABLE
-    except ConnectionError as exc:
-        err.write(f"bridge: {exc}\n")
-        return EXIT_UNREACHABLE
-    except (OSError, ConfigError) as exc:
-        err.write(f"bridge: {exc}\n")
-        return EXIT_UNREACHABLE
+    except ConfigError as exc:
+        err.write(f"bridge {command}: configuration error: {exc}\n")
+        return EXIT_USAGE
+    except (SQLAlchemyError, OSError) as exc:
+        code, message = database_failure(exc, environ.get("DATABASE_URL"))
+        err.write(f"bridge {command}: {message}\n")
+        return code
     except BridgeError as exc:
         err.write(f"bridge: {exc}\n")
         return EXIT_FAILED

@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge._support.durations import parse_duration
 from bridge.cli._admin import DeniedFastApi
-from bridge.cli._context import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Context, Output
+from bridge.cli._context import Context, Output
 from bridge.cli._dlq import dlq_command
+from bridge.cli._options import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from bridge.cli._topology import run_topology_command
 from bridge.env import (
     models_module_from_env,

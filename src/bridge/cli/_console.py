@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bridge.cli._context import EXIT_OK, EXIT_USAGE, Context, Output
+from bridge.cli._context import Context, Output
+from bridge.cli._options import EXIT_OK, EXIT_USAGE
 from bridge.config import BridgeConfig
 from bridge.errors import ConfigError
 from bridge.routing.dlq import DeadLetters

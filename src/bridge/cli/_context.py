@@ -20,8 +20,6 @@ from bridge.routing.dlq import DeadLetters
 from bridge.transport.connection import Connection
 from bridge.transport.publisher import Publisher
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
 
 @dataclass
 class Output:

@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from bridge.cli._context import EXIT_FAILED, EXIT_OK
+from bridge.cli._options import EXIT_FAILED, EXIT_OK
 from bridge.provisioning.provisioner import Change, Plan, Provisioner
 from bridge.provisioning.specs import ConsumerSpec, StreamSpec
 from bridge.transport.jsapi import JetStreamApi

@@ -9,8 +9,9 @@ Subcommands
                or the permission sets as JSON) for the apps' least-privilege users
 
 Exit codes: 0 ok · 1 drift or missing (verify), provisioning refused by the
-server · 2 usage or invalid settings · 3 NATS unreachable, or the admin user may
-not manage JetStream.
+server · 2 usage or invalid settings · 3 NATS unreachable or refusing the credentials,
+or the admin user may not manage JetStream.  ``--json`` and ``--log-level`` go before
+or after the subcommand.
 
 ``plan``, ``apply`` and ``verify`` are those of ``bridge provision``
 (:mod:`bridge.cli._topology`), over the stream and both apps' consumers; the settings
@@ -23,13 +24,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from bridge.cli._context import EXIT_FAILED, EXIT_UNREACHABLE, EXIT_USAGE
+from bridge.cli._options import (
+    EXIT_FAILED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    add_global_options,
+    configure_command_logging,
+)
 from bridge.cli._pair import ProvisionerSettings, load_settings
 from bridge.cli._permissions import UsageError, cmd_permissions
 from bridge.cli._topology import run_topology_command
@@ -67,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("never", "stream"),
         help="DLQ_RETENTION: never (dead letters kept until handled) or stream (max_age)",
     )
-    group.add_argument("--json", action="store_true", help="machine-readable output")
     group.add_argument(
         "--request-timeout",
         type=float,
@@ -77,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--connect-timeout", type=float, default=5.0, help="seconds to reach NATS (default 5)"
     )
+    add_global_options(common, subcommand=True, env_file=False)
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -84,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pair with admin credentials, and generate the apps' least-privilege NATS users.",
         epilog="exit codes: 0 ok, 1 drift/missing, 2 usage, 3 NATS unreachable or admin denied",
     )
+    add_global_options(parser, subcommand=False, env_file=False)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("plan", parents=[common], help="show what apply would change")
     sub.add_parser("apply", parents=[common], help="create or update stream and consumers")
@@ -178,6 +185,7 @@ async def main_async(
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     args = build_parser().parse_args(argv)
+    configure_command_logging(args)
     try:
         settings = settings_from_args(args, environ)
     except ConfigError as exc:
@@ -209,10 +217,6 @@ async def main_async(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point (``bridge-provision``).
-
-    Library logs below ERROR (connect retries, drain on exit) would only repeat
-    what the command prints itself, so the CLI shows errors only.
-    """
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    """Console entry point (``bridge-provision``): library log records from
+    ``--log-level`` (default warning), one line each on stderr."""
     return asyncio.run(main_async(argv))

@@ -339,11 +339,17 @@ class BatchApplier:
                         "event_id": event_id,
                         "event_type": envelope.event_type,
                         "schema_version": envelope.schema_version,
+                        "subject": delivery.subject,
                         "stream_seq": delivery.stream_seq,
-                        "attempt": delivery.num_delivered,
+                        "deliveries": delivery.num_delivered,
+                        "max_deliver": self._config.max_deliver,
                         "action": str(item.decision.action),
-                        "error": error_text(error),
+                        "delay": item.decision.delay,
+                        "error_type": type(error).__name__,
+                        "error": str(error)[: store.LAST_ERROR_LIMIT],
                     },
+                    # the traceback: here at DEBUG; on the dead letter's line at ERROR
+                    exc_info=error if log.isEnabledFor(logging.DEBUG) else None,
                 )
                 return
         item.outcome = Outcome.ACKED

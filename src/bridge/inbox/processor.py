@@ -69,6 +69,11 @@ from bridge.transport.delivery import Delivery, Outcome, Received
 log = logging.getLogger("bridge.inbox")
 
 
+def _exc_info(error: BaseException | None) -> BaseException | None:
+    """``error`` for a log record's traceback, when it was raised (has one)."""
+    return error if error is not None and error.__traceback__ is not None else None
+
+
 @dataclass(frozen=True, slots=True)
 class InboxCounts:
     total: int
@@ -154,7 +159,13 @@ class InboxProcessor:
             except Exception as exc:
                 log.error(
                     "inbox transaction failed; NAKing the batch",
-                    extra={"deliveries": len(items), "error": repr(exc)},
+                    extra={
+                        "batch": len(items),
+                        "event_ids": [item.event_id for item in pending][:10],
+                        "error_type": type(exc).__name__,
+                        "error": str(exc),
+                    },
+                    exc_info=exc,
                 )
                 for item in pending:
                     item.outcome, item.error, item.record = None, exc, False
@@ -206,21 +217,35 @@ class InboxProcessor:
                 log.error(
                     "permanent failure with dead letters disabled; leaving it un-acked",
                     extra={
+                        "event_id": item.event_id or None,
                         "reason": decision.reason,
                         "subject": item.delivery.subject,
                         "stream_seq": item.delivery.stream_seq,
+                        "deliveries": item.delivery.num_delivered,
                         "body": item.delivery.data.decode(errors="replace"),
                     },
+                    exc_info=_exc_info(item.error),
                 )
                 item.decision = Decision(Action.RETRY, delay=self._config.backoff[-1])
                 continue
             try:
                 await self._dead_letters.publish(
-                    item.delivery, reason=decision.reason or "rejected", error=item.error
+                    item.delivery,
+                    reason=decision.reason or "rejected",
+                    error=item.error,
+                    event_id=item.event_id or None,
                 )
                 item.outcome = Outcome.DEAD_LETTERED
             except DeadLetterError as exc:
-                log.error("dead-letter publish failed; NAKing", extra={"error": str(exc)})
+                log.error(
+                    "dead-letter publish failed; NAKing",
+                    extra={
+                        "event_id": item.event_id or None,
+                        "subject": item.delivery.subject,
+                        "deliveries": item.delivery.num_delivered,
+                        "error": str(exc),
+                    },
+                )
                 item.decision = Decision(
                     Action.RETRY, delay=self._config.backoff_for(item.delivery.num_delivered)
                 )

