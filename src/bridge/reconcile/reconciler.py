@@ -21,7 +21,7 @@ first, :func:`bridge.reconcile.synced_models.load_synced_models`):
    and decide per differing row which side re-emits it — the repair rule,
    :func:`bridge.reconcile.repair.decide`.
 4. **Repair.**  Local rows are re-emitted through this app's outbox
-   (:meth:`~bridge.outbox.capture.Outbox.emit_snapshots`, one transaction per model);
+   (:func:`bridge.reconcile.restate.write_snapshots`, one transaction per model);
    peer rows through ``reemit`` requests (the peer's outbox).  The relays publish
    them and the consumers apply them last-writer-wins; the pass does not wait for
    that, so "repaired" means "re-emitted".

@@ -7,7 +7,7 @@ replies (:mod:`bridge.reconcile._protocol`):
 
 - ``digests`` / ``rows`` / ``split``: read-only, one short database transaction per request.
 - ``reemit``: the rows are re-stated through this app's outbox
-  (:meth:`~bridge.outbox.capture.Outbox.emit_snapshots`) in one transaction; the reply
+  (:func:`bridge.reconcile.restate.write_snapshots`) in one transaction; the reply
   (the number of outbox rows) is sent only after the commit, so a requester that
   sees the count knows the events will be published.  A request that times out on
   the requester's side may still commit: re-emitting a row twice is harmless (the
