@@ -84,6 +84,7 @@ class Organization(SyncedRow, Base):
 
     __tablename__ = "organizations"
     __bridge_resource__: ClassVar[str] = "organization"
+    __bridge_reconcile__: ClassVar[bool] = True
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(255))
@@ -104,6 +105,7 @@ class User(SyncedRow, Base):
 
     __tablename__ = "users"
     __bridge_resource__: ClassVar[str] = "user"
+    __bridge_reconcile__: ClassVar[bool] = True
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     organization_id: Mapped[uuid.UUID] = mapped_column(

@@ -16,8 +16,10 @@ it); what still runs then is cancelled and redelivered or republished later (the
 inbox and the duplicate window absorb it).  The reserve drains the connection and
 disposes the engine when the bridge owns it.
 
-With ``synced_models`` the bridge also answers the peer's reconciliation requests
-and, when ``reconcile.interval`` is set, runs periodic anti-entropy passes
+With ``synced_models`` of which some opt in to reconciliation
+(``__bridge_reconcile__ = True``, :mod:`bridge.reconcile.synced_models`; checked at
+construction) the bridge also answers the peer's reconciliation requests about
+them and, when ``reconcile.interval`` is set, runs periodic anti-entropy passes
 (:mod:`bridge.reconcile.reconciler`).
 
 Web and worker processes scale separately: ``enable_consumer=False`` /
@@ -71,6 +73,7 @@ from bridge.reconcile._digest import LocalSide
 from bridge.reconcile.reconciler import Reconciler
 from bridge.reconcile.responder import ReconcileResponder
 from bridge.reconcile.schedule import PeriodicReconciler
+from bridge.reconcile.synced_models import reconciled_models
 from bridge.routing.dlq import DeadLetters
 from bridge.routing.router import Router
 from bridge.transport.connection import Connection
@@ -124,10 +127,13 @@ class Bridge:
         """``event_schemas``: the versions of the app's event types, used to stamp
         published events and to upcast consumed ones (an ``outbox`` passed in
         keeps its own).  ``synced_models``: the app's :class:`~bridge.outbox.capture.Synced`
-        models; with them the bridge answers the peer's reconciliation requests and
-        runs the periodic reconciler when ``reconcile.interval`` is set."""
+        models; for those that opt in (``__bridge_reconcile__ = True``) the bridge
+        answers the peer's reconciliation requests and runs the periodic reconciler
+        when ``reconcile.interval`` is set.  :class:`~bridge.errors.ConfigError` if a
+        model opts in but lacks what reconciliation needs (it names what)."""
         self.config = config
         self.synced_models = tuple(synced_models)
+        self.reconciled_models = reconciled_models(self.synced_models)
         self.engine = engine
         self.router = router or Router()
         self.event_schemas = event_schemas or EventSchemas()
@@ -264,14 +270,14 @@ class Bridge:
             self.config,
             self.connection.nc,
             self.engine,
-            self.synced_models,
+            self.reconciled_models,
             outbox=self.outbox,
             session_factory=self.session_factory,
         )
 
     async def _start_reconciliation(self) -> None:
-        """Anti-entropy (:mod:`bridge.reconcile.reconciler`), for a bridge given synced models."""
-        if not self.synced_models:
+        """Anti-entropy (:mod:`bridge.reconcile.reconciler`), for models that opted in."""
+        if not self.reconciled_models:
             return
         options = self.config.reconcile
         if options.responder:

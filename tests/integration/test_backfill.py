@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from bridge.env import configure_bidirectional
 from bridge.envelope import format_timestamp
-from bridge.outbox.capture import Outbox, Synced
+from bridge.outbox.capture import Outbox
+from bridge.reconcile import backfill as backfill_module
 from bridge.reconcile.backfill import (
     STATUS_ALREADY_COMPLETED,
     STATUS_COMPLETED,
@@ -31,6 +32,7 @@ from bridge.reconcile.backfill import (
     BackfillOptions,
     BackfillProgress,
 )
+from bridge.reconcile.restate import write_snapshots
 from bridge.reconcile.synced_models import load_synced_models
 from services.shared.db import migrate
 
@@ -162,27 +164,30 @@ async def test_stopped_run_resumes_then_is_complete_until_restarted(
     assert await scalar(engine, "SELECT count(*) FROM bridge_outbox") == 3 * ROWS
 
 
-class _HangingOutbox(Outbox):
-    """Writes the outbox rows of the second batch, then hangs inside its transaction."""
+class _HangingWriter:
+    """Writes the outbox rows of the second batch, then hangs inside its transaction
+    (in place of :func:`bridge.reconcile.restate.write_snapshots` in the backfill)."""
 
     def __init__(self) -> None:
-        super().__init__(CONFIG)
         self.calls = 0
         self.hanging = asyncio.Event()
 
-    async def emit_snapshots(self, session: AsyncSession, instances: Sequence[Synced]) -> int:
+    async def __call__(self, session: AsyncSession, outbox: Outbox, rows: Sequence[Any]) -> int:
         self.calls += 1
-        count = await super().emit_snapshots(session, instances)
+        count = await write_snapshots(session, outbox, rows)
         if self.calls == 2:
             self.hanging.set()
             await asyncio.Event().wait()
         return count
 
 
-async def test_cancel_mid_batch_rolls_the_batch_back(engine: AsyncEngine, outbox: Outbox) -> None:
-    hanging = _HangingOutbox()
+async def test_cancel_mid_batch_rolls_the_batch_back(
+    engine: AsyncEngine, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hanging = _HangingWriter()
+    monkeypatch.setattr(backfill_module, "write_snapshots", hanging)
     options = BackfillOptions(batch_size=10)
-    task = asyncio.create_task(Backfill(engine, hanging, MODELS, options).run())
+    task = asyncio.create_task(Backfill(engine, outbox, MODELS, options).run())
     await asyncio.wait_for(hanging.hanging.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -191,6 +196,7 @@ async def test_cancel_mid_batch_rolls_the_batch_back(engine: AsyncEngine, outbox
     assert await scalar(engine, "SELECT count(*) FROM bridge_outbox") == 10
     assert await checkpoint_total(engine) == 10
 
+    monkeypatch.undo()
     report = await Backfill(engine, outbox, MODELS, options).run()
     assert report.status == STATUS_COMPLETED and report.emitted == ROWS - 10
     counts = await emitted_per_row(engine)

@@ -145,13 +145,15 @@ async def test_models_that_cannot_be_reconciled_are_a_configuration_error(
         "class Note(Synced, Base):\n"
         "    __tablename__ = 'notes'\n"
         "    __bridge_resource__ = 'note'\n"
+        "    __bridge_reconcile__ = True\n"
         "    sku: Mapped[str] = mapped_column(String(20), primary_key=True)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     env = env_for(nats_server.url, database_url, unique)
     code, _, err = await bridge_cli(env, "reconcile", "--models", module, "--json")
     assert code == EXIT_USAGE, err
-    assert err.startswith("bridge reconcile: ") and "notes" in err
+    assert err.startswith("bridge reconcile: configuration error: ") and "notes" in err
+    assert "version column 'updated_at'" in err  # a text key is fine; the versions lack
     sys.modules.pop(module, None)
 
 

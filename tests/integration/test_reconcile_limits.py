@@ -22,7 +22,7 @@ from bridge.config import BridgeConfig, ReconcileOptions
 from bridge.observability.metrics import BridgeMetrics
 from bridge.outbox.capture import Outbox
 from bridge.reconcile import _protocol as proto
-from bridge.reconcile._digest import LocalSide
+from bridge.reconcile._digest import WHOLE, KeyRange, LocalSide, ModelDigests
 from bridge.reconcile.reconciler import Reconciler
 from bridge.reconcile.responder import ReconcileResponder
 from bridge.testing import NatsServer, PostgresServer
@@ -118,47 +118,73 @@ def requests_by_result(metrics: BridgeMetrics) -> dict[str, float]:
 
 
 def request(op: str, resource: str, **fields: Any) -> bytes:
-    return json.dumps({"v": 1, "op": op, "resource": resource, **fields}).encode()
+    return json.dumps({"v": 2, "op": op, "resource": resource, **fields}).encode()
+
+
+def uuid_key(i: int) -> list[str]:
+    return [f"{i:032x}"]
+
+
+#: 256 adjacent ranges covering the whole UUID key space.
+LEAVES = [
+    [None if i == 0 else uuid_key(i << 120), None if i == 255 else uuid_key((i + 1) << 120)]
+    for i in range(256)
+]
 
 
 HOSTILE: list[tuple[str, bytes, str]] = [
-    # About 1 KB asking for every row of the table at leaf granularity.
+    # About 20 KB asking for every row of the table at leaf granularity.
+    ("whole table as 256 leaves", request("rows", "user", ranges=LEAVES), "too_large"),
+    ("whole table as one leaf", request("rows", "user", ranges=[[None, None]]), "too_large"),
     (
-        "whole table as 256 leaves",
-        request("rows", "user", ranges=[f"{i:02x}" for i in range(256)]),
-        "too_large",
-    ),
-    ("whole table as one leaf", request("rows", "user", ranges=[""]), "too_large"),
-    ("the whole table 256 times", request("digests", "user", ranges=[""] * 256), "bad_request"),
-    ("overlapping ranges", request("rows", "user", ranges=["a", "ab"]), "bad_request"),
-    (
-        "too many ranges",
-        request("digests", "user", ranges=[f"{i:03x}" for i in range(257)]),
-        "too_large",
+        "the whole table 256 times",
+        request("digests", "user", ranges=[[None, None]] * 256),
+        "bad_request",
     ),
     (
-        "20,000 ids",
-        request("reemit", "user", ids=[f"{i:032x}" for i in range(20_000)]),
+        "overlapping ranges",
+        request("rows", "user", ranges=[[uuid_key(1), uuid_key(9)], [uuid_key(5), None]]),
+        "bad_request",
+    ),
+    ("an empty range", request("rows", "user", ranges=[[uuid_key(1), uuid_key(1)]]), "bad_request"),
+    (
+        "an inverted range",
+        request("rows", "user", ranges=[[uuid_key(2), uuid_key(1)]]),
+        "bad_request",
+    ),
+    ("too many ranges", request("digests", "user", ranges=[*LEAVES, [None, None]]), "too_large"),
+    ("33 ranges to split", request("split", "user", ranges=LEAVES[:33]), "too_large"),
+    (
+        "20,000 keys",
+        request("reemit", "user", keys=[uuid_key(i) for i in range(20_000)]),
         "too_large",
     ),
-    ("513 ids", request("reemit", "user", ids=[f"{i:032x}" for i in range(513)]), "too_large"),
-    ("ids that are not strings", request("reemit", "user", ids=[1, 2, 3]), "bad_request"),
-    ("ids that are not UUIDs", request("reemit", "user", ids=["nope"]), "bad_request"),
-    ("ranges nested", request("rows", "user", ranges=[[[["0"]]]]), "bad_request"),
+    ("513 keys", request("reemit", "user", keys=[uuid_key(i) for i in range(513)]), "too_large"),
+    ("keys that are not arrays", request("reemit", "user", keys=["a", "b"]), "bad_request"),
+    ("keys that are not UUIDs", request("reemit", "user", keys=[["nope"]]), "bad_request"),
+    ("a number for a UUID key", request("reemit", "user", keys=[[7]]), "bad_request"),
+    (
+        "a key of two parts for one",
+        request("reemit", "user", keys=[[uuid_key(1)[0], 1]]),
+        "bad_request",
+    ),
+    ("a bound of the wrong arity", request("rows", "user", ranges=[[None, [1, 2]]]), "bad_request"),
+    ("ranges nested", request("rows", "user", ranges=[[[[["0"]]], None]]), "bad_request"),
     ("deeply nested body", b"[" * 30_000 + b"]" * 30_000, "bad_request"),
     (
         "deeply nested field",
-        b'{"v":1,"op":"rows","resource":"user","ranges":' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        b'{"v":2,"op":"rows","resource":"user","ranges":' + b"[" * 20_000 + b"]" * 20_000 + b"}",
         "bad_request",
     ),
     ("garbage", b"\xff\xfe\x00\x13garbage{", "bad_request"),
     ("not an object", b'"rows"', "bad_request"),
     ("version true", b'{"v":true,"op":"rows","resource":"user","ranges":[]}', "bad_request"),
+    ("the old version", b'{"v":1,"op":"rows","resource":"user","ranges":[""]}', "bad_request"),
     ("unknown field", request("rows", "user", ranges=[], extra=1), "bad_request"),
     ("unknown op", request("drop", "user"), "bad_request"),
     ("ranges not a list", request("rows", "user", ranges="0123"), "bad_request"),
     ("huge resource name", request("rows", "u" * 10_000, ranges=[]), "bad_request"),
-    ("unknown resource", request("rows", "invoice", ranges=[""]), "unknown_resource"),
+    ("unknown resource", request("rows", "invoice", ranges=[[None, None]]), "unknown_resource"),
     ("oversized body", b" " * (proto.MAX_REQUEST_BYTES + 1), "too_large"),
 ]
 
@@ -185,14 +211,16 @@ async def test_hostile_requests_are_refused_at_once_with_generic_replies(
             assert "invoice" not in json.dumps(reply), what  # nothing of the request echoed
             expected[code] = expected.get(code, 0) + 1
         # A million ids never reach the network (NATS' 1 MB payload limit): asked in process.
-        million = request("reemit", "user", ids=[f"{i:032x}" for i in range(1_000_000)])
+        million = request("reemit", "user", keys=[uuid_key(i) for i in range(1_000_000)])
         assert_refused(json.loads(await responder.answer(million)), "too_large")
         expected["too_large"] += 1
         # ... and the responder still answers normal requests, fully.
-        reply = await ask(nc, subject, proto.Request("digests", "user", ranges=("",)).encode())
-        assert reply["ok"] is True and proto.digests_of(reply)[0].count == 20_000
-        rows = await ask(nc, subject, proto.Request("rows", "user", ranges=("ab",)).encode())
-        assert rows["ok"] is True and 0 < len(proto.rows_of(rows)) < 200
+        reply = await ask(nc, subject, proto.Request("digests", "user", ranges=(WHOLE,)).encode())
+        assert reply["ok"] is True and proto.digests_of(reply, [WHOLE])[0].count == 20_000
+        narrow = KeyRange(("ab000000-0000-0000-0000-000000000000",),
+                          ("abffffff-ffff-ffff-ffff-ffffffffffff",))  # fmt: skip
+        rows = await ask(nc, subject, proto.Request("rows", "user", ranges=(narrow,)).encode())
+        assert rows["ok"] is True and 0 < len(proto.rows_of(rows, ModelDigests(User))) < 200
         expected["ok"] = 2
     finally:
         await responder.stop(timeout=10)
@@ -223,12 +251,12 @@ async def test_beyond_the_limit_is_busy_at_once_and_a_slow_request_times_out(
     )
     await responder.start()
     subject = config.subjects.reconcile
-    whole = proto.Request("digests", "user", ranges=("",)).encode()
+    whole = proto.Request("digests", "user", ranges=(WHOLE,)).encode()
     holder = await engine.connect()  # holds the users table: requests on it wait
     await holder.execute(text("LOCK TABLE users IN ACCESS EXCLUSIVE MODE"))
     try:
         slow = [asyncio.create_task(ask(nc, subject, whole, timeout=60)) for _ in range(2)]
-        other = proto.Request("digests", "organization", ranges=("",)).encode()
+        other = proto.Request("digests", "organization", ranges=(WHOLE,)).encode()
         busy = await asyncio.wait_for(ask(nc, subject, other), AT_ONCE)
         assert_refused(busy, "busy")
         assert not any(task.done() for task in slow)  # answered while both still wait
@@ -280,7 +308,7 @@ async def test_a_flood_gets_answers_and_a_normal_pass_still_runs(
     )
     await responder.start()
     subject = config.subjects.reconcile
-    heavy = proto.Request("digests", "user", ranges=("",)).encode()
+    heavy = proto.Request("digests", "user", ranges=(WHOLE,)).encode()
     flood = [heavy, HOSTILE[0][1], b"garbage"] * 100
     try:
         asks = [asyncio.create_task(ask(flooder, subject, body, timeout=60)) for body in flood]

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from bridge.config import BridgeConfig
 from bridge.outbox.capture import Outbox
 from bridge.reconcile import _protocol as proto
-from bridge.reconcile._digest import LocalSide, ModelDigests
+from bridge.reconcile._digest import WHOLE, LocalSide, ModelDigests
 from bridge.reconcile.responder import ReconcileResponder
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.db import migrate
@@ -70,34 +70,45 @@ async def test_equal_rows_give_equal_digests_across_databases_and_time_zones(
         await conn.execute(text("SET LOCAL TimeZone = 'America/New_York'"))
         for statement in SEED:
             await conn.execute(text(statement), {"n": 300})
-    prefixes = ["", *"0123456789abcdef"]
     for model in (Organization, User):
         digests = ModelDigests(model)
         async with a.connect() as conn_a, b.connect() as conn_b:
             await conn_b.execute(text("SET TimeZone = 'Asia/Kolkata'"))
-            on_a = await digests.digests(conn_a, prefixes)
-            on_b = await digests.digests(conn_b, prefixes)
+            (cuts,) = await digests.split(conn_a, [WHOLE])
+            assert (cuts,) == tuple(await digests.split(conn_b, [WHOLE]))
+            ranges = [WHOLE, *WHOLE.children(cuts)]
+            on_a = await digests.digests(conn_a, ranges[:1]) + await digests.digests(
+                conn_a, ranges[1:]
+            )
+            on_b = await digests.digests(conn_b, ranges[:1]) + await digests.digests(
+                conn_b, ranges[1:]
+            )
             assert on_a == on_b
+            assert len(cuts) == 15 and all(18 <= d.count <= 19 for d in on_a[1:])
             assert on_a[0].count == 300 and sum(d.count for d in on_a[1:]) == 300
-            assert await digests.rows(conn_a, ["a"]) == await digests.rows(conn_b, ["a"])
+            assert await digests.rows(conn_a, ranges[3:4]) == await digests.rows(
+                conn_b, ranges[3:4]
+            )
     # One microsecond of difference in one column changes that row's range and no other.
     async with b.begin() as conn:
         changed = await conn.scalar(
             text(
                 "UPDATE users SET created_at = created_at + interval '1 microsecond' "
-                "WHERE id = md5('user7')::uuid RETURNING replace(id::text, '-', '')"
+                "WHERE id = md5('user7')::uuid RETURNING id::text"
             )
         )
     digests = ModelDigests(User)
     async with a.connect() as conn_a, b.connect() as conn_b:
-        on_a = await digests.digests(conn_a, prefixes)
-        on_b = await digests.digests(conn_b, prefixes)
-        differing = [x.prefix for x, y in zip(on_a, on_b, strict=True) if x != y]
-        assert differing == ["", changed[0]]
-        rows_a = {r.id: r for r in await digests.rows(conn_a, [changed[0]])}
-        rows_b = {r.id: r for r in await digests.rows(conn_b, [changed[0]])}
-        diff = [i for i in rows_a if rows_a[i].digest != rows_b[i].digest]
-        assert len(diff) == 1 and diff[0].replace("-", "") == changed
+        (cuts,) = await digests.split(conn_a, [WHOLE])
+        children = WHOLE.children(cuts)
+        on_a = await digests.digests(conn_a, children)
+        on_b = await digests.digests(conn_b, children)
+        differing = [x.range for x, y in zip(on_a, on_b, strict=True) if x != y]
+        assert len(differing) == 1
+        rows_a = {r.key: r for r in await digests.rows(conn_a, differing)}
+        rows_b = {r.key: r for r in await digests.rows(conn_b, differing)}
+        diff = [k for k in rows_a if rows_a[k].digest != rows_b[k].digest]
+        assert diff == [(changed,)]
         assert rows_a[diff[0]].version == rows_b[diff[0]].version
 
 
@@ -121,12 +132,19 @@ async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
         return result
 
     try:
-        reply = await ask(proto.Request("digests", "user", ranges=("",)).encode())
-        assert reply["ok"] is True and proto.digests_of(reply)[0].count == 20
-        reply = await ask(proto.Request("digests", "user", ranges=tuple("f0")).encode())
-        ranges = proto.digests_of(reply)  # in the order asked; ranges never overlap
-        assert [r.prefix for r in ranges] == ["f", "0"] and sum(r.count for r in ranges) <= 20
-        rows = proto.rows_of(await ask(proto.Request("rows", "user", ranges=("",)).encode()))
+        users = ModelDigests(User)
+        reply = await ask(proto.Request("digests", "user", ranges=(WHOLE,)).encode())
+        assert reply["ok"] is True and proto.digests_of(reply, [WHOLE])[0].count == 20
+        reply = await ask(proto.Request("split", "user", ranges=(WHOLE,)).encode())
+        (cuts,) = proto.splits_of(reply, users, [WHOLE])
+        children = WHOLE.children(cuts)
+        assert len(children) == 16
+        asked = [children[-1], children[0]]  # in the order asked
+        reply = await ask(proto.Request("digests", "user", ranges=tuple(asked)).encode())
+        ranges = proto.digests_of(reply, asked)
+        assert [r.count for r in ranges] == [1, 2]  # 20 rows in 16 parts: 4 of two
+        reply = await ask(proto.Request("rows", "user", ranges=(WHOLE,)).encode())
+        rows = proto.rows_of(reply, users)
         assert len(rows) == 20 and all(r.origin == "a" for r in rows)
         async with engine.connect() as conn:
             dead = await conn.scalar(
@@ -136,8 +154,9 @@ async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
                 text("SELECT id::text FROM users WHERE deleted_at IS NULL LIMIT 1")
             )
         missing = "00000000-0000-4000-8000-000000000000"
-        reply = await ask(proto.Request("reemit", "user", ids=(dead, live, missing)).encode())
-        assert reply == {"v": 1, "ok": True, "reemitted": 2}
+        keys = ((dead,), (live,), (missing,))
+        reply = await ask(proto.Request("reemit", "user", keys=keys).encode())
+        assert reply == {"v": 2, "ok": True, "reemitted": 2}
         async with engine.connect() as conn:
             outbox = (
                 await conn.execute(
@@ -152,7 +171,7 @@ async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
         assert by_id[live].payload["payload"]["origin"] == "a"  # the stored version, as it is
         # Bad requests are answered with a code, never left to time out; the detail is
         # in the responder's log only (tests/integration/test_reconcile_limits.py).
-        refused = await ask(b'{"v": 1, "op": "rows", "resource": "invoice", "ranges": [""]}')
+        refused = await ask(b'{"v": 2, "op": "rows", "resource": "invoice", "ranges": []}')
         assert refused["ok"] is False and refused["code"] == "unknown_resource"
         assert "invoice" not in json.dumps(refused)
         refused = await ask(b"{broken")

@@ -44,7 +44,7 @@ from bridge.reconcile.backfill import (
     BackfillProgress,
 )
 from bridge.reconcile.reconciler import Reconciler
-from bridge.reconcile.synced_models import load_synced_models
+from bridge.reconcile.synced_models import load_synced_models, reconciled_models
 from bridge.routing.letter import oldest_letter_age
 from bridge.transport.jsapi import JetStreamApi
 
@@ -204,10 +204,18 @@ async def cmd_backfill(ctx: Context, args: argparse.Namespace, out: Output) -> i
 
 
 async def cmd_reconcile(ctx: Context, args: argparse.Namespace, out: Output) -> int:
+    # The models are checked before anything connects: a model that cannot be
+    # reconciled is a configuration error (exit 2), whatever NATS' state.
+    module = args.models or models_module_from_env(ctx.env)
     try:
-        models = load_synced_models(args.models or models_module_from_env(ctx.env))
+        models = reconciled_models(load_synced_models(module))
+        if not models:
+            raise ConfigError(
+                f"no model of {module!r} opts in to reconciliation "
+                "(set __bridge_reconcile__ = True on the models to compare)"
+            )
     except ConfigError as exc:
-        out.err.write(f"bridge reconcile: {exc}\n")
+        out.err.write(f"bridge reconcile: configuration error: {exc}\n")
         return EXIT_USAGE
     conn = await ctx.nats()
     reconciler = Reconciler(

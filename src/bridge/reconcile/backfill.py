@@ -9,9 +9,12 @@ Contract:
 
 - **Order.** Models in the given order (:func:`bridge.reconcile.synced_models.load_synced_models`
   gives parents first: organizations before users); within a model, keyset
-  pagination on the primary key (``WHERE pk > :last ORDER BY pk LIMIT :batch``).
-  Each row becomes one outbox row through
-  :meth:`bridge.outbox.capture.Outbox.emit_snapshots` (its current snapshot; tombstones as
+  pagination on the primary key, whatever its type or number of columns
+  (``WHERE (k1, k2) > (:last1, :last2) ORDER BY k1, k2 LIMIT :batch``, in the
+  columns' own types and collations — one database, so its own order serves, and
+  the primary key index with it).  Each row becomes one outbox row through
+  :func:`bridge.reconcile.restate.write_snapshots` (its current snapshot, its
+  ``resource_id`` by the key's rule, :mod:`bridge.keys`; tombstones as
   ``<resource>.deleted``, live rows as ``<resource>.updated``).
 - **One transaction per batch.** Lock the run's checkpoint row
   (``bridge_backfill_runs``, ``FOR UPDATE``), read the next rows, write their
@@ -56,7 +59,6 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     String,
-    Table,
     cast,
     delete,
     func,
@@ -73,6 +75,7 @@ from sqlalchemy.orm import Mapper
 from bridge._support.rate_limit import TokenBucket
 from bridge.errors import ConfigError
 from bridge.outbox.capture import Outbox, Synced
+from bridge.reconcile.restate import RESOURCE_ID, model_table, snapshot_query, write_snapshots
 from bridge.schema import OUTBOX_PENDING, backfill_runs
 from bridge.schema import outbox as outbox_table
 
@@ -213,12 +216,12 @@ class Backfill:
                     delete(backfill_runs).where(backfill_runs.c.run_name == opts.run_name)
                 )
         finished = await self._finished_checkpoints()
-        if all(_table(model).name in finished for model in self._models):
+        if all(model_table(model).name in finished for model in self._models):
             log.info("backfill run already completed", extra={"run": opts.run_name})
             models = tuple(
                 ModelReport(
-                    model.__bridge_resource__, _table(model).name, 0,
-                    finished[_table(model).name], finished[_table(model).name], True,
+                    model.__bridge_resource__, model_table(model).name, 0,
+                    finished[model_table(model).name], finished[model_table(model).name], True,
                 )
                 for model in self._models
             )  # fmt: skip
@@ -259,7 +262,7 @@ class Backfill:
     ) -> ModelReport:
         opts = self.options
         mapper: Mapper[Any] = inspect(model)
-        table = _table(model)
+        table = model_table(model)
         resource = model.__bridge_resource__
         pk = list(mapper.primary_key)
         checkpoint = (backfill_runs.c.run_name == opts.run_name) & (
@@ -290,11 +293,14 @@ class Backfill:
                 if state.finished_at is not None:  # finished by a concurrent process
                     done, finished = int(state.rows_emitted), True
                     break
-                query = select(model).order_by(*pk).limit(opts.batch_size)
+                query = snapshot_query(model).order_by(*pk).limit(opts.batch_size)
                 if state.last_key is not None:
                     query = query.where(_after(pk, state.last_key, table.name, opts.run_name))
-                rows = list((await session.scalars(query)).all())
-                count = await self._outbox.emit_snapshots(session, rows)
+                found = (await session.execute(query)).all()
+                rows = [row[0] for row in found]
+                count = await write_snapshots(
+                    session, self._outbox, [(row[0], row._mapping[RESOURCE_ID]) for row in found]
+                )
                 values: dict[str, Any] = {
                     "rows_emitted": backfill_runs.c.rows_emitted + count,
                     "updated_at": func.now(),
@@ -355,13 +361,6 @@ class Backfill:
                 logged = True
             waiting(pending)
             await self._pause(self.options.pending_poll_interval)
-
-
-def _table(model: type[Synced]) -> Table:
-    table = inspect(model).local_table
-    if not isinstance(table, Table):
-        raise ConfigError(f"{model.__name__} is not mapped to a table")
-    return table
 
 
 def _after(pk: Sequence[Any], last_key: Sequence[str], table: str, run: str) -> ColumnElement[bool]:

@@ -4,20 +4,24 @@ and repair them by re-emitting the newer version through an outbox.
 One pass (:meth:`Reconciler.run`), model by model in dependency order (parents
 first, :func:`bridge.reconcile.synced_models.load_synced_models`):
 
-1. **Compare ranges.**  Start with the whole table (prefix ``""``).  Local digests
+1. **Compare ranges.**  Start with the whole table (the key range with no bounds,
+   :class:`~bridge.reconcile._digest.KeyRange`, any key type).  Local digests
    come from this app's database, the peer's from a ``digests`` request to its
    :class:`~bridge.reconcile.responder.ReconcileResponder` (core NATS
    request/reply, :mod:`bridge.reconcile._protocol`), both by the same queries
    (:mod:`bridge.reconcile._digest`).  Equal (count, digest) → the range is in sync
    and nothing else about it crosses the wire: two identical tables cost one
    request per model.
-2. **Narrow** a differing range into its 16 child prefixes, down to *leaves* of at
-   most ``leaf_rows`` rows (:func:`bridge.reconcile.repair.narrow`).
-3. **Compare rows** of the leaves (id, version, row digest; never the row itself)
+2. **Narrow** a differing range into up to 16 sub-ranges of about equal row counts,
+   cut at keys of the side holding more rows in it (locally, or by a ``split``
+   request to the peer), down to *leaves* of at most ``leaf_rows`` rows
+   (:func:`bridge.reconcile.repair.narrow`); after :data:`MAX_ROUNDS` rounds every
+   differing range is a leaf.
+3. **Compare rows** of the leaves (key, version, row digest; never the row itself)
    and decide per differing row which side re-emits it — the repair rule,
    :func:`bridge.reconcile.repair.decide`.
 4. **Repair.**  Local rows are re-emitted through this app's outbox
-   (:meth:`~bridge.outbox.capture.Outbox.emit_snapshots`, one transaction per model);
+   (:func:`bridge.reconcile.restate.write_snapshots`, one transaction per model);
    peer rows through ``reemit`` requests (the peer's outbox).  The relays publish
    them and the consumers apply them last-writer-wins; the pass does not wait for
    that, so "repaired" means "re-emitted".
@@ -50,13 +54,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -66,8 +71,9 @@ from sqlalchemy import insert, text
 from bridge._support.backoff import backoff_delay
 from bridge.config import BridgeConfig
 from bridge.errors import ReconcileBusyError, ReconcileError, ReconcileRefusedError
+from bridge.keys import Key
 from bridge.reconcile import _protocol as proto
-from bridge.reconcile._digest import LocalSide, ModelDigests, RangeDigest
+from bridge.reconcile._digest import WHOLE, KeyRange, LocalSide, ModelDigests, RangeDigest
 from bridge.reconcile.repair import (
     ReconcileObserver,
     ReconcileReport,
@@ -77,9 +83,15 @@ from bridge.reconcile.repair import (
 from bridge.schema import reconcile_runs
 
 log = logging.getLogger("bridge.reconcile")
+T = TypeVar("T")
 
 #: Rows one ``rows`` request asks for at most (leaves are grouped up to this).
 ROWS_PER_REQUEST = 2048
+#: Narrowing rounds before every differing range is compared row by row (each round
+#: cuts a range's rows sixteen ways: far more than any table needs).
+MAX_ROUNDS = 12
+#: Request bytes left for ranges or keys (the envelope of a request is far smaller).
+_ITEM_BYTES = proto.MAX_REQUEST_BYTES - 1024
 #: Advisory lock class of reconciliation passes ("rc"); the key is hashtext(app name).
 LOCK_CLASS = 0x7263
 #: Backoff of a request the peer refused as ``busy`` (seconds).
@@ -183,48 +195,74 @@ class Reconciler:
             self._observer.reconcile_done(report)
 
     async def _reconcile_model(self, model: ModelDigests, tally: _Tally) -> None:
-        pending = [""]
+        pending: list[KeyRange] = [WHOLE]
         leaf_rows = self._config.reconcile.leaf_rows
+        rounds = 0
         while pending:
-            children: list[str] = []
+            rounds += 1
+            to_split: list[KeyRange] = []
+            by_peer: list[KeyRange] = []
             leaves: list[RangeDigest] = []
-            for chunk in _chunks(pending, proto.MAX_RANGES):
+            for chunk in _chunks(pending, proto.MAX_RANGES, _range_bytes):
                 async with self._side.engine.connect() as conn:
                     local = await model.digests(conn, chunk)
                 reply = await self._request(
-                    proto.Request("digests", model.resource, ranges=chunk), tally
+                    proto.Request("digests", model.resource, ranges=tuple(chunk)), tally
                 )
-                more, found = narrow(local, proto.digests_of(reply), leaf_rows=leaf_rows)
-                children += more
+                splits, found = narrow(local, proto.digests_of(reply, chunk), leaf_rows=leaf_rows)
+                if rounds >= MAX_ROUNDS:  # compare what is left row by row
+                    found += [RangeDigest(s.range, s.count, "") for s in splits]
+                    splits = []
+                to_split += [s.range for s in splits if not s.by_peer]
+                by_peer += [s.range for s in splits if s.by_peer]
                 leaves += found
             tally.ranges += len(pending)
             for group in _leaf_groups(leaves):
                 await self._repair_leaves(model, group, tally)
-            pending = children
+            pending = await self._split(model, to_split, by_peer, tally)
 
-    async def _repair_leaves(self, model: ModelDigests, prefixes: list[str], tally: _Tally) -> None:
+    async def _split(
+        self, model: ModelDigests, local: list[KeyRange], peer: list[KeyRange], tally: _Tally
+    ) -> list[KeyRange]:
+        """The sub-ranges of ``local`` (cut here) and ``peer`` (cut by the peer)."""
+        children: list[KeyRange] = []
+        for chunk in _chunks(local, proto.MAX_RANGES, _range_bytes):
+            async with self._side.engine.connect() as conn:
+                cuts = await model.split(conn, chunk)
+            children += [c for r, keys in zip(chunk, cuts, strict=True) for c in r.children(keys)]
+        for chunk in _chunks(peer, proto.MAX_SPLIT_RANGES, _range_bytes):
+            reply = await self._request(
+                proto.Request("split", model.resource, ranges=tuple(chunk)), tally
+            )
+            cuts = proto.splits_of(reply, model, chunk)
+            children += [c for r, keys in zip(chunk, cuts, strict=True) for c in r.children(keys)]
+        return children
+
+    async def _repair_leaves(
+        self, model: ModelDigests, ranges: list[KeyRange], tally: _Tally
+    ) -> None:
         async with self._side.engine.connect() as conn:
-            local = await model.rows(conn, prefixes)
+            local = await model.rows(conn, ranges)
         reply = await self._request(
-            proto.Request("rows", model.resource, ranges=tuple(prefixes)), tally
+            proto.Request("rows", model.resource, ranges=tuple(ranges)), tally
         )
-        peer = proto.rows_of(reply)
-        tally.rows += len({r.id for r in local} | {r.id for r in peer})
+        peer = proto.rows_of(reply, model)
+        tally.rows += len({r.key for r in local} | {r.key for r in peer})
         repairs = decide(
             local, peer, local_app=self._config.app_name, peer_app=self._config.destination_app
         )
         if repairs.unresolved:
             log.warning(
                 "rows differ but their origin names neither app; left alone",
-                extra={"resource": model.resource, "ids": list(repairs.unresolved)},
+                extra={"resource": model.resource, "keys": [list(k) for k in repairs.unresolved]},
             )
         tally.unresolved += len(repairs.unresolved)
         if repairs.to_peer:
             async with self._side.sessions() as session, session.begin():
                 tally.to_peer += await model.reemit(session, self._side.outbox, repairs.to_peer)
-        for ids in _chunks(list(repairs.from_peer), proto.MAX_IDS):
+        for keys in _chunks(list(repairs.from_peer), proto.MAX_IDS, _key_bytes):
             reply = await self._request(
-                proto.Request("reemit", model.resource, ids=tuple(ids)), tally
+                proto.Request("reemit", model.resource, keys=tuple(keys)), tally
             )
             tally.from_peer += int(reply.get("reemitted", 0))
 
@@ -305,22 +343,43 @@ class PeerRequests:
         return msg.data
 
 
-def _chunks(items: Sequence[str], size: int) -> list[tuple[str, ...]]:
-    return [tuple(items[i : i + size]) for i in range(0, len(items), size)]
+def _range_bytes(r: KeyRange) -> int:
+    return len(json.dumps(r.to_json(), ensure_ascii=False).encode()) + 1
 
 
-def _leaf_groups(leaves: Sequence[RangeDigest]) -> list[list[str]]:
-    """Leaves grouped so one ``rows`` request stays within the row and range limits."""
-    groups: list[list[str]] = []
-    rows = 0
+def _key_bytes(key: Key) -> int:
+    return len(json.dumps(list(key), ensure_ascii=False).encode()) + 1
+
+
+def _chunks(items: Sequence[T], size: int, cost: Callable[[T], int]) -> list[list[T]]:
+    """``items`` in order, in lists of at most ``size`` whose encoded items fit one request."""
+    chunks: list[list[T]] = []
+    used = 0
+    for item in items:
+        bytes_ = cost(item)
+        if not chunks or len(chunks[-1]) >= size or used + bytes_ > _ITEM_BYTES:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(item)
+        used += bytes_
+    return chunks
+
+
+def _leaf_groups(leaves: Sequence[RangeDigest]) -> list[list[KeyRange]]:
+    """Leaves grouped so one ``rows`` request stays within the row, range and byte limits."""
+    groups: list[list[KeyRange]] = []
+    rows = used = 0
     for leaf in leaves:
+        bytes_ = _range_bytes(leaf.range)
         if (
             not groups
             or rows + leaf.count > ROWS_PER_REQUEST
             or len(groups[-1]) >= proto.MAX_RANGES
+            or used + bytes_ > _ITEM_BYTES
         ):
             groups.append([])
-            rows = 0
-        groups[-1].append(leaf.prefix)
+            rows = used = 0
+        groups[-1].append(leaf.range)
         rows += leaf.count
+        used += bytes_
     return groups

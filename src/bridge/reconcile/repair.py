@@ -1,8 +1,10 @@
 """The pure parts of a reconciliation pass: narrowing ranges, the repair rule, the report.
 
-:func:`narrow`: a differing range becomes a *leaf* when neither side holds more than
-``leaf_rows`` rows in it or its prefix reached the maximum length; otherwise its 16
-child prefixes are compared next.
+:func:`narrow`: a range whose (count, digest) is equal on both sides is in sync; a
+differing range becomes a *leaf* when neither side holds more than ``leaf_rows`` rows
+in it; otherwise it is cut into sub-ranges next (:class:`Split`) — by the side that
+holds more rows in it, so each part holds at most a sixteenth of them
+(:meth:`bridge.reconcile._digest.ModelDigests.split`).
 
 :func:`decide` — **the repair rule**, per differing row:
 
@@ -28,57 +30,61 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from bridge.errors import ReconcileError
-from bridge.reconcile._digest import HEX, RangeDigest, RowDigest
+from bridge.keys import Key
+from bridge.reconcile._digest import KeyRange, RangeDigest, RowDigest
 
-#: Narrowing stops at this prefix length (16^8 ranges; random UUIDs never need more).
-MAX_PREFIX_LEN = 8
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """A differing range to cut next, the larger of its row counts and which side
+    cuts it (the one with more rows)."""
+
+    range: KeyRange
+    count: int
+    by_peer: bool
 
 
 def narrow(
-    local: Sequence[RangeDigest],
-    peer: Sequence[RangeDigest],
-    *,
-    leaf_rows: int,
-    max_prefix_len: int = MAX_PREFIX_LEN,
-) -> tuple[list[str], list[RangeDigest]]:
-    """Split compared ranges into child prefixes to compare next and differing leaves.
+    local: Sequence[RangeDigest], peer: Sequence[RangeDigest], *, leaf_rows: int
+) -> tuple[list[Split], list[RangeDigest]]:
+    """Differing ranges to cut next, and differing leaves.
 
-    ``local`` and ``peer`` list the same prefixes in the same order.  A returned
-    leaf carries the larger of the two row counts (what its ``rows`` reply costs).
+    ``local`` and ``peer`` list the same ranges in the same order.  A returned leaf
+    carries the larger of the two row counts (what its ``rows`` reply costs).
     """
-    children: list[str] = []
+    splits: list[Split] = []
     leaves: list[RangeDigest] = []
     for mine, theirs in zip(local, peer, strict=True):
-        if mine.prefix != theirs.prefix:
-            raise ReconcileError(f"peer answered range {theirs.prefix!r} for {mine.prefix!r}")
+        if mine.range != theirs.range:
+            raise ReconcileError("peer answered for other ranges than asked")
         if (mine.count, mine.digest) == (theirs.count, theirs.digest):
             continue
         most = max(mine.count, theirs.count)
-        if most <= leaf_rows or len(mine.prefix) >= max_prefix_len:
-            leaves.append(RangeDigest(mine.prefix, most, ""))
+        if most <= leaf_rows:
+            leaves.append(RangeDigest(mine.range, most, ""))
         else:
-            children.extend(mine.prefix + digit for digit in HEX)
-    return children, leaves
+            splits.append(Split(mine.range, most, by_peer=theirs.count > mine.count))
+    return splits, leaves
 
 
 @dataclass(frozen=True, slots=True)
 class Repairs:
-    """Ids to re-emit: by this app (``to_peer``), by the peer (``from_peer``)."""
+    """Keys to re-emit: by this app (``to_peer``), by the peer (``from_peer``)."""
 
-    to_peer: tuple[str, ...] = ()
-    from_peer: tuple[str, ...] = ()
-    unresolved: tuple[str, ...] = ()
+    to_peer: tuple[Key, ...] = ()
+    from_peer: tuple[Key, ...] = ()
+    unresolved: tuple[Key, ...] = ()
 
 
 def decide(
     local: Sequence[RowDigest], peer: Sequence[RowDigest], *, local_app: str, peer_app: str
 ) -> Repairs:
     """Apply the repair rule (module doc) to the rows of the same ranges on both sides."""
-    mine = {r.id: r for r in local}
-    theirs = {r.id: r for r in peer}
-    to_peer: list[str] = []
-    from_peer: list[str] = []
-    unresolved: list[str] = []
+    mine = {r.key: r for r in local}
+    theirs = {r.key: r for r in peer}
+    to_peer: list[Key] = []
+    from_peer: list[Key] = []
+    unresolved: list[Key] = []
     for row_id in sorted(mine.keys() | theirs.keys()):
         a, b = mine.get(row_id), theirs.get(row_id)
         if a is not None and b is not None and a.digest == b.digest:

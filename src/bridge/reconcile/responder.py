@@ -5,9 +5,9 @@ A core NATS queue subscription on :attr:`~bridge.subjects.Subjects.reconcile`
 an app share the requests) runs the :mod:`bridge.reconcile._digest` queries and
 replies (:mod:`bridge.reconcile._protocol`):
 
-- ``digests`` / ``rows``: read-only, one short database transaction per request.
+- ``digests`` / ``rows`` / ``split``: read-only, one short database transaction per request.
 - ``reemit``: the rows are re-stated through this app's outbox
-  (:meth:`~bridge.outbox.capture.Outbox.emit_snapshots`) in one transaction; the reply
+  (:func:`bridge.reconcile.restate.write_snapshots`) in one transaction; the reply
   (the number of outbox rows) is sent only after the commit, so a requester that
   sees the count knows the events will be published.  A request that times out on
   the requester's side may still commit: re-emitting a row twice is harmless (the
@@ -16,10 +16,14 @@ replies (:mod:`bridge.reconcile._protocol`):
 Requests are untrusted input — anyone who may publish on the subject sends them:
 
 - **Checked before any work** (:func:`~bridge.reconcile._protocol.decode_request`:
-  size, nesting, fields, counts, overlapping ranges), and a ``rows`` request is
+  size, nesting, fields, counts; then the keys against the resource's key — arity,
+  kinds, the column type's range — and the ranges against each other: none empty
+  or overlapping), and a ``rows`` request is
   counted first, up to :data:`~bridge.reconcile._protocol.MAX_ROWS` + 1 primary key
   entries (:meth:`~bridge.reconcile._digest.ModelDigests.count_rows`): more is
-  refused ``too_large`` before a row is read.
+  refused ``too_large`` before a row is read.  A reply over
+  :data:`~bridge.reconcile._protocol.MAX_REPLY_BYTES` (long text keys) is refused
+  ``too_large`` as well.
 - **Bounded in time**: each request's SQL runs in its own transaction under
   ``SET LOCAL statement_timeout`` = ``reconcile.statement_timeout``; a request that
   reaches it is refused ``timeout``.
@@ -125,9 +129,7 @@ class ReconcileResponder:
                     await sub.unsubscribe()
         serving = set(self._serving)
         if serving:
-            _, pending = await asyncio.wait(
-                serving, timeout=max(deadline - time.monotonic(), 0.0)
-            )
+            _, pending = await asyncio.wait(serving, timeout=max(deadline - time.monotonic(), 0.0))
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -203,30 +205,44 @@ class ReconcileResponder:
         digests = self._side.models.get(request.resource)
         if digests is None:
             raise ReconcileRefusedError(
-                f"{self._config.app_name} does not sync resource {request.resource!r}",
+                f"{self._config.app_name} does not reconcile resource {request.resource!r}",
                 code="unknown_resource",
             )
+        try:  # the resource's own key: arity, kinds, ranges (module doc)
+            keys = [digests.parse_key(k) for k in request.keys]
+            ranges = digests.parse_ranges(request.ranges)
+        except ValueError as exc:
+            raise ReconcileRefusedError(f"{request.op}: {exc}", code="bad_request") from exc
         if request.op == "reemit":
             async with self._side.sessions() as session, session.begin():
                 await session.execute(_STATEMENT_TIMEOUT, {"ms": self._timeout_ms})
-                count = await digests.reemit(session, self._side.outbox, request.ids)
+                count = await digests.reemit(session, self._side.outbox, keys)
             log.info(
                 "reconcile re-emitted rows",
-                extra={"resource": request.resource, "requested": len(request.ids), "rows": count},
+                extra={"resource": request.resource, "requested": len(keys), "rows": count},
             )
             return proto.ok(reemitted=count)
         async with self._side.engine.connect() as conn:
             await conn.execute(_STATEMENT_TIMEOUT, {"ms": self._timeout_ms})
             if request.op == "digests":
-                return proto.encode_digests(await digests.digests(conn, request.ranges))
-            # Count (index entries, capped) before reading: a request for more rows than
-            # a reply may carry is refused without computing a single row digest.
-            if await digests.count_rows(conn, request.ranges, proto.MAX_ROWS + 1) > proto.MAX_ROWS:
-                raise _too_many_rows()
-            rows = await digests.rows(conn, request.ranges)
-        if len(rows) > proto.MAX_ROWS:  # rows inserted between the count and the read
-            raise _too_many_rows()
-        return proto.encode_rows(rows)
+                reply = proto.encode_digests(await digests.digests(conn, ranges))
+            elif request.op == "split":
+                reply = proto.encode_splits(await digests.split(conn, ranges))
+            else:
+                # Count (capped) before reading: a request for more rows than a reply
+                # may carry is refused without computing a single row digest.
+                if await digests.count_rows(conn, ranges, proto.MAX_ROWS + 1) > proto.MAX_ROWS:
+                    raise _too_many_rows()
+                rows = await digests.rows(conn, ranges)
+                if len(rows) > proto.MAX_ROWS:  # rows inserted between the count and the read
+                    raise _too_many_rows()
+                reply = proto.encode_rows(rows)
+        if len(reply) > proto.MAX_REPLY_BYTES:
+            raise ReconcileRefusedError(
+                f"reply of {len(reply)} bytes exceeds {proto.MAX_REPLY_BYTES}: ask narrower",
+                code="too_large",
+            )
+        return reply
 
 
 def _too_many_rows() -> ReconcileRefusedError:

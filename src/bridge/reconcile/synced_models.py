@@ -9,6 +9,13 @@ Order contract: a model whose table references another synced model's table (a
 foreign key) comes after it — organizations before their users — so a receiver
 that applies in order finds the parent first.  Ties keep the order of
 ``MetaData.sorted_tables`` (deterministic).
+
+**Reconciliation is opt-in per model**: a class attribute ``__bridge_reconcile__ =
+True``.  :func:`reconciled_models` picks those models and checks each one has what
+reconciliation needs (a key of a supported kind, the version columns:
+:func:`bridge.reconcile._digest.check_model`); one :class:`~bridge.errors.ConfigError`
+names every model that lacks something and what.  Models that do not opt in are
+still backfilled and captured; nothing about them is checked here.
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ from sqlalchemy.orm import Mapper
 
 from bridge.errors import ConfigError
 from bridge.outbox.capture import Synced
+from bridge.reconcile._digest import check_model
+
+#: The class attribute by which a model opts in to reconciliation.
+RECONCILE_ATTRIBUTE = "__bridge_reconcile__"
 
 
 def synced_models_of(classes: Iterable[Any]) -> tuple[type[Synced], ...]:
@@ -63,3 +74,18 @@ def load_synced_models(module_path: str) -> tuple[type[Synced], ...]:
 def resource_names(models: Sequence[type[Synced]]) -> tuple[str, ...]:
     """The ``__bridge_resource__`` of each model, in order."""
     return tuple(model.__bridge_resource__ for model in models)
+
+
+def reconciled_models(models: Sequence[type[Synced]]) -> tuple[type[Synced], ...]:
+    """The models of ``models`` that opt in to reconciliation, in the same order
+    (module doc); :class:`ConfigError` naming each one that lacks what it needs."""
+    chosen = tuple(m for m in models if getattr(m, RECONCILE_ATTRIBUTE, False) is True)
+    problems = []
+    for model in chosen:
+        try:
+            check_model(model)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("; and ".join(problems))
+    return chosen
