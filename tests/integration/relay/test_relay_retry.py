@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.client import Client
@@ -20,7 +21,7 @@ from bridge.errors import PublishError
 from bridge.outbox.capture import Outbox
 from bridge.outbox.relay import OutboxRelay
 from bridge.testing import NatsServer
-from bridge.transport.publisher import OutgoingMessage, PublishResult
+from bridge.transport.publisher import OutgoingMessage, PendingAck, PublishResult
 
 from .conftest import (
     Widget,
@@ -120,13 +121,17 @@ class FailingFor:
         self.failing = failing
         self.calls: list[str] = []
 
-    async def publish_raw(self, message: OutgoingMessage) -> PublishResult:
+    async def send(self, message: OutgoingMessage) -> PendingAck:
         resource_id = str(json.loads(message.data)["resource_id"])
         self.calls.append(resource_id)
         if resource_id in self.failing:
             raise PublishError("injected: no PubAck")
-        result: PublishResult = await self.real.publish_raw(message)
-        return result
+        pending: PendingAck = await self.real.send(message)
+        return pending
+
+    async def acks(self, pending: Sequence[PendingAck]) -> list[PublishResult | PublishError]:
+        results: list[PublishResult | PublishError] = await self.real.acks(pending)
+        return results
 
 
 async def test_backoff_grows_per_attempt_and_rows_wait_for_their_time(
