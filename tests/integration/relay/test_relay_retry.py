@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bridge._support.backoff import backoff_ceiling
 from bridge.errors import PublishError
 from bridge.outbox.capture import Outbox
-from bridge.outbox.relay import OutboxRelay
+from bridge.outbox.relay import OutboxRelay, RelayStats
 from bridge.testing import NatsServer
 from bridge.transport.publisher import OutgoingMessage, PendingAck, PublishResult
 
@@ -33,6 +33,7 @@ from .conftest import (
     relay_config,
     scalar,
     sessions_for,
+    stream_bodies,
 )
 
 
@@ -111,6 +112,47 @@ async def test_a_rejected_message_fails_after_max_attempts_then_requeue_publishe
     finally:
         await relay.stop(5.0)
     assert await message_count(nc, cfg) == 1
+
+
+async def test_a_message_over_max_payload_is_refused_before_sending_and_blocks_only_its_record(
+    engine: AsyncEngine, nc: Client, nats_server: NatsServer, unique: str
+) -> None:
+    # Headers + body over the server's max_payload: the publisher refuses it before
+    # writing (the server would close the connection); the other records of the same
+    # wave go out, its own later row waits, and after max_attempts it is failed.
+    cfg = relay_config(nats_server.url, unique, max_attempts=1, poll_interval=60.0)
+    await provision_stream(nc, cfg)
+    box = Outbox(cfg)
+    async with sessions_for(engine, box).begin() as session:
+        huge, other = Widget(name="huge"), Widget(name="fine")
+        session.add_all([huge, other])
+    async with sessions_for(engine, box).begin() as session:
+        (await session.get(Widget, huge.id)).name = "next"  # type: ignore[union-attr]
+    async with engine.begin() as conn:  # the body fits; body + headers do not
+        await conn.execute(
+            text(
+                "UPDATE bridge_outbox SET headers = jsonb_build_object('X-Pad', repeat('x', :n))"
+                " WHERE id = (SELECT min(id) FROM bridge_outbox WHERE resource_id = :id)"
+            ),
+            {"n": nc.max_payload - 200, "id": huge.id},
+        )
+    relay = OutboxRelay(cfg, engine, publisher_for(nc, cfg))
+
+    assert await relay.run_once() == 1  # only `other`: the huge head failed, its next row waited
+    failed = await scalar(engine, "SELECT last_error FROM bridge_outbox WHERE status = 'failed'")
+    assert "max_payload" in failed
+    assert await count_rows(engine, "status = 'pending'") == 1
+    assert await relay.run_once() == 1  # a failed row no longer blocks its record
+    assert [b["resource_id"] for b in await stream_bodies(nc, cfg)] == [other.id, huge.id]
+    assert await relay.stats() == RelayStats(
+        pending=0,
+        sent=2,
+        failed=1,
+        retried=0,
+        oldest_pending_age_seconds=None,
+        published_total=2,
+        publish_failures_total=1,
+    )
 
 
 class FailingFor:
