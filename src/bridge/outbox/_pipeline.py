@@ -25,15 +25,22 @@ Contract of :meth:`RelayPipeline.drain` (one round):
 
 Contract of :meth:`RelayPipeline.publish`:
 - Rows are grouped by record (resource_type, resource_id) into chains in id order.
-- Chains run concurrently; every publish holds ``in_flight`` (a semaphore shared by
-  all batches of the relay) while it waits for its PubAck, which bounds the PubAcks
-  outstanding (``relay.max_in_flight``).  Within a chain a row is published only
-  after the previous row's PubAck, so a record's events reach the stream in id order.
-- A failed publish (:class:`~bridge.errors.PublishError`: no PubAck in time, no
-  stream, server error) stops its chain: the row is a :class:`Failure` carrying its
-  retry delay (:func:`bridge._support.backoff.backoff_delay` of its attempts) and
-  whether the server rejected the message; the chain's later rows are *released*
-  (never attempted this round).
+- The batch goes out in *waves*, pipelined like nats-py's ``publish_async``: wave k
+  writes the k-th row of every chain still going (:meth:`Publisher.send`, no wait per
+  message), then checks every PubAck of the wave (:meth:`Publisher.acks`, one
+  deadline of ``relay.publish_timeout``).  So within a chain a row is written only
+  after the previous row's PubAck, and a record's events reach the stream in id
+  order; rows of different records share waves.  Usually every chain has one row
+  and a batch is one wave.
+- Every written message holds a slot of ``in_flight`` (a semaphore shared by all
+  batches of the relay) until its PubAck (or its failure) arrives, which bounds the
+  PubAcks outstanding (``relay.max_in_flight``).
+- A failed publish (:class:`~bridge.errors.PublishError`: refused before sending,
+  e.g. :class:`~bridge.errors.PayloadTooLargeError`; no PubAck in time, no stream,
+  server error) stops its chain: the row is a :class:`Failure` carrying its retry
+  delay (:func:`bridge._support.backoff.backoff_delay` of its attempts) and whether
+  the server rejected the message; the chain's later rows are *released* (never
+  attempted this round).  A duplicate PubAck is a success (``duplicates``).
 
 :meth:`RelayPipeline.settle` records a batch's outcome (:meth:`OutboxStore.settle`),
 counts it, tells the observer, logs failures once per batch, and remembers when the
@@ -56,7 +63,7 @@ from bridge.envelope import MSG_ID_HEADER
 from bridge.errors import PublishError
 from bridge.outbox._leases import LeaseKeeper
 from bridge.outbox._store import ClaimedRow, Failure, OutboxStore
-from bridge.transport.publisher import OutgoingMessage, Publisher
+from bridge.transport.publisher import OutgoingMessage, PendingAck, Publisher
 
 log = logging.getLogger("bridge.relay")
 
@@ -134,29 +141,65 @@ class RelayPipeline:
         return rows
 
     async def publish(self, rows: Sequence[ClaimedRow]) -> BatchOutcome:
-        """Publish ``rows`` as per-record chains (module doc); touches no database."""
+        """Publish ``rows`` as per-record chains in waves (module doc); no database."""
         with self.leases.settling([row.id for row in rows], on_success=False):
             outcome = BatchOutcome()
             chains: dict[tuple[str, str], list[ClaimedRow]] = {}
             for row in sorted(rows, key=lambda r: r.id):
                 chains.setdefault(row.resource_key, []).append(row)
-            await asyncio.gather(*(self._run_chain(chain, outcome) for chain in chains.values()))
+            going = list(chains.values())
+            depth = 0
+            while going:
+                going = await self._wave(going, depth, outcome)
+                depth += 1
             return outcome
 
-    async def _run_chain(self, chain: list[ClaimedRow], outcome: BatchOutcome) -> None:
-        for index, row in enumerate(chain):
-            try:
-                async with self._in_flight:
-                    result = await self._publisher.publish_raw(message_of(row))
-            except PublishError as exc:
-                delay = backoff_delay(
-                    row.attempts + 1, base=self._opts.retry_base, maximum=self._opts.retry_max
-                )
-                outcome.failures.append(Failure(row, str(exc), delay, rejected=exc.rejected))
-                outcome.released.extend(r.id for r in chain[index + 1 :])
-                return
-            outcome.sent.append((row.id, result.seq))
+    async def _wave(
+        self, chains: list[list[ClaimedRow]], depth: int, outcome: BatchOutcome
+    ) -> list[list[ClaimedRow]]:
+        """Publish row ``depth`` of every chain; return the chains that go on."""
+        publisher, in_flight = self._publisher, self._in_flight
+        written: list[tuple[list[ClaimedRow], PendingAck]] = []
+        try:
+            for chain in chains:
+                await in_flight.acquire()
+                try:
+                    pending = await publisher.send(message_of(chain[depth]))
+                except PublishError as exc:
+                    in_flight.release()
+                    self._failed(chain, depth, exc, outcome)
+                    continue
+                except BaseException:
+                    in_flight.release()
+                    raise
+                pending.future.add_done_callback(lambda _: in_flight.release())
+                written.append((chain, pending))
+            results = await publisher.acks([pending for _, pending in written])
+        except BaseException:
+            for _, pending in written:  # cancelled: free the window's slots
+                pending.future.cancel()
+            raise
+        going: list[list[ClaimedRow]] = []
+        for (chain, _), result in zip(written, results, strict=True):
+            if isinstance(result, PublishError):
+                self._failed(chain, depth, result, outcome)
+                continue
+            outcome.sent.append((chain[depth].id, result.seq))
             outcome.duplicates += result.duplicate
+            if depth + 1 < len(chain):
+                going.append(chain)
+        return going
+
+    def _failed(
+        self, chain: list[ClaimedRow], depth: int, exc: PublishError, outcome: BatchOutcome
+    ) -> None:
+        """Row ``depth`` of ``chain`` failed: it waits for its retry, the rest is released."""
+        row = chain[depth]
+        delay = backoff_delay(
+            row.attempts + 1, base=self._opts.retry_base, maximum=self._opts.retry_max
+        )
+        outcome.failures.append(Failure(row, str(exc), delay, rejected=exc.rejected))
+        outcome.released.extend(r.id for r in chain[depth + 1 :])
 
     async def settle(self, outcome: BatchOutcome) -> int:
         """Record a published batch in the database and count it; return rows sent."""

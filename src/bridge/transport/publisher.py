@@ -17,23 +17,45 @@ refused here, before it is sent (:class:`~bridge.errors.PayloadTooLargeError`): 
 client library checks only the body, and the server answers an oversized message by
 closing the connection — every publish and delivery of the process would stall on
 the reconnect, and the same message would do it again.
+
+Pipelined publishing (the relay's way, like nats-py's ``publish_async``):
+:meth:`Publisher.send` writes one message and returns at once with a
+:class:`PendingAck`; :meth:`Publisher.acks` then waits for a whole set of them with one
+deadline (``timeout`` from the call) and returns, per message in the same order, its
+:class:`PublishResult` or the :class:`~bridge.errors.PublishError` it came to — the
+same classification as :meth:`Publisher.publish_raw`, plus "no PubAck within
+``timeout``" for each PubAck still missing at the deadline (those are cancelled).
+Every PubAck is checked; nothing is awaited per message, which is what makes it
+about three times faster than one ``publish`` per message.  The PubAcks come back on
+one wildcard reply subscription per publisher (:class:`_AckInbox`), not through
+nats-py's ``publish_async``: its reply handler raises a JetStream error (e.g. a
+message over the stream's size limit) inside the subscription callback instead of
+setting it on the future, so a rejection would look like a missing PubAck.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import functools
+import itertools
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import Header
+from nats.js.api import Header, PubAck
 from nats.js.errors import APIError
 
 from bridge.envelope import Envelope
 from bridge.errors import PayloadTooLargeError, PublishError
 
 EXPECTED_STREAM = Header.EXPECTED_STREAM.value
+_NO_RESPONDERS = "503"
 
 #: JetStream errors (``err_code``, nats-server's errors.json) answered with a 4xx that do
 #: not refuse the message: the same message is stored once the condition passes.
@@ -62,6 +84,60 @@ class OutgoingMessage:
     headers: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class PendingAck:
+    """A message :meth:`Publisher.send` wrote, and the future of its PubAck."""
+
+    message: OutgoingMessage
+    future: asyncio.Future[Any]
+
+
+class _AckInbox:
+    """The reply subscription of :meth:`Publisher.send`: PubAcks by reply token."""
+
+    def __init__(self, client: Client) -> None:
+        self.prefix = client.new_inbox() + "."
+        self._futures: dict[str, asyncio.Future[PubAck]] = {}
+        self._tokens = itertools.count()
+        self.client = client
+
+    async def start(self) -> None:
+        await self.client.subscribe(self.prefix + "*", cb=self._on_reply)
+
+    def expect(self) -> tuple[str, asyncio.Future[PubAck]]:
+        """A fresh reply subject and the future its answer resolves."""
+        token = str(next(self._tokens))
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self._futures[token] = future
+        # However the future ends (answer, timeout, cancel) its token goes:
+        # dict.pop(token, future) never raises.
+        future.add_done_callback(functools.partial(self._futures.pop, token))
+        return self.prefix + token, future
+
+    async def _on_reply(self, msg: Msg) -> None:
+        future = self._futures.get(msg.subject[len(self.prefix) :])
+        if future is None or future.done():
+            return  # late: timed out or cancelled already
+        if msg.headers and msg.headers.get(Header.STATUS.value) == _NO_RESPONDERS:
+            future.set_exception(NoRespondersError())
+            return
+        try:
+            answer = json.loads(msg.data)
+            error = answer.get("error")
+            if error is not None:
+                future.set_exception(
+                    APIError(
+                        code=error.get("code"),
+                        err_code=error.get("err_code"),
+                        description=error.get("description"),
+                    )
+                )
+            else:
+                future.set_result(PubAck.from_response(answer))
+        except Exception as exc:  # a reply we cannot read: that publish failed
+            future.set_exception(exc)
+
+
 def headers_size(headers: Mapping[str, str]) -> int:
     """Bytes the headers take in an HPUB (``NATS/1.0`` line, ``key: value`` lines, end)."""
     return 12 + sum(len(k.encode()) + len(v.encode()) + 4 for k, v in headers.items())
@@ -79,6 +155,8 @@ class Publisher:
         self._js = js
         self._stream = stream
         self._timeout = timeout
+        self._inbox: _AckInbox | None = None
+        self._inbox_lock = asyncio.Lock()
 
     async def publish(self, subject: str, envelope: Envelope) -> PublishResult:
         """Publish one envelope with ``Nats-Msg-Id = event_id``; await the PubAck."""
@@ -91,23 +169,51 @@ class Publisher:
         """The most a message may take on the wire, headers included (the server's
         ``max_payload``, as the connection learnt it); ``None`` if unknown."""
         # nats-py keeps the client on the context privately; INFO's max_payload is public.
-        client = getattr(self._js, "_nc", None)
-        limit = getattr(client, "max_payload", None)
+        limit = getattr(self._client(), "max_payload", None)
         return int(limit) if isinstance(limit, int) else None
 
-    async def publish_raw(self, message: OutgoingMessage) -> PublishResult:
-        """Publish pre-encoded bytes and headers; await the PubAck."""
-        size = message_size(message)
-        if self._stream is not None:  # nats-py adds Nats-Expected-Stream for us
-            size += headers_size({EXPECTED_STREAM: self._stream}) - headers_size({})
+    def _client(self) -> Client | None:
+        # nats-py keeps the client on the context privately.
+        client = getattr(self._js, "_nc", None)
+        return client if isinstance(client, Client) else None
+
+    async def _replies(self) -> _AckInbox:
+        if self._inbox is None:
+            async with self._inbox_lock:
+                if self._inbox is None:
+                    client = self._client()
+                    if client is None:
+                        raise PublishError("publisher has no NATS connection to send on")
+                    inbox = _AckInbox(client)
+                    await inbox.start()
+                    self._inbox = inbox
+        return self._inbox
+
+    def _check_size(self, message: OutgoingMessage) -> None:
+        """Refuse a message over the server's ``max_payload`` before it is sent."""
         limit = self.max_payload
-        if limit is not None and size > limit:
+        if limit is None:
+            return
+        headers = message.headers
+        if self._stream is not None:  # nats-py adds Nats-Expected-Stream for us
+            headers = {**headers, EXPECTED_STREAM: self._stream}
+        # Cheap bound first (a character is at most 4 bytes in UTF-8): the exact count
+        # encodes every header, a visible cost per message on the relay's hot path.
+        bound = 12 + len(message.data) + sum(4 * (len(k) + len(v)) + 4 for k, v in headers.items())
+        if bound <= limit:
+            return
+        size = headers_size(headers) + len(message.data)
+        if size > limit:
             raise PayloadTooLargeError(
                 f"publish to {message.subject!r}: {size} bytes with headers exceed the "
                 f"server's max_payload of {limit}",
                 size=size,
                 limit=limit,
             )
+
+    async def publish_raw(self, message: OutgoingMessage) -> PublishResult:
+        """Publish pre-encoded bytes and headers; await the PubAck."""
+        self._check_size(message)
         try:
             ack = await self._js.publish(
                 message.subject,
@@ -116,32 +222,85 @@ class Publisher:
                 stream=self._stream,
                 headers=dict(message.headers),
             )
-        except NoRespondersError as exc:
-            raise PublishError(
-                f"no stream listens on {message.subject!r} (is the stream provisioned?)"
-            ) from exc
-        except (TimeoutError, NatsTimeoutError) as exc:
-            raise PublishError(
-                f"no PubAck for {message.subject!r} within {self._timeout}s"
-            ) from exc
-        except APIError as exc:
+        except Exception as exc:
+            raise self._error(message, exc) from exc
+        return PublishResult(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def send(self, message: OutgoingMessage) -> PendingAck:
+        """Write one message without waiting for its PubAck (module doc); raises
+        :class:`PublishError` if it could not be written (too large, connection closed)."""
+        self._check_size(message)
+        headers = dict(message.headers)
+        if self._stream is not None:
+            headers[EXPECTED_STREAM] = self._stream
+        try:
+            replies = await self._replies()
+            reply, future = replies.expect()
+            try:
+                await replies.client.publish(
+                    message.subject, message.data, reply=reply, headers=headers
+                )
+            except BaseException:
+                future.cancel()
+                raise
+        except PublishError:
+            raise
+        except Exception as exc:
+            raise self._error(message, exc) from exc
+        return PendingAck(message, future)
+
+    async def acks(self, pending: Sequence[PendingAck]) -> list[PublishResult | PublishError]:
+        """Wait up to ``timeout`` for the PubAcks of ``pending``; per message, in order,
+        its result or its error (module doc).  Cancelled: the PubAcks still missing are
+        cancelled too (their slots in the client's window are freed)."""
+        futures = [p.future for p in pending]
+        try:
+            if futures:
+                await asyncio.wait(futures, timeout=self._timeout)
+        finally:
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+        results: list[PublishResult | PublishError] = []
+        for item in pending:
+            future = item.future
+            if future.cancelled():
+                results.append(self._error(item.message, TimeoutError()))
+            elif (exc := future.exception()) is not None:
+                results.append(self._error(item.message, exc))
+            else:
+                ack = future.result()
+                results.append(
+                    PublishResult(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+                )
+        return results
+
+    def _error(self, message: OutgoingMessage, exc: BaseException) -> PublishError:
+        """What a failed publish of ``message`` means (module doc: rejected or not)."""
+        subject = message.subject
+        if isinstance(exc, PublishError):
+            return exc
+        if isinstance(exc, NoRespondersError):
+            return PublishError(f"no stream listens on {subject!r} (is the stream provisioned?)")
+        if isinstance(exc, TimeoutError | NatsTimeoutError):
+            return PublishError(f"no PubAck for {subject!r} within {self._timeout}s")
+        if isinstance(exc, APIError):
             # A 4xx is about this message — unless it is one of the capacity answers
             # that pass by themselves; 503 (no leader, store full) and 500 pass too.
             transient = TRANSIENT_API_ERRORS.get(exc.err_code or 0)
             if transient is None and exc.code is not None and 400 <= exc.code < 500:
-                raise PublishError(
-                    f"JetStream rejected publish to {message.subject!r}: {exc}", rejected=True
-                ) from exc
-            raise PublishError(
-                f"JetStream could not take a publish to {message.subject!r} now (retried): "
+                return PublishError(
+                    f"JetStream rejected publish to {subject!r}: {exc}", rejected=True
+                )
+            return PublishError(
+                f"JetStream could not take a publish to {subject!r} now (retried): "
                 + (f"{transient}; {exc}" if transient else str(exc))
-            ) from exc
-        except MaxPayloadError as exc:
-            raise PublishError(
-                f"publish to {message.subject!r}: {len(message.data)} bytes exceed the "
+            )
+        if isinstance(exc, MaxPayloadError):
+            return PublishError(
+                f"publish to {subject!r}: {len(message.data)} bytes exceed the "
                 "server's max_payload",
                 rejected=True,
-            ) from exc
-        except Exception as exc:  # connection closed/draining, etc.
-            raise PublishError(f"publish to {message.subject!r} failed: {exc!r}") from exc
-        return PublishResult(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
+            )
+        # connection closed/draining, etc.
+        return PublishError(f"publish to {subject!r} failed: {exc!r}")

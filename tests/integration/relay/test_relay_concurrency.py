@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -127,12 +128,15 @@ async def test_relay_cancelled_mid_batch_leaves_rows_for_the_next_relay(
 
         calls = 0
 
-        async def publish_raw(self, message: object) -> object:
+        async def send(self, message: object) -> object:
             HangingPublisher.calls += 1
             if HangingPublisher.calls >= 5:
                 hang.set()
                 await asyncio.Event().wait()
-            return await real.publish_raw(message)  # type: ignore[arg-type]
+            return await real.send(message)  # type: ignore[arg-type]
+
+        async def acks(self, pending: Any) -> Any:
+            return await real.acks(pending)
 
     box = Outbox(cfg)
     async with sessions_for(engine, box).begin() as session:

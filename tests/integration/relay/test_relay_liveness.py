@@ -108,11 +108,14 @@ class GatedPubAcks:
         self.started = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def publish_raw(self, message: OutgoingMessage) -> Any:
+    async def send(self, message: OutgoingMessage) -> Any:
         self.started.set()
         await self.gate.wait()
         self.published[message.headers["Nats-Msg-Id"]] += 1
-        return await self.real.publish_raw(message)
+        return await self.real.send(message)
+
+    async def acks(self, pending: Any) -> Any:
+        return await self.real.acks(pending)
 
 
 class Counting:
@@ -122,9 +125,12 @@ class Counting:
         self.real = real
         self.published = published
 
-    async def publish_raw(self, message: OutgoingMessage) -> Any:
+    async def send(self, message: OutgoingMessage) -> Any:
         self.published[message.headers["Nats-Msg-Id"]] += 1
-        return await self.real.publish_raw(message)
+        return await self.real.send(message)
+
+    async def acks(self, pending: Any) -> Any:
+        return await self.real.acks(pending)
 
 
 async def liveness_lock_held(engine: AsyncEngine, owner: str) -> bool:

@@ -193,10 +193,13 @@ async def test_stop_finishes_the_batch_in_flight(
     class SlowPublisher:
         """Fault injection: every publish takes 20 ms longer (a slow broker)."""
 
-        async def publish_raw(self, message: Any) -> Any:
+        async def send(self, message: Any) -> Any:
             started.set()
             await asyncio.sleep(0.02)
-            return await real.publish_raw(message)
+            return await real.send(message)
+
+        async def acks(self, pending: Any) -> Any:
+            return await real.acks(pending)
 
     box = Outbox(cfg)
     async with sessions_for(engine, box).begin() as session:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.client import Client
@@ -18,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bridge._support.backoff import backoff_ceiling
 from bridge.errors import PublishError
 from bridge.outbox.capture import Outbox
-from bridge.outbox.relay import OutboxRelay
+from bridge.outbox.relay import OutboxRelay, RelayStats
 from bridge.testing import NatsServer
-from bridge.transport.publisher import OutgoingMessage, PublishResult
+from bridge.transport.publisher import OutgoingMessage, PendingAck, PublishResult
 
 from .conftest import (
     Widget,
@@ -32,6 +33,7 @@ from .conftest import (
     relay_config,
     scalar,
     sessions_for,
+    stream_bodies,
 )
 
 
@@ -112,6 +114,47 @@ async def test_a_rejected_message_fails_after_max_attempts_then_requeue_publishe
     assert await message_count(nc, cfg) == 1
 
 
+async def test_a_message_over_max_payload_is_refused_before_sending_and_blocks_only_its_record(
+    engine: AsyncEngine, nc: Client, nats_server: NatsServer, unique: str
+) -> None:
+    # Headers + body over the server's max_payload: the publisher refuses it before
+    # writing (the server would close the connection); the other records of the same
+    # wave go out, its own later row waits, and after max_attempts it is failed.
+    cfg = relay_config(nats_server.url, unique, max_attempts=1, poll_interval=60.0)
+    await provision_stream(nc, cfg)
+    box = Outbox(cfg)
+    async with sessions_for(engine, box).begin() as session:
+        huge, other = Widget(name="huge"), Widget(name="fine")
+        session.add_all([huge, other])
+    async with sessions_for(engine, box).begin() as session:
+        (await session.get(Widget, huge.id)).name = "next"  # type: ignore[union-attr]
+    async with engine.begin() as conn:  # the body fits; body + headers do not
+        await conn.execute(
+            text(
+                "UPDATE bridge_outbox SET headers = jsonb_build_object('X-Pad', repeat('x', :n))"
+                " WHERE id = (SELECT min(id) FROM bridge_outbox WHERE resource_id = :id)"
+            ),
+            {"n": nc.max_payload - 200, "id": huge.id},
+        )
+    relay = OutboxRelay(cfg, engine, publisher_for(nc, cfg))
+
+    assert await relay.run_once() == 1  # only `other`: the huge head failed, its next row waited
+    failed = await scalar(engine, "SELECT last_error FROM bridge_outbox WHERE status = 'failed'")
+    assert "max_payload" in failed
+    assert await count_rows(engine, "status = 'pending'") == 1
+    assert await relay.run_once() == 1  # a failed row no longer blocks its record
+    assert [b["resource_id"] for b in await stream_bodies(nc, cfg)] == [other.id, huge.id]
+    assert await relay.stats() == RelayStats(
+        pending=0,
+        sent=2,
+        failed=1,
+        retried=0,
+        oldest_pending_age_seconds=None,
+        published_total=2,
+        publish_failures_total=1,
+    )
+
+
 class FailingFor:
     """Fault injection: publishes of chosen records fail; the rest go to the real server."""
 
@@ -120,13 +163,17 @@ class FailingFor:
         self.failing = failing
         self.calls: list[str] = []
 
-    async def publish_raw(self, message: OutgoingMessage) -> PublishResult:
+    async def send(self, message: OutgoingMessage) -> PendingAck:
         resource_id = str(json.loads(message.data)["resource_id"])
         self.calls.append(resource_id)
         if resource_id in self.failing:
             raise PublishError("injected: no PubAck")
-        result: PublishResult = await self.real.publish_raw(message)
-        return result
+        pending: PendingAck = await self.real.send(message)
+        return pending
+
+    async def acks(self, pending: Sequence[PendingAck]) -> list[PublishResult | PublishError]:
+        results: list[PublishResult | PublishError] = await self.real.acks(pending)
+        return results
 
 
 async def test_backoff_grows_per_attempt_and_rows_wait_for_their_time(
