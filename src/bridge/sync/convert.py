@@ -262,5 +262,3 @@ def _array(type_: sa.ARRAY[Any], value: Any) -> list[Any]:
         else from_json(item_type, item)
         for item in value
     ]
-
-

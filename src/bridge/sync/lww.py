@@ -218,10 +218,7 @@ class LastWriterWins:
         pk = [table.c[name] for name in synced.primary_key]
         wanted = sorted({synced.key_of(row) for row in rows})
         loaded = await session.execute(
-            select(table)
-            .where(_in(pk, wanted))
-            .order_by(*pk)
-            .with_for_update(key_share=True)
+            select(table).where(_in(pk, wanted)).order_by(*pk).with_for_update(key_share=True)
         )
         run = _Run({synced.key_of(row): row for row in map(dict, loaded.mappings())})
         self._judge(envelopes, rows, run)
