@@ -48,17 +48,17 @@ browser-tools:
 
 ## The whole suite; brings up the servers it needs itself.
 test: install deploy-tools browser-tools
-	$(PY) -m pytest -q -m "not faults or smoke" tests
+	$(PY) -m pytest -q -m "not faults or smoke" tests examples/inventory/tests
 
 test-faults: install
 	$(PY) -m pytest -q -m faults tests
 
 lint: install
-	$(VENV)/bin/ruff check src services provisioner tests benchmarks migrations
+	$(VENV)/bin/ruff check src services provisioner tests benchmarks migrations examples
 	$(VENV)/bin/mypy --strict src provisioner services
 
 format: install
-	$(VENV)/bin/ruff format src services provisioner tests benchmarks migrations
+	$(VENV)/bin/ruff format src services provisioner tests benchmarks migrations examples
 
 ## Every figure of docs/BENCHMARKS.md (`bench <name> <value> <unit>` lines); long (50 min on a busy machine).
 bench: install

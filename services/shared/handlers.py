@@ -5,24 +5,20 @@ Registered on a :class:`bridge.routing.router.Router` by :meth:`SyncHandlers.reg
 inbox transaction with publishing suppressed, so applying a change never
 re-publishes it; the bridge commits, then acks.
 
-Contract (the payload is the sender's full row snapshot):
+The library does the sync (:class:`bridge.sync.lww.LastWriterWins` over each model's
+declarations — version ``updated_at``/``origin``, tombstone ``deleted_at``, natural
+keys ``domain`` and ``email``): payload → columns (``invalid_payload`` dead letters),
+a ``*.deleted`` event without ``deleted_at`` made a tombstone at ``occurred_at``,
+versions from the future (``future_version``), stale events, same-version repairs,
+natural-key holders and conflicts.  What is this domain's:
 
-- The payload is validated (:func:`services.shared.sync_rows.decode`); a payload
-  that is not a row of this resource is rejected (dead letter ``invalid_payload``) —
-  retrying would not fix it.
-- Deletes are versions too (a tombstone with ``deleted_at``); a ``*.deleted`` event
-  without ``deleted_at`` (another producer hard-deleted) becomes a tombstone at
-  ``occurred_at``.
-- A user whose organization has not arrived yet → :class:`~bridge.errors.Retry`
-  (NAK with backoff), never a dead letter: the organization is on its way.
-- Everything else is last-writer-wins, applied by the library's one applier
-  (:class:`bridge.sync.lww.LastWriterWins`: versions from the future —
-  ``future_version`` dead letters — stale events, same-version repairs, natural-key
-  holders — ``domain`` and ``email`` — and conflicts), with this
-  domain's bookkeeping: a stale event is recorded in ``sync_stale_events``
-  (``/sync_status`` ``stale_events``), a conflict in ``sync_conflicts`` (both ids, the
-  key, both rows), written in its own transaction because the handler's is rolled
-  back when it rejects.
+- names, e-mails and the other text columns are never empty (``invalid_payload``);
+- a user whose organization has not arrived yet → :class:`~bridge.errors.Retry`
+  (NAK with backoff), never a dead letter: the organization is on its way;
+- the bookkeeping stays in the services' own tables (their console section, metrics
+  and ``/sync_status`` read them): a stale event in ``sync_stale_events``, a conflict
+  in ``sync_conflicts`` (both ids, the key, both rows), the latter in its own
+  transaction because the handler's is rolled back when it rejects.
 
 Per-event and batch handlers are one path: :meth:`SyncHandlers.organization` is
 :meth:`SyncHandlers.organizations` with one envelope, so their outcomes are equal by
@@ -33,22 +29,27 @@ raises, and the inbox re-runs each event alone (:mod:`bridge.routing.router`).
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from bridge import Envelope, LastWriterWins, Retry, Router, SyncedTable
+from bridge import Envelope, LastWriterWins, Reject, Retry, Router, SyncedTable
 from bridge.config import DEFAULT_MAX_CLOCK_SKEW, Clock
 from bridge.envelope import utcnow
+from bridge.routing.outcomes import REASON_INVALID_PAYLOAD
 from bridge.sync.lww import Conflict, Stale
-from services.shared.models import Organization, StaleEvent, SyncConflict
-from services.shared.sync_rows import ORGANIZATION, USER, decode, json_row, stale_row
+from bridge.sync.records import json_row
+from services.shared.models import Organization, StaleEvent, SyncConflict, User
 
-log = logging.getLogger("bridge.services.sync")
+#: Text columns that are never empty, per model.
+_TEXT = {
+    Organization: ("name", "domain", "origin"),
+    User: ("name", "email", "role", "origin"),
+}
 
 
 class SyncHandlers:
@@ -68,14 +69,14 @@ class SyncHandlers:
         self._engine = engine
         self.app_name = app_name
         self._lww = {
-            spec.model: LastWriterWins(
-                SyncedTable(spec.model, natural_key=spec.natural_key),
+            model: LastWriterWins(
+                SyncedTable(model),
                 clock=clock,
                 max_clock_skew=max_clock_skew,
-                on_stale=self._record_stale,
+                on_stale=_record_stale,
                 on_conflict=self._record_conflict,
             )
-            for spec in (ORGANIZATION, USER)
+            for model in (Organization, User)
         }
 
     def register(self, router: Router, *, batch: bool = True) -> None:
@@ -95,13 +96,13 @@ class SyncHandlers:
 
     async def organizations(self, session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
         """Apply a run of organization events, all or raise (module doc)."""
-        decoded = [decode(envelope, ORGANIZATION) for envelope in envelopes]
-        await self._lww[ORGANIZATION.model].apply(session, envelopes, decoded)
+        lww = self._lww[Organization]
+        await lww.apply(session, envelopes, _decode(lww, envelopes))
 
     async def users(self, session: AsyncSession, envelopes: Sequence[Envelope]) -> None:
         """Apply a run of user events, all or raise (module doc)."""
-        decoded = [decode(envelope, USER) for envelope in envelopes]
-        lww = self._lww[USER.model]
+        lww = self._lww[User]
+        decoded = _decode(lww, envelopes)
         lww.bound_versions(envelopes, decoded)  # a version from the future, before a Retry
         wanted = {values["organization_id"] for values in decoded}
         known = set(
@@ -115,10 +116,9 @@ class SyncHandlers:
             raise Retry(f"organizations {missing} of users in this batch have not arrived yet")
         await lww.apply(session, envelopes, decoded)
 
-    async def _record_conflict(self, conflict: Conflict) -> None:
+    async def _record_conflict(self, session: AsyncSession, conflict: Conflict) -> None:
         # Own transaction: the handler's transaction is rolled back when it rejects.
-        key = conflict.table.natural_key
-        assert key is not None
+        (key,) = conflict.key
         envelope = conflict.envelope
         row = {
             "event_id": uuid.UUID(envelope.event_id),
@@ -134,12 +134,37 @@ class SyncHandlers:
         async with self._engine.begin() as conn:
             await conn.execute(pg_insert(SyncConflict).values(**row).on_conflict_do_nothing())
 
-    @staticmethod
-    async def _record_stale(session: AsyncSession, stale: Sequence[Stale]) -> None:
-        rows = {
-            uuid.UUID(each.envelope.event_id): stale_row(each.envelope, each.incoming, each.local)
-            for each in stale
+
+def _decode(lww: LastWriterWins, envelopes: Sequence[Envelope]) -> list[dict[str, Any]]:
+    """The rows of ``envelopes`` (:meth:`SyncedTable.decode`) and this domain's rule."""
+    rows = [lww.table.decode(envelope) for envelope in envelopes]
+    for envelope, values in zip(envelopes, rows, strict=True):
+        _require_text(envelope, values, _TEXT[lww.table.model])
+    return rows
+
+
+def _require_text(envelope: Envelope, values: Mapping[str, Any], names: Sequence[str]) -> None:
+    for name in names:
+        if not values[name]:
+            raise Reject(
+                f"{envelope.event_type} payload: {name} must be a non-empty string",
+                reason=REASON_INVALID_PAYLOAD,
+            )
+
+
+async def _record_stale(session: AsyncSession, stale: Sequence[Stale]) -> None:
+    rows = {
+        each.envelope.event_id: {
+            "event_id": uuid.UUID(each.envelope.event_id),
+            "resource_type": each.envelope.resource_type,
+            "resource_id": each.record_id,
+            "incoming_updated_at": each.incoming["updated_at"],
+            "incoming_origin": each.incoming["origin"],
+            "local_updated_at": each.local["updated_at"],
+            "local_origin": each.local["origin"],
         }
-        await session.execute(
-            pg_insert(StaleEvent).values(list(rows.values())).on_conflict_do_nothing()
-        )
+        for each in stale
+    }
+    await session.execute(
+        pg_insert(StaleEvent).values(list(rows.values())).on_conflict_do_nothing()
+    )

@@ -67,7 +67,10 @@ class SyncedRow(Synced):
     """Columns every synced record has: its version (``updated_at``, ``origin``) for
     last-writer-wins, and ``deleted_at`` for tombstones (soft delete)."""
 
-    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    __bridge_version__: ClassVar[tuple[str, str]] = ("updated_at", "origin")
+    __bridge_tombstone__: ClassVar[str] = "deleted_at"
+
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     origin: Mapped[str] = mapped_column(String(64))
@@ -85,6 +88,7 @@ class Organization(SyncedRow, Base):
     __tablename__ = "organizations"
     __bridge_resource__: ClassVar[str] = "organization"
     __bridge_reconcile__: ClassVar[bool] = True
+    __bridge_natural_keys__: ClassVar[tuple[str, ...]] = ("domain",)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(String(255))
@@ -106,6 +110,7 @@ class User(SyncedRow, Base):
     __tablename__ = "users"
     __bridge_resource__: ClassVar[str] = "user"
     __bridge_reconcile__: ClassVar[bool] = True
+    __bridge_natural_keys__: ClassVar[tuple[str, ...]] = ("email",)
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     organization_id: Mapped[uuid.UUID] = mapped_column(

@@ -157,10 +157,20 @@ def _refuse_constant(name: str) -> Any:
     raise EnvelopeError(f"{name} is not a JSON number (NaN and Infinity are refused)")
 
 
+class JSONNumber(float):
+    """A JSON number with a fraction or exponent: a ``float`` that keeps its source
+    ``text``, so a Numeric column gets the exact decimal the sender wrote
+    (:mod:`bridge.sync.convert`) while everything else sees a plain float."""
+
+    __slots__ = ("text",)
+    text: str
+
+
 def _finite_float(text: str) -> float:
-    value = float(text)
+    value = JSONNumber(text)
     if not math.isfinite(value):
         raise EnvelopeError(f"number {text[:40]} is not finite")
+    value.text = text
     return value
 
 

@@ -31,6 +31,7 @@ collation does not serve ``COLLATE "C"`` comparisons — declare the key column
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -134,6 +135,18 @@ class PrimaryKey:
         if len(columns) == 1:
             return f"({columns[0]})::text"
         return f"jsonb_build_array({', '.join(columns)})::text"
+
+    @staticmethod
+    def resource_id(values: Sequence[Any]) -> str:
+        """The ``resource_id`` rule (module doc) in Python, for key values already read:
+        the same text :meth:`resource_id_sql` makes PostgreSQL write (``jsonb`` prints
+        arrays as ``[a, "b"]`` and keeps non-ASCII characters as they are)."""
+        if len(values) == 1:
+            return str(values[0])
+        return json.dumps(
+            [value if isinstance(value, int | str) else str(value) for value in values],
+            ensure_ascii=False,
+        )
 
     def parse(self, value: Any) -> Key:
         """A key value from JSON (an array, one element per column), checked and

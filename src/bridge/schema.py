@@ -17,6 +17,8 @@ the outbox rows of each batch (:mod:`bridge.reconcile.backfill`).
 (:mod:`bridge.reconcile.reconciler`).
 ``bridge_console_audit`` keeps one row per operator console action — sign-in,
 replay, purge, done, failed or refused (:mod:`bridge.integrations.console.audit`).
+``bridge_sync_conflicts`` and ``bridge_sync_stale_events`` keep what last-writer-wins
+reports (:mod:`bridge.sync.lww`).
 """
 
 from __future__ import annotations
@@ -197,6 +199,42 @@ console_audit = Table(
     Column("outcome", String(16), nullable=False),
     Column("detail", Text, nullable=True),
     Index("ix_bridge_console_audit_at", "at"),
+)
+
+
+#: What last-writer-wins reports (bridge.sync.lww's default recorders): a natural-key
+#: collision between two different records (each also dead-lettered, recorded in its own
+#: transaction) and an incoming version older than the stored one (acked, recorded in
+#: the handler's transaction).  One row per event (a redelivery records nothing more);
+#: keys and versions as text / JSON, so a table of any key type fits.
+sync_conflicts = Table(
+    "bridge_sync_conflicts",
+    metadata,
+    Column("event_id", UUID(as_uuid=False), primary_key=True),
+    Column("resource_type", String(128), nullable=False),
+    Column("key_name", String(255), nullable=False),
+    Column("key_value", Text, nullable=False),
+    Column("local_id", Text, nullable=False),
+    Column("incoming_id", Text, nullable=False),
+    Column("incoming_origin", String(64), nullable=False),
+    Column("local_values", JSONB, nullable=False),
+    Column("incoming_values", JSONB, nullable=False),
+    Column("detected_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_bridge_sync_conflicts_detected_at", "detected_at"),
+)
+
+sync_stale_events = Table(
+    "bridge_sync_stale_events",
+    metadata,
+    Column("event_id", UUID(as_uuid=False), primary_key=True),
+    Column("resource_type", String(128), nullable=False),
+    Column("resource_id", String(255), nullable=False),
+    Column("producer", String(64), nullable=False),
+    # {version column: JSON value}, the order of the model's __bridge_version__
+    Column("incoming_version", JSONB, nullable=False),
+    Column("local_version", JSONB, nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_bridge_sync_stale_events_received_at", "received_at"),
 )
 
 

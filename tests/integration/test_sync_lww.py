@@ -92,7 +92,7 @@ async def test_newer_wins_older_is_stale_and_a_run_is_judged_in_order(engine: As
 
     await apply(engine, lww, note(n1, T0 + US, "older"))
     assert (await stored(engine, n1)).body == "second"  # type: ignore[union-attr]
-    assert [(s.record_id, s.incoming.updated_at, s.local.updated_at) for s in reported] == [
+    assert [(s.record_id, s.incoming["updated_at"], s.local["updated_at"]) for s in reported] == [
         (n1, T0 + US, T0 + 2 * US)
     ]
 

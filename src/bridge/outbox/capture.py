@@ -25,10 +25,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
-import decimal
-import uuid
 from collections.abc import Callable, Iterator, Sequence
-from datetime import date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import event, insert, inspect
@@ -36,26 +33,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, UOWTransaction
 
 from bridge.config import BridgeConfig
-from bridge.envelope import Envelope, format_timestamp
+from bridge.envelope import Envelope
 from bridge.event_schemas import EventSchemas
+from bridge.keys import PrimaryKey
 from bridge.schema import outbox as outbox_table
+from bridge.sync.convert import to_json
 
 SKIP_PUBLISH_KEY = "bridge.skip_publish"
 _CAPTURED_KEY = "bridge.outbox_captured"
 _SKIP_NEXT_FLUSH_KEY = "bridge.skip_next_flush"
 
 
-def json_safe(value: Any) -> Any:
-    """Column value → JSON value (UUID/Decimal → str, datetimes → ISO 8601 UTC)."""
-    if isinstance(value, uuid.UUID | decimal.Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
+#: Column value → JSON value: the one rule, shared with the decoding side.
+json_safe = to_json
 
 
 class Synced:
@@ -114,8 +104,7 @@ def publishing_suppressed(session: AsyncSession | Session) -> bool:
 def _primary_key(instance: Any) -> str:
     state = inspect(instance)
     identity = state.identity or state.mapper.primary_key_from_instance(instance)
-    values = [str(v) for v in identity]
-    return values[0] if len(values) == 1 else ":".join(values)
+    return PrimaryKey.resource_id(identity)
 
 
 class Outbox:

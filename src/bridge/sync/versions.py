@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any, TypeVar
 
 from bridge.config import DEFAULT_MAX_CLOCK_SKEW
 from bridge.envelope import format_timestamp
@@ -71,8 +72,12 @@ class Verdict(StrEnum):
     STALE = "stale"  # the local version is newer: keep it, count the event
 
 
-def judge(local: Version | None, incoming: Version) -> Verdict:
-    """Compare an incoming version with the stored one (``None``: no local row)."""
+_V = TypeVar("_V", "Version", tuple[Any, ...])
+
+
+def judge(local: _V | None, incoming: _V) -> Verdict:
+    """Compare an incoming version with the stored one (``None``: no local row); a
+    :class:`Version` or any version tuple (:mod:`bridge.sync.table`)."""
     if local is None or incoming > local:
         return Verdict.APPLY
     if incoming == local:
