@@ -38,7 +38,8 @@ _NOTIFY_TRIGGER = text(
 )
 _CAPTURE_TRIGGER = text(
     """
-    SELECT to_regclass(:table) IS NOT NULL AS table_exists, t.tgenabled, d.description
+    SELECT to_regclass(:table) IS NOT NULL AS table_exists, t.tgenabled::text AS tgenabled,
+           d.description
       FROM (SELECT 1) AS one
       LEFT JOIN pg_trigger t ON t.tgname = :trigger AND t.tgrelid = to_regclass(:table)
       LEFT JOIN pg_description d ON d.objoid = t.oid AND d.classoid = 'pg_trigger'::regclass

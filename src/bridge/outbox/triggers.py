@@ -180,7 +180,8 @@ def function_name(prefix: str, table_name: str) -> str:
     if len(name.encode()) <= _MAX_IDENTIFIER:
         return name
     digest = hashlib.sha256(table_name.encode()).hexdigest()[:10]
-    return f"{prefix}{table_name.encode()[:40].decode(errors='ignore')}_{digest}"
+    room = _MAX_IDENTIFIER - len(prefix.encode()) - len(digest) - 1
+    return f"{prefix}{table_name.encode()[:room].decode(errors='ignore')}_{digest}"
 
 
 def _column_of(mapper: Mapper[Any], table: Table, name: str) -> Column[Any] | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -194,3 +194,204 @@ async def test_every_write_path_reaches_the_stream(
     assert by_path[("product.updated", "core")].payload["price"] == "3.0000"
     assert by_path[("product.updated", "flush")].payload["price"] == "2.5000"
     assert all(e.producer == e.origin == cfg.app_name for e in envelopes)
+
+
+async def test_payload_values_decode_as_the_consumers_read_them(
+    engine: AsyncEngine, nats_server: NatsServer, unique: str
+) -> None:
+    box = Outbox(relay_config(nats_server.url, unique))
+    stamp = datetime(2026, 3, 4, 5, 6, 7, 89, tzinfo=UTC)
+    async with sessions_for(engine, box).begin() as session:
+        session.add(
+            Product(
+                sku="SKU-é",
+                price=Decimal("19.9900"),
+                attributes={"color": "red", "sizes": [1, 2], "nested": {"ok": True}},
+                tags=["a", "b"],
+                photo=b"\x00\xffhi",
+                released_on=date(2025, 12, 31),
+                stock_note="note",
+                updated_at=stamp,
+            )
+        )
+    [body] = await outbox_bodies(engine)
+    envelope = Envelope.from_dict(body)
+    assert envelope.payload == {
+        "sku": "SKU-é",
+        "price": "19.9900",  # exact: a string, as json_safe wrote a Decimal
+        "attributes": {"color": "red", "sizes": [1, 2], "nested": {"ok": True}},
+        "tags": ["a", "b"],
+        "photo": "00ff6869",
+        "released_on": "2025-12-31",
+        "stock_note": "note",
+        "updated_at": format_timestamp(stamp),
+        "deleted_at": None,
+    }
+    assert envelope.event_type == "product.created" and envelope.resource_type == "product"
+    assert envelope.schema_version == 1 and envelope.causation_id is None
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", envelope.occurred_at)
+    assert abs((parse_timestamp(envelope.occurred_at) - datetime.now(UTC)).total_seconds()) < 60
+    assert re.fullmatch(r"[0-9a-f]{32}", envelope.trace_id or "")  # generated: no trace
+    assert str(uuid.UUID(envelope.event_id)) == envelope.event_id
+
+
+async def test_integer_uuid_text_and_composite_keys(
+    engine: AsyncEngine, nats_server: NatsServer, unique: str
+) -> None:
+    box = Outbox(relay_config(nats_server.url, unique))
+    token_id = uuid.uuid4()
+    async with sessions_for(engine, box).begin() as session:
+        counter = Counter(value=1)
+        session.add_all([counter, Token(id=token_id, label="t"), Product(sku="x", price=1)])
+        session.add(Stock(warehouse=7, sku="EU-é", quantity=3))
+    ids = {b["resource_type"]: b["resource_id"] for b in await outbox_bodies(engine)}
+    assert ids == {
+        "counter": str(counter.id),
+        "token": str(token_id),
+        "product": "x",
+        "stock": '[7, "EU-é"]',
+    }
+    # the Python rule names the same records (backfill, reconciliation)
+    assert ids["stock"] == resource_id_of([7, "EU-é"])
+    assert ids["token"] == resource_id_of([token_id]) and ids["counter"] == resource_id_of(
+        [counter.id]
+    )
+    rows = await outbox_bodies(engine)
+    assert next(b for b in rows if b["resource_type"] == "counter")["payload"]["id"] == counter.id
+
+
+async def test_rollback_skip_and_no_change_write_nothing(
+    engine: AsyncEngine, database_url: str, nats_server: NatsServer, unique: str
+) -> None:
+    box = Outbox(relay_config(nats_server.url, unique))
+    await box.record_producer(engine)
+    sessions = sessions_for(engine, box)
+    async with sessions.begin() as session:
+        session.add(Counter(id=1, value=1))
+    assert await count_rows(engine) == 1
+    async with sessions() as session:  # rollback
+        await session.execute(update(Counter).values(value=2))
+        session.add(Counter(id=2, value=2))
+        await session.flush()
+        await session.rollback()
+    async with sessions.begin() as session:  # the peer's change, applied: no echo
+        with skip_publish(session):
+            await session.execute(update(Counter).values(value=5))
+            await session.execute(text("INSERT INTO counters (id, value) VALUES (3, 3)"))
+    async with sessions.begin() as session:  # changes nothing / matches no row
+        await session.execute(update(Counter).where(Counter.id == 1).values(value=5))
+        await session.execute(update(Counter).where(Counter.id == 999).values(value=1))
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:  # a raw-SQL user says the same
+        async with conn.transaction():
+            await conn.execute("SET LOCAL bridge.capture = 'off'")
+            await conn.execute("DELETE FROM counters WHERE id = 3")
+        await conn.execute("UPDATE counters SET value = 6 WHERE id = 1")  # captured again
+    finally:
+        await conn.close()
+    assert summary(await outbox_bodies(engine)) == [
+        ("counter.created", "1"),
+        ("counter.updated", "1"),
+    ]
+    assert await scalar(engine, "SELECT value FROM counters WHERE id = 1") == 6
+
+
+async def test_a_tombstone_and_a_delete_are_deleted_events(
+    engine: AsyncEngine, nats_server: NatsServer, unique: str
+) -> None:
+    box = Outbox(relay_config(nats_server.url, unique))
+    sessions = sessions_for(engine, box)
+    async with sessions.begin() as session:
+        session.add_all([Product(sku="soft", price=1), Product(sku="hard", price=1)])
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Product).where(Product.sku == "soft").values(deleted_at=datetime.now(UTC))
+        )
+        await session.execute(delete(Product).where(Product.sku == "hard"))
+    bodies = await outbox_bodies(engine)
+    assert summary(bodies)[2:] == [("product.deleted", "soft"), ("product.deleted", "hard")]
+    assert bodies[2]["payload"]["deleted_at"] is not None
+    assert bodies[3]["payload"]["sku"] == "hard"  # the row as it was
+
+
+async def test_the_sessions_trace_reaches_the_envelope_and_headers(
+    engine: AsyncEngine, nats_server: NatsServer, unique: str
+) -> None:
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    box = Outbox(relay_config(nats_server.url, unique), traceparent=lambda: traceparent)
+    async with sessions_for(engine, box).begin() as session:
+        session.add(Counter(value=1))
+    async with engine.connect() as conn:
+        headers, body = (
+            await conn.execute(text("SELECT headers, payload FROM bridge_outbox"))
+        ).one()
+    assert headers == {"Nats-Msg-Id": body["event_id"], "traceparent": traceparent}
+    assert body["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_a_trigger_failure_aborts_the_writers_statement(
+    engine: AsyncEngine, database_url: str, nats_server: NatsServer, unique: str
+) -> None:
+    box = Outbox(relay_config(nats_server.url, unique))
+    sessions = sessions_for(engine, box)
+    # a key longer than bridge_outbox.resource_id: the change cannot get its event
+    with pytest.raises(DBAPIError, match="value too long"):
+        async with sessions.begin() as session:
+            session.add(Product(sku="k" * 300, price=1))
+    assert await scalar(engine, "SELECT count(*) FROM products") == 0
+    # no producer recorded and no bridge session: refused, naming the fix
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        with pytest.raises(asyncpg.PostgresError, match="no producer recorded"):
+            await conn.execute("INSERT INTO counters (id, value) VALUES (1, 1)")
+        async with sessions.begin() as session:
+            session.add(Counter(id=2, value=2))
+        # TRUNCATE fires no row trigger: refused unless capture is off
+        with pytest.raises(asyncpg.PostgresError, match="TRUNCATE of synced table counters"):
+            await conn.execute("TRUNCATE counters")
+        async with conn.transaction():
+            await conn.execute("SET LOCAL bridge.capture = 'off'")
+            await conn.execute("TRUNCATE counters")
+    finally:
+        await conn.close()
+    assert summary(await outbox_bodies(engine)) == [("counter.created", "2")]
+    assert await scalar(engine, "SELECT count(*) FROM counters") == 0
+
+
+@pytest.fixture
+def small_nats() -> Iterator[NatsServer]:
+    server = NatsServer(config="max_payload: 4096").start()
+    yield server
+    server.cleanup()
+
+
+async def test_an_oversized_row_is_captured_and_the_relay_fails_it_visibly(
+    engine: AsyncEngine, small_nats: NatsServer, unique: str
+) -> None:
+    import nats
+
+    cfg = relay_config(small_nats.url, unique, max_attempts=2, retry_base=0.05, retry_max=0.1)
+    nc = await nats.connect(small_nats.url)
+    try:
+        await provision_stream(nc, cfg)
+        box = Outbox(cfg)
+        relay = OutboxRelay(cfg, engine, publisher_for(nc, cfg), outbox=box)
+        await relay.start()
+        try:
+            async with sessions_for(engine, box).begin() as session:
+                session.add(Product(sku="big", price=1, stock_note="x" * 10_000))
+                session.add(Product(sku="small", price=1))
+            assert await count_rows(engine) == 2  # the change committed with its event
+
+            async def settled() -> bool:
+                failed = await count_rows(engine, "status = 'failed'")
+                return failed == 1 and await count_rows(engine, "status = 'sent'") == 1
+
+            await eventually(settled, what="oversized row failed, the other sent")
+        finally:
+            await relay.stop(5.0)
+        error = await scalar(engine, "SELECT last_error FROM bridge_outbox WHERE status = 'failed'")
+        assert "max_payload" in error or "too large" in error.lower()
+        assert [b["resource_id"] for b in await stream_bodies(nc, cfg)] == ["small"]
+    finally:
+        await nc.close()
