@@ -16,7 +16,8 @@
   bridge running (the tables' capture triggers write the outbox row in the request's
   transaction + the relay publishing) and with sync off (plain sessions on connections
   with ``bridge.capture = off``: the trigger fires and returns at once).
-  ``services_outbox_cost`` (%) is the throughput lost.  Target: ≤ 20 %.  Off, on and capture-only alternate for ``BENCH_RUNS`` (3)
+  ``services_outbox_cost`` (%) is the throughput lost.  Target: ≤ 20 %.  Off, on and
+  capture-only alternate for ``BENCH_RUNS`` (3)
   rounds; each cost is 1 - the median round's ratio (``_spread``: how far the rounds'
   costs disagreed).  Bound: one Python process serving the API (FastAPI + SQLAlchemy,
   about one core) with the relay in the same process for ``on``; PostgreSQL's commits
