@@ -83,6 +83,8 @@ SETTINGS_TABLE = "bridge_capture_settings"
 ACTIONS = ("created", "updated", "deleted")
 #: :func:`bridge.envelope.format_timestamp` in to_char's words.
 TIMESTAMP_FORMAT = 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'
+_FAR_FUTURE = "9999-12-31T23:59:59.999999Z"
+_FAR_PAST = "0001-01-01T00:00:00.000000Z"
 _MAX_IDENTIFIER = 63
 # jsonb_build_object takes at most 100 arguments: 50 key/value pairs.
 _PAIRS_PER_CALL = 50
@@ -199,7 +201,8 @@ def payload_value_sql(type_: TypeEngine[Any], ref: str) -> str:
 
     The same JSON values the consumers always read: UUID, Numeric (exact: a string),
     Time, Interval and Enum as text; DateTime as ISO 8601 UTC with microseconds and a
-    ``Z`` (a naive timestamp is taken as UTC); Date as ``YYYY-MM-DD``; bytes as hex;
+    ``Z`` (a naive timestamp is taken as UTC; ``±infinity`` as the year 9999's last
+    microsecond and the year 1's first, what asyncpg reads); Date as ``YYYY-MM-DD``; bytes as hex;
     JSON/JSONB as is; arrays element by element; anything else ``to_jsonb``.
     """
     if isinstance(type_, TypeDecorator):
@@ -218,7 +221,12 @@ def payload_value_sql(type_: TypeEngine[Any], ref: str) -> str:
         return f"to_jsonb(({ref})::text)"
     if isinstance(type_, DateTime):
         utc = f"({ref}) AT TIME ZONE 'UTC'" if type_.timezone else ref
-        return f"to_jsonb(to_char({utc}, '{TIMESTAMP_FORMAT}'))"
+        # ±infinity: what asyncpg reads them as (datetime.max / datetime.min)
+        return (
+            f"to_jsonb(CASE WHEN {ref} IS NULL THEN NULL "
+            f"WHEN isfinite({ref}) THEN to_char({utc}, '{TIMESTAMP_FORMAT}') "
+            f"WHEN {ref} > '2000-01-01' THEN '{_FAR_FUTURE}' ELSE '{_FAR_PAST}' END)"
+        )
     if isinstance(type_, Date):
         return f"to_jsonb(to_char({ref}, 'YYYY-MM-DD'))"
     if isinstance(type_, LargeBinary):

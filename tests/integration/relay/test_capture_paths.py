@@ -395,3 +395,22 @@ async def test_an_oversized_row_is_captured_and_the_relay_fails_it_visibly(
         assert [b["resource_id"] for b in await stream_bodies(nc, cfg)] == ["small"]
     finally:
         await nc.close()
+
+
+async def test_infinite_timestamps_read_as_python_reads_them(
+    engine: AsyncEngine, database_url: str, nats_server: NatsServer, unique: str
+) -> None:
+    box = Outbox(relay_config(nats_server.url, unique))
+    await box.record_producer(engine)
+    conn = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        await conn.execute(
+            "INSERT INTO products (sku, price, attributes, tags, updated_at, deleted_at) "
+            "VALUES ('far', 1, '{}', '{}', 'infinity', '-infinity')"
+        )
+    finally:
+        await conn.close()
+    [body] = await outbox_bodies(engine)
+    assert body["payload"]["updated_at"] == format_timestamp(datetime.max)
+    assert body["payload"]["deleted_at"] == "0001-01-01T00:00:00.000000Z"  # ISO: 4-digit year
+    assert body["event_type"] == "product.deleted"  # a tombstone, however far in the past
