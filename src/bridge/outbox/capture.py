@@ -153,11 +153,14 @@ class Outbox:
 
     # -- transaction-local settings -------------------------------------------------
     def _settings(self, skip: bool) -> dict[str, str]:
+        # Under skip nothing is captured: no trace to pass (and no round trip per
+        # handler span in the inbox).
+        traceparent = None if skip or self._traceparent is None else self._traceparent()
         return {
             "producer": self._config.app_name,
             "subject": self._config.subjects.publish,
             "capture": "off" if skip else "on",
-            "traceparent": (self._traceparent() if self._traceparent else None) or "",
+            "traceparent": traceparent or "",
         }
 
     def _apply(self, session: Session, connection: Connection, *, skip: bool) -> None:
