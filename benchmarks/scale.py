@@ -52,10 +52,9 @@ from benchmarks.services import UrlFactory, _drop, _fresh
 from benchmarks.stats import Line, interleaved, median_ratio, ratio_lines
 from benchmarks.workload import bench_config, create_stream, delete_stream, runs
 from bridge.config import BridgeConfig
-from bridge.envelope import Envelope
+from bridge.envelope import Envelope, format_timestamp
 from bridge.outbox.capture import Outbox
 from bridge.schema import outbox as outbox_table
-from services.shared.models import Organization
 from services.shared.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,16 +73,26 @@ def _sizes() -> tuple[int, list[int]]:
 
 
 def _envelopes(config: BridgeConfig, start: int, n: int) -> list[Envelope]:
-    """``n`` ``organization.created`` envelopes with real row snapshots."""
-    box = Outbox(config)
-    now = datetime.now(UTC)
+    """``n`` ``organization.created`` envelopes with row snapshots as capture writes them."""
+    stamp = format_timestamp(datetime.now(UTC))
     envelopes = []
     for i in range(start, start + n):
-        org = Organization(
-            id=uuid.uuid4(), name=f"Org {i}", domain=f"org{i}.scale.example", active=True,
-            created_at=now, updated_at=now, origin=config.app_name, deleted_at=None,
-        )  # fmt: skip
-        envelopes.append(box.envelope_for(org, "created"))
+        org_id = str(uuid.uuid4())
+        payload = {
+            "id": org_id, "name": f"Org {i}", "domain": f"org{i}.scale.example", "active": True,
+            "created_at": stamp, "updated_at": stamp, "origin": config.app_name,
+            "deleted_at": None,
+        }  # fmt: skip
+        envelopes.append(
+            Envelope(
+                event_type="organization.created",
+                producer=config.app_name,
+                resource_type="organization",
+                resource_id=org_id,
+                payload=payload,
+                schema_version=2,
+            )
+        )
     return envelopes
 
 

@@ -13,9 +13,11 @@
   i.e. the price of the transactional outbox itself on the request path.
 - ``services_api_writes_outbox_on`` / ``_off`` (req/s): ``POST /organizations`` from
   concurrent clients against System A in-process (ASGI, no HTTP server), with the
-  bridge running (outbox capture in the request's transaction + the relay publishing)
-  and with sync off (plain sessions).  ``services_outbox_cost`` (%) is the throughput
-  lost.  Target: ≤ 20 %.  Off, on and capture-only alternate for ``BENCH_RUNS`` (3)
+  bridge running (the tables' capture triggers write the outbox row in the request's
+  transaction + the relay publishing) and with sync off (plain sessions on connections
+  with ``bridge.capture = off``: the trigger fires and returns at once).
+  ``services_outbox_cost`` (%) is the throughput lost.  Target: ≤ 20 %.  Off, on and
+  capture-only alternate for ``BENCH_RUNS`` (3)
   rounds; each cost is 1 - the median round's ratio (``_spread``: how far the rounds'
   costs disagreed).  Bound: one Python process serving the API (FastAPI + SQLAlchemy,
   about one core) with the relay in the same process for ``on``; PostgreSQL's commits

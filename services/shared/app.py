@@ -6,8 +6,8 @@ router) and starts it through :func:`bridge.integrations.fastapi.bridge_lifespan
 — NATS connection, provisioning or verification, outbox relay, consumer — and on
 shutdown stops it (consumer drained, relay batch finished) before disposing the
 engine.  With ``sync_enabled=False`` the API runs on its database alone (plain
-sessions, no outbox capture): used to measure the outbox's cost and to run the
-API without NATS.
+sessions; its connections turn the capture triggers off, ``bridge.capture = off``):
+used to measure the outbox's cost and to run the API without NATS.
 
 ``GET /health``, ``/metrics`` and ``/sync_status``: the library's router over the bridge,
 with the domain's fields on ``/sync_status`` (:mod:`services.shared.status`).  Request
@@ -108,7 +108,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+        engine = make_engine(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            capture=settings.sync_enabled,
+        )
         try:
             if not settings.sync_enabled:
                 app.state.service = ServiceState(

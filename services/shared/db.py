@@ -24,16 +24,20 @@ MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 COMMAND_TIMEOUT = 60.0
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
+def make_engine(url: str, *, pool_size: int = 10, capture: bool = True) -> AsyncEngine:
     """An asyncpg engine; ``pool_pre_ping`` so a restarted database is survived, and a
     per-statement ``command_timeout`` so a dead connection fails a request instead of
-    hanging it."""
+    hanging it.  ``capture=False``: the connections set ``bridge.capture = off`` for
+    their whole session, so the tables' capture triggers write nothing (sync off)."""
+    connect_args: dict[str, object] = {"command_timeout": COMMAND_TIMEOUT}
+    if not capture:
+        connect_args["server_settings"] = {"bridge.capture": "off"}
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
-        connect_args={"command_timeout": COMMAND_TIMEOUT},
+        connect_args=connect_args,
     )
 
 

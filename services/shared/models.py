@@ -13,10 +13,10 @@ The cost: the unique natural keys (``domain``, ``email``) are *partial* unique
 indexes ``WHERE deleted_at IS NULL`` (a deleted organization frees its domain),
 and the API hides tombstones.
 
-The models use :class:`bridge.outbox.capture.Synced`: a flush of a created or changed
-instance writes an outbox row with the full row snapshot in the same transaction
-(for sessions built from the bridge's session factory).  A soft delete is
-published as ``<resource>.deleted``: capture asks :meth:`SyncedRow.bridge_action`.
+The models use :class:`bridge.outbox.capture.Synced`: the capture trigger of their
+tables (migration 0007) writes an outbox row with the full row snapshot in the
+same transaction as any write, whatever made it.  A soft delete is published as
+``<resource>.deleted``: ``__bridge_tombstone__ = "deleted_at"``.
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class SyncedRow(Synced):
     last-writer-wins, and ``deleted_at`` for tombstones (soft delete)."""
 
     __bridge_version__: ClassVar[tuple[str, str]] = ("updated_at", "origin")
-    __bridge_tombstone__: ClassVar[str] = "deleted_at"
 
     active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -76,10 +75,9 @@ class SyncedRow(Synced):
     origin: Mapped[str] = mapped_column(String(64))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    def bridge_action(self, change: str) -> str:
-        """A tombstone's events are ``deleted`` (a soft delete is an UPDATE to the
-        database, a delete to the peer); a live row's are the change itself."""
-        return "deleted" if self.deleted_at is not None else change
+    #: A tombstone's events are ``deleted`` (a soft delete is an UPDATE to the
+    #: database, a delete to the peer); a live row's are the change itself.
+    __bridge_tombstone__: ClassVar[str | None] = "deleted_at"
 
 
 class Organization(SyncedRow, Base):

@@ -225,7 +225,7 @@ class Repository:
         row.origin = self.app_name
 
     async def _tombstone(self, session: AsyncSession, row: Organization | User) -> None:
-        # Captured as "<resource>.deleted": the model says so (SyncedRow.bridge_action).
+        # Captured as "<resource>.deleted": the tombstone column (SyncedRow.__bridge_tombstone__).
         self._new_version(row)
         row.deleted_at = row.updated_at
         await session.flush()

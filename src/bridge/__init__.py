@@ -8,8 +8,9 @@ What an application needs, in one import::
   :class:`RelayOptions`, :class:`ConsumerOptions`, :class:`ReconcileOptions`,
   :class:`Credentials`), :func:`configure_bidirectional` (one side of a pair, like the
   Ruby gem), :func:`config_from_env` (from environment variables), :func:`preset`.
-- **Capture**: models inherit :class:`Synced`; their changes in a bridge session are
-  written to the outbox in the same transaction.  :func:`skip_publish` suppresses it.
+- **Capture**: models inherit :class:`Synced`; a trigger on their tables writes every
+  change, whatever made it, to the outbox in the same transaction
+  (:mod:`bridge.migrations` installs it).  :func:`skip_publish` suppresses it.
 - **Apply**: a :class:`Router` maps event and resource types to handlers, which get
   each event as an :class:`Envelope` (the wire contract) and raise
   :class:`Retry` or :class:`Reject` to choose an outcome; :meth:`Router.use` adds

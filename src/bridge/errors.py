@@ -51,6 +51,12 @@ class PayloadTooLargeError(PublishError):
         self.limit = limit
 
 
+class SchemaError(BridgeError):
+    """The database lacks the bridge's tables or a synced table's capture trigger, or
+    holds a trigger installed for another definition (versions, columns); the message
+    names each and the migration or call that fixes it."""
+
+
 class ProvisioningError(BridgeError):
     """Stream or consumer is missing, drifted, or may not be managed."""
 

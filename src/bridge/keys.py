@@ -37,8 +37,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Enum, Integer, SmallInteger, String, Table, Uuid
+from sqlalchemy import BigInteger, Column, Enum, Integer, SmallInteger, String, Table, Uuid
 from sqlalchemy.dialects import postgresql
+
+from bridge.errors import ConfigError
 
 KIND_INTEGER = "integer"
 KIND_UUID = "uuid"
@@ -54,7 +56,25 @@ Key = tuple[KeyPartValue, ...]
 
 _INT_BITS = {SmallInteger: 16, BigInteger: 64, Integer: 32}
 _DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
-_QUOTE = _DIALECT.identifier_preparer.quote
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a PostgreSQL quoted identifier (always quoted: any name is safe)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def table_sql(table: Table) -> str:
+    """``table``'s quoted, schema-qualified name as SQL."""
+    name = quote_ident(table.name)
+    return f"{quote_ident(table.schema)}.{name}" if table.schema else name
+
+
+def key_columns(table: Table) -> tuple[Column[Any], ...]:
+    """The primary key columns of ``table``, in key order; ConfigError without one."""
+    columns = tuple(table.primary_key.columns)
+    if not columns:
+        raise ConfigError(f"table {table.name!r} has no primary key: a synced table needs one")
+    return columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +110,12 @@ class KeyPart:
 
     def column_sql(self, qualifier: str) -> str:
         """This column in the reconciliation order (module doc)."""
-        column = f"{qualifier}.{_QUOTE(self.name)}"
+        column = f"{qualifier}.{quote_ident(self.name)}"
         return f'{column} COLLATE "C"' if self.kind == KIND_TEXT else column
 
     def value_sql(self, qualifier: str) -> str:
         """This column as a JSON-ready value (UUIDs as text)."""
-        column = f"{qualifier}.{_QUOTE(self.name)}"
+        column = f"{qualifier}.{quote_ident(self.name)}"
         return f"{column}::text" if self.kind in (KIND_UUID, KIND_TEXT) else column
 
     def param_sql(self, param: str) -> str:
@@ -131,7 +151,7 @@ class PrimaryKey:
 
     def resource_id_sql(self, qualifier: str) -> str:
         """The ``resource_id`` rule (module doc) as SQL over ``qualifier``'s columns."""
-        columns = [f"{qualifier}.{_QUOTE(name)}" for name in self.names]
+        columns = [f"{qualifier}.{quote_ident(c.name)}" for c in key_columns(self.table)]
         if len(columns) == 1:
             return f"({columns[0]})::text"
         return f"jsonb_build_array({', '.join(columns)})::text"
@@ -142,7 +162,10 @@ class PrimaryKey:
         the same text :meth:`resource_id_sql` makes PostgreSQL write (``jsonb`` prints
         arrays as ``[a, "b"]`` and keeps non-ASCII characters as they are)."""
         if len(values) == 1:
-            return str(values[0])
+            value = values[0]
+            if isinstance(value, bool):  # PostgreSQL's boolean text
+                return "true" if value else "false"
+            return str(value)
         return json.dumps(
             [value if isinstance(value, int | str) else str(value) for value in values],
             ensure_ascii=False,

@@ -1,7 +1,11 @@
 """``Bridge``: the composition root wiring connection, provisioning, relay and consumer.
 
 Start order: check the event schema versions (a gap in an upcaster chain is a
-ConfigError before anything connects, :mod:`bridge.event_schemas`) → connect to
+ConfigError before anything connects, :mod:`bridge.event_schemas`) → check the
+database schema (the bridge's tables, each synced model's capture trigger at this
+app's versions: one SchemaError naming all that is missing and the fix,
+:mod:`bridge.schema_check`) → record this app as the producer of writes made
+outside a bridge session (:meth:`~bridge.outbox.capture.Outbox.record_producer`) → connect to
 NATS → provision (``auto_provision=True``: apply) or verify
 (``auto_provision=False``: read-only; falls back to a permission-limited runtime
 probe when the app's NATS user may not call the JetStream management API) → start
@@ -76,6 +80,7 @@ from bridge.reconcile.schedule import PeriodicReconciler
 from bridge.reconcile.synced_models import reconciled_models
 from bridge.routing.dlq import DeadLetters
 from bridge.routing.router import Router
+from bridge.schema_check import check_schema
 from bridge.transport.connection import Connection
 from bridge.transport.jsapi import JetStreamApi
 from bridge.transport.publisher import Publisher
@@ -173,6 +178,8 @@ class Bridge:
         if self._started:
             return
         self.event_schemas.check()
+        await check_schema(self.engine, self.synced_models, self.outbox.schemas)
+        await self.outbox.record_producer(self.engine)
         try:
             await self.connection.start(timeout=timeout)
             await self._provision()

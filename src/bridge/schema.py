@@ -19,13 +19,28 @@ the outbox rows of each batch (:mod:`bridge.reconcile.backfill`).
 replay, purge, done, failed or refused (:mod:`bridge.integrations.console.audit`).
 ``bridge_sync_conflicts`` and ``bridge_sync_stale_events`` keep what last-writer-wins
 reports (:mod:`bridge.sync.lww`).
+``bridge_capture_settings`` holds the database's producer (app name and publish
+subject) for writes the capture triggers see outside a bridge session
+(:mod:`bridge.outbox.triggers`); one row at most.
+
+Creating them: :func:`create_all` (tests, quick starts: the tables, the outbox's
+NOTIFY trigger and the capture triggers of the models given), or in an
+application's Alembic migrations the operations of :mod:`bridge.migrations`.
+Autogenerate sees the tables when ``env.py`` includes :data:`metadata` in
+``target_metadata``; it never sees triggers, which is why they are explicit
+operations and not ``after_create`` hooks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 from sqlalchemy import (
     DDL,
     BigInteger,
+    Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Float,
@@ -35,11 +50,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    event,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from bridge.event_schemas import EventSchemas
 
 metadata = MetaData()
 
@@ -115,8 +135,6 @@ OUTBOX_NOTIFY_DROP_DDL: tuple[str, ...] = (
     "DROP TRIGGER IF EXISTS bridge_outbox_notify ON bridge_outbox",
     "DROP FUNCTION IF EXISTS bridge_outbox_notify()",
 )
-for _statement in OUTBOX_NOTIFY_DDL:
-    event.listen(outbox, "after_create", DDL(_statement))  # type: ignore[no-untyped-call]
 
 inbox = Table(
     "bridge_inbox",
@@ -238,10 +256,44 @@ sync_stale_events = Table(
 )
 
 
-async def create_all(engine: object) -> None:
-    """Create the bridge tables (tests and quick starts; production uses Alembic)."""
-    from sqlalchemy.ext.asyncio import AsyncEngine
+#: The producer of writes the capture triggers see outside a bridge session: recorded by
+#: :meth:`bridge.outbox.capture.Outbox.record_producer` (at every bridge start).
+capture_settings = Table(
+    "bridge_capture_settings",
+    metadata,
+    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
+    Column("producer", String(128), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("singleton", name="ck_bridge_capture_settings_singleton"),
+)
 
-    assert isinstance(engine, AsyncEngine)
+
+async def create_all(
+    engine: AsyncEngine,
+    *,
+    models: Sequence[type[Any]] = (),
+    schemas: EventSchemas | None = None,
+) -> None:
+    """Create the bridge tables and the outbox's NOTIFY trigger; with ``models`` (mapped
+    :class:`~bridge.outbox.capture.Synced` classes) also their tables when missing and
+    their capture triggers, stamping the versions of ``schemas`` (an
+    :class:`~bridge.event_schemas.EventSchemas`; undeclared types: 1).  Idempotent.
+    For tests and quick starts; an application's migrations use :mod:`bridge.migrations`.
+    """
+    # Imported here: the envelope's limits read this module's tables at import time.
+    from bridge.outbox.triggers import CaptureSpec, install_statements
+
+    specs = [CaptureSpec.of(model, schemas) for model in models]
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
+        for statement in OUTBOX_NOTIFY_DDL:
+            await conn.execute(DDL(statement))  # type: ignore[no-untyped-call]
+        for spec in specs:
+            await conn.run_sync(_create_table, spec.table)
+            for statement in install_statements(spec):
+                await conn.execute(DDL(statement))  # type: ignore[no-untyped-call]
+
+
+def _create_table(connection: Connection, table: Table) -> None:
+    table.metadata.create_all(connection, tables=[table])

@@ -57,6 +57,7 @@ async def seed(side: Side, organizations: int, users: int) -> None:
         """,
     )
     async with side.state.engine.begin() as conn:
+        await conn.execute(text("SET LOCAL bridge.capture = 'off'"))  # before sync was on
         for statement in statements:
             await conn.execute(text(statement))
 

@@ -21,12 +21,15 @@ import httpx
 import nats
 from e2e_support import Pair, Side, eventually, new_database, start_side
 from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bridge.cli import EXIT_OK, main_async
 from bridge.envelope import MSG_ID_HEADER, Envelope, format_timestamp, utcnow
 from bridge.event_schemas import EventSchemas
+from bridge.schema import create_all
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.event_versions import OrganizationV2, PayloadModel, event_schemas
+from services.shared.models import Organization, User
 
 
 def gem_organization(**overrides: Any) -> dict[str, Any]:
@@ -176,7 +179,13 @@ async def test_v3_event_is_dead_lettered_then_applied_after_upgrade_and_replay(
             assert sample(b, "bridge_unsupported_schema_versions_total",
                           event_type="organization.created", version="3") == 1  # fmt: skip
 
-        # B upgraded: same database and durable, now declaring v3.
+        # B upgraded: same database and durable, now declaring v3; its release's migration
+        # re-installs the capture triggers, which stamp the versions it publishes.
+        upgrade = create_async_engine(b_url)
+        try:
+            await create_all(upgrade, models=[Organization, User], schemas=schemas_with_v3())
+        finally:
+            await upgrade.dispose()
         b = await start_side(
             stack, postgres, **b_names, **sides, database_url=b_url, event_schemas=schemas_with_v3()
         )

@@ -305,7 +305,8 @@ async def run(postgres: PostgresServer) -> AsyncIterator[Run]:
             "a consumer task of B died, was restarted, and the redelivery applied",
         )
         # A: a hand edit behind the bridge, repaired by a reconciliation pass ...
-        async with a.state.engine.begin() as conn:
+        async with a.state.engine.begin() as conn:  # with capture off: drift, not a change
+            await conn.execute(text("SET LOCAL bridge.capture = 'off'"))
             await conn.execute(text("UPDATE organizations SET name = name || ' (hand edit)'"))
         report = await bridge_a.reconciler().run()
         assert report.repaired_to_peer >= 1, report

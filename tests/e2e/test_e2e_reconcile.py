@@ -46,12 +46,16 @@ async def seed_both(pair: Pair, n: int) -> None:
     """The same ``n`` organizations and ``n`` users in both databases (bulk SQL, no events)."""
     for side in (pair.a, pair.b):
         async with side.state.engine.begin() as conn:
+            await conn.execute(text("SET LOCAL bridge.capture = 'off'"))  # not events
             for statement in SEED:
                 await conn.execute(text(statement), {"n": n, "origin": pair.a.name})
 
 
 async def execute(side: Side, sql: str) -> int:
+    """A hand edit that bypasses sync: the capture triggers would publish any other write,
+    so drift needs capture turned off (a restore, a tool run with bridge.capture off)."""
     async with side.state.engine.begin() as conn:
+        await conn.execute(text("SET LOCAL bridge.capture = 'off'"))
         return (await conn.execute(text(sql))).rowcount
 
 

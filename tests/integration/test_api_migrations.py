@@ -14,8 +14,10 @@ from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bridge import schema as bridge_schema
+from bridge.schema_check import check_schema
 from services.shared import models
 from services.shared.db import migrate
+from services.shared.event_versions import event_schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,7 +62,14 @@ async def test_migrated_schema_matches_metadata(database_url: str) -> None:
         "bridge_console_audit",
         "bridge_sync_conflicts",
         "bridge_sync_stale_events",
+        "bridge_capture_settings",
     }
+    # The capture triggers of 0007 are the ones the services' bridge expects at start.
+    engine = create_async_engine(database_url)
+    try:
+        await check_schema(engine, [models.Organization, models.User], event_schemas())
+    finally:
+        await engine.dispose()
     # The bridge's indexes exactly as bridge.schema declares them.
     for table in (bridge_schema.outbox, bridge_schema.inbox):
         assert {ix.name for ix in table.indexes} <= set(indexes[table.name])

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -97,6 +97,8 @@ async def apply(engine: AsyncEngine, handlers: SyncHandlers, env: Envelope) -> N
     """Run the handler in one transaction, like the inbox does (rolled back if it raises)."""
     factory = async_sessionmaker(engine, expire_on_commit=False)
     async with factory() as session, session.begin():
+        # a peer's change is applied with capture off, as the inbox's skip_publish does
+        await session.execute(text("SET LOCAL bridge.capture = 'off'"))
         handler = handlers.organization if env.resource_type == "organization" else handlers.user
         await handler(session, env)
 
@@ -136,7 +138,8 @@ async def test_versions_converge_in_every_arrival_order(
         ),
     ]
     for order in itertools.islice(itertools.permutations(events), 0, None, 17):
-        async with engine.begin() as conn:
+        async with engine.begin() as conn:  # a reset between orders, not a change to publish
+            await conn.execute(text("SET LOCAL bridge.capture = 'off'"))
             await conn.execute(Organization.__table__.delete())
         for env in order:
             await apply(engine, handlers, env)

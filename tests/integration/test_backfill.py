@@ -65,6 +65,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await migrate(database_url)
     engine = create_async_engine(database_url, pool_size=4)
     async with engine.begin() as conn:
+        await conn.execute(text("SET LOCAL bridge.capture = 'off'"))  # not captured
         for statement in SEED:
             await conn.execute(text(statement), {"orgs": ORGS, "users": USERS})
     yield engine

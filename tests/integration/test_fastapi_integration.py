@@ -51,9 +51,7 @@ def client(app: FastAPI) -> httpx.AsyncClient:
 
 async def prepared_engine(database_url: str) -> AsyncEngine:
     engine = create_async_engine(database_url)
-    await create_all(engine)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    await create_all(engine, models=[Widget])  # the bridge's tables, Widget's and its trigger
     return engine
 
 

@@ -78,9 +78,8 @@ async def test_the_readme_code_runs_against_real_servers(
     for block in python_blocks():
         exec(compile(block, str(README), "exec"), namespace)
     app, engine = namespace["app"], namespace["engine"]
-    async with engine.begin() as conn:
-        await conn.run_sync(namespace["Base"].metadata.create_all)
-    await create_all(engine)  # the bridge's tables (migrations/ in production)
+    # the bridge's tables, the model's table and its capture trigger (migrations in production)
+    await create_all(engine, models=[namespace["Organization"]])
 
     caplog.set_level(logging.INFO, logger="app.sync")
     async with (

@@ -32,6 +32,8 @@ from bridge.testing import NatsServer, PostgresServer
 
 ROWS = 10_000
 
+_NOT_CAPTURED = text("SET LOCAL bridge.capture = 'off'")
+
 
 @pytest.fixture
 async def two_dbs(postgres: PostgresServer) -> AsyncIterator[tuple[AsyncEngine, AsyncEngine]]:
@@ -39,9 +41,9 @@ async def two_dbs(postgres: PostgresServer) -> AsyncIterator[tuple[AsyncEngine, 
     for _ in range(2):
         url = await postgres.create_database()
         engine = create_async_engine(url)
-        await schema.create_all(engine)
         async with engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
+        await schema.create_all(engine, models=MODELS)  # + their capture triggers
         engines.append((url, engine))
     try:
         yield engines[0][1], engines[1][1]
@@ -53,6 +55,7 @@ async def two_dbs(postgres: PostgresServer) -> AsyncIterator[tuple[AsyncEngine, 
 
 async def seed(engine: AsyncEngine, model: type[Synced], n: int = ROWS, origin: str = "a") -> None:
     async with engine.begin() as conn:
+        await conn.execute(_NOT_CAPTURED)  # data as it was before sync, or a hand edit
         await conn.execute(text(seed_sql(model.__tablename__)), {"n": n, "origin": origin})  # type: ignore[attr-defined]
 
 
@@ -69,6 +72,7 @@ async def rule_ids(engine: AsyncEngine, table: str, where: str = "true") -> set[
 
 async def change(engine: AsyncEngine, sql: str) -> None:
     async with engine.begin() as conn:
+        await conn.execute(_NOT_CAPTURED)
         await conn.execute(text(sql))
 
 
@@ -146,6 +150,7 @@ async def test_reconciliation_on_any_key(
         await change(b, f"DELETE FROM {table} WHERE {keys[6]}")
         await change(b, f"UPDATE {table} SET name = 'by hand' WHERE {keys[8]}")
         async with b.begin() as conn:  # a row only B has: its key past every other
+            await conn.execute(_NOT_CAPTURED)
             await conn.execute(text(seed_sql(table).replace("'item '", "'only b '").replace(
                 "generate_series(1, :n)", "generate_series(:n + 1, :n + 1)")),
                 {"n": ROWS + 7, "origin": config_b.app_name})  # fmt: skip

@@ -55,6 +55,7 @@ FIELDS = {"v", "ok", "code", "error", "request_id"}
 
 async def seed(engine: AsyncEngine, n: int) -> None:
     async with engine.begin() as conn:
+        await conn.execute(text("SET LOCAL bridge.capture = 'off'"))  # data from before sync
         for statement in SEED:
             await conn.execute(text(statement), {"n": n})
 

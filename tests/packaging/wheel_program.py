@@ -75,9 +75,7 @@ async def main() -> None:
     nats_url, stream = os.environ["NATS_URL"], os.environ["STREAM_NAME"]
     engines = [create_async_engine(os.environ[f"DATABASE_URL_{x}"]) for x in "AB"]
     for engine in engines:
-        await create_all(engine)
-        async with engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+        await create_all(engine, models=[Product])  # the tables and Product's capture trigger
     shop_engine, warehouse_engine = engines
     shop_config = configure_bidirectional(
         "shop", "warehouse", nats_urls=nats_url, stream_name=stream, backoff=(0.2, 0.5),

@@ -75,9 +75,9 @@ class Unversioned(Base, Synced):  # not opted in: never checked
 
 
 def test_the_resource_id_rule_as_sql() -> None:
-    assert PrimaryKey(Product.__table__).resource_id_sql("t") == "(t.sku)::text"  # type: ignore[arg-type]
+    assert PrimaryKey(Product.__table__).resource_id_sql("t") == '(t."sku")::text'  # type: ignore[arg-type]
     assert PrimaryKey(Reading.__table__).resource_id_sql('"r"') == (  # type: ignore[arg-type]
-        'jsonb_build_array("r".sensor, "r".seq, "r".site)::text'
+        'jsonb_build_array("r"."sensor", "r"."seq", "r"."site")::text'
     )
 
 

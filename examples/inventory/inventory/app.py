@@ -50,10 +50,11 @@ def build_bridge(config: BridgeConfig, engine: AsyncEngine) -> Bridge:
 
 
 async def create_schema(engine: AsyncEngine) -> None:
-    """The bridge's tables, then the application's."""
-    await create_all(engine)
+    """The bridge's tables, the application's, and the capture trigger on ``products``
+    (a service with Alembic uses :mod:`bridge.migrations` in its migrations instead)."""
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
+    await create_all(engine, models=[Product])
 
 
 class ProductIn(BaseModel):
@@ -78,7 +79,7 @@ def create_app(config: BridgeConfig, engine: AsyncEngine) -> FastAPI:
             product = await session.get(Product, sku)
         if product is None or product.deleted_at is not None:
             raise HTTPException(404, f"no product {sku}")
-        return product.bridge_snapshot()
+        return product.as_json()
 
     @app.put("/products/{sku}")
     async def put_product(sku: str, body: ProductIn, bridge: BridgeDep) -> dict[str, Any]:
@@ -93,7 +94,7 @@ def create_app(config: BridgeConfig, engine: AsyncEngine) -> FastAPI:
             product.updated_at, product.origin = now, bridge.config.app_name
             product.deleted_at = None
             await session.flush()
-            return product.bridge_snapshot()
+            return product.as_json()
 
     @app.delete("/products/{sku}", status_code=204)
     async def delete_product(sku: str, bridge: BridgeDep) -> None:

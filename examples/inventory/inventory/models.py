@@ -8,8 +8,12 @@ What makes it sync (read by the library, nothing else to write):
 - ``__bridge_version__``: ``updated_at`` (the clock) then ``origin`` (the app that
   wrote the version, the tiebreak) — last writer wins;
 - ``__bridge_tombstone__``: a delete is a soft delete, one more version, so a late
-  older update cannot bring the product back;
-- :meth:`Product.bridge_action`: a tombstone's events are ``product.deleted``.
+  older update cannot bring the product back; a tombstone's events are
+  ``product.deleted``.
+
+Capture is a PostgreSQL trigger on ``products`` (installed by
+:func:`inventory.app.create_schema`): ORM, bulk, Core, raw SQL and psql writes are all
+captured, in the writer's transaction.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bridge import Synced
+from bridge.sync.convert import to_json
 
 
 class Base(DeclarativeBase):
@@ -55,5 +60,9 @@ class Product(Synced, Base):
     origin: Mapped[str] = mapped_column(String(64))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
-    def bridge_action(self, change: str) -> str:
-        return "deleted" if self.deleted_at is not None else change
+    def as_json(self) -> dict[str, Any]:
+        """The product as the API shows it (the values as the event payload carries them)."""
+        return {column.key: to_json(getattr(self, column.key)) for column in COLUMNS}
+
+
+COLUMNS = tuple(Product.__table__.columns)

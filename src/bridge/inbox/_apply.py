@@ -65,7 +65,7 @@ from bridge.envelope import Envelope
 from bridge.event_schemas import EventSchemas, SchemaObserver
 from bridge.inbox import _store as store
 from bridge.inbox._order import RecordOrder
-from bridge.outbox.capture import skip_publish
+from bridge.outbox.capture import ensure_capture_off, skip_publish
 from bridge.routing.outcomes import Action, Decision, decide, decide_exhausted, decide_unknown
 from bridge.routing.router import BatchHandler, Handler, Router
 from bridge.routing.version_time import refusal
@@ -242,6 +242,7 @@ class BatchApplier:
             with skip_publish(session):
                 try:
                     async with session.begin():
+                        await ensure_capture_off(session)  # applying a peer's change: no echo
                         # before the claim, which takes the batch's own records out of failed
                         envelopes = [item.envelope for item in items]
                         order = await RecordOrder.load(session, self._config, envelopes, use_inbox)

@@ -1,25 +1,32 @@
-"""Transactional outbox capture: one outbox row per synced row change, in the same
-transaction as the change.
+"""Transactional outbox capture, on the Python side: the opt-in mixin, the bridge
+session's transaction-local settings, re-stated rows and explicit events.
 
-Contract:
-- Models opt in with the :class:`Synced` mixin (``__bridge_resource__``).
-- Only sessions built from :attr:`Outbox.session_class` capture (so two apps in one
-  process each capture into their own subject).  At ``after_flush`` every created,
-  changed (:meth:`Session.is_modified`) or deleted ``Synced`` instance adds one
-  outbox row holding the complete envelope body — the full row snapshot as payload —
-  through the flush's own connection: rollback → no row, commit → the row is there.
-- The event's action is the model's answer (:meth:`Synced.bridge_action`) to what the
-  flush saw, so a soft delete — an UPDATE that makes a tombstone — is a ``deleted``
-  event whatever code wrote it, with nothing bypassing capture.
-- Every insert into the outbox fires the table's statement trigger, which runs
-  ``pg_notify('bridge_outbox')``; PostgreSQL delivers it only on commit (and drops
-  it with a rolled-back savepoint), waking relays in other processes.
-- After commit the in-process commit listeners run (the relay's wake-up).  They
-  never carry the only copy of an event: the row does.
-- Each envelope's ``schema_version`` is the current version of its type in the
-  outbox's :class:`~bridge.event_schemas.EventSchemas` (1 when not declared).
+Capture itself happens in PostgreSQL (:mod:`bridge.outbox.triggers`): each synced
+table's row trigger writes the outbox row of every change, whatever made it, in the
+writer's transaction.  This module's contract:
+
+- Models opt in with the :class:`Synced` mixin: ``__bridge_resource__`` (the resource
+  type of their events) and, for soft deletes, ``__bridge_tombstone__`` (a column
+  whose non-null value makes an event ``deleted``).  A model missing the first or
+  naming no column in the second raises :class:`~bridge.errors.ConfigError` when
+  mappers configure, not at the first write.
+- Sessions built from :attr:`Outbox.session_class` set, transaction-locally, before the
+  first write of a transaction (a flush or an executed insert/update/delete/text
+  statement) and again whenever they change: ``bridge.producer`` and
+  ``bridge.subject`` (this app: so two apps sharing a database each publish their own
+  writes), ``bridge.traceparent`` (the current trace, when tracing is on) and
+  ``bridge.capture`` (``off`` inside :func:`skip_publish`).  Writes outside a bridge
+  session are attributed to the database's recorded producer
+  (:meth:`Outbox.record_producer`, done at every bridge start).
 - ``with skip_publish(session):`` captures nothing — used when applying the other
-  side's change, so a change never echoes back.
+  side's change, so a change never echoes back.  Changes made in the block but
+  flushed later (by the commit after it) are suppressed too: the flag stays until
+  the next flush.  A session entering a transaction under the flag sets it at once,
+  so even SQL run on the session's raw connection is not captured.  Raw SQL does
+  the same with ``SET LOCAL bridge.capture = 'off'``.
+- After commit of a transaction that wrote through the session, the in-process commit
+  listeners run (the relay's wake-up); the outbox's NOTIFY trigger wakes relays in
+  other processes.  Neither ever carries the only copy of an event: the row does.
 """
 
 from __future__ import annotations
@@ -28,48 +35,55 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
-from sqlalchemy import event, insert, inspect
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, UOWTransaction
+from sqlalchemy import Integer, TextClause, event, func, insert, inspect, literal_column, select
+from sqlalchemy import text as sql_text
+from sqlalchemy import tuple_ as sql_tuple
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
 
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.event_schemas import EventSchemas
-from bridge.keys import PrimaryKey
+from bridge.keys import key_columns
+from bridge.outbox.triggers import CaptureSpec
 from bridge.schema import outbox as outbox_table
-from bridge.sync.convert import to_json
 
 SKIP_PUBLISH_KEY = "bridge.skip_publish"
-_CAPTURED_KEY = "bridge.outbox_captured"
 _SKIP_NEXT_FLUSH_KEY = "bridge.skip_next_flush"
+_WROTE_KEY = "bridge.outbox_wrote"
+# The settings this transaction's connection holds now (None: not set yet).
+_SETTINGS_KEY = "bridge.capture_settings"
 
-
-#: Column value → JSON value: the one rule, shared with the decoding side.
-json_safe = to_json
+_SET_SETTINGS = sql_text(
+    "SELECT set_config('bridge.producer', :producer, true), "
+    "set_config('bridge.subject', :subject, true), "
+    "set_config('bridge.capture', :capture, true), "
+    "set_config('bridge.traceparent', :traceparent, true)"
+)
+_CAPTURE_OFF = sql_text("SELECT set_config('bridge.capture', 'off', true)")
+_RECORD_PRODUCER = sql_text(
+    "INSERT INTO bridge_capture_settings (singleton, producer, subject, updated_at) "
+    "VALUES (true, :producer, :subject, now()) ON CONFLICT (singleton) DO UPDATE "
+    "SET producer = EXCLUDED.producer, subject = EXCLUDED.subject, updated_at = now() "
+    "WHERE bridge_capture_settings.producer IS DISTINCT FROM EXCLUDED.producer "
+    "OR bridge_capture_settings.subject IS DISTINCT FROM EXCLUDED.subject"
+)
 
 
 class Synced:
-    """Mixin for declarative models whose changes sync to the other side."""
+    """Mixin for declarative models whose changes sync to the other side (module doc)."""
 
     __bridge_resource__: ClassVar[str]
+    #: A column (attribute or column name) whose non-null value marks a tombstone:
+    #: every event of such a row is ``deleted``.  None: the model deletes rows.
+    __bridge_tombstone__: ClassVar[str | None] = None
 
-    def bridge_snapshot(self) -> dict[str, Any]:
-        """The payload of this row's events: every mapped column, JSON-safe."""
-        state = inspect(self)
-        loaded = state.dict
-        return {
-            attr.key: json_safe(loaded[attr.key] if attr.key in loaded else getattr(self, attr.key))
-            for attr in state.mapper.column_attrs
-        }
-
-    def bridge_action(self, change: str) -> str:
-        """The action of an event about this row (``<resource>.<action>``).
-
-        ``change`` is what the flush saw — ``created``, ``updated`` or ``deleted`` —
-        or ``updated`` for a row re-stated as it is (backfill, reconciliation).  The
-        default is the change itself; a model with soft deletes returns ``deleted`` for
-        a tombstone, so every write path publishes one as a delete."""
-        return change
+    @classmethod
+    def __declare_last__(cls) -> None:
+        # Declarative calls this once mappers are configured: a model mistake fails
+        # there, naming the model, instead of at the first write.
+        CaptureSpec.of(cls)
 
 
 def _sync_session(session: AsyncSession | Session) -> Session:
@@ -78,13 +92,8 @@ def _sync_session(session: AsyncSession | Session) -> Session:
 
 @contextlib.contextmanager
 def skip_publish(session: AsyncSession | Session) -> Iterator[None]:
-    """Suppress outbox capture for changes made inside the block (nesting-safe).
-
-    Capture happens at flush time, so changes made in the block but flushed later
-    (e.g. by the commit after the block) are suppressed too: the flag stays until
-    the next flush.  Flush before making, in the same session, changes that should
-    be captured.
-    """
+    """Suppress outbox capture for changes made inside the block (nesting-safe; module
+    doc).  Flush before making, in the same session, changes that should be captured."""
     sync = _sync_session(session)
     info = sync.info
     previous = info.get(SKIP_PUBLISH_KEY, False)
@@ -97,18 +106,25 @@ def skip_publish(session: AsyncSession | Session) -> Iterator[None]:
             info[_SKIP_NEXT_FLUSH_KEY] = True
 
 
-def publishing_suppressed(session: AsyncSession | Session) -> bool:
-    return bool(_sync_session(session).info.get(SKIP_PUBLISH_KEY, False))
+async def ensure_capture_off(session: AsyncSession) -> None:
+    """Make sure the capture triggers write nothing in ``session``'s transaction, whatever
+    made the session: call inside ``skip_publish(session)`` after ``begin()``.
 
-
-def _primary_key(instance: Any) -> str:
-    state = inspect(instance)
-    identity = state.identity or state.mapper.primary_key_from_instance(instance)
-    return PrimaryKey.resource_id(identity)
+    A session of :attr:`Outbox.session_class` has set ``bridge.capture = 'off'`` as its
+    transaction began (no extra statement); any other session — an application's own
+    ``async_sessionmaker`` handed to the inbox — gets one ``set_config`` here, because the
+    triggers capture every write that does not say otherwise and a peer's change applied
+    without it would echo back to the peer.
+    """
+    await session.connection()  # begins: a bridge session applies its settings now
+    settings = session.sync_session.info.get(_SETTINGS_KEY)
+    if settings is None or settings.get("capture") != "off":
+        await session.execute(_CAPTURE_OFF)
 
 
 class Outbox:
-    """Captures synced row changes of one app into the outbox (module doc)."""
+    """One app's side of capture: its sessions' settings, re-stated rows and explicit
+    events (module doc)."""
 
     def __init__(
         self,
@@ -123,35 +139,134 @@ class Outbox:
         self._listeners: list[Callable[[], None]] = []
         # A subclass per Outbox: its events do not fire for other apps' sessions.
         self.session_class: type[Session] = type(f"BridgeSession_{config.app_name}", (Session,), {})
-        event.listen(self.session_class, "after_flush", self._after_flush)
+        event.listen(self.session_class, "after_begin", self._after_begin)
+        event.listen(self.session_class, "before_flush", self._before_flush)
+        event.listen(self.session_class, "do_orm_execute", self._do_orm_execute)
+        event.listen(self.session_class, "after_transaction_end", self._after_transaction_end)
         event.listen(self.session_class, "after_commit", self._after_commit)
         event.listen(self.session_class, "after_rollback", self._after_rollback)
 
+    @property
+    def schemas(self) -> EventSchemas:
+        """The event versions the capture triggers of this app must stamp."""
+        return self._schemas
+
     def add_commit_listener(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` after each commit that captured rows (must be cheap)."""
+        """Call ``callback`` after each commit that wrote through a bridge session (cheap)."""
         self._listeners.append(callback)
 
     def remove_commit_listener(self, callback: Callable[[], None]) -> None:
         with contextlib.suppress(ValueError):
             self._listeners.remove(callback)
 
-    # -- building rows --------------------------------------------------------------
-    def envelope_for(self, instance: Synced, action: str) -> Envelope:
-        resource = instance.__bridge_resource__
-        traceparent = self._traceparent() if self._traceparent else None
-        event_type = f"{resource}.{action}"
-        return Envelope(
-            event_type=event_type,
-            schema_version=self._schemas.current_version(event_type, resource),
-            producer=self._config.app_name,
-            resource_type=resource,
-            resource_id=_primary_key(instance),
-            payload=instance.bridge_snapshot(),
-            traceparent=traceparent,
-            trace_id=_trace_id(traceparent),
+    async def record_producer(self, engine: AsyncEngine) -> None:
+        """Record this app as the producer of writes made outside a bridge session
+        (``bridge_capture_settings``; idempotent, no write when already recorded)."""
+        async with engine.begin() as conn:
+            await conn.execute(
+                _RECORD_PRODUCER,
+                {"producer": self._config.app_name, "subject": self._config.subjects.publish},
+            )
+
+    # -- transaction-local settings -------------------------------------------------
+    def _settings(self, skip: bool) -> dict[str, str]:
+        # Under skip nothing is captured: no trace to pass (and no round trip per
+        # handler span in the inbox).
+        traceparent = None if skip or self._traceparent is None else self._traceparent()
+        return {
+            "producer": self._config.app_name,
+            "subject": self._config.subjects.publish,
+            "capture": "off" if skip else "on",
+            "traceparent": traceparent or "",
+        }
+
+    def _apply(self, session: Session, connection: Connection, *, skip: bool) -> None:
+        wanted = self._settings(skip)
+        if session.info.get(_SETTINGS_KEY) != wanted:
+            connection.execute(_SET_SETTINGS, wanted)
+            session.info[_SETTINGS_KEY] = wanted
+
+    def _before_write(self, session: Session, *, skip: bool) -> None:
+        self._apply(session, session.connection(), skip=skip)
+        session.info[_WROTE_KEY] = True
+
+    def _after_begin(
+        self, session: Session, transaction: SessionTransaction, connection: Connection
+    ) -> None:
+        if transaction.nested:
+            return
+        session.info.pop(_SETTINGS_KEY, None)
+        if session.info.get(SKIP_PUBLISH_KEY):
+            self._apply(session, connection, skip=True)
+
+    def _before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
+        skip = bool(
+            session.info.pop(_SKIP_NEXT_FLUSH_KEY, False) or session.info.get(SKIP_PUBLISH_KEY)
         )
+        self._before_write(session, skip=skip)
+
+    def _do_orm_execute(self, state: ORMExecuteState) -> None:
+        if (
+            state.is_insert
+            or state.is_update
+            or state.is_delete
+            or isinstance(state.statement, TextClause)
+        ):
+            self._before_write(state.session, skip=bool(state.session.info.get(SKIP_PUBLISH_KEY)))
+
+    def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
+        # A transaction's end resets set_config(..., true); a savepoint rolled back
+        # undoes what was set inside it: set again before the next write.
+        session.info.pop(_SETTINGS_KEY, None)
+
+    def _after_commit(self, session: Session) -> None:
+        if session.info.pop(_WROTE_KEY, False):
+            for callback in list(self._listeners):
+                callback()
+
+    def _after_rollback(self, session: Session) -> None:
+        session.info.pop(_SKIP_NEXT_FLUSH_KEY, None)
+        session.info.pop(_WROTE_KEY, None)
+
+    # -- re-stated rows and explicit events -----------------------------------------
+    async def emit_snapshots(self, session: AsyncSession, instances: Sequence[Synced]) -> int:
+        """Re-state rows as they are now: one outbox row per instance, in the caller's
+        transaction, action ``updated`` (a tombstone: ``deleted``), built by the same
+        SQL as the capture trigger's (:mod:`bridge.outbox.triggers`).
+
+        Used by backfill and reconciliation.  The payload carries the row's stored
+        version, so a receiver that applies last-writer-wins treats a re-stated row
+        it already holds as the same version (no change) and never lets it
+        overwrite newer data.  Returns the number of outbox rows written.
+        """
+        by_model: dict[type[Any], list[tuple[Any, ...]]] = {}
+        for instance in instances:
+            state = inspect(instance)
+            identity = state.identity or state.mapper.primary_key_from_instance(instance)
+            by_model.setdefault(type(instance), []).append(tuple(identity))
+        if not by_model:
+            return 0
+        return int(await session.run_sync(self._emit, by_model))
+
+    def _emit(self, session: Session, by_model: dict[type[Any], list[tuple[Any, ...]]]) -> int:
+        session.flush()
+        self._before_write(session, skip=False)
+        written = 0
+        for model, keys in by_model.items():
+            spec = CaptureSpec.of(model, self._schemas)
+            row = spec.table.alias("bridge_row")
+            call = literal_column(f"{spec.emit_function}(bridge_row, 'updated')", Integer)
+            columns = [row.c[column.key] for column in key_columns(spec.table)]
+            statement = (
+                select(func.coalesce(func.sum(call), 0))
+                .select_from(row)
+                .where(sql_tuple(*columns).in_(keys))
+            )
+            written += int(session.connection().execute(statement).scalar_one())
+        return written
 
     def row_for(self, envelope: Envelope, subject: str | None = None) -> dict[str, Any]:
+        """The outbox row of an explicit envelope."""
         return {
             "event_id": envelope.event_id,
             "subject": subject or self._config.subjects.publish,
@@ -162,69 +277,14 @@ class Outbox:
             "payload": envelope.to_dict(),
         }
 
-    # -- capture --------------------------------------------------------------------
-    def _after_flush(self, session: Session, flush_context: UOWTransaction) -> None:
-        if session.info.pop(_SKIP_NEXT_FLUSH_KEY, False) or session.info.get(SKIP_PUBLISH_KEY):
-            return
-        changes = [
-            *((instance, "created") for instance in session.new),
-            *(
-                (instance, "updated")
-                for instance in session.dirty
-                if session.is_modified(instance, include_collections=False)
-            ),
-            *((instance, "deleted") for instance in session.deleted),
-        ]
-        rows = [
-            self.row_for(self.envelope_for(instance, instance.bridge_action(change)))
-            for instance, change in changes
-            if isinstance(instance, Synced)
-        ]
-        if rows:
-            self._write(session, rows)
-
-    def _write(self, session: Session, rows: list[dict[str, Any]]) -> None:
-        # The table's statement trigger sends the NOTIFY (bridge.schema.OUTBOX_NOTIFY_DDL).
-        session.connection().execute(insert(outbox_table), rows)
-        session.info[_CAPTURED_KEY] = True
-
-    def _after_commit(self, session: Session) -> None:
-        captured = session.info.pop(_CAPTURED_KEY, False)
-        if captured:
-            for callback in list(self._listeners):
-                callback()
-
-    def _after_rollback(self, session: Session) -> None:
-        session.info.pop(_SKIP_NEXT_FLUSH_KEY, None)
-        session.info.pop(_CAPTURED_KEY, None)
-
-    async def emit_snapshots(self, session: AsyncSession, instances: Sequence[Synced]) -> int:
-        """Re-state rows as they are now: one outbox row per instance, in the caller's
-        transaction, action ``bridge_action("updated")`` (a tombstone: ``deleted``).
-
-        Used by backfill and reconciliation.  The payload carries the row's stored
-        version, so a receiver that applies last-writer-wins treats a re-stated row
-        it already holds as the same version (no change) and never lets it
-        overwrite newer data.  Returns the number of outbox rows written.
-        """
-        rows = [
-            self.row_for(self.envelope_for(instance, instance.bridge_action("updated")))
-            for instance in instances
-        ]
-        if rows:
-            await session.run_sync(lambda s: self._write(s, rows))
-        return len(rows)
-
     async def enqueue(
         self, session: AsyncSession, envelope: Envelope, *, subject: str | None = None
     ) -> None:
         """Add an explicit event (not a row change) in the caller's transaction."""
-        await session.run_sync(lambda s: self._write(s, [self.row_for(envelope, subject)]))
+        row = self.row_for(envelope, subject)
 
+        def write(sync: Session) -> None:
+            sync.connection().execute(insert(outbox_table), [row])
+            sync.info[_WROTE_KEY] = True
 
-def _trace_id(traceparent: str | None) -> str | None:
-    """The trace id inside a W3C ``traceparent`` (``00-<trace>-<span>-<flags>``)."""
-    if not traceparent:
-        return None
-    parts = traceparent.split("-")
-    return parts[1] if len(parts) == 4 else None
+        await session.run_sync(write)

@@ -46,13 +46,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from bridge.config import BridgeConfig
 from bridge.errors import ConfigError
-from bridge.keys import Key, PrimaryKey
+from bridge.keys import Key, PrimaryKey, table_sql
 from bridge.outbox.capture import Outbox, Synced
 from bridge.reconcile.restate import (
     RESOURCE_ID,
     model_table,
     snapshot_query,
-    table_sql,
     write_snapshots,
 )
 

@@ -5,8 +5,8 @@ reconciliation's re-emits write.
 ``resource_id``, computed by PostgreSQL from the key's rule
 (:meth:`bridge.keys.PrimaryKey.resource_id_sql`, the same text a capture trigger
 writes); :func:`write_snapshots` writes one outbox row per instance in the caller's
-transaction, action ``bridge_action("updated")`` (a tombstone: ``deleted``), the
-payload the instance's snapshot with its stored version — so a receiver that applies
+transaction through the table's capture function, action ``updated`` (a tombstone:
+``deleted``), the payload the row with its stored version — so a receiver that applies
 last-writer-wins treats a re-stated row it holds as the same version and never lets it
 overwrite newer data.
 
@@ -16,21 +16,17 @@ The rows wake relays through the outbox table's NOTIFY trigger on commit
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
-from sqlalchemy import Select, String, Table, insert, inspect, literal_column, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Select, String, Table, inspect, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.errors import ConfigError
-from bridge.keys import PrimaryKey
+from bridge.keys import PrimaryKey, table_sql
 from bridge.outbox.capture import Outbox, Synced
-from bridge.schema import outbox as outbox_table
 
 #: The label of the computed ``resource_id`` in :func:`snapshot_query`.
 RESOURCE_ID = "bridge_resource_id"
-_QUOTE = postgresql.dialect().identifier_preparer.quote  # type: ignore[no-untyped-call]
 
 
 def model_table(model: type[Synced]) -> Table:
@@ -39,12 +35,6 @@ def model_table(model: type[Synced]) -> Table:
     if not isinstance(table, Table):
         raise ConfigError(f"{model.__name__} is not mapped to a table")
     return table
-
-
-def table_sql(table: Table) -> str:
-    """The table's quoted (schema-qualified) name, as SQL."""
-    name = _QUOTE(table.name)
-    return f"{_QUOTE(table.schema)}.{name}" if table.schema else name
 
 
 def snapshot_query(model: type[Synced]) -> Select[Synced, str]:
@@ -57,16 +47,7 @@ def snapshot_query(model: type[Synced]) -> Select[Synced, str]:
 async def write_snapshots(
     session: AsyncSession, outbox: Outbox, rows: Sequence[tuple[Synced, str]]
 ) -> int:
-    """One outbox row per ``(instance, resource_id)`` (module doc); returns the count."""
-    values = [
-        outbox.row_for(
-            dataclasses.replace(
-                outbox.envelope_for(instance, instance.bridge_action("updated")),
-                resource_id=resource_id,
-            )
-        )
-        for instance, resource_id in rows
-    ]
-    if values:
-        await session.execute(insert(outbox_table), values)
-    return len(values)
+    """One outbox row per ``(instance, resource_id)`` of :func:`snapshot_query`, written by
+    the table's capture function (:meth:`Outbox.emit_snapshots`: the same SQL as the
+    capture trigger, so payload and ``resource_id`` follow one rule); returns the count."""
+    return await outbox.emit_snapshots(session, [instance for instance, _ in rows])

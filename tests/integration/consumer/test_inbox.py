@@ -16,6 +16,7 @@ from bridge.errors import Retry
 from bridge.inbox.processor import InboxProcessor
 from bridge.outbox.capture import SKIP_PUBLISH_KEY, Outbox, Synced
 from bridge.routing.router import Router
+from bridge.schema import create_all
 from bridge.transport.delivery import Delivery, NatsDelivery, Outcome
 
 
@@ -255,8 +256,7 @@ async def test_handler_writes_to_synced_models_are_not_captured(stack: Stack) ->
     sessions = async_sessionmaker(
         stack.engine, sync_session_class=outbox.session_class, expire_on_commit=False
     )
-    async with stack.engine.begin() as conn:
-        await conn.run_sync(_Base.metadata.create_all)
+    await create_all(stack.engine, models=[_Org])  # its table and capture trigger
 
     async def apply_org(session: AsyncSession, env: Envelope) -> None:
         session.add(_Org(id=env.resource_id, name=str(env.payload["name"])))

@@ -25,6 +25,7 @@ from test_inbox import fetch
 from test_inbox_optimistic import statements
 
 from bridge.envelope import Envelope, format_timestamp
+from bridge.outbox.capture import ensure_capture_off
 from bridge.testing import NatsServer, PostgresServer
 from bridge.transport.delivery import Outcome
 from services.shared.db import migrate
@@ -108,6 +109,7 @@ async def sides(
             stacks.append(stack)
             SyncHandlers(stack.engine, "system_b").register(stack.router, batch=batch)
             async with stack.engine.begin() as conn:
+                await conn.execute(text("SET LOCAL bridge.capture = 'off'"))  # before sync
                 for row in SEED:
                     values = dict(row)
                     for k in ("created_at", "updated_at"):
@@ -235,6 +237,7 @@ async def test_a_record_inserted_concurrently_is_not_overwritten_unjudged(
         older.append(ev("organization", "created", org(O3, T0)))
         async with sessions() as first, sessions() as second:
             async with first.begin():
+                await ensure_capture_off(first)  # as the inbox does: a peer's change
                 await handlers.organizations(first, newer)
                 # the second batch did not see O1 (not committed): it inserts it too
                 late = asyncio.create_task(_apply_in(second, handlers, older))
@@ -251,4 +254,5 @@ async def test_a_record_inserted_concurrently_is_not_overwritten_unjudged(
 
 async def _apply_in(session: AsyncSession, handlers: SyncHandlers, envs: list[Envelope]) -> None:
     async with session.begin():
+        await ensure_capture_off(session)
         await handlers.organizations(session, envs)

@@ -63,9 +63,7 @@ def relay_config(nats_url: str, unique: str, **relay: Any) -> BridgeConfig:
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     eng = create_async_engine(database_url, pool_size=10)
-    await schema.create_all(eng)
-    async with eng.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    await schema.create_all(eng, models=[Widget])
     yield eng
     await eng.dispose()
 
@@ -75,9 +73,7 @@ async def engines(postgres: PostgresServer) -> AsyncIterator[tuple[AsyncEngine, 
     urls = [await postgres.create_database() for _ in range(2)]
     engines = [create_async_engine(u) for u in urls]
     for eng in engines:
-        await schema.create_all(eng)
-        async with eng.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
+        await schema.create_all(eng, models=[Widget])
     yield engines[0], engines[1]
     for eng, url in zip(engines, urls, strict=True):
         await eng.dispose()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from bridge.envelope import Envelope
@@ -10,7 +12,7 @@ from bridge.outbox.capture import Outbox, skip_publish
 from bridge.schema import outbox
 from bridge.testing import NatsServer
 
-from .conftest import Widget, relay_config
+from .conftest import Widget, relay_config, scalar
 
 
 async def outbox_rows(engine: AsyncEngine) -> list[dict]:  # type: ignore[type-arg]
@@ -98,10 +100,20 @@ async def test_two_apps_in_one_process_capture_separately(
         s.add(Widget(name="a"))
     async with async_sessionmaker(engine, sync_session_class=box_b.session_class).begin() as s:
         s.add(Widget(name="b"))
+    # Outside a bridge session, with no producer recorded: the write fails, naming the fix.
+    with pytest.raises(DBAPIError, match=r"no producer recorded .* widgets"):
+        async with plain.begin() as s:
+            s.add(Widget(name="before any bridge start"))
+    assert await scalar(engine, "SELECT count(*) FROM widgets") == 2
+    await box_a.record_producer(engine)
     async with plain.begin() as s:
-        s.add(Widget(name="not synced through a bridge session"))
+        s.add(Widget(name="plain session, attributed to the recorded producer"))
     rows = await outbox_rows(engine)
-    assert [r["subject"] for r in rows] == [box_a_subject(unique), box_a_subject(unique + "x")]
+    assert [(r["subject"], r["payload"]["producer"]) for r in rows] == [
+        (box_a_subject(unique), f"a{unique}"),
+        (box_a_subject(unique + "x"), f"a{unique}x"),
+        (box_a_subject(unique), f"a{unique}"),
+    ]
 
 
 def box_a_subject(unique: str) -> str:
