@@ -58,6 +58,7 @@ async def test_migrated_schema_matches_metadata(database_url: str) -> None:
         "bridge_backfill_runs",
         "bridge_reconcile_runs",
         "bridge_console_audit",
+        "bridge_id_settings",
     }
     # The bridge's indexes exactly as bridge.schema declares them.
     for table in (bridge_schema.outbox, bridge_schema.inbox):

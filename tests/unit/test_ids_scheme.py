@@ -1,0 +1,123 @@
+"""The id layout (bridge.ids.scheme): limits, round trips, JSON exactness, hostile values."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.errors import IdentityError
+from bridge.ids import EPOCH, ERROR_CODES, LAST_TIME, MAX_ID, MAX_SYSTEM, compose, decode
+from bridge.ids.ddl import SQLSTATES
+from bridge.ids.scheme import MAX_MILLISECOND, SEQUENCES_PER_MS, check_id, tick_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_limits_the_docs_state() -> None:
+    assert MAX_ID == 2**53 - 1
+    assert MAX_SYSTEM == 63 and SEQUENCES_PER_MS == 64
+    assert datetime(2025, 1, 1, tzinfo=UTC) == EPOCH
+    assert datetime(2094, 9, 7, 15, 47, 35, 551000, tzinfo=UTC) == LAST_TIME
+
+
+def test_the_last_id_of_the_scheme_is_below_2_to_the_53() -> None:
+    last = compose(LAST_TIME, SEQUENCES_PER_MS - 1, MAX_SYSTEM)
+    assert last == MAX_ID < 2**53
+    # exact as a double, so JSON parsers that read numbers as doubles keep it
+    assert float(last) == last and int(json.loads(json.dumps(last), parse_int=float)) == last
+    assert decode(last).time == LAST_TIME
+    with pytest.raises(IdentityError) as refused:
+        compose(LAST_TIME + timedelta(milliseconds=1), 0, 0)
+    assert refused.value.code == "out_of_range"
+
+
+@given(
+    st.integers(0, MAX_MILLISECOND),
+    st.integers(0, SEQUENCES_PER_MS - 1),
+    st.integers(0, MAX_SYSTEM),
+)
+def test_decode_is_the_inverse_of_compose(millisecond: int, sequence: int, system: int) -> None:
+    value = compose(millisecond, sequence, system)
+    provenance = decode(value)
+    assert (provenance.millisecond, provenance.sequence, provenance.system) == (
+        millisecond,
+        sequence,
+        system,
+    )
+    assert compose(provenance.time, provenance.sequence, provenance.system) == value
+    assert float(value) == value  # every id is exact as a double
+
+
+@given(st.integers(0, MAX_ID), st.integers(0, MAX_ID))
+def test_ids_order_by_time_then_sequence(a: int, b: int) -> None:
+    da, db = decode(a), decode(b)
+    if (da.time, da.sequence) < (db.time, db.sequence):
+        assert tick_of(a) < tick_of(b) and a < b
+
+
+def test_a_time_is_truncated_to_the_millisecond_in_any_timezone() -> None:
+    paris = timezone(timedelta(hours=1))
+    moment = datetime(2026, 6, 1, 12, 0, 0, 123_999, tzinfo=paris)
+    value = compose(moment, 5, 7)
+    assert decode(value).time == datetime(2026, 6, 1, 11, 0, 0, 123_000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [-1, MAX_ID + 1, 2**63, True, 1.0, float(2**40), "42", None, 10**30],
+)
+def test_what_is_not_an_id_is_refused(value: object) -> None:
+    with pytest.raises(IdentityError) as refused:
+        check_id(value)
+    assert refused.value.code == "out_of_range"
+    with pytest.raises(IdentityError):
+        decode(value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("time", "sequence", "system", "code"),
+    [
+        (EPOCH - timedelta(milliseconds=1), 0, 0, "out_of_range"),
+        (datetime(2026, 1, 1), 0, 0, "out_of_range"),  # naive: which timezone?
+        (0, SEQUENCES_PER_MS, 0, "out_of_range"),
+        (0, -1, 0, "out_of_range"),
+        (0, 0, MAX_SYSTEM + 1, "system_out_of_range"),
+        (0, 0, -1, "system_out_of_range"),
+        (0, 0, 2**31, "system_out_of_range"),
+        (0, 0, True, "system_out_of_range"),
+    ],
+)
+def test_compose_refuses_parts_outside_the_scheme(
+    time: datetime | int, sequence: int, system: int, code: str
+) -> None:
+    with pytest.raises(IdentityError) as refused:
+        compose(time, sequence, system)
+    assert refused.value.code == code
+
+
+def test_every_sql_refusal_has_an_error_code() -> None:
+    assert set(SQLSTATES.values()) <= ERROR_CODES
+    assert all(state.startswith("BR") and len(state) == 5 for state in SQLSTATES)
+
+
+@pytest.mark.parametrize("first", ["bridge.schema", "bridge.ids", "bridge.ids.ddl"])
+def test_the_modules_import_in_any_order(first: str) -> None:
+    # bridge.schema installs the generator's DDL and bridge.ids uses the schema.
+    code = f"import {first}; import bridge.ids, bridge.schema; print(bridge.schema.id_settings)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "bridge_id_settings"
