@@ -169,3 +169,9 @@ class IdentityError(BridgeError):
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class InvalidIdError(IdentityError, ValueError):
+    """A value is not an id of the scheme (``code``: ``out_of_range`` or
+    ``system_out_of_range``); a ``ValueError`` too, so validators of untrusted input
+    (payload validators, request models) report it as a bad field."""

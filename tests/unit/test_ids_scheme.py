@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.errors import IdentityError
+from bridge.errors import IdentityError, InvalidIdError
 from bridge.ids import EPOCH, ERROR_CODES, LAST_TIME, MAX_ID, MAX_SYSTEM, compose, decode
 from bridge.ids.ddl import SQLSTATES
-from bridge.ids.scheme import MAX_MILLISECOND, SEQUENCES_PER_MS, check_id, tick_of
+from bridge.ids.scheme import MAX_MILLISECOND, SEQUENCES_PER_MS, check_id, parse_id, tick_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,3 +121,65 @@ def test_the_modules_import_in_any_order(first: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "bridge_id_settings"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(1, 1), ("1", 1), (42, 42), ("42", 42), (MAX_ID, MAX_ID), (str(MAX_ID), MAX_ID)],
+)
+def test_parse_id_takes_a_json_integer_or_its_decimal_text(value: object, expected: int) -> None:
+    assert parse_id(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        0,
+        "0",
+        -1,
+        "-1",
+        "+1",
+        " 1",
+        "1 ",
+        "1\n",
+        "01",
+        "1.0",
+        "1e3",
+        "0x10",
+        "",
+        "\u0661\u0662",  # Arabic-Indic digits: str.isdigit() says yes, an id says no
+        "\u00b2",
+        1.0,
+        42.0,
+        True,
+        False,
+        None,
+        [1],
+        {"id": 1},
+        b"1",
+        MAX_ID + 1,
+        str(MAX_ID + 1),
+        "9" * 17,
+    ],
+)
+def test_parse_id_refuses_what_a_client_must_not_send_as_an_id(value: object) -> None:
+    with pytest.raises(InvalidIdError) as refused:
+        parse_id(value, field="organization_id")
+    assert isinstance(refused.value, ValueError)  # a bad field to validators
+    assert refused.value.code == "out_of_range"
+    assert str(refused.value).startswith("organization_id: ")
+
+
+@pytest.mark.parametrize(
+    "value", [10**5000, -(10**5000), "9" * 100_000], ids=["huge", "huge-negative", "long-text"]
+)
+def test_a_hostile_value_gets_a_bounded_message(value: object) -> None:
+    with pytest.raises(InvalidIdError) as refused:
+        parse_id(value)
+    assert len(str(refused.value)) < 200
+    with pytest.raises(InvalidIdError) as refused:
+        check_id(value)
+    assert len(str(refused.value)) < 200
+    with pytest.raises(InvalidIdError) as refused:
+        compose(0, 0, value)  # type: ignore[arg-type]
+    assert len(str(refused.value)) < 200

@@ -3,7 +3,8 @@
 them, all below 2**53 so JSON keeps them exact (docs/IDENTITIES.md).
 
 - :mod:`bridge.ids.scheme`: the layout — :func:`compose`, :func:`decode` into a
-  :class:`Provenance` (time, sequence, system), the limits;
+  :class:`Provenance` (time, sequence, system), the limits; :func:`parse_id`, the one
+  rule for ids received from outside (JSON bodies, events, URLs);
 - :mod:`bridge.ids.ddl`: the SQL (``bridge_next_id()``, ``bridge_id_advance_past()``,
   ``bridge_id_provenance()``), installed by the migration ``0010_bridge_ids``;
 - :mod:`bridge.ids.generator`: :func:`install`, :func:`set_system_number`,
@@ -34,6 +35,7 @@ from bridge.ids.scheme import (
     check_id,
     compose,
     decode,
+    parse_id,
 )
 
 #: Every ``IdentityError.code``.
@@ -55,6 +57,7 @@ __all__ = [
     "identity_error",
     "install",
     "next_id",
+    "parse_id",
     "set_system_number",
     "verify",
 ]
