@@ -13,7 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.errors import IdentityError, InvalidIdError
-from bridge.ids import EPOCH, ERROR_CODES, LAST_TIME, MAX_ID, MAX_SYSTEM, compose, decode
+from bridge.ids import (
+    EPOCH,
+    ERROR_CODES,
+    LAST_TIME,
+    MAX_ID,
+    MAX_SYSTEM,
+    compose,
+    decode,
+    identity_error,
+)
 from bridge.ids.ddl import SQLSTATES
 from bridge.ids.scheme import MAX_MILLISECOND, SEQUENCES_PER_MS, check_id, parse_id, tick_of
 
@@ -183,3 +192,30 @@ def test_a_hostile_value_gets_a_bounded_message(value: object) -> None:
     with pytest.raises(InvalidIdError) as refused:
         compose(0, 0, value)  # type: ignore[arg-type]
     assert len(str(refused.value)) < 200
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"error {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+class _WrappedError(Exception):
+    """How SQLAlchemy wraps a driver's error: ``orig``, the driver's in ``__cause__``."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__("wrapped")
+        self.orig = Exception("adapter")
+        self.orig.__cause__ = cause
+
+
+@pytest.mark.parametrize(("sqlstate", "code"), sorted(SQLSTATES.items()))
+def test_every_refusal_of_the_database_maps_to_its_code(sqlstate: str, code: str) -> None:
+    for error in (_DriverError(sqlstate), _WrappedError(_DriverError(sqlstate))):
+        mapped = identity_error(error)
+        assert mapped is not None and mapped.code == code
+
+
+@pytest.mark.parametrize("error", [ValueError("x"), _DriverError("23505"), _DriverError("BRI99")])
+def test_other_errors_are_not_refusals_of_the_generator(error: Exception) -> None:
+    assert identity_error(error) is None

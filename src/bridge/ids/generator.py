@@ -50,8 +50,8 @@ class GeneratorState:
 
     @property
     def last_id(self) -> int | None:
-        """The greatest id of this system the generator will never issue again: its last
-        id, or what :func:`advance_past` moved it to (None before the first)."""
+        """Every id this database issues from now on is greater than this one: its last
+        id, or what :func:`advance_past` moved the state to (None before the first)."""
         if self.last_tick is None:
             return None
         return self.last_tick * SYSTEMS + self.system_number
