@@ -41,6 +41,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "outbox": ("benchmarks.outbox_size", "bench_outbox", "db"),
     "scale": ("benchmarks.scale", "bench_scale", "factory"),
     "scale_cost": ("benchmarks.scale_cost", "bench_scale_cost", "factory"),
+    "ids": ("benchmarks.ids", "bench_ids", "db"),
 }
 
 #: figure -> what the prefixes of a subset re-run are (figures not named after their

@@ -1,7 +1,7 @@
 """sync records: what last-writer-wins reports, in the bridge's own tables
 
 Revision ID: 0011_sync_records
-Revises: 0007_capture_triggers
+Revises: 0010_bridge_ids
 Create Date: 2026-12-20
 
 bridge_sync_conflicts and bridge_sync_stale_events (bridge.schema) are where the
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0011_sync_records"
-down_revision: str | None = "0007_capture_triggers"
+down_revision: str | None = "0010_bridge_ids"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -164,3 +164,20 @@ class AttemptsExhausted(BridgeError):
 class AdminCredentialsError(PermissionDeniedError):
     """A command needs the JetStream API (admin credentials) and the NATS user may
     not use it; the message names the command, the user and what to run it with."""
+
+
+class IdentityError(BridgeError):
+    """The id generator cannot issue an id, or a value is not an id of the scheme
+    (bridge.ids).  ``code`` says why, from a fixed set (:data:`bridge.ids.ERROR_CODES`):
+    ``settings_missing``, ``system_unset``, ``system_out_of_range``, ``clock_behind``,
+    ``exhausted``, ``out_of_range``, ``not_installed``, ``scheme_mismatch``."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InvalidIdError(IdentityError, ValueError):
+    """A value is not an id of the scheme (``code``: ``out_of_range`` or
+    ``system_out_of_range``); a ``ValueError`` too, so validators of untrusted input
+    (payload validators, request models) report it as a bad field."""

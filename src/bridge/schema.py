@@ -29,6 +29,8 @@ application's Alembic migrations the operations of :mod:`bridge.migrations`.
 Autogenerate sees the tables when ``env.py`` includes :data:`metadata` in
 ``target_metadata``; it never sees triggers, which is why they are explicit
 operations and not ``after_create`` hooks.
+``bridge_id_settings`` holds this database's system number for the id generator
+``bridge_next_id()`` (:mod:`bridge.ids`), installed with it.
 """
 
 from __future__ import annotations
@@ -50,10 +52,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    event,
     func,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from bridge.ids.ddl import ID_GENERATOR_DDL
+from bridge.ids.scheme import MAX_SYSTEM
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -218,6 +224,27 @@ console_audit = Table(
     Column("detail", Text, nullable=True),
     Index("ix_bridge_console_audit_at", "at"),
 )
+
+#: The id generator's settings (bridge.ids): exactly one row (``singleton``), holding the
+#: number of this database among the synced systems and how far ahead of the clock the
+#: generator may run before it refuses (``max_lead_ms``).  The function, its state
+#: sequence and the row are installed right after the table (ID_GENERATOR_DDL).
+id_settings = Table(
+    "bridge_id_settings",
+    metadata,
+    Column("singleton", Boolean, primary_key=True, server_default=text("true")),
+    Column("system_number", Integer, nullable=True),
+    Column("max_lead_ms", Integer, nullable=False, server_default=text("10000")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("singleton", name="ck_bridge_id_settings_singleton"),
+    CheckConstraint(
+        f"system_number BETWEEN 0 AND {MAX_SYSTEM}", name="ck_bridge_id_settings_system_number"
+    ),
+    CheckConstraint("max_lead_ms BETWEEN 0 AND 3600000", name="ck_bridge_id_settings_max_lead_ms"),
+)
+for _statement in ID_GENERATOR_DDL:
+    # DDL() formats its text with %: the functions' own % (RAISE, modulo) are escaped.
+    event.listen(id_settings, "after_create", DDL(_statement.replace("%", "%%")))  # type: ignore[no-untyped-call]
 
 
 #: What last-writer-wins reports (bridge.sync.lww's default recorders): a natural-key

@@ -63,6 +63,7 @@ async def test_migrated_schema_matches_metadata(database_url: str) -> None:
         "bridge_sync_conflicts",
         "bridge_sync_stale_events",
         "bridge_capture_settings",
+        "bridge_id_settings",
     }
     # The capture triggers of 0007 are the ones the services' bridge expects at start.
     engine = create_async_engine(database_url)
