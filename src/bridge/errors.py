@@ -158,3 +158,8 @@ class AttemptsExhausted(BridgeError):
 class AdminCredentialsError(PermissionDeniedError):
     """A command needs the JetStream API (admin credentials) and the NATS user may
     not use it; the message names the command, the user and what to run it with."""
+
+
+class CatalogError(BridgeError, ValueError):
+    """An event catalog or payload JSON Schema cannot be read or compared
+    (``bridge schema diff``: a file that is not JSON, a reference that does not resolve)."""

@@ -15,8 +15,8 @@ What the document holds:
   whose ``payload`` field refers to ``components.schemas["<type>.v<n>"]``, the
   declared JSON Schema (``{"type": "object"}`` and a note when none was declared).
   Extensions ``x-bridge-type``, ``x-bridge-schema-version`` and ``x-bridge-published``
-  (the version producers stamp) let a reader — ``bridge schema diff`` — compare
-  catalogs without guessing from names.
+  (the version producers stamp; ``x-bridge-no-schema`` marks a placeholder) let a
+  reader — ``bridge schema diff`` — compare catalogs without guessing from names.
 
 A type declared per resource (``"user"``) covers every event of that resource
 (``user.created``, ``user.updated``, ``user.deleted``, ...) except the exact event
@@ -44,17 +44,28 @@ from bridge.config import BridgeConfig
 from bridge.errors import ConfigError
 from bridge.event_schemas import DeclaredType, EventSchemas
 
-__all__ = ["ASYNCAPI_VERSION", "X_PUBLISHED", "X_SCHEMA_VERSION", "X_TYPE", "asyncapi"]
+__all__ = [
+    "ASYNCAPI_VERSION",
+    "X_NO_SCHEMA",
+    "X_PUBLISHED",
+    "X_SCHEMA_VERSION",
+    "X_TYPE",
+    "asyncapi",
+    "message_key",
+]
 
 ASYNCAPI_VERSION = "3.0.0"
 X_TYPE = "x-bridge-type"
 X_SCHEMA_VERSION = "x-bridge-schema-version"
 X_PUBLISHED = "x-bridge-published"
+#: Marks the placeholder payload schema of a version declared without one.
+X_NO_SCHEMA = "x-bridge-no-schema"
 _NATS_BINDING_VERSION = "0.1.0"
 _HEADERS_REF = "#/components/schemas/publishHeaders"
 _NO_SCHEMA = {
     "type": "object",
     "description": "No JSON Schema declared for this version: the validator alone decides.",
+    X_NO_SCHEMA: True,
 }
 
 
