@@ -44,7 +44,7 @@ def test_the_site_builds_strictly_with_the_readme_as_front_page(tmp_path: Path) 
     assert 'id="jetstream-bridge-python">jetstream-bridge (Python)<' in front  # README's title
     assert 'href="OPERATIONS/"' in front and 'href="docs/' not in front
     catalog = (site / "api" / "catalog" / "index.html").read_text(encoding="utf-8")
-    assert 'id="bridge.catalog.asyncapi.asyncapi"' in catalog  # rendered from docstrings
+    assert 'id="bridge.catalog.document.asyncapi"' in catalog  # rendered from docstrings
     assert ":class:" not in catalog and ":func:" not in catalog  # roles became links
     assert (site / "asyncapi" / "system_a.json").is_file()  # the catalog is published too
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from bridge import BridgeConfig, Envelope, EventSchemas, configure_bidirectional
 from bridge.catalog import asyncapi
-from bridge.catalog.asyncapi import X_PUBLISHED, X_SCHEMA_VERSION, X_TYPE
+from bridge.catalog.document import X_PUBLISHED, X_SCHEMA_VERSION, X_TYPE
 from bridge.errors import ConfigError
 from services.shared.event_versions import event_schemas
 

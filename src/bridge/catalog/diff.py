@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bridge.catalog.asyncapi import X_NO_SCHEMA, X_PUBLISHED, X_SCHEMA_VERSION, X_TYPE
 from bridge.catalog.compat import BREAKS_NEW, BREAKS_OLD, Change, compare_schemas, resolve
+from bridge.catalog.document import X_NO_SCHEMA, X_PUBLISHED, X_SCHEMA_VERSION, X_TYPE
 from bridge.errors import CatalogError
 
 __all__ = ["MAX_DOCUMENT_BYTES", "Report", "compare", "read_document"]

@@ -115,7 +115,7 @@ def bridge_router(
         @router.get("/asyncapi.json", summary="Event catalog (AsyncAPI 3.0.0)")
         async def bridge_asyncapi(running: Running) -> JSONResponse:
             """The events this app publishes and accepts, their payload schemas and
-            headers, and its dead letters (:mod:`bridge.catalog.asyncapi`)."""
+            headers, and its dead letters (:mod:`bridge.catalog.document`)."""
             return JSONResponse(event_catalog(running.config, running.event_schemas))
 
     return router
