@@ -9,30 +9,24 @@ written before it are replayed after it, so a change is judged in both direction
   flight, or replayed from the dead-letter queue: a field NEW requires must have been
   sent by OLD, a value OLD could send must still be accepted.
 
-A change that breaks neither is compatible.  The rules (:func:`compare_schemas`):
+A change that breaks neither is compatible.  The rules (:func:`compare_schemas`), as
+``rule``: change → whom it breaks:
 
-============================================  ==========================  =============
-change                                        rule                        breaks
-============================================  ==========================  =============
-required field removed                        ``field_removed``           OLD
-optional field removed                        ``field_removed``           — (NEW if NEW
-                                                                          is closed)
-new required field without ``default``        ``required_field_added``    NEW
-new optional field (or required w/ default)   ``field_added``             — (OLD if OLD
-                                                                          is closed)
-field becomes required (no ``default``)       ``field_now_required``      NEW
-field becomes optional                        ``field_now_optional``      OLD
-type narrowed (``string|null`` → ``string``)  ``type_narrowed``           NEW
-type widened (``string`` → ``string|null``)   ``type_widened``            OLD
-type changed (``string`` → ``integer``)       ``type_changed``            both
-enum value removed (or an enum introduced)    ``enum_narrowed``           NEW
-enum value added (or the enum dropped)        ``enum_widened``            OLD
-bound tightened (``maxLength`` 255 → 64)      ``constraint_narrowed``     NEW
-bound loosened, removed                       ``constraint_widened``      OLD
-``pattern``/``format`` changed                ``constraint_changed``      both
-``additionalProperties: false`` added         ``object_closed``           NEW
-``additionalProperties: false`` removed       ``object_opened``           OLD
-============================================  ==========================  =============
+- ``field_removed``: a required field removed → OLD; an optional one → nobody (NEW when
+  NEW refuses unknown fields, ``additionalProperties: false``);
+- ``required_field_added``: a new required field without ``default`` → NEW;
+- ``field_added``: a new optional field (or a required one with a ``default``) → nobody
+  (OLD when OLD refuses unknown fields);
+- ``field_now_required`` (no ``default``) → NEW; ``field_now_optional`` → OLD;
+- ``type_narrowed`` (``string`` or ``null`` → ``string``) → NEW; ``type_widened`` → OLD;
+  ``type_changed`` (``string`` → ``integer``) → both;
+- ``enum_narrowed``: an enum value removed, or an enum introduced → NEW;
+  ``enum_widened``: a value added, or the enum dropped → OLD;
+- ``constraint_narrowed``: a bound tightened or added (``maxLength`` 255 → 64) → NEW;
+  ``constraint_widened``: loosened or removed → OLD; ``constraint_changed``: ``pattern``
+  or ``format`` changed → both;
+- ``object_closed``: ``additionalProperties: false`` added → NEW; ``object_opened``:
+  removed → OLD.
 
 Scope: ``type``, ``enum``/``const``, ``properties``/``required``/``additionalProperties``,
 ``items`` (one schema), ``anyOf``/``oneOf`` as a union of types, string/number/array
