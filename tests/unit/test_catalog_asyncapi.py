@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from bridge import BridgeConfig, Envelope, EventSchemas, configure_bidirectional
 from bridge.catalog import asyncapi
 from bridge.catalog.document import X_PUBLISHED, X_SCHEMA_VERSION, X_TYPE
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, EnvelopeError
 from services.shared.event_versions import event_schemas
 
 ORG_ID = str(uuid.uuid4())
@@ -195,3 +195,18 @@ def test_a_broken_version_chain_is_refused_not_documented() -> None:
 def test_the_document_is_the_same_for_the_same_input() -> None:
     first = json.dumps(asyncapi(config(), event_schemas()))
     assert first == json.dumps(asyncapi(config(), event_schemas()))
+
+
+def test_the_envelope_schema_accepts_what_the_decoder_accepts_and_no_more() -> None:
+    """A v1 body without schema_version (the decoder reads 1) fits v1, not v2; a body
+    the decoder refuses (no event_id) fits neither."""
+    document = asyncapi(config(), event_schemas())
+    v1 = part_validator(document, "/components/messages/organization.v1/payload")
+    v2 = part_validator(document, "/components/messages/organization.v2/payload")
+    body = {k: v for k, v in org_event(1).to_dict().items() if k != "schema_version"}
+    body["payload"] = {k: v for k, v in org_row().items() if k != "origin"}
+    assert Envelope.from_dict(body).schema_version == 1
+    assert v1.is_valid(body) and not v2.is_valid(body)
+    with pytest.raises(EnvelopeError):
+        Envelope.from_dict({k: v for k, v in body.items() if k != "event_id"})
+    assert not v1.is_valid({k: v for k, v in body.items() if k != "event_id"})

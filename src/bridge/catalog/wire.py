@@ -80,7 +80,8 @@ def envelope_schema(
             f"nested at most {limits.max_json_depth} deep (no NaN/Infinity, integers within "
             "64 bits, no duplicate keys); anything else is dead-lettered as malformed."
         ),
-        "required": [*REQUIRED_FIELDS, "schema_version", "payload"],
+        # as the decoder reads it: an absent schema_version is 1, an absent payload {}
+        "required": [*REQUIRED_FIELDS, *(["schema_version"] if schema_version > 1 else [])],
         "properties": {
             "event_id": {
                 "type": "string",
@@ -91,7 +92,7 @@ def envelope_schema(
             "schema_version": {
                 "type": "integer",
                 "const": schema_version,
-                "description": "Version of the payload's schema.",
+                "description": "Version of the payload's schema (absent: 1).",
             },
             "event_type": event_type,
             "producer": _text(names, "App that published the event."),
