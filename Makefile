@@ -14,7 +14,7 @@ DEVSTACK = $(PY) -m services.devstack --mode $(MODE) --consumer-mode $(CONSUMER_
 	--workdir $(DEVSTACK_DIR) $(if $(A_PORT),--a-port $(A_PORT)) \
 	$(if $(B_PORT),--b-port $(B_PORT)) $(if $(NATS_PORT),--nats-port $(NATS_PORT))
 
-.PHONY: install up demo test test-faults lint format bench bench-peers clean deploy-tools browser-tools
+.PHONY: install up demo test test-faults lint format docs bench bench-peers clean deploy-tools browser-tools
 
 install: $(VENV)/.installed
 
@@ -46,7 +46,12 @@ deploy-tools:
 browser-tools:
 	@scripts/install_chromium.sh
 
-## The whole suite; brings up the servers it needs itself.
+## The docs site (mkdocs.yml) into build/site; --strict: a broken link or docstring
+## cross-reference fails it (make test runs the same build: tests/docs).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+## The whole suite (the docs site's strict build included); brings up the servers it needs itself.
 test: install deploy-tools browser-tools
 	$(PY) -m pytest -q -m "not faults or smoke" tests examples/inventory/tests
 
@@ -54,7 +59,7 @@ test-faults: install
 	$(PY) -m pytest -q -m faults tests
 
 lint: install
-	$(VENV)/bin/ruff check src services provisioner tests benchmarks migrations examples
+	$(VENV)/bin/ruff check src services provisioner tests benchmarks migrations examples docs/hooks scripts
 	$(VENV)/bin/mypy --strict src provisioner services
 
 format: install

@@ -21,6 +21,10 @@ app still on the gem can feed a Python service.
 ``active`` may be missing (the handler stores ``true``), as the sync handler has
 always tolerated.  Unknown fields are ignored.  The models only validate: the
 handler receives the payload as sent (or as upcast), JSON-shaped.
+
+Each version is declared with its model's JSON Schema too (:meth:`PayloadModel.json_schema`):
+the event catalog (``/asyncapi.json``, docs/asyncapi/) describes the payloads from the
+same models that validate them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StrictBool, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    StrictBool,
+    StringConstraints,
+    WithJsonSchema,
+)
 
 from bridge import Envelope, EventSchemas
 from bridge.envelope import parse_timestamp
@@ -50,7 +61,12 @@ def _checked_timestamp(value: str) -> str:
 
 
 #: Timestamps stay strings on the wire (the handler parses them).
-Timestamp = Annotated[str, StringConstraints(strict=True), AfterValidator(_checked_timestamp)]
+Timestamp = Annotated[
+    str,
+    StringConstraints(strict=True),
+    AfterValidator(_checked_timestamp),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 
 class _Row(BaseModel):
@@ -105,6 +121,11 @@ class PayloadModel:
         self.model.model_validate(payload)
         return payload
 
+    def json_schema(self) -> dict[str, Any]:
+        """The payload's JSON Schema, as the model validates it (fields with a default
+        are optional)."""
+        return self.model.model_json_schema(mode="validation")
+
 
 def row_v1_to_v2(payload: Mapping[str, Any], envelope: Envelope) -> Mapping[str, Any]:
     """v1 → v2: ``origin`` from the envelope, ``deleted_at`` none (module doc)."""
@@ -121,7 +142,7 @@ def event_schemas() -> EventSchemas:
         ("organization", OrganizationV1, OrganizationV2),
         ("user", UserV1, UserV2),
     ):
-        schemas.version(resource, 1, PayloadModel(v1))
-        schemas.version(resource, 2, PayloadModel(v2))
+        for version, model in ((1, PayloadModel(v1)), (2, PayloadModel(v2))):
+            schemas.version(resource, version, model, json_schema=model.json_schema())
         schemas.upcaster(resource, 1, row_v1_to_v2)
     return schemas

@@ -1,9 +1,11 @@
-"""The service's operations routes: ``GET /health``, ``/metrics`` and ``/sync_status``.
+"""The service's operations routes: ``GET /health``, ``/metrics``, ``/sync_status`` and
+``/asyncapi.json``.
 
-With sync on, the library's router serves all three from the running bridge
+With sync on, the library's router serves them from the running bridge
 (:func:`bridge.integrations.fastapi.bridge_router`: health with 503 when degraded, the
 bridge's metrics registry — to which :func:`services.shared.observability.service_metrics`
-adds this domain's table counts — and the bridge's sync status document); this module
+adds this domain's table counts — the bridge's sync status document, and the event
+catalog, committed as docs/asyncapi/<app>.json); this module
 only adds the domain's fields to ``/sync_status`` and keeps the seed's names
 (:func:`domain_sync_status`).  With sync off there is no bridge: the same three routes
 answer from the database alone (:func:`local_router`).
@@ -63,7 +65,7 @@ _DOMAIN = text(
 def operations_router(*, sync_enabled: bool) -> APIRouter:
     """The three operations routes: the library's over the bridge, or :func:`local_router`."""
     if sync_enabled:
-        return bridge_router(sync_status=domain_sync_status, tags=[OPERATIONS_TAG])
+        return bridge_router(sync_status=domain_sync_status, asyncapi=True, tags=[OPERATIONS_TAG])
     return local_router()
 
 

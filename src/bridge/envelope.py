@@ -33,9 +33,13 @@ from bridge.errors import EnvelopeError
 SCHEMA_VERSION = 1
 MSG_ID_HEADER = "Nats-Msg-Id"
 TRACEPARENT_HEADER = "traceparent"
-_REQUIRED = ("event_id", "event_type", "producer", "resource_type", "resource_id", "occurred_at")
-# The form PostgreSQL's uuid type and Python's uuid.UUID both read (any case).
-_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+#: Body fields every envelope must have (non-empty).
+REQUIRED_FIELDS = (
+    "event_id", "event_type", "producer", "resource_type", "resource_id", "occurred_at"
+)  # fmt: skip
+#: An ``event_id``: the form PostgreSQL's uuid type and Python's uuid.UUID both read (any case).
+UUID_PATTERN = r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"
+_UUID_TEXT = re.compile(UUID_PATTERN)
 
 
 def utcnow() -> datetime:
@@ -145,7 +149,7 @@ class Envelope:
         """
         if not isinstance(body, Mapping):
             raise EnvelopeError("envelope body must be a JSON object")
-        missing = [name for name in _REQUIRED if not body.get(name)]
+        missing = [name for name in REQUIRED_FIELDS if not body.get(name)]
         if missing:
             raise EnvelopeError(f"envelope is missing field(s): {', '.join(missing)}")
         event_id = body["event_id"]

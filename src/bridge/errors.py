@@ -181,3 +181,8 @@ class InvalidIdError(IdentityError, ValueError):
     """A value is not an id of the scheme (``code``: ``out_of_range`` or
     ``system_out_of_range``); a ``ValueError`` too, so validators of untrusted input
     (payload validators, request models) report it as a bad field."""
+
+
+class CatalogError(BridgeError, ValueError):
+    """An event catalog or payload JSON Schema cannot be read or compared
+    (``bridge schema diff``: a file that is not JSON, a reference that does not resolve)."""

@@ -16,6 +16,12 @@ type** (``"organization.deleted"``; exact wins, as in :class:`bridge.routing.rou
 - :meth:`EventSchemas.upcaster`: ``upcast(payload, envelope) -> payload`` turning a
   version *n* payload into a version *n+1* one.
 
+A version may also carry its payload's **JSON Schema** (``json_schema=``, e.g. a pydantic
+model's ``model_json_schema()``): documentation only — the validator decides what is
+accepted — read by the event catalog (:mod:`bridge.catalog`) through
+:meth:`EventSchemas.declarations`.  Keep it to what JSON Schema draft 7 and the AsyncAPI
+Schema Object share (``$defs``/``$ref`` within the schema are fine).
+
 The newest declared version is the type's **current** version; the oldest one is
 the oldest the consumer accepts.  :meth:`EventSchemas.check` (called by
 :meth:`bridge.runtime.Bridge.start`, before connecting) fails with
@@ -50,6 +56,7 @@ An upcaster that raises anything else is a bug, not bad input: the error goes to
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -59,6 +66,7 @@ from bridge.errors import ConfigError, Reject
 from bridge.routing.outcomes import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
 
 __all__ = [
+    "DeclaredType",
     "EventSchemas",
     "PayloadValidator",
     "SchemaObserver",
@@ -87,6 +95,7 @@ class _Chain:
 
     validators: dict[int, PayloadValidator] = field(default_factory=dict)
     upcasters: dict[int, Upcaster] = field(default_factory=dict)
+    json_schemas: dict[int, dict[str, Any]] = field(default_factory=dict)
     publish: int | None = None  # the version producers stamp, when pinned below current
 
     @property
@@ -98,6 +107,27 @@ class _Chain:
         return min(self.validators)
 
 
+@dataclass(frozen=True, slots=True)
+class DeclaredType:
+    """One declared type as a reader sees it (:meth:`EventSchemas.declarations`).
+
+    ``type_`` is the key it was declared under (a resource type, or an exact event type
+    when it contains a dot); ``versions`` the accepted ones, oldest first;
+    ``publish_version`` what producers stamp; ``json_schemas`` the payload JSON Schema
+    of each version that declared one (a copy).
+    """
+
+    type_: str
+    versions: tuple[int, ...]
+    publish_version: int
+    json_schemas: Mapping[int, Mapping[str, Any]]
+
+    @property
+    def is_event_type(self) -> bool:
+        """True for an exact event type (``user.deleted``), False for a resource type."""
+        return "." in self.type_
+
+
 class EventSchemas:
     """The versions of an app's event types (module doc).  Declare, then :meth:`check`."""
 
@@ -105,18 +135,30 @@ class EventSchemas:
         self._chains: dict[str, _Chain] = {}
 
     # -- declaring --------------------------------------------------------------------
-    def version(self, type_: str, version: int, validate: PayloadValidator) -> None:
+    def version(
+        self,
+        type_: str,
+        version: int,
+        validate: PayloadValidator,
+        *,
+        json_schema: Mapping[str, Any] | None = None,
+    ) -> None:
         """Declare ``validate`` as the payload validator of ``type_`` at ``version``.
 
         ``type_`` is a resource type (``"user"``) or an exact event type
-        (``"user.deleted"``, contains a dot).  Declaring a version twice raises
+        (``"user.deleted"``, contains a dot).  ``json_schema``: the payload's JSON
+        Schema, for the event catalog (module doc); a copy is kept.  Declaring a
+        version twice, or a ``json_schema`` that is not a JSON object, raises
         :class:`~bridge.errors.ConfigError`.
         """
         _check_version(type_, version)
+        schema = None if json_schema is None else _json_object(type_, version, json_schema)
         chain = self._chains.setdefault(type_, _Chain())
         if version in chain.validators:
             raise ConfigError(f"{type_}: schema version {version} is already declared")
         chain.validators[version] = validate
+        if schema is not None:
+            chain.json_schemas[version] = schema
 
     def upcaster(self, type_: str, from_version: int, upcast: Upcaster) -> None:
         """Declare ``upcast`` turning a ``from_version`` payload of ``type_`` into the next."""
@@ -197,6 +239,22 @@ class EventSchemas:
         """The declared resource and event types."""
         return frozenset(self._chains)
 
+    def declarations(self) -> tuple[DeclaredType, ...]:
+        """Every type with at least one version, sorted by key (what a catalog lists).
+
+        Call after :meth:`check`: an unchecked registry may describe a broken chain.
+        """
+        return tuple(
+            DeclaredType(
+                type_=type_,
+                versions=tuple(sorted(chain.validators)),
+                publish_version=chain.publish if chain.publish is not None else chain.current,
+                json_schemas={v: _copy(s) for v, s in sorted(chain.json_schemas.items())},
+            )
+            for type_, chain in sorted(self._chains.items())
+            if chain.validators
+        )
+
     def resolve(self, envelope: Envelope, observer: SchemaObserver | None = None) -> Envelope:
         """``envelope`` at the current version of its type, validated (module doc).
 
@@ -245,6 +303,25 @@ def _validate(
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _json_object(type_: str, version: int, schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON copy of ``schema`` (so a later change to the caller's dict changes nothing)."""
+    if not isinstance(schema, Mapping):
+        raise ConfigError(
+            f"{type_} v{version}: json_schema must be a JSON Schema object, "
+            f"got {type(schema).__name__}"
+        )
+    try:
+        copied: dict[str, Any] = json.loads(json.dumps(dict(schema), allow_nan=False))
+    except (TypeError, ValueError) as exc:  # a set, a NaN, a key that is a tuple ...
+        raise ConfigError(f"{type_} v{version}: json_schema is not JSON: {exc}") from exc
+    return copied
+
+
+def _copy(schema: Mapping[str, Any]) -> dict[str, Any]:
+    copied: dict[str, Any] = json.loads(json.dumps(schema))
+    return copied
 
 
 def _check_version(type_: str, version: int) -> None:

@@ -228,3 +228,33 @@ def test_publish_version_pins_what_producers_stamp_while_consuming_the_newest() 
     bad.publish_version("widget", 4)
     with pytest.raises(ConfigError, match="widget: publish version 4 is not a declared version"):
         bad.check()
+
+
+def test_a_declared_json_schema_is_kept_as_a_copy_and_read_back_per_version() -> None:
+    schemas = EventSchemas()
+    schema: dict[str, Any] = {"type": "object", "required": ["id"]}
+    schemas.version("widget", 1, requires("id"), json_schema=schema)
+    schemas.version("widget", 2, requires("id"))
+    schemas.upcaster("widget", 1, add("x", 1))
+    schemas.publish_version("widget", 1)
+    schema["required"].append("changed later")
+    (declared,) = schemas.declarations()
+    assert declared.type_ == "widget" and not declared.is_event_type
+    assert declared.versions == (1, 2) and declared.publish_version == 1
+    assert declared.json_schemas == {1: {"type": "object", "required": ["id"]}}
+
+
+@pytest.mark.parametrize(
+    ("json_schema", "message"),
+    [
+        (["type", "object"], "must be a JSON Schema object"),
+        ({"enum": {1, 2}}, "not JSON"),
+        ({"maximum": float("nan")}, "not JSON"),
+        ({("a", "b"): 1}, "not JSON"),
+    ],
+)
+def test_a_json_schema_that_is_not_a_json_object_is_refused(json_schema: Any, message: str) -> None:
+    schemas = EventSchemas()
+    with pytest.raises(ConfigError, match=message):
+        schemas.version("widget", 1, requires(), json_schema=json_schema)
+    assert schemas.declarations() == ()  # nothing half-declared

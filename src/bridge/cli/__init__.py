@@ -9,6 +9,7 @@ variables (see :mod:`bridge.env`).
     bridge backfill                    re-emit every synced row through the outbox
     bridge reconcile [--models MODULE] one anti-entropy pass against the peer
     bridge console [--host --port]     the operator console, a web page (bridge.cli._console)
+    bridge schema diff OLD NEW         is a new event catalog compatible? (bridge.cli._schema)
 
 Every command prints a table for people or, with ``--json``, one JSON document.
 ``--env-file PATH`` (repeatable; its values win over the environment) reads
@@ -21,8 +22,9 @@ wrong or missing (a failed check, a dead letter not replayed, a stopped backfill
 bridge's tables missing) or could not finish; 2 usage or configuration (arguments,
 environment, models the command cannot use); 3 NATS or the database cannot be reached
 or refuses the connection, or the NATS user may not use the JetStream API the command
-needs (``bridge.cli._admin``).  Errors are one line on stderr saying what to do
-(:mod:`bridge.cli._failures`).
+needs (``bridge.cli._admin``); 4 ``bridge schema diff`` found an incompatible change.
+Errors are one line on stderr saying what to do (:mod:`bridge.cli._failures`).
+``bridge schema`` reads files only: no environment, NATS or database.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from bridge.cli._context import Output, opened
 from bridge.cli._failures import database_failure
 from bridge.cli._options import (
     EXIT_FAILED,
+    EXIT_INCOMPATIBLE,
     EXIT_OK,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
@@ -58,10 +61,19 @@ from bridge.cli._options import (
     configure_command_logging,
     env_files,
 )
+from bridge.cli._schema import add_schema_parser, cmd_schema
 from bridge.env import config_from_env, with_env_files
 from bridge.errors import AdminCredentialsError, BridgeError, ConfigError, ConnectionError
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_UNREACHABLE", "EXIT_USAGE", "main", "main_async"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INCOMPATIBLE",
+    "EXIT_OK",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "main",
+    "main_async",
+]
 
 COMMANDS = {
     "status": cmd_status,
@@ -112,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec = command("reconcile", "compare with the peer and re-emit differing rows")
     rec.add_argument("--models", help="module declaring the synced models (env BRIDGE_MODELS)")
     add_console_parser(sub)
+    schema = add_schema_parser(sub)
+    add_global_options(schema, subcommand=True, env_file=False)
     return parser
 
 
@@ -134,6 +148,8 @@ async def main_async(
         return EXIT_USAGE
     configure_command_logging(args)
     output = Output(out, err, args.json)
+    if args.command == "schema":  # files only: no environment, NATS or database
+        return cmd_schema(args, output)
     environ: Mapping[str, str] = os.environ if env is None else env
     try:
         environ = with_env_files(environ, env_files(args))

@@ -21,6 +21,8 @@ EXIT_USAGE = 2
 #: NATS or the database cannot be reached or refuses the connection, or the NATS user
 #: lacks the JetStream API permission the command needs.
 EXIT_UNREACHABLE = 3
+#: ``bridge schema diff``: NEW is not compatible with OLD (distinct from a failure).
+EXIT_INCOMPATIBLE = 4
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

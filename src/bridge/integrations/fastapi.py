@@ -12,9 +12,10 @@
   Prometheus registry, with every source added to ``bridge.metrics``) and
   ``GET /sync_status`` (:mod:`bridge.integrations.sync_status`).  An application adds its
   own fields to ``/sync_status`` with ``sync_status=`` (a function of the bridge and the
-  document), serves the routes under a ``prefix``, or leaves some out; routes the
-  library adds later (an operator console, the AsyncAPI document) become more
-  keyword switches of the same function, each off unless asked for.
+  document), serves the routes under a ``prefix``, or leaves some out.  Routes beyond
+  these three are keyword switches of the same function, each off unless asked for:
+  ``asyncapi=True`` adds ``GET /asyncapi.json``, the app's event catalog
+  (:func:`bridge.catalog.asyncapi` of the bridge's config and event schemas).
 
 This module imports FastAPI (the ``fastapi`` extra: ``pip install
 jetstream-bridge[fastapi]``); ``import bridge`` does not.
@@ -27,6 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.applications import Starlette
 
+from bridge.catalog import asyncapi as event_catalog
 from bridge.errors import BridgeError
 from bridge.integrations.lifespan import bridge_lifespan
 from bridge.integrations.sync_status import sync_status as bridge_sync_status
@@ -68,10 +70,12 @@ def bridge_router(
     health: bool = True,
     metrics: bool = True,
     sync_status: bool | StatusExtension = True,
+    asyncapi: bool = False,
     prefix: str = "",
     tags: list[str] | None = None,
 ) -> APIRouter:
-    """``/health``, ``/metrics`` and ``/sync_status`` of a bridge (module doc).
+    """``/health``, ``/metrics``, ``/sync_status`` (and ``/asyncapi.json``) of a bridge
+    (module doc).
 
     ``bridge``: the bridge itself, or a dependency returning it (default
     :func:`get_bridge`: the app's ``app.state.bridge``).  ``sync_status``: ``False``
@@ -105,6 +109,14 @@ def bridge_router(
             """The sync status document (:mod:`bridge.integrations.sync_status`)."""
             document = await bridge_sync_status(running)
             return document if extend is None else await extend(running, document)
+
+    if asyncapi:
+
+        @router.get("/asyncapi.json", summary="Event catalog (AsyncAPI 3.0.0)")
+        async def bridge_asyncapi(running: Running) -> JSONResponse:
+            """The events this app publishes and accepts, their payload schemas and
+            headers, and its dead letters (:mod:`bridge.catalog.document`)."""
+            return JSONResponse(event_catalog(running.config, running.event_schemas))
 
     return router
 
