@@ -82,6 +82,13 @@ def _literal(value: str) -> Any:
 # part of one statement sees the snapshot taken before the insert, so this is what
 # was failed BEFORE the claim took the batch's own records back, in no extra round
 # trip.  Claimed rows come back with a NULL resource_type, waiting ones never do.
+# It also sets plan_cache_mode = force_custom_plan for the rest of the batch's
+# transaction (SET LOCAL; the WHERE clause runs it, being volatile): the handlers'
+# prepared statements are then planned with their parameters on each execution, never
+# with a generic plan cached while their tables were small.  Why: a consumer filling
+# empty tables (a new service, a backfill) had its generic plans chosen as sequential
+# scans on a few hundred rows and kept them at 100 000 rows, so its per-event cost grew
+# with the table (docs/BENCHMARKS.md, "Flat with size").
 _CLAIM = text(
     f"""
     WITH waiting AS (
@@ -104,6 +111,7 @@ _CLAIM = text(
                       CAST(:resource_ids AS text[]), CAST(:stream_seqs AS bigint[]))
                WITH ORDINALITY
                AS v(event_id, subject, event_type, resource_type, resource_id, stream_seq, n)
+         WHERE set_config('plan_cache_mode', 'force_custom_plan', true) IS NOT NULL
          ORDER BY v.n
         ON CONFLICT (event_id) DO UPDATE
            SET status = '{INBOX_PROCESSED}', attempts = i.attempts + 1, last_error = NULL,
