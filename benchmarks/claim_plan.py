@@ -1,6 +1,8 @@
 """The relay claim's plan and cost as a backlog drains (evidence for docs/BENCHMARKS.md).
 
-``python -m benchmarks.claim_plan [rows] [drained]`` (defaults 60 000 and 44 000):
+``python -m benchmarks.claim_plan [rows] [drained] [fillfactor]`` (defaults 60 000,
+44 000 and the schema's :data:`bridge.schema.OUTBOX_FILLFACTOR`; 100 shows the layout
+of a table created before migration 0009):
 commits ``rows`` outbox rows of the scale workload (one record each, 1000 per
 transaction, like :mod:`benchmarks.scale_cost`), then drains ``drained`` of them with
 the relay's own SQL (:class:`~bridge.outbox._store.OutboxStore` claim + mark sent,
@@ -33,7 +35,7 @@ from benchmarks.scale import _commit, _outbox_rows
 from benchmarks.workload import bench_config
 from bridge.outbox import _store
 from bridge.outbox._store import CLAIM_LOCK_KEY, LIVENESS_LOCK_CLASS, OutboxStore
-from bridge.schema import create_all
+from bridge.schema import OUTBOX_FILLFACTOR, create_all
 from bridge.testing import PostgresServer
 
 BATCH = 1000
@@ -43,6 +45,7 @@ _TABLE_STATS = text(
     "pg_total_relation_size('bridge_outbox') FROM pg_stat_user_tables "
     "WHERE relname = 'bridge_outbox'"
 )
+_PENDING = "SELECT count(*) FROM bridge_outbox WHERE status = 'pending'"
 _INDEX_STATS = text(
     "SELECT indexrelname, idx_scan, idx_tup_read, idx_tup_fetch, "
     "pg_relation_size(indexrelid) FROM pg_stat_user_indexes "
@@ -72,8 +75,10 @@ async def _stats(engine: AsyncEngine) -> str:
     async with engine.connect() as conn:
         table = (await conn.execute(_TABLE_STATS)).one()
         indexes = (await conn.execute(_INDEX_STATS)).all()
+        pending = await conn.scalar(text(_PENDING))
     lines = [
-        "table: live={} dead={} updated={} hot_updated={} autovacuums={} bytes={}".format(*table)
+        f"pending rows: {pending}",
+        "table: live={} dead={} updated={} hot_updated={} autovacuums={} bytes={}".format(*table),
     ]
     lines += ["  index {}: scans={} read={} fetched={} bytes={}".format(*i) for i in indexes]
     return "\n".join(lines)
@@ -86,18 +91,20 @@ async def _plan(engine: AsyncEngine, title: str, after: Any) -> None:
         await transaction.rollback()
 
 
-async def main(rows: int, drained: int) -> None:
+async def main(rows: int, drained: int, fillfactor: int) -> None:
     postgres = PostgresServer()
     url = await postgres.create_database()
     engine = create_async_engine(url)
     try:
         await create_all(engine)
+        async with engine.begin() as conn:
+            await conn.execute(text(f"ALTER TABLE bridge_outbox SET (fillfactor = {fillfactor})"))
         config = bench_config("nats://unused:4222", "claimplan")
         for start in range(0, rows, 10_000):
             await _commit(engine, _outbox_rows(config, start, min(10_000, rows - start)))
         async with engine.begin() as conn:
             await conn.execute(text("ANALYZE bridge_outbox"))
-        print(await _stats(engine))
+        print(f"fillfactor {fillfactor}\n{await _stats(engine)}")
         await _plan(engine, f"claim of {BATCH}, {rows} pending, nothing drained", None)
         store = OutboxStore(engine, owner="drain", lease=30.0, max_attempts=5)
         took: list[float] = []
@@ -112,8 +119,9 @@ async def main(rows: int, drained: int) -> None:
         print(f"drained {done}: median claim, first 10 {first * 1e3:.1f} ms, last 10 ", end="")
         print(f"{last * 1e3:.1f} ms")
         print(await _stats(engine))
-        await _plan(engine, f"after draining {done}: from the start of the due index", None)
+        # the cursor's claim first: the other one's rolled-back leases would sit after it
         await _plan(engine, f"after draining {done}: from the cursor", store.cursor.position)
+        await _plan(engine, f"after draining {done}: from the start of the due index", None)
         print(await _stats(engine))
     finally:
         await engine.dispose()
@@ -122,5 +130,5 @@ async def main(rows: int, drained: int) -> None:
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
-    asyncio.run(main(*(args + [60_000, 44_000][len(args) :])))
+    args = [int(a) for a in sys.argv[1:4]]
+    asyncio.run(main(*(args + [60_000, 44_000, OUTBOX_FILLFACTOR][len(args) :])))
