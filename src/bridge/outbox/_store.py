@@ -11,7 +11,7 @@ Claiming (``OutboxStore.claim``):
   whatever the size of the table (``ORDER BY id`` would need an index on pending ids).
 - The scan starts after the relay's *claim cursor* (:mod:`bridge.outbox._cursor`, why
   and when) while claims come back full; a claim from the cursor that comes back short
-  goes on from the start in the same transaction.  The fill factor
+  but not empty goes on from the start in the same transaction.  The fill factor
   (:data:`bridge.schema.OUTBOX_FILLFACTOR`) keeps the lease update HOT.
 - *Candidates*: the first ``limit`` free rows in that order whose earlier pending
   rows of the same (resource_type, resource_id) are all free and sort before them
@@ -262,7 +262,7 @@ class OutboxStore:
     def __init__(self, engine: AsyncEngine, *, owner: str, lease: float, max_attempts: int):
         self._engine = engine
         self.owner = owner
-        self.cursor = ClaimCursor()  # where the next claim resumes (bridge.outbox._cursor)
+        self.cursor = ClaimCursor()  # where claims resume (bridge.outbox._cursor)
         self._lease = lease
         self._max_attempts = max_attempts
 
@@ -277,13 +277,13 @@ class OutboxStore:
         try:
             async with self._transaction("claim") as conn:
                 await conn.execute(_LOCK, {"key": CLAIM_LOCK_KEY})
-                # read after the lock: the claim before this one has set it by now
-                after = self.cursor.after()
+                after = self.cursor.after()  # after the lock: the previous claim set it
                 records = await self._claim_from(conn, after, limit)
                 full = len(records) == limit
-                if after is not None and not full:
-                    # the backlog after the cursor ran out: rows behind it go now, not
-                    # one round later (this transaction sees its own leases)
+                if after is not None and 0 < len(records) < limit:
+                    # the backlog after the cursor ran out: rows behind it go now (this
+                    # transaction sees its own leases); not after an empty claim (all in
+                    # flight, likely behind it too): the next claim scans from the start
                     records += await self._claim_from(conn, None, limit - len(records))
                 # before the commit releases the lock to the next claim
                 self.cursor.advance([(r["next_attempt_at"], r["id"]) for r in records], full)
