@@ -16,7 +16,8 @@ from bridge.outbox._cursor import ClaimCursor
 from bridge.outbox._store import OutboxStore
 from bridge.testing import PostgresServer
 from services.shared.db import migrate
-from tests.integration.relay.conftest import eventually
+
+from .conftest import eventually
 
 _INSERT = text(
     """
