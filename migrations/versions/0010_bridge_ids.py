@@ -1,7 +1,7 @@
 """bridge ids: the id generator bridge_next_id() and its settings
 
 Revision ID: 0010_bridge_ids
-Revises: 0007_capture_triggers
+Revises: 0009_outbox_flat
 Create Date: 2026-12-03
 
 bridge_id_settings (bridge.schema.id_settings) holds this database's system number
@@ -23,7 +23,7 @@ from bridge.ids.ddl import ID_GENERATOR_DDL, ID_GENERATOR_DROP_DDL
 from bridge.ids.scheme import MAX_SYSTEM
 
 revision: str = "0010_bridge_ids"
-down_revision: str | None = "0007_capture_triggers"
+down_revision: str | None = "0009_outbox_flat"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

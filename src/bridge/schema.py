@@ -118,6 +118,15 @@ outbox = Table(
     Index("ix_bridge_outbox_sent_at", "sent_at", postgresql_where=text("status = 'sent'")),
 )
 
+#: Heap pages of the outbox are filled to this percentage by inserts, so the relay's
+#: lease update (lease columns only: no index, no index predicate) finds room on the
+#: row's own page and is a HOT update — no new entry in any index, nothing for the
+#: claim's index scans to walk past (docs/BENCHMARKS.md, "Flat with size").  Costs
+#: heap space per row; set by migration 0009_outbox_flat and by create_all.
+OUTBOX_FILLFACTOR = 70
+OUTBOX_STORAGE_DDL = f"ALTER TABLE bridge_outbox SET (fillfactor = {OUTBOX_FILLFACTOR})"
+event.listen(outbox, "after_create", DDL(OUTBOX_STORAGE_DDL))  # type: ignore[no-untyped-call]
+
 #: Statement-level trigger: every INSERT into the outbox notifies OUTBOX_CHANNEL.
 #: NOTIFY is transactional (delivered on commit, dropped on rollback, folded within a
 #: transaction), so relays in other processes wake exactly when rows become visible,

@@ -5,8 +5,8 @@ contract) after decoding and before acknowledging.  Every claimed delivery runs
 in order; outcomes are identical on both paths, only the cost differs.
 
 1. **Optimistic attempt** (``optimistic=True``, the default): claim the batch's
-   inbox records (one statement, after one look-up of the records still waiting
-   for a redelivery, :mod:`bridge.inbox._order`), run every handler in ONE
+   inbox records (one statement, which also reads the records still waiting for a
+   redelivery, :mod:`bridge.inbox._order`), run every handler in ONE
    transaction with NO savepoints (flush after each), record the non-handler
    failures (unknown event types, held-back deliveries), commit once.  Round
    trips per event: just the handler's own statements.  If a handler raises, the
@@ -69,7 +69,6 @@ from bridge.outbox.capture import ensure_capture_off, skip_publish
 from bridge.routing.outcomes import Action, Decision, decide, decide_exhausted, decide_unknown
 from bridge.routing.router import BatchHandler, Handler, Router
 from bridge.routing.version_time import refusal
-from bridge.schema import INBOX_PROCESSED
 from bridge.transport.delivery import Delivery, Outcome
 
 log = logging.getLogger("bridge.inbox")
@@ -243,11 +242,11 @@ class BatchApplier:
                 try:
                     async with session.begin():
                         await ensure_capture_off(session)  # applying a peer's change: no echo
-                        # before the claim, which takes the batch's own records out of failed
-                        envelopes = [item.envelope for item in items]
-                        order = await RecordOrder.load(session, self._config, envelopes, use_inbox)
-                        claimed = await self._claim(session, items) if use_inbox else None
-                        state = _BatchState(claimed, order)
+                        claimed: set[str] | None = None
+                        waiting: dict[tuple[str, str], list[store.Waiting]] = {}
+                        if use_inbox:
+                            claimed, waiting = await self._claim(session, items)
+                        state = _BatchState(claimed, RecordOrder.of(self._config, waiting))
                         for item in items:
                             await self._apply_one(session, item, state, savepoints)
                         await self._end_run(session, state)
@@ -262,15 +261,11 @@ class BatchApplier:
                         raise _RolledBack(f"commit failed: {exc!r}") from exc
                     raise
 
-    @staticmethod
-    async def _claim(session: AsyncSession, items: list[BatchItem]) -> set[str]:
-        # one row per event id: the same event twice in a batch is claimed once
-        rows = {
-            item.event_id: store.inbox_row(item.envelope, item.delivery, INBOX_PROCESSED)
-            for item in items
-            if item.envelope is not None
-        }
-        return await store.claim(session, list(rows.values()))
+    async def _claim(self, session: AsyncSession, items: list[BatchItem]) -> store.Claimed:
+        """Claim the batch's records and read those of its resources still waiting for a
+        redelivery (one statement, :func:`bridge.inbox._store.claim`)."""
+        deliveries = [(i.envelope, i.delivery) for i in items if i.envelope is not None]
+        return await store.claim(session, deliveries, stale_after=self._config.ack_wait)
 
     async def _apply_one(
         self, session: AsyncSession, item: BatchItem, state: _BatchState, savepoints: bool

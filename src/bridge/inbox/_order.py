@@ -15,8 +15,9 @@ failure; ``attempts`` stays the number of handler runs).  Two rules:
   in an earlier batch, or at another replica of the same durable, or was itself held
   back.  It comes back ``margin`` (``backoff[0]``) after the latest of those
   redeliveries is due (``retry_at``, stored with the ``failed`` record).  The
-  ``failed`` records of a batch's records are read in ONE statement before the claim
-  (:func:`bridge.inbox._store.waiting`, a partial index of ``failed`` records only).
+  ``failed`` records of a batch's records are read by the claim statement itself, from
+  the snapshot before it took the batch's own records back
+  (:func:`bridge.inbox._store.claim`, a partial index of ``failed`` records only).
 
 What it takes, and where it stops (the README's "Guarantees" says the same):
 
@@ -41,10 +42,7 @@ What it takes, and where it stops (the README's "Guarantees" says the same):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
@@ -67,19 +65,12 @@ class RecordOrder:
     blocked: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    async def load(
-        cls,
-        session: AsyncSession,
-        config: BridgeConfig,
-        envelopes: Iterable[Envelope | None],
-        use_inbox: bool,
+    def of(
+        cls, config: BridgeConfig, waiting: dict[tuple[str, str], list[store.Waiting]]
     ) -> RecordOrder:
-        """Read the waiting ``failed`` records of the batch's records (one statement)."""
-        order = cls(margin=config.backoff[0], max_deliver=config.max_deliver)
-        if use_inbox:
-            resources = {(e.resource_type, e.resource_id) for e in envelopes if e is not None}
-            order.waiting = await store.waiting(session, resources, stale_after=config.ack_wait)
-        return order
+        """The order of one batch, given its records' waiting ``failed`` records
+        (:func:`bridge.inbox._store.claim` reads them in the claim statement)."""
+        return cls(margin=config.backoff[0], max_deliver=config.max_deliver, waiting=waiting)
 
     def hold(
         self, key: str, envelope: Envelope, delivery: Received, done: set[str]

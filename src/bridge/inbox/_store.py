@@ -77,24 +77,51 @@ def _literal(value: str) -> Any:
 # Claim = insert as ``processed`` or take back a ``failed`` record; final ones stay
 # untouched and are not returned.  Rows are inserted in array order (ordinality),
 # which the caller sorts by event id: overlapping claims lock rows in one order.
+# The same statement reads the ``failed`` records of the batch's resources that still
+# wait for a redelivery (``waiting``, over the partial index of failed records): every
+# part of one statement sees the snapshot taken before the insert, so this is what
+# was failed BEFORE the claim took the batch's own records back, in no extra round
+# trip.  Claimed rows come back with a NULL resource_type, waiting ones never do.
+# It also sets plan_cache_mode = force_custom_plan for the rest of the batch's
+# transaction (SET LOCAL; the WHERE clause runs it, being volatile): the handlers'
+# prepared statements are then planned with their parameters on each execution, never
+# with a generic plan cached while their tables were small.  Why: a consumer filling
+# empty tables (a new service, a backfill) had its generic plans chosen as sequential
+# scans on a few hundred rows and kept them at 100 000 rows, so its per-event cost grew
+# with the table (docs/BENCHMARKS.md, "Flat with size").
 _CLAIM = text(
     f"""
-    INSERT INTO {inbox.name} AS i
-           (event_id, subject, event_type, resource_type, resource_id, stream_seq,
-            status, attempts, last_error, processed_at)
-    SELECT v.event_id, v.subject, v.event_type, v.resource_type, v.resource_id,
-           v.stream_seq, '{INBOX_PROCESSED}', 1, NULL, now()
-      FROM unnest(CAST(:event_ids AS uuid[]), CAST(:subjects AS text[]),
-                  CAST(:event_types AS text[]), CAST(:resource_types AS text[]),
-                  CAST(:resource_ids AS text[]), CAST(:stream_seqs AS bigint[]))
-           WITH ORDINALITY
-           AS v(event_id, subject, event_type, resource_type, resource_id, stream_seq, n)
-     ORDER BY v.n
-    ON CONFLICT (event_id) DO UPDATE
-       SET status = '{INBOX_PROCESSED}', attempts = i.attempts + 1, last_error = NULL,
-           stream_seq = excluded.stream_seq, processed_at = now()
-     WHERE i.status = '{INBOX_FAILED}'
-    RETURNING i.event_id
+    WITH waiting AS (
+        SELECT w.event_id, w.resource_type, w.resource_id, w.stream_seq,
+               CAST(EXTRACT(EPOCH FROM w.retry_at - clock_timestamp()) AS float8) AS retry_in
+          FROM {inbox.name} AS w
+         WHERE w.status = '{INBOX_FAILED}'
+           AND w.retry_at > clock_timestamp() - make_interval(secs => :stale)
+           AND (w.resource_type, w.resource_id) IN (
+               SELECT * FROM unnest(CAST(:resource_types AS text[]),
+                                    CAST(:resource_ids AS text[])))
+    ), claimed AS (
+        INSERT INTO {inbox.name} AS i
+               (event_id, subject, event_type, resource_type, resource_id, stream_seq,
+                status, attempts, last_error, processed_at)
+        SELECT v.event_id, v.subject, v.event_type, v.resource_type, v.resource_id,
+               v.stream_seq, '{INBOX_PROCESSED}', 1, NULL, now()
+          FROM unnest(CAST(:event_ids AS uuid[]), CAST(:subjects AS text[]),
+                      CAST(:event_types AS text[]), CAST(:resource_types AS text[]),
+                      CAST(:resource_ids AS text[]), CAST(:stream_seqs AS bigint[]))
+               WITH ORDINALITY
+               AS v(event_id, subject, event_type, resource_type, resource_id, stream_seq, n)
+         WHERE set_config('plan_cache_mode', 'force_custom_plan', true) IS NOT NULL
+         ORDER BY v.n
+        ON CONFLICT (event_id) DO UPDATE
+           SET status = '{INBOX_PROCESSED}', attempts = i.attempts + 1, last_error = NULL,
+               stream_seq = excluded.stream_seq, processed_at = now()
+         WHERE i.status = '{INBOX_FAILED}'
+        RETURNING i.event_id
+    )
+    SELECT event_id, NULL::text, NULL::text, NULL::bigint, NULL::float8 FROM claimed
+    UNION ALL
+    SELECT event_id, resource_type, resource_id, stream_seq, retry_in FROM waiting
     """
 )
 
@@ -129,39 +156,81 @@ _MARK_FAILED = (
 _FINAL = (INBOX_PROCESSED, INBOX_DEAD_LETTERED)
 
 
-async def claim(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> set[str]:
-    """Claim records as ``processed`` in one statement; return the event ids claimed.
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A ``failed`` record whose delivery is still to come back (see :func:`waiting`)."""
 
-    ``rows`` come from :func:`inbox_row`, one per event id.  An event whose record
-    is already final is not returned (a duplicate).  Rows are written in event-id
-    order, so two replicas claiming overlapping batches lock rows in the same order
-    (no deadlock); a record another transaction has claimed but not committed
-    makes this wait for that transaction.  Ids are returned as the caller spelled
-    them (an upper-case UUID is the same record as its lower-case form).
+    event_id: str  # lower-case, hyphenated (as PostgreSQL returns a uuid)
+    stream_seq: int | None
+    retry_in: float  # seconds until its redelivery is due (negative: overdue)
+
+
+#: What :func:`claim` found: the event ids claimed, and the ``failed`` records of the
+#: batch's resources still waiting for their redelivery, by (resource_type, resource_id).
+Claimed = tuple[set[str], dict[tuple[str, str], list[Waiting]]]
+
+
+async def claim(
+    session: AsyncSession, deliveries: Iterable[tuple[Envelope, Received]], *, stale_after: float
+) -> Claimed:
+    """Claim the records of a batch as ``processed`` in ONE statement; see :data:`Claimed`.
+
+    An event whose record is already final is not returned (a duplicate).  The same
+    event twice is claimed once (the first delivery's subject and sequence are
+    stored).  Rows are written in event-id order, so two replicas claiming
+    overlapping batches lock rows in the same order (no deadlock); a record another
+    transaction has claimed but not committed makes this wait for that transaction.
+    Ids are returned as the caller spelled them (an upper-case UUID is the same
+    record as its lower-case form).
+
+    Waiting records are read from the snapshot before the claim (the batch's own
+    ``failed`` records included), over the partial index of ``failed`` records.  A
+    record whose ``retry_at`` passed more than ``stale_after`` seconds ago is not
+    waited for any more (its redelivery would have come: the server gave up on it,
+    or no consumer ran); one without ``retry_at`` (failed before the column
+    existed) neither.
     """
-    if not rows:
-        return set()
-    by_id: dict[str, dict[str, Any]] = {}
-    for row in rows:  # one row per record: the first spelling of an id wins
-        by_id.setdefault(_canonical(row["event_id"]), row)
-    ordered = [by_id[event_id] for event_id in sorted(by_id)]
+    by_id: dict[str, tuple[Envelope, Received]] = {}
+    for envelope, message in deliveries:  # one row per record: the first spelling wins
+        by_id.setdefault(_canonical(envelope.event_id), (envelope, message))
+    if not by_id:
+        return set(), {}
+    event_ids = sorted(by_id)
+    ordered = [by_id[event_id] for event_id in event_ids]
     result = await session.execute(
         _CLAIM,
         {
-            "event_ids": sorted(by_id),
-            "subjects": [row["subject"] for row in ordered],
-            "event_types": [row["event_type"] for row in ordered],
-            "resource_types": [row["resource_type"] for row in ordered],
-            "resource_ids": [row["resource_id"] for row in ordered],
-            "stream_seqs": [row["stream_seq"] for row in ordered],
+            "event_ids": event_ids,
+            "subjects": [message.subject for _, message in ordered],
+            "event_types": [envelope.event_type for envelope, _ in ordered],
+            "resource_types": [envelope.resource_type for envelope, _ in ordered],
+            "resource_ids": [envelope.resource_id for envelope, _ in ordered],
+            "stream_seqs": [message.stream_seq for _, message in ordered],
+            "stale": stale_after,
         },
     )
-    return {str(by_id[str(event_id)]["event_id"]) for (event_id,) in result}
+    claimed: set[str] = set()
+    found: dict[tuple[str, str], list[Waiting]] = {}
+    for event_id, resource_type, resource_id, stream_seq, retry_in in result:
+        if resource_type is None:
+            claimed.add(by_id[str(event_id)][0].event_id)
+        else:
+            found.setdefault((resource_type, resource_id), []).append(
+                Waiting(str(event_id), stream_seq, float(retry_in))
+            )
+    return claimed, found
 
 
-def _canonical(event_id: object) -> str:
-    """The form PostgreSQL returns a ``uuid`` in (lower case, hyphenated)."""
-    return str(uuid.UUID(str(event_id)))
+def _canonical(event_id: str) -> str:
+    """The form PostgreSQL returns a ``uuid`` in (lower case, hyphenated).
+
+    A decoded envelope's id is already in the standard 8-4-4-4-12 form
+    (:meth:`bridge.envelope.Envelope.from_dict`), which only needs lower-casing;
+    anything else goes through :class:`uuid.UUID` (and fails the batch if it is none).
+    """
+    if len(event_id) == 36 and event_id[8] == event_id[13] == event_id[18] == "-":
+        return event_id.lower()
+    return str(uuid.UUID(event_id))
 
 
 async def mark_failed(
@@ -185,59 +254,6 @@ async def mark_failed(
     ]
     if params:
         await session.execute(_MARK_FAILED, params)
-
-
-@dataclass(frozen=True, slots=True)
-class Waiting:
-    """A ``failed`` record whose delivery is still to come back (see :func:`waiting`)."""
-
-    event_id: str  # lower-case, hyphenated (as PostgreSQL returns a uuid)
-    stream_seq: int | None
-    retry_in: float  # seconds until its redelivery is due (negative: overdue)
-
-
-_WAITING = text(
-    f"""
-    SELECT i.event_id, i.resource_type, i.resource_id, i.stream_seq,
-           CAST(EXTRACT(EPOCH FROM i.retry_at - clock_timestamp()) AS float8)
-      FROM {inbox.name} AS i
-      JOIN unnest(CAST(:resource_types AS text[]), CAST(:resource_ids AS text[]))
-           AS k(resource_type, resource_id)
-        ON i.resource_type = k.resource_type AND i.resource_id = k.resource_id
-     WHERE i.status = '{INBOX_FAILED}'
-       AND i.retry_at > clock_timestamp() - make_interval(secs => :stale)
-    """
-)
-
-
-async def waiting(
-    session: AsyncSession, resources: Iterable[tuple[str, str]], *, stale_after: float
-) -> dict[tuple[str, str], list[Waiting]]:
-    """``failed`` records of ``resources`` ((resource_type, resource_id) pairs) that
-    still wait for their redelivery, by resource.
-
-    One statement over the partial index of ``failed`` records.  A record whose
-    ``retry_at`` passed more than ``stale_after`` seconds ago is not waited for any
-    more (its redelivery would have come: the server gave up on it, or no consumer
-    ran); one without ``retry_at`` (failed before the column existed) neither.
-    """
-    keys = sorted(set(resources))
-    if not keys:
-        return {}
-    result = await session.execute(
-        _WAITING,
-        {
-            "resource_types": [resource_type for resource_type, _ in keys],
-            "resource_ids": [resource_id for _, resource_id in keys],
-            "stale": stale_after,
-        },
-    )
-    found: dict[tuple[str, str], list[Waiting]] = {}
-    for event_id, resource_type, resource_id, stream_seq, retry_in in result:
-        found.setdefault((resource_type, resource_id), []).append(
-            Waiting(str(event_id), stream_seq, float(retry_in))
-        )
-    return found
 
 
 async def record(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

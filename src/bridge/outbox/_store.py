@@ -7,10 +7,12 @@ Claiming (``OutboxStore.claim``):
 - A row is *free* when it is ``pending``, due (``next_attempt_at <= now()``) and
   not leased (no lease, or the lease expired — a dead relay's rows are taken over).
 - Rows are scanned in ``(next_attempt_at, id)`` order — the order of the partial
-  index ``ix_bridge_outbox_due`` — so a claim reads about ``limit`` index entries
-  whatever the size of the table (sent rows kept for retention, a backlog after an
-  outage).  ``ORDER BY id`` would need an index on pending ids that the schema does
-  not have, and would scan the backlog or the retained history on every claim.
+  index ``ix_bridge_outbox_due`` — so a claim reads about ``limit`` live index entries
+  whatever the size of the table (``ORDER BY id`` would need an index on pending ids).
+- The scan starts after the relay's *claim cursor* (:mod:`bridge.outbox._cursor`, why
+  and when) while claims come back full; a claim from the cursor that comes back short
+  but not empty goes on from the start in the same transaction.  The fill factor
+  (:data:`bridge.schema.OUTBOX_FILLFACTOR`) keeps the lease update HOT.
 - *Candidates*: the first ``limit`` free rows in that order whose earlier pending
   rows of the same (resource_type, resource_id) are all free and sort before them
   (none leased — by another relay, or to this relay in a batch still in flight —
@@ -24,26 +26,22 @@ Claiming (``OutboxStore.claim``):
   of the payload, and the stored headers as text, without ``Nats-Msg-Id`` (the relay
   sets it from ``event_id``) and ``NULL`` when nothing else is left — the common case,
   which then costs no JSON decoding at all.
-- The planner is told, for this transaction only, to use the ordered index scan
-  and nested-loop index probes (no sort, bitmap, sequential scan or hash join) and
-  not to JIT-compile: without statistics (a fresh table) or with a skewed backlog it
-  otherwise sorts every due row on each claim, and JIT adds 10-20 ms to a query that
-  runs in a few.
+- The planner is told, for this transaction only, to use the ordered index scan and
+  nested-loop index probes (no sort, bitmap, sequential scan, hash join or JIT):
+  without statistics or with a skewed backlog it otherwise sorts every due row.
 - Claim transactions of all relays on a database are serialised with
   ``pg_advisory_xact_lock(CLAIM_LOCK_KEY)``, taken in its own statement *before* the
   claim statement.  Why: under READ COMMITTED the claim statement's snapshot would
   otherwise predate another relay's concurrent claim, whose freshly locked rows are
-  skipped (SKIP LOCKED) while the NOT EXISTS checks still see them as free.  Taking
-  the lock first means the snapshot includes every lease committed by earlier
-  claims, so relays never race over one record.  (The *claimed* stage refuses such
-  a row's successors anyway — the skipped row is not a candidate — so the lock is
-  the first of two guards, and it keeps relays from wasting claims on each other.)
-  A claim takes a few milliseconds, so the serialisation does not limit
-  throughput; publishing, the slow part, is not serialised.
+  skipped (SKIP LOCKED) while the NOT EXISTS checks still see them as free.  (The
+  *claimed* stage refuses such a row's successors anyway, so the lock is the first of
+  two guards; it keeps relays from wasting claims on each other.)
+  A 1000-row claim takes 15-40 ms (docs/BENCHMARKS.md, "Flat with size"), which
+  bounds one database's drain at tens of thousands of rows a second; publishing is
+  not serialised.
 
 Counting and re-queueing are :mod:`bridge.outbox.admin`'s (shared with the CLI);
-retention purges here, in chunks, because the relay runs it unattended on tables
-that may have grown large.
+retention purges here, in chunks (unattended, on tables that may have grown large).
 
 Settling (``OutboxStore.settle``), only for rows still leased to this owner (a lost
 lease means another relay owns the row now and will publish it again; the
@@ -60,14 +58,12 @@ owner; releasing (``OutboxStore.release``) clears them (a stopping relay hands b
 what it will not settle).  Neither touches a row another relay owns now.
 
 Dead connections: every claim, settle, renew, release and purge transaction is bounded
-by the lease (``relay.lease``: a transaction slower than the lease is pointless, the
-leases it takes are expired when it commits).  Why: a TCP connection cut without a
-FIN or an RST (a partition, a failed-over primary) never answers, and asyncpg has no
-timeout of its own on a query, a commit or SQLAlchemy's pool pre-ping — the relay
-waited forever.  Past the bound the transaction raises ``TimeoutError`` naming the
-database (:class:`bridge._support.deadline.Deadline`: it cancels again until the dead connection
-lets go, a few seconds at most); SQLAlchemy discards the connection and the next
-transaction gets a fresh one.
+by the lease (``relay.lease``: a slower one is pointless, its leases have expired).
+Why: a TCP connection cut without a FIN or an RST never answers, and asyncpg has no
+timeout of its own on a query, a commit or SQLAlchemy's pool pre-ping.  Past the bound
+the transaction raises ``TimeoutError`` naming the database
+(:class:`bridge._support.deadline.Deadline`: it cancels again until the dead connection
+lets go); SQLAlchemy discards the connection and the next transaction gets a fresh one.
 
 ``failed`` rows no longer block later rows of their record (they are not pending):
 one poisoned event must not stop a record's sync forever, and since every event
@@ -81,16 +77,20 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bridge._support.deadline import Deadline
+from bridge.outbox._cursor import ClaimCursor, Position
 from bridge.outbox.admin import OutboxCounts, outbox_counts, requeue
 
 #: Advisory lock key serialising claim transactions ("bridge" in ASCII).
 CLAIM_LOCK_KEY = 0x627269646765
+#: The position before every row of the due index (a scan from its start).
+_START = datetime(1, 1, 1, tzinfo=UTC)
 #: Rows deleted per statement by :meth:`OutboxStore.purge_sent` (short locks).
 PURGE_CHUNK = 5000
 
@@ -118,6 +118,8 @@ _CLAIM = text(
         SELECT o.id, o.resource_type, o.resource_id FROM bridge_outbox o
         WHERE o.status = 'pending'
           AND o.next_attempt_at <= now()
+          AND (o.next_attempt_at, o.id)
+              > (CAST(:after_at AS timestamptz), CAST(:after_id AS bigint))
           AND (o.lease_expires_at IS NULL OR o.lease_expires_at < now()
                OR (o.lease_owner LIKE 'live:%'
                    AND hashtext(o.lease_owner)::oid NOT IN (SELECT objid FROM live)))
@@ -153,7 +155,7 @@ _CLAIM = text(
      WHERE o.id = c.id
     RETURNING o.id, o.event_id, o.subject, o.resource_type, o.resource_id,
               NULLIF(o.headers - 'Nats-Msg-Id', '{}'::jsonb)::text AS headers,
-              o.payload::text AS body, o.attempts
+              o.payload::text AS body, o.attempts, o.next_attempt_at
     """
 )
 _MARK_SENT = text(
@@ -260,6 +262,7 @@ class OutboxStore:
     def __init__(self, engine: AsyncEngine, *, owner: str, lease: float, max_attempts: int):
         self._engine = engine
         self.owner = owner
+        self.cursor = ClaimCursor()  # where claims resume (bridge.outbox._cursor)
         self._lease = lease
         self._max_attempts = max_attempts
 
@@ -271,18 +274,22 @@ class OutboxStore:
 
     async def claim(self, limit: int) -> list[ClaimedRow]:
         """Lease up to ``limit`` claimable rows to this owner; returned in id order."""
-        async with self._transaction("claim") as conn:
-            await conn.execute(_LOCK, {"key": CLAIM_LOCK_KEY})
-            result = await conn.execute(
-                _CLAIM,
-                {
-                    "limit": limit,
-                    "owner": self.owner,
-                    "lease": self._lease,
-                    "live_class": LIVENESS_LOCK_CLASS,
-                },
-            )
-            records = result.mappings().all()
+        try:
+            async with self._transaction("claim") as conn:
+                await conn.execute(_LOCK, {"key": CLAIM_LOCK_KEY})
+                after = self.cursor.after()  # after the lock: the previous claim set it
+                records = await self._claim_from(conn, after, limit)
+                full = len(records) == limit
+                if after is not None and 0 < len(records) < limit:
+                    # the backlog after the cursor ran out: rows behind it go now (this
+                    # transaction sees its own leases); not after an empty claim (all in
+                    # flight, likely behind it too): the next claim scans from the start
+                    records += await self._claim_from(conn, None, limit - len(records))
+                # before the commit releases the lock to the next claim
+                self.cursor.advance([(r["next_attempt_at"], r["id"]) for r in records], full)
+        except BaseException:
+            self.cursor.reset()
+            raise
         rows = [
             ClaimedRow(
                 id=int(r["id"]),
@@ -298,6 +305,23 @@ class OutboxStore:
         rows.sort(key=lambda row: row.id)  # UPDATE ... RETURNING has no order
         return rows
 
+    async def _claim_from(
+        self, conn: AsyncConnection, after: Position | None, limit: int
+    ) -> list[RowMapping]:
+        after_at, after_id = after or (_START, 0)
+        result = await conn.execute(
+            _CLAIM,
+            {
+                "limit": limit,
+                "owner": self.owner,
+                "lease": self._lease,
+                "live_class": LIVENESS_LOCK_CLASS,
+                "after_at": after_at,
+                "after_id": after_id,
+            },
+        )
+        return list(result.mappings().all())
+
     async def settle(
         self,
         sent: Sequence[tuple[int, int]],
@@ -307,6 +331,8 @@ class OutboxStore:
         """Record a batch's outcome in one transaction; return ids that became ``failed``."""
         if not (sent or failures or released):
             return []
+        if failures or released:  # a released row keeps its place: behind the cursor
+            self.cursor.reset()
         dead: list[int] = []
         async with self._transaction("settle") as conn:
             if sent:
@@ -350,6 +376,7 @@ class OutboxStore:
         """Clear the lease of rows ``ids`` still leased to this owner (claimable at once)."""
         if not ids:
             return 0
+        self.cursor.reset()  # the rows are claimable again where they were
         async with self._transaction("release") as conn:
             result = await conn.execute(_RELEASE, {"ids": list(ids), "owner": self.owner})
         return int(result.rowcount or 0)
