@@ -27,12 +27,14 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import create_async_engine
 from bridge import Bridge, bridge_lifespan, configure_bidirectional
 from bridge.errors import ConnectionError
+from bridge.schema import create_all
 
 async def main():
     config = configure_bidirectional(
         "shop", "stock", nats_urls=os.environ["NATS_URL"], connect_timeout=0.5,
         reconnect_wait=0.1)
     engine = create_async_engine(os.environ["DATABASE_URL"])
+    await create_all(engine)  # the schema check passes: NATS is what is wrong
     bridge = Bridge(config, engine=engine)
     app = FastAPI(lifespan=bridge_lifespan(lambda app: bridge, start_timeout=3))
     try:

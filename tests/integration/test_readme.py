@@ -87,7 +87,7 @@ async def test_the_readme_code_runs_against_real_servers(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as api,
     ):
         # a local write: captured in the same transaction, published by the relay
-        created = await api.post("/organizations", params={"name": "Acme"})
+        created = await api.post("/organizations", params={"name": "Acme", "budget": "12.50"})
         assert created.status_code == 200, created.text
         org_id = created.json()["id"]
 
@@ -110,7 +110,8 @@ async def test_the_readme_code_runs_against_real_servers(
                 producer="system_b",
                 resource_type="organization",
                 resource_id=org_id,
-                payload={"id": org_id, "name": "Acme (renamed on B)", "updated_at": later,
+                payload={"id": org_id, "name": "Acme (renamed on B)", "budget": "12.50",
+                         "updated_at": later,
                          "origin": "system_b", "deleted_at": None},
             )  # fmt: skip
             await Publisher(connection.js, stream=peer.stream_name).publish(
