@@ -6,7 +6,8 @@ The payload of ``organization.*`` and ``user.*`` events is the row snapshot.
   (``seed/examples-README.md``: ``id``, ``name``, ``domain``/``organization_id``,
   ``email``, ``role``, ``active``, ``created_at``, ``updated_at``) — no ``origin``
   and no ``deleted_at``, because the gem's apps have neither last-writer-wins
-  versions nor tombstones.  Ids must be UUIDs (a Rails app with ``id: :uuid``):
+  versions nor tombstones.  Ids are integers (a Rails app's default primary keys),
+  JSON numbers or their decimal text, 1..2**53-1 (:func:`bridge.ids.parse_id`):
   both sides share one id per record.
 - **v2** (current, what our services publish) adds ``origin`` (the app that made
   the change: the tie-break of last-writer-wins) and ``deleted_at`` (tombstones).
@@ -29,7 +30,6 @@ same models that validate them.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -46,6 +46,7 @@ from pydantic import (
 from bridge import Envelope, EventSchemas
 from bridge.envelope import parse_timestamp
 from bridge.errors import EnvelopeError
+from services.shared.schemas import RecordId
 
 CURRENT_VERSION = 2
 
@@ -72,7 +73,7 @@ Timestamp = Annotated[
 class _Row(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    id: uuid.UUID
+    id: RecordId
     active: StrictBool = True
     created_at: Timestamp
     updated_at: Timestamp
@@ -88,7 +89,7 @@ class OrganizationV1(_Row):
 class UserV1(_Row):
     """A user row as the gem publishes it."""
 
-    organization_id: uuid.UUID
+    organization_id: RecordId
     name: Text
     email: Text
     role: Text
