@@ -43,7 +43,14 @@ def _record_id(value: Any, info: ValidationInfo) -> int:
 RecordId = Annotated[
     int,
     BeforeValidator(_record_id),
-    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_ID}),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                {"type": "string", "pattern": "^[1-9][0-9]{0,15}$"},
+            ]
+        }
+    ),
 ]
 
 #: No NUL characters: PostgreSQL text cannot store them (it was a 500; now a 422).
