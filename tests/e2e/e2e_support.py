@@ -125,7 +125,11 @@ async def start_side(
     """Start one service; ``database_url`` reuses a database (a restart), else a new one."""
     url = database_url or await new_database(stack, postgres)
     settings = ServiceSettings(
-        app_name=name, destination_app=peer, database_url=url, db_pool_size=5
+        app_name=name,
+        destination_app=peer,
+        database_url=url,
+        db_pool_size=5,
+        id_system_number=1 if name < peer else 2,  # each side its own
     )
     env = {"NATS_URL": nats_url, "STREAM_NAME": stream, "CONSUMER_MODE": consumer_mode}
     config = settings.to_bridge_config(env=env, **{**FAST, **overrides})
