@@ -172,8 +172,8 @@ async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
         assert by_id[str(dead)].event_type == "user.deleted"
         assert by_id[str(live)].event_type == "user.updated"
         assert by_id[str(live)].subject == config.subjects.publish
-        assert by_id[str(live)].payload["payload"]["origin"] == "a"
-        assert by_id[str(live)].payload["payload"]["id"] == live  # a JSON integer  # the stored version, as it is
+        assert by_id[str(live)].payload["payload"]["origin"] == "a"  # the stored version, as it is
+        assert by_id[str(live)].payload["payload"]["id"] == live  # a JSON integer
         # Bad requests are answered with a code, never left to time out; the detail is
         # in the responder's log only (tests/integration/test_reconcile_limits.py).
         refused = await ask(b'{"v": 2, "op": "rows", "resource": "invoice", "ranges": []}')
