@@ -152,7 +152,7 @@ async def test_missing_organization_and_duplicates_are_422(api: httpx.AsyncClien
     assert response.status_code == 422 and fields(response) == {"domain"}
     assert "taken" in response.json()["details"][0]["message"]
 
-    for ghost in (org["id"] + 64, str(org["id"] + 64), 1):  # well-formed, no such record
+    for ghost in (org["id"] + 8, str(org["id"] + 8), 1):  # well-formed, no such record
         response = await api.post(
             "/users", json={"organization_id": ghost, "name": "U", "email": "u@dup.example.com"}
         )
@@ -192,7 +192,7 @@ async def test_not_found_shape_and_bad_ids(api: httpx.AsyncClient) -> None:
     org = await make_org(api)
     bad_path_ids = ("0", "-1", "007", "1.0", "1e3", "abc", "%20" + "1", str(MAX_ID + 1), "9" * 40)
     for path in (
-        f"/organizations/{org['id'] + 64}",
+        f"/organizations/{org['id'] + 8}",
         f"/users/{org['id']}",  # an organization's id is no user's
         "/users/12345",
         *(f"/organizations/{bad}" for bad in bad_path_ids),

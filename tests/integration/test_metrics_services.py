@@ -207,7 +207,7 @@ async def test_conflicts_dead_letters_and_retries_are_counted(
         for row in await a.rows("organizations")
         if row["id"] == org["id"]
     ]
-    org_id, user_id = org["id"] + 64, org["id"] + 128  # ids A never issued
+    org_id, user_id = org["id"] + 8, org["id"] + 9  # systems 9, 10: no side issues them
     org_payload = {**org_row, "id": org_id, "domain": "p2.test", "updated_at": org["updated_at"],
                    "created_at": org["created_at"], "deleted_at": None}  # fmt: skip
     user_payload = {
