@@ -53,6 +53,7 @@ from benchmarks.stats import Line, interleaved, median_ratio, ratio_lines
 from benchmarks.workload import bench_config, create_stream, delete_stream, runs
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope, format_timestamp
+from bridge.ids import compose
 from bridge.outbox.capture import Outbox
 from bridge.schema import outbox as outbox_table
 from services.shared.settings import ServiceSettings
@@ -76,8 +77,9 @@ def _envelopes(config: BridgeConfig, start: int, n: int) -> list[Envelope]:
     """``n`` ``organization.created`` envelopes with row snapshots as capture writes them."""
     stamp = format_timestamp(datetime.now(UTC))
     envelopes = []
+    first = compose(datetime.now(UTC), 0, 9)  # a third system's ids, one per tick, rising
     for i in range(start, start + n):
-        org_id = str(uuid.uuid4())
+        org_id = first + 64 * i
         payload = {
             "id": org_id, "name": f"Org {i}", "domain": f"org{i}.scale.example", "active": True,
             "created_at": stamp, "updated_at": stamp, "origin": config.app_name,
@@ -88,7 +90,7 @@ def _envelopes(config: BridgeConfig, start: int, n: int) -> list[Envelope]:
                 event_type="organization.created",
                 producer=config.app_name,
                 resource_type="organization",
-                resource_id=org_id,
+                resource_id=str(org_id),
                 payload=payload,
                 schema_version=2,
             )

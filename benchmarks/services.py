@@ -95,7 +95,12 @@ async def _app(
     relay: bool = True,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
     settings = ServiceSettings(
-        app_name=name, destination_app=peer, database_url=url, sync_enabled=sync, db_pool_size=20
+        app_name=name,
+        destination_app=peer,
+        database_url=url,
+        sync_enabled=sync,
+        db_pool_size=20,
+        id_system_number=1 if name < peer else 2,  # each side its own
     )
     config = settings.to_bridge_config(
         env={"NATS_URL": nats_url, "STREAM_NAME": stream},

@@ -73,6 +73,8 @@ step "Create an organization in System A"
 ORG="$(request POST "$A_URL/organizations" \
   "{\"organization\": {\"name\": \"Acme $RUN\", \"domain\": \"acme-$RUN.example.com\"}}")"
 ORG_ID="$(jq -r .id <<<"$ORG")"
+# Ids are JSON numbers; they are sent back bare, as the seed's Rails clients do.
+jq -e '.id | type == "number"' <<<"$ORG" >/dev/null || fail "id is not a JSON number: $ORG"
 ok "organization $ORG_ID"
 
 step "It appears in System B"
@@ -81,13 +83,13 @@ wait_for "organization $ORG_ID in B" "$B_URL/organizations/$ORG_ID" \
 
 step "Create a user in System A"
 USER="$(request POST "$A_URL/users" \
-  "{\"user\": {\"organization_id\": \"$ORG_ID\", \"name\": \"Ann $RUN\", \"email\": \"ann-$RUN@example.com\", \"role\": \"admin\"}}")"
+  "{\"user\": {\"organization_id\": $ORG_ID, \"name\": \"Ann $RUN\", \"email\": \"ann-$RUN@example.com\", \"role\": \"admin\"}}")"
 USER_ID="$(jq -r .id <<<"$USER")"
 ok "user $USER_ID"
 
 step "It appears in System B"
 wait_for "user $USER_ID in B" "$B_URL/users/$USER_ID" \
-  ".email == \"ann-$RUN@example.com\" and .organization_id == \"$ORG_ID\" and .role == \"admin\""
+  ".email == \"ann-$RUN@example.com\" and .organization_id == $ORG_ID and .role == \"admin\""
 
 step "Update the organization in System A"
 UPDATED="$(request PATCH "$A_URL/organizations/$ORG_ID" \
@@ -103,7 +105,7 @@ ORG_B="$(request POST "$B_URL/organizations" \
   "{\"name\": \"Beta $RUN\", \"domain\": \"beta-$RUN.example.com\"}")"
 ORG_B_ID="$(jq -r .id <<<"$ORG_B")"
 USER_B="$(request POST "$B_URL/users" \
-  "{\"organization_id\": \"$ORG_B_ID\", \"name\": \"Bob $RUN\", \"email\": \"bob-$RUN@example.com\"}")"
+  "{\"organization_id\": $ORG_B_ID, \"name\": \"Bob $RUN\", \"email\": \"bob-$RUN@example.com\"}")"
 USER_B_ID="$(jq -r .id <<<"$USER_B")"
 ok "organization $ORG_B_ID, user $USER_B_ID"
 

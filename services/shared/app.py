@@ -5,7 +5,9 @@ builds the :class:`bridge.runtime.Bridge` (sync handlers registered on its
 router) and starts it through :func:`bridge.integrations.fastapi.bridge_lifespan`
 — NATS connection, provisioning or verification, outbox relay, consumer — and on
 shutdown stops it (consumer drained, relay batch finished) before disposing the
-engine.  With ``sync_enabled=False`` the API runs on its database alone (plain
+engine.  Before anything else it gives the database its id system number
+(``ID_SYSTEM_NUMBER``, :func:`services.shared.db.configure_identities`) and refuses to
+start on a clash.  With ``sync_enabled=False`` the API runs on its database alone (plain
 sessions; its connections turn the capture triggers off, ``bridge.capture = off``):
 used to measure the outbox's cost and to run the API without NATS.
 
@@ -39,7 +41,7 @@ from bridge import Bridge, BridgeConfig, EventSchemas, Router, bridge_lifespan
 from bridge.integrations.console.options import ConsoleOptions
 from bridge.reconcile.synced_models import load_synced_models
 from services.shared.console import install_console
-from services.shared.db import make_engine
+from services.shared.db import configure_identities, make_engine
 from services.shared.errors import ServiceError
 from services.shared.event_versions import event_schemas as domain_event_schemas
 from services.shared.handlers import SyncHandlers
@@ -114,6 +116,8 @@ def create_app(
             capture=settings.sync_enabled,
         )
         try:
+            # Before any write: the database's id system number, and a working generator.
+            await configure_identities(engine, settings.system_number())
             if not settings.sync_enabled:
                 app.state.service = ServiceState(
                     app_name=settings.app_name,

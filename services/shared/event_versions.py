@@ -6,8 +6,10 @@ The payload of ``organization.*`` and ``user.*`` events is the row snapshot.
   (``seed/examples-README.md``: ``id``, ``name``, ``domain``/``organization_id``,
   ``email``, ``role``, ``active``, ``created_at``, ``updated_at``) — no ``origin``
   and no ``deleted_at``, because the gem's apps have neither last-writer-wins
-  versions nor tombstones.  Ids must be UUIDs (a Rails app with ``id: :uuid``):
-  both sides share one id per record.
+  versions nor tombstones.  Ids are JSON integers (a Rails app's default primary
+  keys, ``"id": 42``) in 1..2**53-1 (:func:`bridge.ids.parse_id`): both sides share
+  one id per record.  Unlike the HTTP API, an event's id is never a string: the
+  payload is the row as a database serialises it, and the handler stores it as is.
 - **v2** (current, what our services publish) adds ``origin`` (the app that made
   the change: the tie-break of last-writer-wins) and ``deleted_at`` (tombstones).
 
@@ -29,7 +31,6 @@ same models that validate them.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -37,15 +38,18 @@ from typing import Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     StrictBool,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
 )
 
 from bridge import Envelope, EventSchemas
 from bridge.envelope import parse_timestamp
 from bridge.errors import EnvelopeError
+from bridge.ids import MAX_ID, parse_id
 
 CURRENT_VERSION = 2
 
@@ -69,10 +73,27 @@ Timestamp = Annotated[
 ]
 
 
+def _event_id(value: object, info: ValidationInfo) -> int:
+    field = info.field_name or "id"
+    if type(value) is not int:
+        raise ValueError(
+            f"{field}: an id in an event is a JSON integer, not a {type(value).__name__}"
+        )
+    return parse_id(value, field=field)
+
+
+#: A record id in an event payload (module doc).
+EventId = Annotated[
+    int,
+    BeforeValidator(_event_id),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_ID}),
+]
+
+
 class _Row(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    id: uuid.UUID
+    id: EventId
     active: StrictBool = True
     created_at: Timestamp
     updated_at: Timestamp
@@ -88,7 +109,7 @@ class OrganizationV1(_Row):
 class UserV1(_Row):
     """A user row as the gem publishes it."""
 
-    organization_id: uuid.UUID
+    organization_id: EventId
     name: Text
     email: Text
     role: Text

@@ -25,7 +25,6 @@ Contract:
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -83,7 +82,7 @@ class Repository:
         return await self._page(session, query, Organization, limit=limit, offset=offset)
 
     async def get_organization(
-        self, session: AsyncSession, org_id: uuid.UUID, *, lock: bool = False
+        self, session: AsyncSession, org_id: int, *, lock: bool = False
     ) -> Organization | None:
         query = select(Organization).where(
             Organization.id == org_id, Organization.deleted_at.is_(None)
@@ -98,7 +97,6 @@ class Repository:
         await self._check_domain_free(session, body.domain, except_id=None)
         now = self._clock()
         org = Organization(
-            id=uuid.uuid4(),
             name=body.name,
             domain=body.domain,
             active=body.active,
@@ -111,7 +109,7 @@ class Repository:
         return org
 
     async def update_organization(
-        self, session: AsyncSession, org_id: uuid.UUID, body: OrganizationUpdate
+        self, session: AsyncSession, org_id: int, body: OrganizationUpdate
     ) -> Organization | None:
         org = await self.get_organization(session, org_id, lock=True)
         if org is None:
@@ -126,7 +124,7 @@ class Repository:
             await session.flush()
         return org
 
-    async def delete_organization(self, session: AsyncSession, org_id: uuid.UUID) -> bool:
+    async def delete_organization(self, session: AsyncSession, org_id: int) -> bool:
         """Soft-delete; refuses (409) while the organization has live users."""
         org = await self.get_organization(session, org_id, lock=True)
         if org is None:
@@ -150,7 +148,7 @@ class Repository:
         *,
         limit: int,
         offset: int,
-        organization_id: uuid.UUID | None = None,
+        organization_id: int | None = None,
     ) -> tuple[list[User], int]:
         query = select(User).where(User.deleted_at.is_(None))
         if organization_id is not None:
@@ -158,7 +156,7 @@ class Repository:
         return await self._page(session, query, User, limit=limit, offset=offset)
 
     async def get_user(
-        self, session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False
+        self, session: AsyncSession, user_id: int, *, lock: bool = False
     ) -> User | None:
         query = select(User).where(User.id == user_id, User.deleted_at.is_(None))
         if lock:
@@ -170,7 +168,6 @@ class Repository:
         await self._check_email_free(session, body.email, except_id=None)
         now = self._clock()
         user = User(
-            id=uuid.uuid4(),
             organization_id=body.organization_id,
             name=body.name,
             email=body.email,
@@ -185,7 +182,7 @@ class Repository:
         return user
 
     async def update_user(
-        self, session: AsyncSession, user_id: uuid.UUID, body: UserUpdate
+        self, session: AsyncSession, user_id: int, body: UserUpdate
     ) -> User | None:
         user = await self.get_user(session, user_id, lock=True)
         if user is None:
@@ -202,7 +199,7 @@ class Repository:
             await session.flush()
         return user
 
-    async def delete_user(self, session: AsyncSession, user_id: uuid.UUID) -> bool:
+    async def delete_user(self, session: AsyncSession, user_id: int) -> bool:
         user = await self.get_user(session, user_id, lock=True)
         if user is None:
             return False
@@ -220,7 +217,7 @@ class Repository:
             raise StateConflict(
                 f"{kind} {row.id} cannot be changed: {exc}. Repair it on this side: set its "
                 f"updated_at to the present (UPDATE {row.__tablename__} SET updated_at = now() "
-                f"WHERE id = '{row.id}'), then run `bridge reconcile` so the peer converges"
+                f"WHERE id = {row.id}), then run `bridge reconcile` so the peer converges"
             ) from exc
         row.origin = self.app_name
 
@@ -247,7 +244,7 @@ class Repository:
 
     @staticmethod
     async def _check_domain_free(
-        session: AsyncSession, domain: str, *, except_id: uuid.UUID | None
+        session: AsyncSession, domain: str, *, except_id: int | None
     ) -> None:
         query = select(Organization.id).where(
             Organization.domain == domain, Organization.deleted_at.is_(None)
@@ -259,7 +256,7 @@ class Repository:
 
     @staticmethod
     async def _check_email_free(
-        session: AsyncSession, email: str, *, except_id: uuid.UUID | None
+        session: AsyncSession, email: str, *, except_id: int | None
     ) -> None:
         query = select(User.id).where(User.email == email, User.deleted_at.is_(None))
         if except_id is not None:
@@ -268,7 +265,7 @@ class Repository:
             raise InvalidInput.field("email", f"{email!r} is already taken", "unique")
 
     @staticmethod
-    async def _check_organization(session: AsyncSession, org_id: uuid.UUID) -> None:
+    async def _check_organization(session: AsyncSession, org_id: int) -> None:
         found = await session.scalar(
             select(Organization.id).where(
                 Organization.id == org_id, Organization.deleted_at.is_(None)

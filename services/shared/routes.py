@@ -4,14 +4,15 @@
 ``/users`` (``/health``, ``/metrics``, ``/sync_status``: :mod:`services.shared.status`).
 Every write runs in one transaction on the bridge's session factory, so the outbox row
 is committed with the change (or not at all).  Lists paginate with ``limit``/``offset`` and return
-``total``.  A malformed id in a path is a 404 (no such record), like an unknown one.
+``total``.  Ids are JSON numbers in responses; a path id is its decimal text
+(:func:`bridge.ids.parse_id`), and one that is not a positive integer below 2**53 is a
+404 (no such record), like an unknown one.
 A PATCH or DELETE of a record whose stored version is more than ``max_clock_skew``
 ahead of the clock is a 409 naming the record and the repair (never a 500).
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
@@ -20,6 +21,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bridge.errors import InvalidIdError
+from bridge.ids import parse_id
 from services.shared.errors import NotFound
 from services.shared.repository import integrity_error_to_invalid
 from services.shared.schemas import (
@@ -29,6 +32,7 @@ from services.shared.schemas import (
     OrganizationUpdate,
     Page,
     PageParams,
+    RecordId,
     UserCreate,
     UserOut,
     UserUpdate,
@@ -83,10 +87,11 @@ async def read(state: ServiceState, op: Callable[[AsyncSession], Awaitable[T]]) 
         return await op(session)
 
 
-def parse_id(raw: str, resource: str) -> uuid.UUID:
+def path_id(raw: str, resource: str) -> int:
+    """The id in a URL, or :class:`NotFound`: no record has an id that is not one."""
     try:
-        return uuid.UUID(raw)
-    except ValueError:
+        return parse_id(raw)
+    except InvalidIdError:
         raise NotFound(f"{resource} {raw} not found") from None
 
 
@@ -127,7 +132,7 @@ async def create_organization(state: State, body: OrganizationCreate) -> Organiz
     tags=["organizations"],
 )
 async def get_organization(state: State, org_id: str) -> OrganizationOut:
-    key = parse_id(org_id, "organization")
+    key = path_id(org_id, "organization")
     org = await read(state, lambda s: state.repository.get_organization(s, key))
     if org is None:
         raise NotFound(f"organization {org_id} not found")
@@ -143,7 +148,7 @@ async def get_organization(state: State, org_id: str) -> OrganizationOut:
 async def update_organization(
     state: State, org_id: str, body: OrganizationUpdate
 ) -> OrganizationOut:
-    key = parse_id(org_id, "organization")
+    key = path_id(org_id, "organization")
     async with write(state) as session:
         org = await state.repository.update_organization(session, key, body)
         if org is None:
@@ -161,7 +166,7 @@ async def update_organization(
     tags=["organizations"],
 )
 async def delete_organization(state: State, org_id: str) -> Response:
-    key = parse_id(org_id, "organization")
+    key = path_id(org_id, "organization")
     async with write(state) as session:
         if not await state.repository.delete_organization(session, key):
             raise NotFound(f"organization {org_id} not found")
@@ -173,7 +178,7 @@ async def delete_organization(state: State, org_id: str) -> Response:
 async def list_users(
     state: State,
     page: Annotated[PageParams, Query()],
-    organization_id: uuid.UUID | None = None,
+    organization_id: RecordId | None = None,
 ) -> Page[UserOut]:
     rows, total = await read(
         state,
@@ -200,7 +205,7 @@ async def create_user(state: State, body: UserCreate) -> UserOut:
 
 @router.get("/users/{user_id}", response_model=UserOut, responses=ERRORS, tags=["users"])
 async def get_user(state: State, user_id: str) -> UserOut:
-    key = parse_id(user_id, "user")
+    key = path_id(user_id, "user")
     user = await read(state, lambda s: state.repository.get_user(s, key))
     if user is None:
         raise NotFound(f"user {user_id} not found")
@@ -209,7 +214,7 @@ async def get_user(state: State, user_id: str) -> UserOut:
 
 @router.patch("/users/{user_id}", response_model=UserOut, responses=CHANGE_ERRORS, tags=["users"])
 async def update_user(state: State, user_id: str, body: UserUpdate) -> UserOut:
-    key = parse_id(user_id, "user")
+    key = path_id(user_id, "user")
     async with write(state) as session:
         user = await state.repository.update_user(session, key, body)
         if user is None:
@@ -224,7 +229,7 @@ async def update_user(state: State, user_id: str, body: UserUpdate) -> UserOut:
     tags=["users"],
 )
 async def delete_user(state: State, user_id: str) -> Response:
-    key = parse_id(user_id, "user")
+    key = path_id(user_id, "user")
     async with write(state) as session:
         if not await state.repository.delete_user(session, key):
             raise NotFound(f"user {user_id} not found")

@@ -11,23 +11,47 @@ case-insensitively).
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     EmailStr,
     Field,
     StrictBool,
     StringConstraints,
+    ValidationInfo,
+    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
 )
 
 from bridge.envelope import format_timestamp
+from bridge.ids import MAX_ID, parse_id
+
+
+#: A record id from a client: a JSON integer or its decimal text (``42`` or ``"42"``),
+#: 1..2**53-1 (:func:`bridge.ids.parse_id`, the one rule); anything else is a 422 naming
+#: the field.  Responses carry ids as JSON numbers.
+def _record_id(value: Any, info: ValidationInfo) -> int:
+    return parse_id(value, field=info.field_name or "id")
+
+
+RecordId = Annotated[
+    int,
+    BeforeValidator(_record_id),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+                {"type": "string", "pattern": "^[1-9][0-9]{0,15}$"},
+            ]
+        }
+    ),
+]
 
 #: No NUL characters: PostgreSQL text cannot store them (it was a 500; now a 422).
 Name = Annotated[
@@ -109,7 +133,7 @@ class OrganizationUpdate(_Body):
 class UserCreate(_Body):
     wrapper: ClassVar[str] = "user"
 
-    organization_id: uuid.UUID
+    organization_id: RecordId
     name: Name
     email: EmailStr
     role: Role = DEFAULT_ROLE
@@ -119,7 +143,7 @@ class UserCreate(_Body):
 class UserUpdate(_Body):
     wrapper: ClassVar[str] = "user"
 
-    organization_id: uuid.UUID | None = None
+    organization_id: RecordId | None = None
     name: Name | None = None
     email: EmailStr | None = None
     role: Role | None = None
@@ -137,7 +161,7 @@ class _Out(BaseModel):
 
 
 class OrganizationOut(_Out):
-    id: uuid.UUID
+    id: int
     name: str
     domain: str
     active: bool
@@ -147,8 +171,8 @@ class OrganizationOut(_Out):
 
 
 class UserOut(_Out):
-    id: uuid.UUID
-    organization_id: uuid.UUID
+    id: int
+    organization_id: int
     name: str
     email: str
     role: str

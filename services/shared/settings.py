@@ -3,7 +3,9 @@
 ``ServiceSettings`` (pydantic-settings) holds what only the service needs: its name
 and peer (``APP_NAME``, ``DESTINATION_APP``; System A and B set the defaults),
 ``DATABASE_URL``, ``HOST``, ``PORT``, ``SYNC_ENABLED``, ``DB_POOL_SIZE``,
-``METRICS_PORT`` and ``LOG_LEVEL``.  Everything the bridge reads — NATS servers and
+``METRICS_PORT``, ``LOG_LEVEL`` and ``ID_SYSTEM_NUMBER`` (the number in the ids this
+system's database issues, :mod:`bridge.ids`: unique among the synced databases;
+System A is 1 and System B 2 unless set).  Everything the bridge reads — NATS servers and
 credentials, ``MODE``, ``CONSUMER_MODE``, ``STREAM_NAME``, ``MAX_DELIVER``,
 ``ENABLE_CONSUMER`` ... — is read by :func:`bridge.env.config_from_env`, the reader the
 ``bridge`` CLI and the provisioner use too (:meth:`ServiceSettings.to_bridge_config`),
@@ -21,6 +23,11 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge import BridgeConfig, config_from_env
+from bridge.errors import ConfigError
+from bridge.ids import MAX_SYSTEM
+
+#: The system numbers of the two example apps when ``ID_SYSTEM_NUMBER`` is unset.
+DEFAULT_SYSTEM_NUMBERS = {"system_a": 1, "system_b": 2}
 
 
 class ServiceSettings(BaseSettings):
@@ -40,6 +47,22 @@ class ServiceSettings(BaseSettings):
     #: port; unset: no HTTP at all).  The web app serves them on ``port`` anyway.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     log_level: str = "INFO"
+    #: The id generator's system number for this app's database (0..63); unset: the
+    #: example apps' own (:data:`DEFAULT_SYSTEM_NUMBERS`), any other app must set it.
+    id_system_number: int | None = Field(default=None, ge=0, le=MAX_SYSTEM)
+
+    def system_number(self) -> int:
+        """``ID_SYSTEM_NUMBER``, or the default of this app; :class:`ConfigError` when an
+        app that is not one of the examples has none."""
+        if self.id_system_number is not None:
+            return self.id_system_number
+        try:
+            return DEFAULT_SYSTEM_NUMBERS[self.app_name]
+        except KeyError:
+            raise ConfigError(
+                f"ID_SYSTEM_NUMBER is not set for app {self.app_name!r}: give every synced "
+                f"database its own number in 0..{MAX_SYSTEM} (docs/IDENTITIES.md)"
+            ) from None
 
     def to_bridge_config(
         self, env: Mapping[str, str] | None = None, **overrides: Any

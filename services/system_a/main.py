@@ -23,6 +23,7 @@ class SystemASettings(ServiceSettings):
     destination_app: str = "system_b"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/system_a"
     port: int = 3000
+    id_system_number: int | None = 1
 
 
 def build_app(

@@ -23,6 +23,7 @@ class SystemBSettings(ServiceSettings):
     destination_app: str = "system_a"
     database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/system_b"
     port: int = 3001
+    id_system_number: int | None = 2
 
 
 def build_app(

@@ -9,6 +9,7 @@ nothing sleeps a fixed amount.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -21,7 +22,9 @@ from nats.js import JetStreamContext
 from sqlalchemy import text
 
 from bridge.config import BridgeConfig, ConsumerOptions, RelayOptions
+from bridge.envelope import utcnow
 from bridge.event_schemas import EventSchemas
+from bridge.ids import compose
 from bridge.testing import PostgresServer
 from services.shared.app import create_app
 from services.shared.db import migrate
@@ -39,6 +42,15 @@ FAST = {
     "relay": RelayOptions(poll_interval=0.1, lease=5.0, retry_base=0.05, retry_max=0.5),
     "consumer": ConsumerOptions(fetch_timeout=0.2),
 }
+
+
+#: Ids for records a test crafts as another system's (system 9: neither side issues them).
+_CRAFTED_IDS = itertools.count(compose(utcnow(), 0, 9), 64)
+
+
+def new_id() -> int:
+    """A fresh record id, never repeated in a run, that neither side's database issues."""
+    return next(_CRAFTED_IDS)
 
 
 async def eventually(
@@ -125,7 +137,11 @@ async def start_side(
     """Start one service; ``database_url`` reuses a database (a restart), else a new one."""
     url = database_url or await new_database(stack, postgres)
     settings = ServiceSettings(
-        app_name=name, destination_app=peer, database_url=url, db_pool_size=5
+        app_name=name,
+        destination_app=peer,
+        database_url=url,
+        db_pool_size=5,
+        id_system_number=1 if name < peer else 2,  # each side its own
     )
     env = {"NATS_URL": nats_url, "STREAM_NAME": stream, "CONSUMER_MODE": consumer_mode}
     config = settings.to_bridge_config(env=env, **{**FAST, **overrides})

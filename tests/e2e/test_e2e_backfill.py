@@ -35,18 +35,18 @@ async def seed(side: Side, organizations: int, users: int) -> None:
     Every 25th organization and user is a tombstone; every user belongs to an organization."""
     statements = (
         f"""
-        INSERT INTO organizations (id, name, domain, active, created_at, updated_at, origin,
+        INSERT INTO organizations (name, domain, active, created_at, updated_at, origin,
                                    deleted_at)
-        SELECT gen_random_uuid(), 'Org ' || n, 'org' || n || '.test', n % 7 <> 0,
+        SELECT 'Org ' || n, 'org' || n || '.test', n % 7 <> 0,
                now() - interval '30 days' - n * interval '1013 microseconds',
                now() - interval '1 hour' - n * interval '1013 microseconds', '{side.name}',
                CASE WHEN n % 25 = 0 THEN now() - n * interval '1013 microseconds' END
           FROM generate_series(1, {organizations}) AS n
         """,
         f"""
-        INSERT INTO users (id, organization_id, name, email, role, active, created_at,
+        INSERT INTO users (organization_id, name, email, role, active, created_at,
                            updated_at, origin, deleted_at)
-        SELECT gen_random_uuid(), o.id, 'User ' || n, 'user' || n || '@example.test',
+        SELECT o.id, 'User ' || n, 'user' || n || '@example.test',
                CASE WHEN n % 3 = 0 THEN 'admin' ELSE 'member' END, true,
                now() - interval '20 days' - n * interval '977 microseconds',
                now() - interval '1 hour' - n * interval '977 microseconds', '{side.name}',

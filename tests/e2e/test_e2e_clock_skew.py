@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from e2e_support import Pair, Side, eventually, new_database, start_side
+from e2e_support import Pair, Side, eventually, new_database, new_id, start_side
 from nats.js import JetStreamContext
 
 from bridge.cli import EXIT_OK, main_async
@@ -91,9 +91,9 @@ async def inbox_status(side: Side, event_id: str) -> str | None:
 
 
 def new_org_payload(side: Side, at: str, **over: Any) -> dict[str, Any]:
-    oid = str(uuid.uuid4())
+    oid = new_id()
     now = format_timestamp(utcnow())
-    return {"id": oid, "name": "Crafted", "domain": f"{oid[:8]}.crafted.test", "active": True,
+    return {"id": oid, "name": "Crafted", "domain": f"c{oid}.crafted.test", "active": True,
             "created_at": now, "updated_at": at, "origin": side.config.app_name,
             "deleted_at": None} | over  # fmt: skip
 
@@ -156,7 +156,7 @@ async def test_unknown_origin_is_dead_lettered(pair: Pair) -> None:
     stranger = new_org_payload(a, now)
     body = Envelope(
         event_type="organization.created", producer="mallory", resource_type="organization",
-        resource_id=stranger["id"], payload=stranger, schema_version=2,
+        resource_id=str(stranger["id"]), payload=stranger, schema_version=2,
     ).to_dict()  # fmt: skip
     del body["origin"]
     await pair.js.publish(

@@ -1,8 +1,10 @@
 """Versioned events between the two real services (issue #8's "must show").
 
-1. A v1 event (the Ruby gem's row: no ``origin``, no ``deleted_at``) published on A's
-   subject is applied by B through the v1 → v2 upcaster; an API write on A goes out
-   as v2 (the new fields) and is applied as is.
+1. A v1 event (the Ruby gem's row: integer ``id`` / ``organization_id``, no ``origin``,
+   no ``deleted_at``) is applied through the v1 → v2 upcaster — published to each
+   side, read back through both APIs; an API write on A goes out as v2 (the new fields,
+   integer ids under the gem's field names, what a gem consumer reads) and is applied
+   as is.
 2. A v3 event is dead-lettered by B with reason ``unsupported_schema_version`` (B keeps
    processing later events); B restarted knowing v3 applies it after
    ``bridge dlq replay``.
@@ -11,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import uuid
 from collections.abc import Mapping
@@ -26,17 +29,25 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bridge.cli import EXIT_OK, main_async
 from bridge.envelope import MSG_ID_HEADER, Envelope, format_timestamp, utcnow
 from bridge.event_schemas import EventSchemas
+from bridge.ids import compose
 from bridge.schema import create_all
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.event_versions import OrganizationV2, PayloadModel, event_schemas
 from services.shared.models import Organization, User
 
+#: Ids of the gem's app: integers (system 9 of the scheme, so no test run repeats one).
+_GEM_IDS = itertools.count(compose(utcnow(), 0, 9), 64)
+#: The fields of the gem's rows (seed/examples-README.md), what a gem consumer reads.
+GEM_ORGANIZATION_FIELDS = {"id", "name", "domain", "active", "created_at", "updated_at"}
+GEM_USER_FIELDS = {"id", "organization_id", "name", "email", "role", "active", "created_at",
+                   "updated_at"}  # fmt: skip
+
 
 def gem_organization(**overrides: Any) -> dict[str, Any]:
-    """An organization row as the Ruby gem publishes it (schema v1)."""
+    """An organization row as the Ruby gem publishes it (schema v1): integer id."""
     now = format_timestamp(utcnow())
-    row = {"id": str(uuid.uuid4()), "name": "Gem Co", "active": True}
-    return {**row, "domain": f"{row['id'][:8]}.gem.test", "created_at": now, "updated_at": now,
+    row = {"id": next(_GEM_IDS), "name": "Gem Co", "active": True}
+    return {**row, "domain": f"g{row['id']}.gem.test", "created_at": now, "updated_at": now,
             **overrides}  # fmt: skip
 
 
@@ -67,8 +78,8 @@ async def publish_as(
     return envelope
 
 
-async def row(side: Side, table: str, record_id: str) -> dict[str, Any] | None:
-    rows = [r for r in await side.rows(table) if str(r["id"]) == record_id]
+async def row(side: Side, table: str, record_id: int) -> dict[str, Any] | None:
+    rows = [r for r in await side.rows(table) if r["id"] == record_id]
     return rows[0] if rows else None
 
 
@@ -80,16 +91,38 @@ def sample(side: Side, name: str, **labels: str) -> float:
 async def test_gem_v1_event_is_upcast_and_our_v2_event_applies(pair: Pair) -> None:
     a, b = pair.a, pair.b
     org = gem_organization()
-    await publish_as(pair.js, a, "organization", org, version=1)
-    user = {"id": str(uuid.uuid4()), "organization_id": org["id"], "name": "Ann",
+    user = {"id": next(_GEM_IDS), "organization_id": org["id"], "name": "Ann",
             "email": f"ann@{org['domain']}", "role": "admin", "active": True,
             "created_at": org["created_at"], "updated_at": org["updated_at"]}  # fmt: skip
-    await publish_as(pair.js, a, "user", user, version=1)
+    assert set(org) == GEM_ORGANIZATION_FIELDS and set(user) == GEM_USER_FIELDS
+    # The gem's app feeds both systems: its events on each side's inbound subject, as
+    # JSON with bare integer ids.
+    for producer in (a, b):
+        await publish_as(pair.js, producer, "organization", org, version=1)
+        await publish_as(pair.js, producer, "user", user, version=1)
 
     async def applied() -> dict[str, Any] | None:
         return await row(b, "users", user["id"])
 
     stored_user = await eventually(applied, what="gem user on B")
+    # Read back through both APIs, by the gem's integer ids.
+    for side in (a, b):
+
+        async def through_api(side: Side = side) -> tuple[Any, Any] | None:
+            got_org = await side.get(f"/organizations/{org['id']}")
+            got_user = await side.get(f"/users/{user['id']}")
+            if got_org.status_code != 200 or got_user.status_code != 200:
+                return None
+            return got_org.json(), got_user.json()
+
+        api_org, api_user = await eventually(through_api, what=f"gem rows on {side.name}")
+        assert {k: api_org[k] for k in GEM_ORGANIZATION_FIELDS} == org
+        assert {k: api_user[k] for k in GEM_USER_FIELDS} == {
+            **user,
+            "created_at": api_user["created_at"],
+            "updated_at": api_user["updated_at"],
+        }
+        assert api_user["organization_id"] == org["id"] and type(api_user["id"]) is int
     stored_org = await row(b, "organizations", org["id"])
     assert stored_org is not None
     assert (stored_org["name"], stored_org["domain"], stored_org["active"]) == (
@@ -117,8 +150,25 @@ async def test_gem_v1_event_is_upcast_and_our_v2_event_applies(pair: Pair) -> No
     assert await eventually(copied, what="v2 organization on B") == ours
     sent = await pair.js.get_last_msg(pair.stream, a.config.subjects.publish)
     body = json.loads(sent.data or b"{}")
-    assert body["resource_id"] == ours["id"] and body["schema_version"] == 2
+    assert body["resource_id"] == str(ours["id"]) and body["schema_version"] == 2
     assert body["payload"]["origin"] == a.config.app_name and "deleted_at" in body["payload"]
+    # What a gem consumer reads: the gem's fields, the id a JSON integer.
+    assert set(body["payload"]) >= GEM_ORGANIZATION_FIELDS
+    assert type(body["payload"]["id"]) is int and body["payload"]["id"] == ours["id"]
+    ours_user = await a.client.post(
+        "/users", json={"organization_id": ours["id"], "name": "Bo", "email": "bo@ours.example.com"}
+    )
+    assert ours_user.status_code == 201, ours_user.text
+
+    async def user_event() -> dict[str, Any] | None:
+        last = await pair.js.get_last_msg(pair.stream, a.config.subjects.publish)
+        decoded: dict[str, Any] = json.loads(last.data or b"{}")
+        return decoded if decoded["event_type"] == "user.created" else None
+
+    user_body = await eventually(user_event, what="our user event published")
+    assert set(user_body["payload"]) >= GEM_USER_FIELDS
+    assert type(user_body["payload"]["organization_id"]) is int
+    assert user_body["payload"]["organization_id"] == ours["id"]
     upcast_org = sample(
         b, "bridge_event_upcasts_total", event_type="organization.created", from_version="1"
     )

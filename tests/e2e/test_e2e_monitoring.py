@@ -45,7 +45,7 @@ import httpx
 import nats
 import pytest
 import yaml
-from e2e_support import FAST, Side, eventually, start_side
+from e2e_support import FAST, Side, eventually, new_id, start_side
 from monitoring_support import (
     ALERTS,
     BASELINE,
@@ -204,7 +204,7 @@ async def organization_payload(side: Side, *, domain: str) -> dict[str, Any]:
     """A valid organization payload (the services' current version), new id and domain."""
     row = json.loads(json.dumps((await side.rows("organizations"))[0], default=str))
     now = format_timestamp(utcnow())
-    return {**row, "id": str(uuid.uuid4()), "domain": domain, "name": f"Org {domain}",
+    return {**row, "id": new_id(), "domain": domain, "name": f"Org {domain}",
             "origin": side.name, "deleted_at": None, "created_at": now,
             "updated_at": now}  # fmt: skip
 
@@ -235,7 +235,7 @@ async def run(postgres: PostgresServer) -> AsyncIterator[Run]:
             )
             org = created.json()
 
-            async def arrived(peer: Side = peer, org_id: str = org["id"]) -> bool:
+            async def arrived(peer: Side = peer, org_id: int = org["id"]) -> bool:
                 return (await peer.get(f"/organizations/{org_id}")).status_code == 200
 
             await eventually(arrived, what=f"{domain} synced")
@@ -326,7 +326,7 @@ async def run(postgres: PostgresServer) -> AsyncIterator[Run]:
                 payload = {k: v for k, v in payload.items() if k not in ("origin", "deleted_at")}
             envelope = Envelope(
                 event_type="organization.created", producer=a_name, origin=a_name,
-                resource_type="organization", resource_id=payload["id"], payload=payload,
+                resource_type="organization", resource_id=str(payload["id"]), payload=payload,
                 schema_version=version,
                 occurred_at=format_timestamp(utcnow() - timedelta(seconds=age)),
             )  # fmt: skip
@@ -341,7 +341,7 @@ async def run(postgres: PostgresServer) -> AsyncIterator[Run]:
         await js.add_stream(name=f"other-{unique}", subjects=[f"elsewhere.{unique}"])
         async with bridge_a.session_factory.begin() as session:
             rejected = Envelope(event_type="organization.created", producer=a_name,
-                                resource_type="organization", resource_id=str(uuid.uuid4()),
+                                resource_type="organization", resource_id=str(new_id()),
                                 payload={})  # fmt: skip
             await bridge_a.outbox.enqueue(session, rejected, subject=f"elsewhere.{unique}")
         await scraper.until(lambda ta, tb: value(ta, "bridge_outbox_failed") == 1, "failed row")

@@ -25,7 +25,7 @@ from bridge.reconcile.schedule import PeriodicReconciler
 SEED = (
     """
     INSERT INTO organizations (id, name, domain, active, created_at, updated_at, origin)
-    SELECT md5('org' || i)::uuid, 'Org ' || i, 'org' || i || '.example', true,
+    SELECT 10000000 + i, 'Org ' || i, 'org' || i || '.example', true,
            timestamptz '2026-01-01 00:00:00+00' + i * interval '1.000001 second',
            timestamptz '2026-02-01 00:00:00+00' + i * interval '1.000001 second', :origin
       FROM generate_series(1, :n) AS i
@@ -33,7 +33,7 @@ SEED = (
     """
     INSERT INTO users (id, organization_id, name, email, role, active, created_at,
                        updated_at, origin)
-    SELECT md5('user' || i)::uuid, md5('org' || i)::uuid, 'User ' || i,
+    SELECT 20000000 + i, 10000000 + i, 'User ' || i,
            'user' || i || '@example.com', 'member', true,
            timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second',
            timestamptz '2026-02-01 00:00:00+00' + i * interval '1 second', :origin
@@ -123,26 +123,26 @@ async def test_one_cli_pass_repairs_changes_made_directly_in_b(
     # Newer versions written by hand in B (bumped updated_at, B as origin): B re-emits.
     assert await execute(b, f"""
         UPDATE organizations SET name = name || ' (edited in B)', updated_at = now(),
-               origin = '{b.name}' WHERE id IN (md5('org1')::uuid, md5('org2')::uuid,
-               md5('org3')::uuid)""") == 3  # fmt: skip
+               origin = '{b.name}' WHERE id IN (10000001, 10000002,
+               10000003)""") == 3  # fmt: skip
     # Hand edits that did not bump the version (origin A): A's copy is restored in B.
     changed = await execute(b, """
         UPDATE users SET role = 'admin', active = false
-         WHERE id IN (md5('user4')::uuid, md5('user5')::uuid, md5('user6')::uuid)""")  # fmt: skip
+         WHERE id IN (20000004, 20000005, 20000006)""")  # fmt: skip
     assert changed == 3
     # Hard deletes bypassing the API: A re-emits, B gets the rows back.
     deleted = await execute(b, """
         DELETE FROM users
-         WHERE id IN (md5('user7')::uuid, md5('user8')::uuid, md5('user9')::uuid)""")  # fmt: skip
+         WHERE id IN (20000007, 20000008, 20000009)""")  # fmt: skip
     assert deleted == 3
     # A tombstone written by hand in B (a newer version): A gets the delete.
     assert await execute(b, f"""
         UPDATE organizations SET deleted_at = now(), updated_at = now(), origin = '{b.name}'
-         WHERE id = md5('org10')::uuid""") == 1  # fmt: skip
+         WHERE id = 10000010""") == 1  # fmt: skip
     # A row only B has.
     assert await execute(b, f"""
         INSERT INTO organizations (id, name, domain, active, created_at, updated_at, origin)
-        VALUES (md5('only-in-b')::uuid, 'Only in B', 'only-b.example', true, now(), now(),
+        VALUES (30000001, 'Only in B', 'only-b.example', true, now(), now(),
                 '{b.name}')""") == 1  # fmt: skip
     assert not await identical(pair)
 

@@ -7,12 +7,11 @@ no echo (each change crosses exactly once: counted per subject in the stream).
 from __future__ import annotations
 
 import json
-import uuid
 from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
-from e2e_support import Pair, Side, eventually, start_side
+from e2e_support import Pair, Side, eventually, new_id, start_side
 
 from bridge.envelope import Envelope
 from bridge.testing import NatsServer, PostgresServer
@@ -126,7 +125,7 @@ async def test_user_before_its_organization_is_retried_not_dead_lettered(pair: P
     )
     await seen(b, f"/users/{user['id']}")
     # Replay the same two changes as new records, user first, straight onto A's subject.
-    org_id, user_id = str(uuid.uuid4()), str(uuid.uuid4())
+    org_id, user_id = new_id(), new_id()
     org_row = {**(await a.rows("organizations"))[0]}
     org_payload = {
         **json.loads(json.dumps(org_row, default=str)), "id": org_id, "domain": "order2.test",
@@ -139,7 +138,7 @@ async def test_user_before_its_organization_is_retried_not_dead_lettered(pair: P
     for resource, payload in (("user", user_payload), ("organization", org_payload)):
         env = Envelope(
             event_type=f"{resource}.created", producer=a.name, resource_type=resource,
-            resource_id=payload["id"], payload=payload,
+            resource_id=str(payload["id"]), payload=payload,
         )  # fmt: skip
         ack = await pair.js.publish(
             a.config.subjects.publish, env.to_bytes(), headers=env.headers(), stream=pair.stream

@@ -44,9 +44,7 @@ async def test_worker_applies_changes_for_a_web_process_without_consumer(
         )  # fmt: skip
         env = {"NATS_URL": nats_server.url, "STREAM_NAME": stream}
         ports: list[int] = []
-        worker = asyncio.create_task(
-            run_worker(settings, stop, env=env, listening=ports.append)
-        )
+        worker = asyncio.create_task(run_worker(settings, stop, env=env, listening=ports.append))
         try:
 
             async def arrived() -> bool:

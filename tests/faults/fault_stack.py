@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -33,6 +34,8 @@ from typing import Any, Literal
 import httpx
 
 from bridge.config import BridgeConfig, ConsumerOptions, RelayOptions
+from bridge.envelope import utcnow
+from bridge.ids import compose
 from bridge.testing import PostgresServer, free_port
 from services.shared.app import create_app
 from services.shared.db import migrate
@@ -238,9 +241,22 @@ async def _drop_quietly(postgres: PostgresServer, url: str) -> None:
         await postgres.drop_database(url)
 
 
+#: Ids of records a test crafts as another system's (system 9: neither side issues them).
+_CRAFTED_IDS = itertools.count(compose(utcnow(), 0, 9), 64)
+
+
+def new_id() -> int:
+    """A fresh record id, never repeated in a run, that neither side's database issues."""
+    return next(_CRAFTED_IDS)
+
+
 def settings_for(app: str, peer: str, database_url: str) -> ServiceSettings:
     return ServiceSettings(
-        app_name=app, destination_app=peer, database_url=database_url, db_pool_size=5
+        app_name=app,
+        destination_app=peer,
+        database_url=database_url,
+        db_pool_size=5,
+        id_system_number=1 if app < peer else 2,  # each side its own (instances share it)
     )
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ import nats
 import pytest
 from fault_checker import consumer_lag, read_side
 from fault_scenario import FaultLog, ScenarioResult, run_scenario
-from fault_stack import Deployment, Side, fast_config, in_process_pair
+from fault_stack import Deployment, Side, fast_config, in_process_pair, new_id
 
 from bridge.envelope import Envelope, format_timestamp, utcnow
 from bridge.routing.dlq import DeadLetters
@@ -83,15 +82,15 @@ async def crafted_events(a: Side, b: Side) -> list[Envelope]:
     now = format_timestamp(utcnow())
 
     def new_org(origin: str) -> dict[str, Any]:
-        oid = str(uuid.uuid4())
-        return {"id": oid, "name": "Crafted", "domain": f"{oid[:12]}.crafted.test",
+        oid = new_id()
+        return {"id": oid, "name": "Crafted", "domain": f"c{oid}.crafted.test",
                 "active": True, "created_at": now, "updated_at": now, "origin": origin,
                 "deleted_at": None}  # fmt: skip
 
     def envelope(payload: dict[str, Any], action: str, **extra: Any) -> Envelope:
         return Envelope(
             event_type=f"organization.{action}", producer=a.app, resource_type="organization",
-            resource_id=payload["id"], payload=payload, schema_version=2, **extra,
+            resource_id=str(payload["id"]), payload=payload, schema_version=2, **extra,
         )  # fmt: skip
 
     future_row = {**live, "name": "From the future", "updated_at": FAR_FUTURE, "deleted_at": None}

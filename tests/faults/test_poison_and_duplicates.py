@@ -39,7 +39,7 @@ from contextlib import AsyncExitStack
 import nats
 import pytest
 from fault_scenario import FaultLog, run_scenario
-from fault_stack import Side, fast_config, in_process_pair
+from fault_stack import Side, fast_config, in_process_pair, new_id
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bridge.config import ConsumerOptions
@@ -104,15 +104,15 @@ def poison_messages(producer: str) -> list[tuple[bytes, dict[str, str]]]:
             event_type=event_type,
             producer=producer,
             resource_type=resource,
-            resource_id=str(payload.get("id", uuid.uuid4())),
+            resource_id=str(payload.get("id", new_id())),
             payload=payload,
             **extra,  # type: ignore[arg-type]
         )
 
-    org_id = str(uuid.uuid4())
+    org_id = new_id()
     not_a_row = envelope("organization.updated", {"id": org_id, "name": 7})
-    user_without_fields = envelope("user.created", {"id": str(uuid.uuid4())})
-    unknown = envelope("widget.created", {"id": str(uuid.uuid4())})
+    user_without_fields = envelope("user.created", {"id": new_id()})
+    unknown = envelope("widget.created", {"id": new_id()})
     too_new = envelope(
         "organization.updated", {"id": org_id, "name": "From the future"}, schema_version=99
     )
@@ -141,7 +141,7 @@ def burst_poison(producer: str) -> list[tuple[str, bytes, dict[str, str]]]:
             event_type="organization.updated",
             producer=producer,
             resource_type="organization",
-            resource_id=str(uuid.uuid4()),
+            resource_id=str(new_id()),
             payload={"name": "Poison", "domain": "poison.test"},
         )
         body, headers = env.to_dict(), env.headers()
@@ -157,7 +157,7 @@ def burst_poison(producer: str) -> list[tuple[str, bytes, dict[str, str]]]:
         elif kind == "long_event_type":
             data = with_(event_type="organization." + "u" * 500)
         elif kind == "nul_in_resource_id":
-            data = with_(resource_id=str(uuid.uuid4()) + "\u0000")
+            data = with_(resource_id=str(new_id()) + "\u0000")
         elif kind == "not_utf8":
             data = with_(payload={"name": "PLACEHOLDER"}).replace(b"PLACEHOLDER", b"\xff\xfe")
         elif kind == "nan_in_payload":
@@ -186,8 +186,8 @@ def far_future_poison(producer: str) -> list[tuple[str, bytes, dict[str, str]]]:
     now = format_timestamp(utcnow())
     out: list[tuple[str, bytes, dict[str, str]]] = []
     for kind, _mention in FAR_FUTURE_KINDS:
-        oid = str(uuid.uuid4())
-        row = {"id": oid, "name": "From the future", "domain": f"{oid[:12]}.future.test",
+        oid = new_id()
+        row = {"id": oid, "name": "From the future", "domain": f"f{oid}.future.test",
                "active": True, "created_at": now, "updated_at": now, "origin": producer,
                "deleted_at": None}  # fmt: skip
         extra: dict[str, str] = {}
@@ -197,7 +197,7 @@ def far_future_poison(producer: str) -> list[tuple[str, bytes, dict[str, str]]]:
             row["updated_at"] = FAR_FUTURE
         env = Envelope(
             event_type="organization.created", producer=producer, resource_type="organization",
-            resource_id=oid, payload=row, schema_version=2, **extra,  # type: ignore[arg-type]
+            resource_id=str(oid), payload=row, schema_version=2, **extra,  # type: ignore[arg-type]
         )  # fmt: skip
         out.append((kind, env.to_bytes(), env.headers()))
     return out

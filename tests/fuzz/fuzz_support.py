@@ -22,7 +22,6 @@ transport and then checks, against the database before and after:
 from __future__ import annotations
 
 import json
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -40,6 +39,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bridge import BridgeConfig
+from bridge.ids import parse_id
 from services.shared.db import migrate
 from services.shared.models import Organization, User
 from services.shared.schemas import OrganizationOut, UserOut
@@ -274,7 +274,7 @@ def _check_writes(
     if method == "DELETE":
         assert status == 204, where
         record_id = str(case.path_parameters["org_id" if resource == "organization" else "user_id"])
-        key = f"{resource}:{uuid.UUID(record_id)}"
+        key = f"{resource}:{parse_id(record_id)}"  # a 204 had a canonical id
         assert before.rows[key]["deleted"] is False, where
         assert after.rows[key]["deleted"] is True, where
         expected_type = f"{resource}.deleted"

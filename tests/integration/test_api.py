@@ -8,7 +8,6 @@ for junk input.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +16,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bridge.errors import ConfigError, IdentityError
+from bridge.ids import MAX_ID, decode
 from services.shared.app import create_app
 from services.shared.db import migrate
 from services.shared.settings import ServiceSettings
@@ -46,6 +47,29 @@ async def make_org(
     return response.json()
 
 
+#: organization_id values in a body that are not ids: a 422 naming the field, never a 500.
+BAD_BODY_IDS: tuple[Any, ...] = (
+    "not-a-number",
+    "",
+    0,
+    -7,
+    "-7",
+    1.0,
+    1.5,
+    True,
+    "1e3",
+    " 42",
+    "042",
+    MAX_ID + 1,
+    str(MAX_ID + 1),
+    2**63,
+    10**40,
+    [1],
+    {"id": 1},
+    "٣",
+)
+
+
 def fields(response: httpx.Response) -> set[str]:
     body = response.json()
     assert set(body) == {"error", "details"}, body
@@ -62,7 +86,9 @@ async def test_create_flat_and_wrapped_bodies(api: httpx.AsyncClient) -> None:
     body = wrapped.json()
     assert body["domain"] == "wrapped.test"  # natural keys are normalised to lower case
     assert body["origin"] == "system_a" and body["active"] is True
-    assert uuid.UUID(body["id"]).version == 4
+    # Ids are JSON numbers issued by this database's generator, with System A's number.
+    assert type(body["id"]) is int and 0 < body["id"] <= MAX_ID
+    assert decode(body["id"]).system == 1
     assert body["created_at"] == body["updated_at"]
 
     user = await api.post(
@@ -94,10 +120,13 @@ async def test_validation_errors_name_the_fields(api: httpx.AsyncClient) -> None
         ("/organizations", {"name": "X", "domain": "x.test", "colour": "red"}, {"colour"}),
         ("/organizations", {"organization": {"name": "X"}}, {"domain"}),
         ("/users", {"organization_id": org["id"], "name": "U", "email": "nope"}, {"email"}),
-        (
-            "/users",
-            {"organization_id": "not-a-uuid", "name": "U", "email": "u@x.example.com"},
-            {"organization_id"},
+        *(
+            (
+                "/users",
+                {"organization_id": bad, "name": "U", "email": "u@x.example.com"},
+                {"organization_id"},
+            )
+            for bad in BAD_BODY_IDS
         ),
         (
             "/users",
@@ -123,11 +152,12 @@ async def test_missing_organization_and_duplicates_are_422(api: httpx.AsyncClien
     assert response.status_code == 422 and fields(response) == {"domain"}
     assert "taken" in response.json()["details"][0]["message"]
 
-    ghost = str(uuid.uuid4())
-    response = await api.post(
-        "/users", json={"organization_id": ghost, "name": "U", "email": "u@dup.example.com"}
-    )
-    assert response.status_code == 422 and fields(response) == {"organization_id"}
+    for ghost in (org["id"] + 8, str(org["id"] + 8), 1):  # well-formed, no such record
+        response = await api.post(
+            "/users", json={"organization_id": ghost, "name": "U", "email": "u@dup.example.com"}
+        )
+        assert response.status_code == 422 and fields(response) == {"organization_id"}
+        assert response.json()["details"][0]["type"] == "not_found"
 
     first = await api.post(
         "/users", json={"organization_id": org["id"], "name": "U", "email": "u@dup.example.com"}
@@ -159,11 +189,14 @@ async def test_concurrent_duplicate_domain_is_one_201_and_422s(api: httpx.AsyncC
 
 
 async def test_not_found_shape_and_bad_ids(api: httpx.AsyncClient) -> None:
+    org = await make_org(api)
+    bad_path_ids = ("0", "-1", "007", "1.0", "1e3", "abc", "%20" + "1", str(MAX_ID + 1), "9" * 40)
     for path in (
-        f"/organizations/{uuid.uuid4()}",
-        "/organizations/not-a-uuid",
-        f"/users/{uuid.uuid4()}",
+        f"/organizations/{org['id'] + 8}",
+        f"/users/{org['id']}",  # an organization's id is no user's
         "/users/12345",
+        *(f"/organizations/{bad}" for bad in bad_path_ids),
+        *(f"/users/{bad}" for bad in bad_path_ids),
     ):
         for method in ("GET", "PATCH", "DELETE"):
             kwargs: dict[str, Any] = {"json": {"name": "x"}} if method == "PATCH" else {}
@@ -194,10 +227,19 @@ async def test_junk_never_500(api: httpx.AsyncClient) -> None:
         "/organizations", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert raw.status_code == 422
-    for body in ({"name": None}, {"active": 1}, {"domain": 7}, {"id": str(uuid.uuid4())}):
+    for body in ({"name": None}, {"active": 1}, {"domain": 7}, {"id": 42}):
         response = await api.patch(f"/organizations/{org['id']}", json=body)
         assert response.status_code == 422, (body, response.text)
-    for query in ("limit=0", "limit=100000", "offset=-1", "limit=abc", "organization_id=zzz"):
+    for query in (
+        "limit=0",
+        "limit=100000",
+        "offset=-1",
+        "limit=abc",
+        "organization_id=zzz",
+        "organization_id=0",
+        f"organization_id={MAX_ID + 1}",
+        "organization_id=1.5",
+    ):
         response = await api.get(f"/users?{query}")
         assert response.status_code == 422, (query, response.text)
     response = await api.post(
@@ -309,3 +351,82 @@ async def test_openapi_docs(api: httpx.AsyncClient) -> None:
         "/health",
         "/sync_status",
     } <= set(spec["paths"])
+
+
+async def test_ids_are_json_numbers_and_numeric_strings_are_the_same_id(
+    api: httpx.AsyncClient,
+) -> None:
+    org = await make_org(api, "numbers.test")
+    as_number = await api.post(
+        "/users",
+        json={
+            "user": {"organization_id": org["id"], "name": "N", "email": "n@numbers.example.com"}
+        },
+    )
+    as_text = await api.post(
+        "/users",
+        json={"organization_id": str(org["id"]), "name": "T", "email": "t@numbers.example.com"},
+    )
+    assert as_number.status_code == 201 and as_text.status_code == 201, as_text.text
+    for created in (as_number.json(), as_text.json()):
+        assert created["organization_id"] == org["id"]
+        assert type(created["id"]) is int
+    assert as_text.json()["id"] > as_number.json()["id"]  # time-ordered
+    listed = await api.get(f"/users?organization_id={org['id']}")
+    assert [u["id"] for u in listed.json()["items"]] == [
+        as_number.json()["id"],
+        as_text.json()["id"],
+    ]
+    moved = await api.patch(
+        f"/users/{as_text.json()['id']}", json={"organization_id": str(org["id"])}
+    )
+    assert moved.status_code == 200 and moved.json()["updated_at"] == as_text.json()["updated_at"]
+
+
+def _settings(url: str, **over: Any) -> ServiceSettings:
+    values: dict[str, Any] = {
+        "app_name": "system_a",
+        "destination_app": "system_b",
+        "database_url": url,
+        "sync_enabled": False,
+        **over,
+    }
+    return ServiceSettings(**values)
+
+
+async def _start(settings: ServiceSettings) -> None:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        pass
+
+
+async def test_start_up_sets_the_system_number_and_refuses_a_clash(database_url: str) -> None:
+    await migrate(database_url)
+    await _start(_settings(database_url))  # System A's default: 1
+    engine = create_async_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            number = await conn.scalar(text("SELECT system_number FROM bridge_id_settings"))
+        assert number == 1
+        # B's settings pointed at A's database: a clash, refused before any write.
+        with pytest.raises(ConfigError, match=r"system number 1.*ID_SYSTEM_NUMBER=2"):
+            await _start(_settings(database_url, app_name="system_b", destination_app="system_a"))
+        with pytest.raises(ConfigError, match="ID_SYSTEM_NUMBER=5"):
+            await _start(_settings(database_url, id_system_number=5))
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT system_number FROM bridge_id_settings")) == 1
+    finally:
+        await engine.dispose()
+    await _start(_settings(database_url, id_system_number=1))  # the same number: fine
+
+
+async def test_start_up_without_a_number_or_generator_is_a_clear_error(database_url: str) -> None:
+    # An app that is not one of the examples must say its number.
+    with pytest.raises(ConfigError, match="ID_SYSTEM_NUMBER is not set for app 'billing'"):
+        await _start(_settings(database_url, app_name="billing"))
+    # Migrations not run: the generator is missing.
+    with pytest.raises(IdentityError, match="not installed") as caught:
+        await _start(_settings(database_url))
+    assert caught.value.code == "not_installed"
+    with pytest.raises(ValueError):
+        _settings(database_url, id_system_number=64)

@@ -10,7 +10,6 @@ must not turn every later write of the record into a 500 (``OverflowError`` comp
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -42,14 +41,14 @@ async def api(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
             yield client
 
 
-async def set_version(database_url: str, table: str, record_id: str, at: str) -> None:
+async def set_version(database_url: str, table: str, record_id: int, at: str) -> None:
     engine = create_async_engine(database_url)
     try:
         async with engine.begin() as conn:  # a hand edit: not a change to publish
             await conn.execute(text("SET LOCAL bridge.capture = 'off'"))
             await conn.execute(
                 text(f"UPDATE {table} SET updated_at = :at WHERE id = :id"),
-                {"at": parse_timestamp(at), "id": uuid.UUID(record_id)},
+                {"at": parse_timestamp(at), "id": record_id},
             )
     finally:
         await engine.dispose()

@@ -4,7 +4,6 @@ with the right event type — and none for rejected or no-op requests."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -29,7 +28,10 @@ async def served(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
     await migrate(database_url)
     settings = ServiceSettings(
-        app_name=f"a{unique}", destination_app=f"b{unique}", database_url=database_url
+        app_name=f"a{unique}",
+        destination_app=f"b{unique}",
+        database_url=database_url,
+        id_system_number=1,
     )
     env = {"NATS_URL": nats_server.url, "STREAM_NAME": f"s{unique}"}
     config = settings.to_bridge_config(env=env, relay=RelayOptions(poll_interval=0.1))
@@ -78,13 +80,20 @@ async def test_one_event_per_change_and_none_for_rejected_requests(
     assert (await api.delete(f"/organizations/{org['id']}")).status_code == 204
 
     rows = await outbox_rows(database_url)
+    # The envelope's resource_id is the id's text; the payload's ids stay JSON integers
+    # (what a gem consumer reads: "id": 42, "organization_id": 42).
+    org_key, user_key = str(org["id"]), str(user["id"])
     assert [(r["event_type"], r["resource_id"]) for r in rows] == [
-        ("organization.created", org["id"]),
-        ("organization.updated", org["id"]),
-        ("user.created", user["id"]),
-        ("user.deleted", user["id"]),
-        ("organization.deleted", org["id"]),
+        ("organization.created", org_key),
+        ("organization.updated", org_key),
+        ("user.created", user_key),
+        ("user.deleted", user_key),
+        ("organization.deleted", org_key),
     ]
+    created_user = rows[2]["payload"]
+    assert isinstance(created_user, dict)
+    assert created_user["payload"]["id"] == user["id"]
+    assert created_user["payload"]["organization_id"] == org["id"]
     updated = rows[1]["payload"]
     assert isinstance(updated, dict)
     assert updated["payload"]["name"] == "P"
@@ -106,7 +115,7 @@ async def test_one_event_per_change_and_none_for_rejected_requests(
             published.append((body["event_type"], body["resource_id"]))
         expected = [(r["event_type"], r["resource_id"]) for r in rows]
         assert sorted(published) == sorted(expected)
-        for record in (org["id"], user["id"]):
+        for record in (org_key, user_key):
             assert [p for p in published if p[1] == record] == [
                 e for e in expected if e[1] == record
             ]
@@ -123,12 +132,12 @@ async def test_a_tombstone_is_captured_as_deleted_by_any_write_path(
     api, app = served
     org = (await api.post("/organizations", json={"name": "O", "domain": "t.test"})).json()
     async with app.state.service.session_factory.begin() as session:
-        row = await session.get(Organization, uuid.UUID(org["id"]))
+        row = await session.get(Organization, org["id"])
         assert row is not None
         row.updated_at = row.deleted_at = datetime.now(UTC)
         session.add(
             Organization(
-                id=uuid.uuid4(), name="gone", domain="gone.test", created_at=row.updated_at,
+                name="gone", domain="gone.test", created_at=row.updated_at,
                 updated_at=row.updated_at, origin="import", deleted_at=row.updated_at,
             )
         )  # fmt: skip

@@ -8,7 +8,6 @@ invalid payloads rejected.  End-to-end delivery is covered in tests/e2e.
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,12 +23,19 @@ from sqlalchemy.ext.asyncio import (
 
 from bridge.envelope import Envelope, format_timestamp
 from bridge.errors import Reject, Retry
+from bridge.ids import compose
 from services.shared.db import migrate
 from services.shared.handlers import SyncHandlers
 from services.shared.models import Organization, StaleEvent, SyncConflict, User
 
 T0 = datetime(2026, 3, 1, 9, 0, 0, 500000, tzinfo=UTC)
 US = timedelta(microseconds=1)
+#: Fresh ids as System A's generator issues them: one per tick, never repeated.
+_IDS = itertools.count(compose(datetime.now(UTC), 0, 1), 64)
+
+
+def new_id() -> int:
+    return next(_IDS)
 
 
 @pytest.fixture
@@ -46,10 +52,10 @@ def handlers(engine: AsyncEngine) -> SyncHandlers:
 
 
 def org_payload(
-    org_id: uuid.UUID, *, at: datetime, origin: str = "system_a", **over: Any
+    org_id: int, *, at: datetime, origin: str = "system_a", **over: Any
 ) -> dict[str, Any]:
     row = {
-        "id": str(org_id),
+        "id": org_id,
         "name": "Acme",
         "domain": "acme.test",
         "active": True,
@@ -62,12 +68,10 @@ def org_payload(
     return row
 
 
-def user_payload(
-    user_id: uuid.UUID, org_id: uuid.UUID, *, at: datetime, **over: Any
-) -> dict[str, Any]:
+def user_payload(user_id: int, org_id: int, *, at: datetime, **over: Any) -> dict[str, Any]:
     row = {
-        "id": str(user_id),
-        "organization_id": str(org_id),
+        "id": user_id,
+        "organization_id": org_id,
         "name": "Ann",
         "email": "ann@example.com",
         "role": "member",
@@ -88,7 +92,7 @@ def envelope(
         event_type=f"{resource}.{action}",
         producer=producer,
         resource_type=resource,
-        resource_id=payload["id"],
+        resource_id=str(payload["id"]),
         payload=payload,
     )
 
@@ -103,7 +107,7 @@ async def apply(engine: AsyncEngine, handlers: SyncHandlers, env: Envelope) -> N
         await handler(session, env)
 
 
-async def fetch(engine: AsyncEngine, model: type[Any], row_id: uuid.UUID) -> Any:
+async def fetch(engine: AsyncEngine, model: type[Any], row_id: int) -> Any:
     async with AsyncSession(engine) as session:
         return await session.get(model, row_id)
 
@@ -116,7 +120,7 @@ async def count(engine: AsyncEngine, model: type[Any]) -> int:
 async def test_versions_converge_in_every_arrival_order(
     engine: AsyncEngine, handlers: SyncHandlers
 ) -> None:
-    org_id = uuid.uuid4()
+    org_id = new_id()
     events = [
         envelope("organization", "created", org_payload(org_id, at=T0)),
         envelope("organization", "updated", org_payload(org_id, at=T0 + US, name="One")),
@@ -152,7 +156,7 @@ async def test_versions_converge_in_every_arrival_order(
 async def test_stored_version_is_the_senders_verbatim_and_stale_is_counted(
     engine: AsyncEngine, handlers: SyncHandlers
 ) -> None:
-    org_id = uuid.uuid4()
+    org_id = new_id()
     newer = envelope("organization", "updated", org_payload(org_id, at=T0 + 5 * US, name="New"))
     older = envelope("organization", "updated", org_payload(org_id, at=T0 + US, name="Old"))
     await apply(engine, handlers, newer)
@@ -175,7 +179,7 @@ async def test_stored_version_is_the_senders_verbatim_and_stale_is_counted(
 async def test_tie_on_timestamp_is_broken_by_origin(
     engine: AsyncEngine, handlers: SyncHandlers
 ) -> None:
-    org_id = uuid.uuid4()
+    org_id = new_id()
     from_b = envelope(
         "organization",
         "updated",
@@ -195,7 +199,7 @@ async def test_tie_on_timestamp_is_broken_by_origin(
 async def test_delete_before_create_leaves_a_tombstone(
     engine: AsyncEngine, handlers: SyncHandlers
 ) -> None:
-    org_id = uuid.uuid4()
+    org_id = new_id()
     # A foreign producer's delete without deleted_at: a tombstone at occurred_at.
     delete = envelope("organization", "deleted", org_payload(org_id, at=T0 + US))
     await apply(engine, handlers, delete)
@@ -207,7 +211,7 @@ async def test_delete_before_create_leaves_a_tombstone(
 async def test_user_before_its_organization_is_retried(
     engine: AsyncEngine, handlers: SyncHandlers
 ) -> None:
-    org_id, user_id = uuid.uuid4(), uuid.uuid4()
+    org_id, user_id = new_id(), new_id()
     user = envelope("user", "created", user_payload(user_id, org_id, at=T0))
     with pytest.raises(Retry, match="has not arrived"):
         await apply(engine, handlers, user)
@@ -220,7 +224,7 @@ async def test_user_before_its_organization_is_retried(
 async def test_natural_key_collision_with_a_local_record_is_a_recorded_conflict(
     engine: AsyncEngine, handlers: SyncHandlers
 ) -> None:
-    local_id, remote_id = uuid.uuid4(), uuid.uuid4()
+    local_id, remote_id = new_id(), new_id()
     # system_b (this side) created acme.test itself...
     await apply(
         engine,
@@ -255,7 +259,7 @@ async def test_natural_key_collision_with_a_local_record_is_a_recorded_conflict(
 async def test_collision_with_the_senders_own_older_version_is_transient(
     engine: AsyncEngine, handlers: SyncHandlers
 ) -> None:
-    first, second = uuid.uuid4(), uuid.uuid4()
+    first, second = new_id(), new_id()
     # On A: `first` had acme.test, then moved to other.test; then `second` took acme.test.
     await apply(engine, handlers, envelope("organization", "created", org_payload(first, at=T0)))
     takes_domain = envelope("organization", "created", org_payload(second, at=T0 + 2 * US))
@@ -272,13 +276,17 @@ async def test_collision_with_the_senders_own_older_version_is_transient(
 
 
 async def test_invalid_payloads_are_rejected(engine: AsyncEngine, handlers: SyncHandlers) -> None:
-    org_id = uuid.uuid4()
+    org_id = new_id()
     bad = [
         org_payload(org_id, at=T0, name=None),
         org_payload(org_id, at=T0, active="yes"),
         org_payload(org_id, at=T0, updated_at="yesterday"),
-        {"id": str(org_id)},
-        org_payload(org_id, at=T0, id="not-a-uuid"),
+        {"id": org_id},
+        org_payload(org_id, at=T0, id="not-an-id"),
+        org_payload(org_id, at=T0, id=str(org_id)),  # an id in an event is never text
+        org_payload(org_id, at=T0, id=float(org_id)),
+        org_payload(org_id, at=T0, id=True),
+        org_payload(org_id, at=T0, id=2**64),
     ]
     for payload in bad:
         env = Envelope(

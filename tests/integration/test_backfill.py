@@ -44,14 +44,14 @@ ROWS = ORGS + USERS
 SEED = (
     """
     INSERT INTO organizations (id, name, domain, active, created_at, updated_at, origin)
-    SELECT gen_random_uuid(), 'Org ' || n, 'org' || n || '.test', true,
+    SELECT 1000000 + n, 'Org ' || n, 'org' || n || '.test', true,
            now() - interval '1 day', now() - n * interval '1 second', 'system_a'
       FROM generate_series(1, :orgs) AS n
     """,
     """
     INSERT INTO users (id, organization_id, name, email, role, active, created_at, updated_at,
                        origin, deleted_at)
-    SELECT gen_random_uuid(), o.id, 'User ' || o.rn, 'user' || o.rn || '@x.test', 'member', true,
+    SELECT 2000000 + o.rn, o.id, 'User ' || o.rn, 'user' || o.rn || '@x.test', 'member', true,
            now() - interval '1 day', now() - o.rn * interval '1 second', 'system_a',
            CASE WHEN o.rn % 5 = 0 THEN now() - o.rn * interval '1 second' END
       FROM (SELECT id, row_number() OVER (ORDER BY id) AS rn FROM organizations) AS o

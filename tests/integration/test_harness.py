@@ -6,6 +6,7 @@ handler bug after ``max_deliver``) — and the inbox record it leaves."""
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from bridge import BridgeConfig, Envelope, Router
 from bridge.envelope import format_timestamp
+from bridge.ids import compose
 from bridge.testing import BridgeHarness, MemoryDelivery
 from bridge.transport.delivery import Delivery
 from services.shared.app import build_bridge
@@ -44,13 +46,16 @@ def harness(engine: AsyncEngine) -> BridgeHarness:
 def event(resource: str, payload: dict[str, Any], action: str = "created") -> Envelope:
     return Envelope(
         event_type=f"{resource}.{action}", producer="system_a", resource_type=resource,
-        resource_id=payload["id"], payload=payload, schema_version=2, origin="system_a",
+        resource_id=str(payload["id"]), payload=payload, schema_version=2, origin="system_a",
     )  # fmt: skip
+
+
+_IDS = itertools.count(compose(datetime.now(UTC), 0, 1), 64)  # fresh ids, one per tick
 
 
 def organization(**over: Any) -> dict[str, Any]:
     now = format_timestamp(datetime.now(UTC))
-    return {"id": str(uuid.uuid4()), "name": "Acme", "domain": f"{uuid.uuid4().hex}.test",
+    return {"id": next(_IDS), "name": "Acme", "domain": f"{uuid.uuid4().hex}.test",
             "active": True, "created_at": now, "updated_at": now, "origin": "system_a",
             "deleted_at": None, **over}  # fmt: skip
 
@@ -69,7 +74,7 @@ async def test_an_organization_is_applied_once_and_its_redelivery_is_a_duplicate
     assert delivered.inbox is not None and delivered.inbox.status == "processed"
     async with AsyncSession(engine) as session:
         name = await session.scalar(
-            select(Organization.name).where(Organization.id == uuid.UUID(envelope.resource_id))
+            select(Organization.name).where(Organization.id == int(envelope.resource_id))
         )
     assert name == "Acme"
     again = await harness.deliver(envelope, delivery=2)
@@ -81,7 +86,7 @@ async def test_a_user_before_its_organization_is_retried_with_the_backoff_delay(
 ) -> None:
     now = format_timestamp(datetime.now(UTC))
     user = {
-        "id": str(uuid.uuid4()), "organization_id": str(uuid.uuid4()), "name": "Ann",
+        "id": next(_IDS), "organization_id": next(_IDS), "name": "Ann",
         "email": f"{uuid.uuid4().hex}@example.com", "role": "member", "active": True,
         "created_at": now, "updated_at": now, "origin": "system_a", "deleted_at": None,
     }  # fmt: skip

@@ -117,7 +117,11 @@ async def test_service_with_sync_off_serves_its_table_counts(postgres: PostgresS
     try:
         await migrate(url)
         settings = ServiceSettings(
-            app_name="solo", destination_app="peer", database_url=url, sync_enabled=False
+            app_name="solo",
+            destination_app="peer",
+            database_url=url,
+            sync_enabled=False,
+            id_system_number=3,
         )
         app = create_app(settings)
         async with AsyncExitStack() as stack:
@@ -130,7 +134,7 @@ async def test_service_with_sync_off_serves_its_table_counts(postgres: PostgresS
                     text(
                         "INSERT INTO sync_stale_events (event_id, resource_type, resource_id, "
                         "incoming_updated_at, incoming_origin, local_updated_at, local_origin) "
-                        "VALUES (gen_random_uuid(), 'organization', gen_random_uuid(), now(), "
+                        "VALUES (gen_random_uuid(), 'organization', 42, now(), "
                         "'peer', now(), 'solo')"
                     )
                 )

@@ -22,7 +22,7 @@ from services.shared.models import Organization, User
 SEED = (
     """
     INSERT INTO organizations (id, name, domain, active, created_at, updated_at, origin)
-    SELECT md5('org' || i)::uuid, 'Org ' || i, 'org' || i || '.example', i % 7 <> 0,
+    SELECT 1000 + i, 'Org ' || i, 'org' || i || '.example', i % 7 <> 0,
            timestamptz '2026-01-01 00:00:00+00' + i * interval '1.000001 second',
            timestamptz '2026-02-01 00:00:00+00' + i * interval '1.000001 second', 'a'
       FROM generate_series(1, :n) AS i
@@ -30,7 +30,7 @@ SEED = (
     """
     INSERT INTO users (id, organization_id, name, email, role, active, created_at,
                        updated_at, origin, deleted_at)
-    SELECT md5('user' || i)::uuid, md5('org' || i)::uuid, 'User "' || i || '"',
+    SELECT 2000 + i, 1000 + i, 'User "' || i || '"',
            'user' || i || '@example.com', 'member', true,
            timestamptz '2026-01-01 00:00:00+00' + i * interval '1 second',
            timestamptz '2026-02-01 00:00:00+00' + i * interval '1 second', 'a',
@@ -98,7 +98,7 @@ async def test_equal_rows_give_equal_digests_across_databases_and_time_zones(
         changed = await conn.scalar(
             text(
                 "UPDATE users SET created_at = created_at + interval '1 microsecond' "
-                "WHERE id = md5('user7')::uuid RETURNING id::text"
+                "WHERE id = 2007 RETURNING id"
             )
         )
     digests = ModelDigests(User)
@@ -152,12 +152,12 @@ async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
         assert len(rows) == 20 and all(r.origin == "a" for r in rows)
         async with engine.connect() as conn:
             dead = await conn.scalar(
-                text("SELECT id::text FROM users WHERE deleted_at IS NOT NULL LIMIT 1")
+                text("SELECT id FROM users WHERE deleted_at IS NOT NULL LIMIT 1")
             )
             live = await conn.scalar(
-                text("SELECT id::text FROM users WHERE deleted_at IS NULL LIMIT 1")
+                text("SELECT id FROM users WHERE deleted_at IS NULL LIMIT 1")
             )
-        missing = "00000000-0000-4000-8000-000000000000"
+        missing = 9_007_199_254_740_991  # the greatest id: no row has it
         keys = ((dead,), (live,), (missing,))
         reply = await ask(proto.Request("reemit", "user", keys=keys).encode())
         assert reply == {"v": 2, "ok": True, "reemitted": 2}
@@ -168,11 +168,12 @@ async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
                 )
             ).all()
         by_id = {r.resource_id: r for r in outbox}
-        assert set(by_id) == {dead, live}
-        assert by_id[dead].event_type == "user.deleted"
-        assert by_id[live].event_type == "user.updated"
-        assert by_id[live].subject == config.subjects.publish
-        assert by_id[live].payload["payload"]["origin"] == "a"  # the stored version, as it is
+        assert set(by_id) == {str(dead), str(live)}  # resource_id: the id's text
+        assert by_id[str(dead)].event_type == "user.deleted"
+        assert by_id[str(live)].event_type == "user.updated"
+        assert by_id[str(live)].subject == config.subjects.publish
+        assert by_id[str(live)].payload["payload"]["origin"] == "a"  # the stored version, as it is
+        assert by_id[str(live)].payload["payload"]["id"] == live  # a JSON integer
         # Bad requests are answered with a code, never left to time out; the detail is
         # in the responder's log only (tests/integration/test_reconcile_limits.py).
         refused = await ask(b'{"v": 2, "op": "rows", "resource": "invoice", "ranges": []}')

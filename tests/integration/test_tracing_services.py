@@ -57,7 +57,11 @@ async def start_traced_side(
     stack.push_async_callback(postgres.drop_database, url)
     await migrate(url)
     settings = ServiceSettings(
-        app_name=name, destination_app=peer, database_url=url, db_pool_size=5
+        app_name=name,
+        destination_app=peer,
+        database_url=url,
+        db_pool_size=5,
+        id_system_number=1 if name < peer else 2,
     )
     config = settings.to_bridge_config(env={"NATS_URL": nats_url, "STREAM_NAME": stream}, **FAST)
     app = create_app(settings, bridge_config=config, tracer_provider=tracer_provider)
@@ -79,26 +83,26 @@ def hexid(value: int, width: int) -> str:
     return format(value, f"0{width}x")
 
 
-async def outbox_row(side: Side, resource_id: str) -> dict[str, Any]:
+async def outbox_row(side: Side, resource_id: int) -> dict[str, Any]:
     async with side.state.engine.connect() as conn:
         result = await conn.execute(
             text("SELECT headers, payload FROM bridge_outbox WHERE resource_id = :id"),
-            {"id": resource_id},
+            {"id": str(resource_id)},
         )
         (row,) = result.mappings().all()
         return dict(row)
 
 
-async def create_org(side: Side, domain: str, headers: dict[str, str]) -> str:
+async def create_org(side: Side, domain: str, headers: dict[str, str]) -> int:
     response = await side.client.post(
         "/organizations", json={"name": domain, "domain": domain}, headers=headers
     )
     assert response.status_code == 201, response.text
-    org_id: str = response.json()["id"]
+    org_id: int = response.json()["id"]
     return org_id
 
 
-async def applied(side: Side, org_id: str) -> None:
+async def applied(side: Side, org_id: int) -> None:
     async def probe() -> bool:
         return (await side.client.get(f"/organizations/{org_id}")).status_code == 200
 
@@ -180,7 +184,7 @@ async def test_with_sdk_the_handler_span_on_b_continues_the_request_trace_from_a
                 for s in spans_b.get_finished_spans()
                 if s.kind is SpanKind.CONSUMER
                 and s.attributes is not None
-                and s.attributes.get("bridge.resource_id") == org_id
+                and s.attributes.get("bridge.resource_id") == str(org_id)
             ]
 
         async def handled() -> list[ReadableSpan]:

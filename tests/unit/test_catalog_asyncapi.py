@@ -5,7 +5,6 @@ forged ones do not — and leaks no credential."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,7 +18,7 @@ from bridge.catalog.document import X_PUBLISHED, X_SCHEMA_VERSION, X_TYPE
 from bridge.errors import ConfigError, EnvelopeError
 from services.shared.event_versions import event_schemas
 
-ORG_ID = str(uuid.uuid4())
+ORG_ID = 1_234_567_890_123  # ids are JSON integers
 
 
 def accept(payload: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -43,7 +42,7 @@ def org_event(version: int = 2, **fields: Any) -> Envelope:
         event_type="organization.updated",
         producer="system_a",
         resource_type="organization",
-        resource_id=ORG_ID,
+        resource_id=str(ORG_ID),
         payload=org_row(**fields),
         schema_version=version,
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",

@@ -9,16 +9,28 @@ from bridge.observability.logs import JsonFormatter, TextFormatter, redact
 
 
 def make_record(**extra: object) -> logging.LogRecord:
-    record = logging.LogRecord("bridge.test", logging.INFO, __file__, 1, "connected to %s",
-                               ("nats://app:s3cret@127.0.0.1:4222",), None)
+    record = logging.LogRecord(
+        "bridge.test",
+        logging.INFO,
+        __file__,
+        1,
+        "connected to %s",
+        ("nats://app:s3cret@127.0.0.1:4222",),
+        None,
+    )
     record.__dict__.update(extra)
     return record
 
 
 def test_json_lines_carry_fields_and_no_credentials() -> None:
     line = JsonFormatter().format(
-        make_record(event_id="e1", stream_seq=7, password="s3cret",
-                    servers=["nats://u:s3cret@h:4222"], nested={"token": "s3cret", "ok": 1})
+        make_record(
+            event_id="e1",
+            stream_seq=7,
+            password="s3cret",
+            servers=["nats://u:s3cret@h:4222"],
+            nested={"token": "s3cret", "ok": 1},
+        )
     )
     body = json.loads(line)
     assert body["event_id"] == "e1" and body["stream_seq"] == 7 and body["level"] == "info"
@@ -60,7 +72,7 @@ def test_a_text_record_is_one_line_even_with_a_traceback() -> None:
     assert "\n" not in line
     assert "error_type=KeyError" in line and "event_id=e1" in line and "deliveries=5" in line
     assert 'traceback="Traceback (most recent call last):\\n' in line
-    assert 'error="\'price\'"' in line
+    assert "error=\"'price'\"" in line
 
 
 def test_ensure_logging_leaves_an_application_s_own_configuration_alone() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from bridge.errors import Reject
 from bridge.routing.outcomes import REASON_INVALID_PAYLOAD, REASON_UNSUPPORTED_SCHEMA_VERSION
 from services.shared.event_versions import CURRENT_VERSION, event_schemas
 
-ORG_ID = str(uuid.uuid4())
+ORG_ID = 42  # a Rails app's integer primary key, a bare JSON number
 GEM_ORG = {  # what the Ruby gem's examples publish: no origin, no deleted_at
     "id": ORG_ID,
     "name": "Acme",
@@ -67,6 +66,15 @@ def test_missing_active_is_tolerated_like_the_handler() -> None:
         ({**GEM_ORG, "updated_at": "yesterday"}, 1, "updated_at"),
         ({k: v for k, v in GEM_ORG.items() if k != "domain"}, 1, "domain"),
         (GEM_ORG, 2, "origin"),  # a v2 row must carry its origin
+        # Ids are JSON integers 1..2**53-1: never text, a UUID, a float, a bool, 0 or above.
+        ({**GEM_ORG, "id": "42"}, 1, "id"),
+        ({**GEM_ORG, "id": "0b8e4d1c-5f3a-4c1e-9d2b-7a6f5e4d3c2b"}, 1, "id"),
+        ({**GEM_ORG, "id": 42.0}, 1, "id"),
+        ({**GEM_ORG, "id": True}, 1, "id"),
+        ({**GEM_ORG, "id": 0}, 1, "id"),
+        ({**GEM_ORG, "id": -42}, 1, "id"),
+        ({**GEM_ORG, "id": 2**53}, 1, "id"),
+        ({**GEM_ORG, "id": None}, 2, "id"),
     ],
 )
 def test_invalid_rows_are_rejected_naming_the_field(
@@ -76,6 +84,33 @@ def test_invalid_rows_are_rejected_naming_the_field(
         event_schemas().resolve(envelope(payload, version))
     assert caught.value.reason == REASON_INVALID_PAYLOAD
     assert field in str(caught.value)
+
+
+def test_gem_user_with_integer_organization_id_is_valid_and_a_text_one_is_not() -> None:
+    user = {
+        "id": 7,
+        "organization_id": ORG_ID,
+        "name": "Ann",
+        "email": "ann@acme.test",
+        "role": "admin",
+        "created_at": "2026-01-29T10:00:00.000Z",
+        "updated_at": "2026-01-29T10:00:00.000Z",
+    }
+
+    def user_event(payload: dict[str, Any]) -> Envelope:
+        return Envelope(
+            event_type="user.created",
+            producer="rails_app",
+            resource_type="user",
+            resource_id="7",
+            payload=payload,
+            schema_version=1,
+        )
+
+    resolved = event_schemas().resolve(user_event(user))
+    assert resolved.payload["organization_id"] == ORG_ID and resolved.payload["id"] == 7
+    with pytest.raises(Reject, match="organization_id"):
+        event_schemas().resolve(user_event({**user, "organization_id": str(ORG_ID)}))
 
 
 def test_v3_is_unsupported_until_declared() -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from pydantic import ValidationError
 
@@ -39,13 +37,25 @@ def test_wrapper_only_unwraps_its_own_resource() -> None:
 
 
 def test_user_email_and_role_are_normalised() -> None:
-    org = uuid.uuid4()
+    org = 4_503_599_627_370_495  # 2**52 - 1: an id near the top of the range
     user = UserCreate.model_validate(
         {"user": {"organization_id": str(org), "name": "Ann", "email": "Ann@Example.COM"}}
     )
     assert user.email == "ann@example.com" and user.role == "member"
     assert user.organization_id == org
     assert UserUpdate.model_validate({"role": "Admin"}).role == "admin"
+    # The seed's clients send the bare JSON number; it is the same id.
+    assert UserUpdate.model_validate({"organization_id": org}).organization_id == org
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [0, -1, 2**53, "9007199254740992", True, 1.0, "1.0", "0x10", "+5", "05", "", [1], "\uff11"],
+)
+def test_a_body_organization_id_that_is_not_an_id_names_the_field(bad: object) -> None:
+    with pytest.raises(ValidationError) as caught:
+        UserUpdate.model_validate({"organization_id": bad})
+    assert [error["loc"] for error in caught.value.errors()] == [("organization_id",)]
 
 
 @pytest.mark.parametrize(

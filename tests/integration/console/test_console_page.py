@@ -171,7 +171,11 @@ async def test_a_service_without_sync_serves_a_console_that_says_so(
     try:
         await migrate(url)
         settings = ServiceSettings(
-            app_name="nosync", destination_app="peer", database_url=url, sync_enabled=False
+            app_name="nosync",
+            destination_app="peer",
+            database_url=url,
+            sync_enabled=False,
+            id_system_number=3,
         )
         app = create_app(settings, console_options=ConsoleOptions(token=TOKEN))
         async with (

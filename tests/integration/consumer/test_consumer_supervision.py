@@ -149,9 +149,7 @@ async def test_a_dead_receive_task_is_restarted_and_its_batch_comes_back(
 ) -> None:
     stack.router.on("organization.created", record_effect)
     cfg = stack.cfg.with_(
-        consumer=ConsumerOptions(
-            batch_size=64, fetch_timeout=0.5, concurrency=concurrency
-        )
+        consumer=ConsumerOptions(batch_size=64, fetch_timeout=0.5, concurrency=concurrency)
     )
     processor = stack.processor_for(cfg)
     for i in range(5):

@@ -10,7 +10,7 @@ rows, stale-event and conflict records and inbox records must be equal.
 from __future__ import annotations
 
 import asyncio
-import uuid
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +25,7 @@ from test_inbox import fetch
 from test_inbox_optimistic import statements
 
 from bridge.envelope import Envelope, format_timestamp
+from bridge.ids import compose
 from bridge.outbox.capture import ensure_capture_off
 from bridge.testing import NatsServer, PostgresServer
 from bridge.transport.delivery import Outcome
@@ -33,16 +34,16 @@ from services.shared.handlers import SyncHandlers
 
 T0 = datetime(2026, 3, 1, 9, 0, 0, 500000, tzinfo=UTC)
 US = timedelta(microseconds=1)
-ids = [uuid.uuid4() for _ in range(20)]
+ids = list(itertools.islice(itertools.count(compose(datetime.now(UTC), 0, 1), 64), 20))
 (O1, O2, O_DIV, O_OLD, O_SAME, O_LOCAL, P, Q, O_DEL, O_LATE, O3) = ids[:11]
 (U1, U2, U3, U4) = ids[11:15]
 KNOWN = frozenset({"system_a", "system_b"})
 
 
-def org(oid: uuid.UUID, at: datetime, origin: str = "system_a", **over: Any) -> dict[str, Any]:
+def org(oid: int, at: datetime, origin: str = "system_a", **over: Any) -> dict[str, Any]:
     row = {
-        "id": str(oid),
-        "name": f"Org {str(oid)[:8]}",
+        "id": oid,
+        "name": f"Org {str(oid)[-8:]}",
         "domain": f"{oid}.test",
         "active": True,
         "created_at": format_timestamp(T0),
@@ -53,10 +54,10 @@ def org(oid: uuid.UUID, at: datetime, origin: str = "system_a", **over: Any) -> 
     return row | over
 
 
-def user(uid: uuid.UUID, oid: uuid.UUID, at: datetime, **over: Any) -> dict[str, Any]:
+def user(uid: int, oid: int, at: datetime, **over: Any) -> dict[str, Any]:
     row = {
-        "id": str(uid),
-        "organization_id": str(oid),
+        "id": uid,
+        "organization_id": oid,
         "name": "Ann",
         "email": f"{uid}@example.com",
         "role": "member",
@@ -74,7 +75,7 @@ def ev(resource: str, action: str, payload: dict[str, Any], producer: str = "sys
         event_type=f"{resource}.{action}",
         producer=producer,
         resource_type=resource,
-        resource_id=payload["id"],
+        resource_id=str(payload["id"]),
         payload=payload,
     )
 
@@ -114,7 +115,6 @@ async def sides(
                     values = dict(row)
                     for k in ("created_at", "updated_at"):
                         values[k] = datetime.fromisoformat(str(values[k]))
-                    values["id"] = uuid.UUID(values["id"])
                     await conn.execute(
                         text(
                             "INSERT INTO organizations (id, name, domain, active, created_at, "

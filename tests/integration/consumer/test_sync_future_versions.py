@@ -9,7 +9,7 @@ nothing else: the other events of the batch apply.
 
 from __future__ import annotations
 
-import uuid
+import itertools
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -21,6 +21,7 @@ from test_inbox import fetch
 
 from bridge.config import BridgeConfig
 from bridge.envelope import Envelope, format_timestamp, utcnow
+from bridge.ids import compose
 from bridge.testing import NatsServer
 from bridge.transport.delivery import Outcome
 from services.shared.db import migrate
@@ -45,21 +46,24 @@ def event(cfg: BridgeConfig, resource: str, payload: dict[str, Any]) -> Envelope
         event_type=f"{resource}.created",
         producer=cfg.destination_app,
         resource_type=resource,
-        resource_id=payload["id"],
+        resource_id=str(payload["id"]),
         payload=payload,
         schema_version=2,
     )
 
 
+_IDS = itertools.count(compose(utcnow(), 0, 1), 64)  # fresh ids, one per tick
+
+
 def org(cfg: BridgeConfig, at: str) -> dict[str, Any]:
-    oid = str(uuid.uuid4())
+    oid = next(_IDS)
     return {"id": oid, "name": "Org", "domain": f"{oid}.test", "active": True,
             "created_at": format_timestamp(utcnow()), "updated_at": at,
             "origin": cfg.destination_app, "deleted_at": None}  # fmt: skip
 
 
-def user(cfg: BridgeConfig, org_id: str, at: str) -> dict[str, Any]:
-    uid = str(uuid.uuid4())
+def user(cfg: BridgeConfig, org_id: int, at: str) -> dict[str, Any]:
+    uid = next(_IDS)
     return {"id": uid, "organization_id": org_id, "name": "Ann", "email": f"{uid}@example.com",
             "role": "member", "active": True, "created_at": format_timestamp(utcnow()),
             "updated_at": at, "origin": cfg.destination_app, "deleted_at": None}  # fmt: skip
@@ -97,8 +101,8 @@ async def test_a_future_record_version_is_dead_lettered_and_the_rest_applies(
     assert FAR_FUTURE in letters[0].error_message
     assert ten_minutes_ahead in letters[1].error_message
     async with stack.engine.connect() as conn:
-        orgs = set(await conn.scalars(text("SELECT id::text FROM organizations")))
-        users = set(await conn.scalars(text("SELECT id::text FROM users")))
+        orgs = set(await conn.scalars(text("SELECT id FROM organizations")))
+        users = set(await conn.scalars(text("SELECT id FROM users")))
         statuses = dict(
             (await conn.execute(text("SELECT event_id::text, status FROM bridge_inbox"))).all()
         )
