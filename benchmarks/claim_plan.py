@@ -1,8 +1,7 @@
 """The relay claim's plan and cost as a backlog drains (evidence for docs/BENCHMARKS.md).
 
 ``python -m benchmarks.claim_plan [rows] [drained] [fillfactor]`` (defaults 60 000,
-44 000 and the schema's :data:`bridge.schema.OUTBOX_FILLFACTOR`; 100 shows the layout
-of a table created before migration 0009):
+44 000 and 100, the schema's since migration 0013; 70 shows the layout of 0009):
 commits ``rows`` outbox rows of the scale workload (one record each, 1000 per
 transaction, like :mod:`benchmarks.scale_cost`), then drains ``drained`` of them with
 the relay's own SQL (:class:`~bridge.outbox._store.OutboxStore` claim + mark sent,
@@ -35,7 +34,7 @@ from benchmarks.scale import _commit, _outbox_rows
 from benchmarks.workload import bench_config
 from bridge.outbox import _store
 from bridge.outbox._store import CLAIM_LOCK_KEY, LIVENESS_LOCK_CLASS, OutboxStore
-from bridge.schema import OUTBOX_FILLFACTOR, create_all
+from bridge.schema import create_all
 from bridge.testing import PostgresServer
 
 BATCH = 1000
@@ -131,4 +130,4 @@ async def main(rows: int, drained: int, fillfactor: int) -> None:
 
 if __name__ == "__main__":
     args = [int(a) for a in sys.argv[1:4]]
-    asyncio.run(main(*(args + [60_000, 44_000, OUTBOX_FILLFACTOR][len(args) :])))
+    asyncio.run(main(*(args + [60_000, 44_000, 100][len(args) :])))

@@ -38,6 +38,7 @@ prefix, a value optionally in single quotes (taken literally) or double quotes
 comments, no multi-line values.  What :func:`write_env_file` writes is also what a
 POSIX shell reads (``set -a; . FILE``).
 """
+
 from __future__ import annotations
 
 import os

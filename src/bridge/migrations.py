@@ -36,19 +36,22 @@ from typing import Any, Protocol
 from sqlalchemy import DDL, Connection, text
 
 from bridge.event_schemas import EventSchemas
+from bridge.outbox.body import envelope_sql
 from bridge.outbox.triggers import (
     CaptureSpec,
     drop_statements,
     install_statements,
 )
-from bridge.schema import OUTBOX_NOTIFY_DDL, OUTBOX_NOTIFY_DROP_DDL, metadata
+from bridge.schema import OUTBOX_NOTIFY_DDL, OUTBOX_NOTIFY_DROP_DDL, metadata, record_key_sql
 
 __all__ = [
     "create_bridge_tables",
+    "downgrade_outbox_body",
     "drop_bridge_tables",
     "drop_capture",
     "install_capture",
     "record_producer",
+    "upgrade_outbox_body",
 ]
 
 
@@ -99,4 +102,45 @@ def record_producer(op: Operations, app_name: str, subject: str) -> None:
             "VALUES (true, :producer, :subject) ON CONFLICT (singleton) DO UPDATE "
             "SET producer = EXCLUDED.producer, subject = EXCLUDED.subject, updated_at = now()"
         ).bindparams(producer=app_name, subject=subject)
+    )
+
+
+def upgrade_outbox_body(op: Operations) -> None:
+    """Move an outbox of an earlier layout to the current one (:mod:`bridge.outbox.body`).
+
+    Renames ``payload`` to ``body`` and strips from every row the envelope fields its
+    columns hold and the stored ``Nats-Msg-Id`` header; replaces the record index on
+    (resource_type, resource_id, id) by the hashed record key; resets the heap's fill
+    factor to the default.  Rewrites every row once (run it while the outbox is small,
+    or in a quiet hour).  Relays of the earlier layout must be stopped first: they
+    read ``payload``, which no longer exists, and fail loudly rather than publish
+    envelopes without their ids; capture triggers are re-installed in the same
+    migration (:func:`install_capture`: their ``INSERT`` names the new column).
+    """
+    _run(
+        op,
+        (
+            "ALTER TABLE bridge_outbox RENAME COLUMN payload TO body",
+            "UPDATE bridge_outbox SET body = body - 'event_id' - 'event_type' "
+            "- 'resource_type' - 'resource_id', headers = headers - 'Nats-Msg-Id'",
+            "DROP INDEX IF EXISTS ix_bridge_outbox_resource_pending",
+            "CREATE INDEX IF NOT EXISTS ix_bridge_outbox_record_pending ON bridge_outbox "
+            f"({record_key_sql()}, id) WHERE status = 'pending'",
+            "ALTER TABLE bridge_outbox RESET (fillfactor)",
+        ),
+    )
+
+
+def downgrade_outbox_body(op: Operations) -> None:
+    """Undo :func:`upgrade_outbox_body` (the earlier layout; fill factor left as is)."""
+    _run(
+        op,
+        (
+            "DROP INDEX IF EXISTS ix_bridge_outbox_record_pending",
+            "CREATE INDEX IF NOT EXISTS ix_bridge_outbox_resource_pending ON bridge_outbox "
+            "(resource_type, resource_id, id) WHERE status = 'pending'",
+            f"UPDATE bridge_outbox SET body = {envelope_sql()}, headers = headers || "
+            "jsonb_build_object('Nats-Msg-Id', event_id::text)",
+            "ALTER TABLE bridge_outbox RENAME COLUMN body TO payload",
+        ),
     )

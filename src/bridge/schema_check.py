@@ -6,6 +6,8 @@ listing every problem and the fix:
 
 - a table of :data:`bridge.schema.metadata` is missing (the bridge would fail at the
   first write with ``relation "bridge_outbox" does not exist``);
+- the outbox has an earlier layout (no ``body`` column: :mod:`bridge.outbox.body`;
+  :func:`bridge.migrations.upgrade_outbox_body` moves it);
 - the outbox has no NOTIFY trigger (relays in other processes would only poll);
 - a synced model's table has no enabled ``bridge_capture`` trigger, or one whose
   comment (:func:`bridge.outbox.triggers.capture_comment`) differs from what this
@@ -35,6 +37,10 @@ _MISSING_TABLES = text(
 _NOTIFY_TRIGGER = text(
     "SELECT count(*) FROM pg_trigger WHERE tgname = 'bridge_outbox_notify' "
     "AND tgrelid = to_regclass('bridge_outbox')"
+)
+_OUTBOX_LAYOUT = text(
+    "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass('bridge_outbox') "
+    "AND attname = 'body' AND NOT attisdropped"
 )
 _CAPTURE_TRIGGER = text(
     """
@@ -77,6 +83,12 @@ async def schema_problems(
         missing = list((await conn.execute(_MISSING_TABLES, {"names": names})).scalars())
         if missing:
             problems.append(f"missing bridge table(s) {', '.join(missing)}")
+        elif not (await conn.execute(_OUTBOX_LAYOUT)).scalar():
+            problems.append(
+                "bridge_outbox has an earlier layout (no column body): stop the relays and "
+                "run bridge.migrations.upgrade_outbox_body(op) in a migration, then "
+                "install_capture again for each synced model"
+            )
         elif not (await conn.execute(_NOTIFY_TRIGGER)).scalar():
             problems.append("bridge_outbox has no NOTIFY trigger (bridge_outbox_notify)")
         for spec in specs:

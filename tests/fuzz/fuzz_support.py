@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bridge import BridgeConfig
 from bridge.ids import parse_id
+from bridge.outbox.body import envelope_sql
 from services.shared.db import migrate
 from services.shared.models import Organization, User
 from services.shared.schemas import OrganizationOut, UserOut
@@ -159,7 +160,8 @@ class FuzzedService:
         async with self._engine.connect() as conn:
             result = await conn.execute(
                 text(
-                    "SELECT event_type, resource_type, resource_id, payload FROM bridge_outbox"
+                    f"SELECT event_type, resource_type, resource_id, {envelope_sql()} AS payload "
+                    "FROM bridge_outbox"
                     " WHERE id > :top ORDER BY id"
                 ),
                 {"top": top},

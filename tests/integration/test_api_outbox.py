@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bridge.config import RelayOptions
+from bridge.outbox.body import envelope_sql
 from bridge.testing import NatsServer
 from services.shared.app import create_app
 from services.shared.db import migrate
@@ -53,7 +54,8 @@ async def outbox_rows(database_url: str) -> list[dict[str, object]]:
         async with engine.connect() as conn:
             result = await conn.execute(
                 text(
-                    "SELECT event_type, resource_id, payload, status FROM bridge_outbox ORDER BY id"
+                    f"SELECT event_type, resource_id, {envelope_sql()} AS payload, status "
+                    "FROM bridge_outbox ORDER BY id"
                 )
             )
             return [dict(r) for r in result.mappings()]

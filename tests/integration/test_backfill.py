@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engin
 
 from bridge.env import configure_bidirectional
 from bridge.envelope import format_timestamp
+from bridge.outbox.body import envelope_sql
 from bridge.outbox.capture import Outbox
 from bridge.reconcile import backfill as backfill_module
 from bridge.reconcile.backfill import (
@@ -142,7 +143,10 @@ async def test_stopped_run_resumes_then_is_complete_until_restarted(
         events = {
             r.resource_id: r
             for r in await conn.execute(
-                text("SELECT resource_id, event_type, payload FROM bridge_outbox")
+                text(
+                    f"SELECT resource_id, event_type, {envelope_sql()} AS payload "
+                    "FROM bridge_outbox"
+                )
             )
         }
         users = (await conn.execute(text("SELECT * FROM users"))).mappings().all()

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bridge.config import BridgeConfig
+from bridge.outbox.body import envelope_sql
 from bridge.outbox.capture import Outbox
 from bridge.reconcile import _protocol as proto
 from bridge.reconcile._digest import WHOLE, LocalSide, ModelDigests
@@ -154,9 +155,7 @@ async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
             dead = await conn.scalar(
                 text("SELECT id FROM users WHERE deleted_at IS NOT NULL LIMIT 1")
             )
-            live = await conn.scalar(
-                text("SELECT id FROM users WHERE deleted_at IS NULL LIMIT 1")
-            )
+            live = await conn.scalar(text("SELECT id FROM users WHERE deleted_at IS NULL LIMIT 1"))
         missing = 9_007_199_254_740_991  # the greatest id: no row has it
         keys = ((dead,), (live,), (missing,))
         reply = await ask(proto.Request("reemit", "user", keys=keys).encode())
@@ -164,7 +163,10 @@ async def test_responder_answers_digests_rows_and_reemits_through_the_outbox(
         async with engine.connect() as conn:
             outbox = (
                 await conn.execute(
-                    text("SELECT resource_id, event_type, subject, payload FROM bridge_outbox")
+                    text(
+                        f"SELECT resource_id, event_type, subject, {envelope_sql()} AS payload "
+                        "FROM bridge_outbox"
+                    )
                 )
             ).all()
         by_id = {r.resource_id: r for r in outbox}

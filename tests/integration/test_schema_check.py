@@ -21,6 +21,7 @@ from bridge import Bridge, migrations, schema
 from bridge.config import BridgeConfig
 from bridge.errors import SchemaError
 from bridge.event_schemas import EventSchemas
+from bridge.outbox.body import envelope_sql
 from bridge.outbox.capture import Synced
 from bridge.schema_check import check_schema, schema_problems
 
@@ -107,7 +108,9 @@ async def test_the_alembic_operations_install_what_the_check_expects(engine: Asy
     await check_schema(engine, [Note], v2_schemas())
     async with engine.begin() as conn:  # psql-style write: the recorded producer
         await conn.exec_driver_sql("INSERT INTO notes (id, body) VALUES (1, 'x')")
-        body = (await conn.exec_driver_sql("SELECT payload FROM bridge_outbox")).scalar_one()
+        body = (
+            await conn.exec_driver_sql(f"SELECT {envelope_sql()} FROM bridge_outbox")
+        ).scalar_one()
     assert (body["producer"], body["schema_version"], body["event_type"]) == (
         "app",
         2,

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from sqlalchemy import text
 
+from bridge.outbox.body import envelope_sql
 from bridge.testing import NatsServer, PostgresServer
 from services.shared.app import create_app
 from services.shared.db import migrate
@@ -86,7 +87,10 @@ def hexid(value: int, width: int) -> str:
 async def outbox_row(side: Side, resource_id: int) -> dict[str, Any]:
     async with side.state.engine.connect() as conn:
         result = await conn.execute(
-            text("SELECT headers, payload FROM bridge_outbox WHERE resource_id = :id"),
+            text(
+                f"SELECT headers, {envelope_sql()} AS payload FROM bridge_outbox "
+                "WHERE resource_id = :id"
+            ),
             {"id": str(resource_id)},
         )
         (row,) = result.mappings().all()

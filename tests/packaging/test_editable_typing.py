@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-USER_CODE = '''\
+USER_CODE = """\
 from bridge import Bridge, Envelope, Router
 
 
@@ -19,7 +19,7 @@ async def handler(session: object, envelope: Envelope) -> None:
 def wire(bridge: Bridge) -> Router:
     router: Router = bridge.router
     return router
-'''
+"""
 
 
 def test_mypy_strict_in_a_user_project_finds_the_editable_bridge(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 Each is ``async def cmd_<name>(ctx, args, out) -> exit code`` (:mod:`bridge.cli`).
 """
 
-
 from __future__ import annotations
 
 import argparse

@@ -1,7 +1,6 @@
 """What every ``bridge`` command works with: its output (a table or JSON) and its
 lazily opened NATS connection and database engine (:class:`Context`)."""
 
-
 from __future__ import annotations
 
 import json

@@ -65,8 +65,6 @@ TRACER_NAME = "bridge"
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-
-
 # -- propagation ----------------------------------------------------------------------
 def current_traceparent() -> str | None:
     """The current span context as a W3C ``traceparent``, or ``None`` if there is none.

@@ -100,9 +100,9 @@ class BatchOutcome:
 def message_of(row: ClaimedRow) -> OutgoingMessage:
     """The stored envelope with ``Nats-Msg-Id`` = the row's event id.
 
-    The body is PostgreSQL's own text rendering of the JSONB envelope: valid JSON,
-    sent as is — decoding and re-encoding it in Python was the relay's largest
-    per-event CPU cost.
+    The body was spliced from PostgreSQL's own text rendering of the stored JSONB body
+    and the row's columns (:func:`bridge.outbox.body.published_body`) — decoding and
+    re-encoding it in Python was the relay's largest per-event CPU cost.
     """
     return OutgoingMessage(row.subject, row.body, {**row.headers, MSG_ID_HEADER: row.event_id})
 

@@ -11,8 +11,7 @@ Claiming (``OutboxStore.claim``):
   whatever the size of the table (``ORDER BY id`` would need an index on pending ids).
 - The scan starts after the relay's *claim cursor* (:mod:`bridge.outbox._cursor`, why
   and when) while claims come back full; a claim from the cursor that comes back short
-  but not empty goes on from the start in the same transaction.  The fill factor
-  (:data:`bridge.schema.OUTBOX_FILLFACTOR`) keeps the lease update HOT.
+  but not empty goes on from the start in the same transaction.
 - *Candidates*: the first ``limit`` free rows in that order whose earlier pending
   rows of the same (resource_type, resource_id) are all free and sort before them
   (none leased — by another relay, or to this relay in a batch still in flight —
@@ -22,10 +21,12 @@ Claiming (``OutboxStore.claim``):
   order, never with a gap.  The head row of every record among the candidates
   sorts first within its record and is always claimed, so claiming makes progress.
 - Claimed rows are leased (``lease_owner``, ``lease_expires_at = now() + lease``) and
-  returned as the relay sends them: the envelope body as PostgreSQL's text rendering
-  of the payload, and the stored headers as text, without ``Nats-Msg-Id`` (the relay
-  sets it from ``event_id``) and ``NULL`` when nothing else is left — the common case,
-  which then costs no JSON decoding at all.
+  returned as the relay sends them: the envelope's bytes, spliced from PostgreSQL's
+  text rendering of the stored body and the row's columns (:mod:`bridge.outbox.body`;
+  never decoded), and the stored headers as text, ``NULL`` when there are none — the
+  common case, which then costs no JSON decoding at all.
+- A record's other pending rows are found through the record-key index
+  (:func:`bridge.schema.record_key_sql`, a hash of the two columns, compared too).
 - The planner is told, for this transaction only, to use the ordered index scan and
   nested-loop index probes (no sort, bitmap, sequential scan, hash join or JIT):
   without statistics or with a skewed backlog it otherwise sorts every due row.
@@ -86,6 +87,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bridge._support.deadline import Deadline
 from bridge.outbox._cursor import ClaimCursor, Position
 from bridge.outbox.admin import OutboxCounts, outbox_counts, requeue
+from bridge.outbox.body import published_body
+from bridge.schema import record_key_sql
 
 #: Advisory lock key serialising claim transactions ("bridge" in ASCII).
 CLAIM_LOCK_KEY = 0x627269646765
@@ -110,7 +113,7 @@ LIVE_PREFIX = "live:"
 LIVENESS_LOCK_CLASS = 0x6272  # "br"
 
 _CLAIM = text(
-    """
+    f"""
     WITH live AS MATERIALIZED (
         SELECT objid FROM pg_locks
          WHERE locktype = 'advisory' AND classid = :live_class AND objsubid = 2 AND granted
@@ -126,6 +129,7 @@ _CLAIM = text(
           AND NOT EXISTS (
               SELECT 1 FROM bridge_outbox e
               WHERE e.status = 'pending'
+                AND {record_key_sql("e")} = {record_key_sql("o")}
                 AND e.resource_type = o.resource_type
                 AND e.resource_id = o.resource_id
                 AND e.id < o.id
@@ -143,6 +147,7 @@ _CLAIM = text(
         WHERE NOT EXISTS (
             SELECT 1 FROM bridge_outbox e
             WHERE e.status = 'pending'
+              AND {record_key_sql("e")} = {record_key_sql("c")}
               AND e.resource_type = c.resource_type
               AND e.resource_id = c.resource_id
               AND e.id < c.id
@@ -153,9 +158,9 @@ _CLAIM = text(
        SET lease_owner = :owner, lease_expires_at = now() + make_interval(secs => :lease)
       FROM claimed c
      WHERE o.id = c.id
-    RETURNING o.id, o.event_id, o.subject, o.resource_type, o.resource_id,
-              NULLIF(o.headers - 'Nats-Msg-Id', '{}'::jsonb)::text AS headers,
-              o.payload::text AS body, o.attempts, o.next_attempt_at
+    RETURNING o.id, o.event_id, o.subject, o.event_type, o.resource_type, o.resource_id,
+              NULLIF(o.headers, '{{}}'::jsonb)::text AS headers,
+              o.body::text AS body, o.attempts, o.next_attempt_at
     """
 )
 _MARK_SENT = text(
@@ -177,12 +182,13 @@ _RELEASE = text(
 # not before it, so the next claim takes the whole chain again (the claim refuses a row
 # whose earlier pending row is due later than it).
 _RELEASE_CHAIN = text(
-    """
+    f"""
     UPDATE bridge_outbox o
        SET lease_owner = NULL, lease_expires_at = NULL,
            next_attempt_at = GREATEST(o.next_attempt_at, COALESCE((
                SELECT max(e.next_attempt_at) FROM bridge_outbox e
-                WHERE e.status = 'pending' AND e.resource_type = o.resource_type
+                WHERE e.status = 'pending' AND {record_key_sql("e")} = {record_key_sql("o")}
+                  AND e.resource_type = o.resource_type
                   AND e.resource_id = o.resource_id AND e.id < o.id), o.next_attempt_at))
      WHERE o.id = ANY(CAST(:ids AS bigint[])) AND o.lease_owner = :owner
     """
@@ -297,7 +303,13 @@ class OutboxStore:
                 subject=r["subject"],
                 resource_key=(r["resource_type"], r["resource_id"]),
                 headers=json.loads(r["headers"]) if r["headers"] else {},
-                body=str(r["body"]).encode(),
+                body=published_body(
+                    r["body"],
+                    event_id=str(r["event_id"]),
+                    event_type=r["event_type"],
+                    resource_type=r["resource_type"],
+                    resource_id=r["resource_id"],
+                ),
                 attempts=int(r["attempts"]),
             )
             for r in records

@@ -46,6 +46,7 @@ from bridge.config import BridgeConfig
 from bridge.envelope import Envelope
 from bridge.event_schemas import EventSchemas
 from bridge.keys import key_columns
+from bridge.outbox.body import stored_body, stored_headers
 from bridge.outbox.triggers import CaptureSpec
 from bridge.schema import outbox as outbox_table
 
@@ -273,8 +274,8 @@ class Outbox:
             "event_type": envelope.event_type,
             "resource_type": envelope.resource_type,
             "resource_id": envelope.resource_id,
-            "headers": envelope.headers(),
-            "payload": envelope.to_dict(),
+            "headers": stored_headers(envelope),
+            "body": stored_body(envelope),
         }
 
     async def enqueue(

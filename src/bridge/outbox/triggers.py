@@ -34,8 +34,11 @@ the app's :class:`~bridge.event_schemas.EventSchemas`, ``event_type``
 (``clock_timestamp()`` in :func:`bridge.envelope.format_timestamp`'s form),
 ``trace_id`` (from the ``bridge.traceparent`` setting, else a new random one),
 ``causation_id`` null, and ``payload``: every mapped column under its attribute name,
-converted as :func:`payload_value_sql` says.  Headers: ``Nats-Msg-Id`` and, when the
-setting holds one, ``traceparent``.  The subject is ``bridge.subject`` or the recorded one.
+converted as :func:`payload_value_sql` says.  Stored as :mod:`bridge.outbox.body`
+says: ``event_id``, ``event_type``, ``resource_type`` and ``resource_id`` in the row's
+columns, the rest in its ``body``.  Headers: ``traceparent`` when the setting holds
+one (the relay adds ``Nats-Msg-Id``).  The subject is ``bridge.subject`` or the
+recorded one.
 
 The trigger carries a comment ``bridge capture: resource=... versions=... digest=...``
 (:func:`capture_comment`); the start-up check (:mod:`bridge.schema_check`) compares it
@@ -294,23 +297,18 @@ BEGIN
     v_event_type := {resource} || '.' || v_action;
     IF v_traceparent IS NOT NULL AND split_part(v_traceparent, '-', 2) <> '' THEN
         v_trace_id := split_part(v_traceparent, '-', 2);
-        v_headers := jsonb_build_object('Nats-Msg-Id', v_event_id::text,
-                                        'traceparent', v_traceparent);
+        v_headers := jsonb_build_object('traceparent', v_traceparent);
     ELSE
         v_trace_id := replace(gen_random_uuid()::text, '-', '');
-        v_headers := jsonb_build_object('Nats-Msg-Id', v_event_id::text);
+        v_headers := '{{}}'::jsonb;
     END IF;
     INSERT INTO bridge_outbox
-        (event_id, subject, event_type, resource_type, resource_id, headers, payload)
+        (event_id, subject, event_type, resource_type, resource_id, headers, body)
     VALUES (
         v_event_id, v_subject, v_event_type, {resource}, v_resource_id, v_headers,
         jsonb_build_object(
-            'event_type', v_event_type,
             'producer', v_producer,
-            'resource_type', {resource},
-            'resource_id', v_resource_id,
             'payload', {_payload_sql(spec)},
-            'event_id', v_event_id::text,
             'occurred_at', to_char(clock_timestamp() AT TIME ZONE 'UTC', '{TIMESTAMP_FORMAT}'),
             'schema_version', CASE v_action {versions} ELSE 1 END,
             'trace_id', v_trace_id,

@@ -169,9 +169,7 @@ class DeadLetters:
             yield DeadLetter.from_stored(seq, raw.data or b"", raw.headers or {})
             cursor = seq + 1
 
-    async def _publish_fitting(
-        self, delivery: Received, headers: dict[str, str]
-    ) -> PublishResult:
+    async def _publish_fitting(self, delivery: Received, headers: dict[str, str]) -> PublishResult:
         """Publish the letter; a body that does not fit ``max_payload`` beside the
         ``x-dlq-*`` headers is cut to fit and marked :data:`H_TRUNCATED` (the original
         stays in the stream at ``x-dlq-stream-seq`` until ``max_age``): a delivery near

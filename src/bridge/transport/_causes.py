@@ -36,8 +36,7 @@ CAUSES = {
     ),
     "timeout": (
         "no answer",
-        "nothing answered within connect_timeout; a firewall, a wrong port or an "
-        "overloaded server",
+        "nothing answered within connect_timeout; a firewall, a wrong port or an overloaded server",
     ),
     "closed": ("connection closed by the server", "the server closed the connection"),
 }
@@ -58,7 +57,10 @@ def failure_cause(exc: BaseException) -> str:
         return "timeout"
     if isinstance(
         exc,
-        ConnectionResetError | BrokenPipeError | EOFError | StaleConnectionError
+        ConnectionResetError
+        | BrokenPipeError
+        | EOFError
+        | StaleConnectionError
         | ConnectionClosedError,
     ):
         return "closed"

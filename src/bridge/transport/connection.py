@@ -325,8 +325,10 @@ class Connection:
         A slow or missing answer is no denial — only the server's verdict counts."""
         for text in self.permission_errors:
             parsed = parse_violation(text)
-            if parsed is not None and parsed[0] == "publish" and (
-                parsed[1].lower().startswith("$js.api.")
+            if (
+                parsed is not None
+                and parsed[0] == "publish"
+                and (parsed[1].lower().startswith("$js.api."))
             ):
                 return parsed[1]
         return None

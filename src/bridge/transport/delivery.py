@@ -170,4 +170,3 @@ class StoredMessage:
     stream: str
     stream_seq: int
     num_delivered: int = 0
-

@@ -44,6 +44,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from bridge import schema
 from bridge.envelope import Envelope, format_timestamp, parse_timestamp
 from bridge.keys import PrimaryKey
+from bridge.outbox.body import envelope_sql
 from bridge.outbox.capture import Outbox, Synced, skip_publish
 from bridge.outbox.relay import OutboxRelay
 from bridge.testing import NatsServer
@@ -127,7 +128,7 @@ def asyncpg_dsn(database_url: str) -> str:
 
 async def outbox_bodies(engine: AsyncEngine) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
-        rows = await conn.execute(text("SELECT payload FROM bridge_outbox ORDER BY id"))
+        rows = await conn.execute(text(f"SELECT {envelope_sql()} FROM bridge_outbox ORDER BY id"))
         return [dict(r) for r in rows.scalars()]
 
 
@@ -322,9 +323,9 @@ async def test_the_sessions_trace_reaches_the_envelope_and_headers(
         session.add(Counter(value=1))
     async with engine.connect() as conn:
         headers, body = (
-            await conn.execute(text("SELECT headers, payload FROM bridge_outbox"))
+            await conn.execute(text(f"SELECT headers, {envelope_sql()} FROM bridge_outbox"))
         ).one()
-    assert headers == {"Nats-Msg-Id": body["event_id"], "traceparent": traceparent}
+    assert headers == {"traceparent": traceparent}  # the relay adds Nats-Msg-Id
     assert body["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
 
 

@@ -12,10 +12,11 @@ import asyncio
 from typing import Any
 
 from nats.aio.client import Client
-from sqlalchemy import select
+from sqlalchemy import literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bridge.outbox._pipeline import BATCHES_IN_FLIGHT
+from bridge.outbox.body import envelope_sql
 from bridge.outbox.capture import Outbox
 from bridge.outbox.relay import OutboxRelay
 from bridge.schema import outbox
@@ -37,7 +38,9 @@ from .conftest import (
 
 async def stored_payloads(engine: AsyncEngine) -> list[dict[str, Any]]:
     async with engine.connect() as conn:
-        result = await conn.execute(select(outbox.c.payload).order_by(outbox.c.id))
+        result = await conn.execute(
+            select(literal_column(envelope_sql())).select_from(outbox).order_by(outbox.c.id)
+        )
         return [dict(p) for p in result.scalars()]
 
 
