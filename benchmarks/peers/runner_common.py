@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import sys
 import time
@@ -103,4 +104,5 @@ def write(result_path: Path, result: dict[str, Any]) -> None:
 
 def main(run: Callable[[Spec], Awaitable[dict[str, Any]]]) -> None:
     spec, result_path = load(sys.argv)
+    gc.freeze()  # as the harness does for jetstream-bridge (docs/BENCHMARKS.md)
     write(result_path, asyncio.run(run(spec)))

@@ -104,6 +104,8 @@ def message_of(row: ClaimedRow) -> OutgoingMessage:
     and the row's columns (:func:`bridge.outbox.body.published_body`) — decoding and
     re-encoding it in Python was the relay's largest per-event CPU cost.
     """
+    if row.headers is None:
+        return OutgoingMessage(row.subject, row.body, {MSG_ID_HEADER: row.event_id})
     return OutgoingMessage(row.subject, row.body, {**row.headers, MSG_ID_HEADER: row.event_id})
 
 
@@ -123,8 +125,10 @@ class RelayPipeline:
         self.leases = LeaseKeeper(store, lease=options.lease, name=store.owner)
         self._publisher = publisher
         self._opts = options
-        # PubAcks outstanding across all batches in flight.
+        # PubAcks outstanding across all batches in flight; a PubAck's future frees its
+        # slot when done (one callback object for all, not a closure per message).
         self._in_flight = asyncio.Semaphore(options.max_in_flight)
+        self._free_slot: Callable[[object], None] = lambda _: self._in_flight.release()
         # Monotonic times at which rows this relay failed become due again (a heap).
         self._retry_due: list[float] = []
         self.published_total = 0
@@ -158,7 +162,7 @@ class RelayPipeline:
         self, chains: list[list[ClaimedRow]], depth: int, outcome: BatchOutcome
     ) -> list[list[ClaimedRow]]:
         """Publish row ``depth`` of every chain; return the chains that go on."""
-        publisher, in_flight = self._publisher, self._in_flight
+        publisher, in_flight, free_slot = self._publisher, self._in_flight, self._free_slot
         written: list[tuple[list[ClaimedRow], PendingAck]] = []
         try:
             for chain in chains:
@@ -172,7 +176,7 @@ class RelayPipeline:
                 except BaseException:
                     in_flight.release()
                     raise
-                pending.future.add_done_callback(lambda _: in_flight.release())
+                pending.future.add_done_callback(free_slot)
                 written.append((chain, pending))
             results = await publisher.acks([pending for _, pending in written])
         except BaseException:

@@ -48,7 +48,7 @@ from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from nats.js.api import Header, PubAck
+from nats.js.api import Header
 from nats.js.errors import APIError
 
 from bridge.envelope import Envelope
@@ -97,17 +97,17 @@ class _AckInbox:
 
     def __init__(self, client: Client) -> None:
         self.prefix = client.new_inbox() + "."
-        self._futures: dict[str, asyncio.Future[PubAck]] = {}
+        self._futures: dict[str, asyncio.Future[PublishResult]] = {}
         self._tokens = itertools.count()
         self.client = client
 
     async def start(self) -> None:
         await self.client.subscribe(self.prefix + "*", cb=self._on_reply)
 
-    def expect(self) -> tuple[str, asyncio.Future[PubAck]]:
+    def expect(self) -> tuple[str, asyncio.Future[PublishResult]]:
         """A fresh reply subject and the future its answer resolves."""
         token = str(next(self._tokens))
-        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[PublishResult] = asyncio.get_running_loop().create_future()
         self._futures[token] = future
         # However the future ends (answer, timeout, cancel) its token goes:
         # dict.pop(token, future) never raises.
@@ -133,7 +133,15 @@ class _AckInbox:
                     )
                 )
             else:
-                future.set_result(PubAck.from_response(answer))
+                # the three fields a PubAck is read for (nats-py's PubAck.from_response
+                # builds a dataclass through fields() per message: a visible cost here)
+                future.set_result(
+                    PublishResult(
+                        stream=answer["stream"],
+                        seq=int(answer["seq"]),
+                        duplicate=bool(answer.get("duplicate")),
+                    )
+                )
         except Exception as exc:  # a reply we cannot read: that publish failed
             future.set_exception(exc)
 
@@ -146,6 +154,24 @@ def headers_size(headers: Mapping[str, str]) -> int:
 def message_size(message: OutgoingMessage) -> int:
     """What the server counts against ``max_payload``: headers plus body."""
     return headers_size(message.headers) + len(message.data)
+
+
+async def _all_done(futures: Sequence[asyncio.Future[Any]], timeout: float) -> None:
+    """Wait until every future is done or ``timeout`` passed.
+
+    The server answers one connection's publishes in order, so once the last PubAck
+    missing is in, the others are too: waiting on that one first spares a done-callback
+    per future (``asyncio.wait`` on a thousand futures was a visible cost per event);
+    whatever is still missing after it — answers out of order — is waited for together.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    missing = [future for future in futures if not future.done()]
+    if missing:
+        await asyncio.wait(missing[-1:], timeout=timeout)
+        missing = [future for future in missing if not future.done()]
+    if missing and (remaining := deadline - loop.time()) > 0:
+        await asyncio.wait(missing, timeout=remaining)
 
 
 class Publisher:
@@ -189,18 +215,18 @@ class Publisher:
                     self._inbox = inbox
         return self._inbox
 
-    def _check_size(self, message: OutgoingMessage) -> None:
-        """Refuse a message over the server's ``max_payload`` before it is sent."""
+    def _check_size(self, message: OutgoingMessage, headers: Mapping[str, str]) -> None:
+        """Refuse a message over the server's ``max_payload`` before it is sent;
+        ``headers`` are the ones sent (``Nats-Expected-Stream`` included)."""
         limit = self.max_payload
         if limit is None:
             return
-        headers = message.headers
-        if self._stream is not None:  # nats-py adds Nats-Expected-Stream for us
-            headers = {**headers, EXPECTED_STREAM: self._stream}
         # Cheap bound first (a character is at most 4 bytes in UTF-8): the exact count
         # encodes every header, a visible cost per message on the relay's hot path.
-        bound = 12 + len(message.data) + sum(4 * (len(k) + len(v)) + 4 for k, v in headers.items())
-        if bound <= limit:
+        characters = 0
+        for key, value in headers.items():
+            characters += len(key) + len(value) + 1
+        if 12 + len(message.data) + 4 * characters <= limit:
             return
         size = headers_size(headers) + len(message.data)
         if size > limit:
@@ -213,14 +239,18 @@ class Publisher:
 
     async def publish_raw(self, message: OutgoingMessage) -> PublishResult:
         """Publish pre-encoded bytes and headers; await the PubAck."""
-        self._check_size(message)
+        headers = dict(message.headers)
+        if self._stream is not None:  # nats-py adds Nats-Expected-Stream for us
+            self._check_size(message, {**headers, EXPECTED_STREAM: self._stream})
+        else:
+            self._check_size(message, headers)
         try:
             ack = await self._js.publish(
                 message.subject,
                 message.data,
                 timeout=self._timeout,
                 stream=self._stream,
-                headers=dict(message.headers),
+                headers=headers,
             )
         except Exception as exc:
             raise self._error(message, exc) from exc
@@ -229,10 +259,10 @@ class Publisher:
     async def send(self, message: OutgoingMessage) -> PendingAck:
         """Write one message without waiting for its PubAck (module doc); raises
         :class:`PublishError` if it could not be written (too large, connection closed)."""
-        self._check_size(message)
         headers = dict(message.headers)
         if self._stream is not None:
             headers[EXPECTED_STREAM] = self._stream
+        self._check_size(message, headers)
         try:
             replies = await self._replies()
             reply, future = replies.expect()
@@ -255,8 +285,7 @@ class Publisher:
         cancelled too (their slots in the client's window are freed)."""
         futures = [p.future for p in pending]
         try:
-            if futures:
-                await asyncio.wait(futures, timeout=self._timeout)
+            await _all_done(futures, self._timeout)
         finally:
             for future in futures:
                 if not future.done():
@@ -269,10 +298,7 @@ class Publisher:
             elif (exc := future.exception()) is not None:
                 results.append(self._error(item.message, exc))
             else:
-                ack = future.result()
-                results.append(
-                    PublishResult(stream=ack.stream, seq=ack.seq, duplicate=bool(ack.duplicate))
-                )
+                results.append(future.result())
         return results
 
     def _error(self, message: OutgoingMessage, exc: BaseException) -> PublishError:
