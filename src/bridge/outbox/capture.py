@@ -189,7 +189,8 @@ class Outbox:
 
     def _before_write(self, session: Session, *, skip: bool) -> None:
         self._apply(session, session.connection(), skip=skip)
-        session.info[_WROTE_KEY] = True
+        if not skip:  # capture off writes no outbox row: no relay to wake at commit
+            session.info[_WROTE_KEY] = True
 
     def _after_begin(
         self, session: Session, transaction: SessionTransaction, connection: Connection

@@ -41,6 +41,12 @@ async def test_rollback_writes_nothing_commit_writes_one_row(
     assert await outbox_rows(engine) == []
     assert woken == []
 
+    async with sessions.begin() as session:  # applied from a peer: capture off
+        with skip_publish(session):
+            session.add(Widget(name="applied"))
+    assert await outbox_rows(engine) == []
+    assert woken == []  # nothing captured: no relay is woken for an empty claim
+
     async with sessions.begin() as session:
         widget = Widget(name="kept")
         session.add(widget)
