@@ -55,7 +55,7 @@ from typing import Any
 
 import asyncpg
 import nats
-from fault_history import NATURAL_KEYS, History, Write
+from fault_history import NATURAL_KEYS, History, Write, matches
 from fault_lww import check_records_lww
 from fault_replays import fold_replays
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -364,11 +364,11 @@ def _check_records(history: History, side: SideState, verdict: Verdict) -> None:
             verdict.events_lost += 1
             verdict.fail(f"lost: acked {last.kind} of {resource} {record_id} has no row")
             continue
-        if _matches(row, last.response or {}):
+        if matches(row, last.response or {}):
             continue
         later = [w for w in writes if w.seq > last.seq and w.outcome == "indeterminate"]
         if row["updated_at"] > (last.response or {})["updated_at"] and any(
-            _matches(row, w.request) for w in later
+            matches(row, w.request) for w in later
         ):
             continue
         verdict.events_lost += 1
@@ -392,12 +392,8 @@ def _check_phantoms(
         for record_id in unknown:
             row = side.rows[resource][record_id]
             key = NATURAL_KEYS[resource]
-            if not any(w.natural_key == row[key] and _matches(row, w.request) for w in maybe):
+            if not any(w.natural_key == row[key] and matches(row, w.request) for w in maybe):
                 verdict.fail(f"phantom {resource} {record_id}: {row}")
-
-
-def _matches(row: dict[str, Any], fields: dict[str, Any]) -> bool:
-    return all(row.get(k) == v for k, v in fields.items())
 
 
 def _check_events(

@@ -39,6 +39,29 @@ Resource = Literal["organization", "user"]
 NATURAL_KEYS: dict[str, str] = {"organization": "domain", "user": "email"}
 
 
+def matches(row: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """Whether a stored row holds what a request (or a response) said, field by field.
+
+    An id the load sent as decimal text (``"organization_id": "2481..."``: record ids
+    are kept as text in the history) matches the integer the API stored: the services'
+    ids are integers and their API takes either form.  Before this rule an
+    indeterminate user create could never explain the row it made.
+    """
+    return all(_same(row.get(name), value) for name, value in fields.items())
+
+
+def _same(stored: Any, sent: Any) -> bool:
+    if stored == sent:
+        return True
+    return (
+        isinstance(stored, int)
+        and not isinstance(stored, bool)
+        and isinstance(sent, str)
+        and sent.isdigit()
+        and int(sent) == stored
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     """One API write and what the client saw."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from fault_history import History, Write
+from fault_history import History, Write, matches
 
 Version = tuple[str, str]
 
@@ -78,7 +78,7 @@ def check_records_lww(
             continue
         newest = max(acked, key=lambda w: version_of(w.response or {}))
         if final == version_of(newest.response or {}):
-            if not _matches(row, newest.response or {}):
+            if not matches(row, newest.response or {}):
                 verdict.events_lost += 1
                 verdict.fail(
                     f"lost: {resource} {record_id} has the version of acked write "
@@ -86,7 +86,7 @@ def check_records_lww(
                 )
             continue
         maybe = [w for w in writes if w.outcome == "indeterminate"]
-        if not any(_matches(row, w.request) for w in maybe):
+        if not any(matches(row, w.request) for w in maybe):
             verdict.fail(
                 f"{resource} {record_id} ends at version {final}, newer than every acked "
                 f"write and no indeterminate write explains it: {row}"
@@ -105,7 +105,3 @@ def _check_floor(write: Write, verdict: Findings) -> None:
             f"acknowledged after its side applied {version_of(seen)} but got version "
             f"{version_of(write.response)}, not greater"
         )
-
-
-def _matches(row: dict[str, Any], fields: dict[str, Any]) -> bool:
-    return all(row.get(k) == v for k, v in fields.items())

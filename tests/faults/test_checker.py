@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from fault_checker import SideState, StreamMessage, check
-from fault_history import History
+from fault_history import History, matches
 
 A, B = "sa", "sb"
 ORG = "11111111-1111-1111-1111-111111111111"
@@ -150,3 +150,28 @@ def test_phantom_rows_and_unexpected_dead_letters_are_reported() -> None:
     expected = Counter({"rejected": 1})
     verdict = check(history, a, b, messages, expected_dead_letters=expected)
     assert verdict.unexpected_dead_letters == 0
+
+
+def test_an_indeterminate_create_explains_its_row_whatever_form_its_ids_were_sent_in() -> None:
+    """The load sends ids as decimal text; the services store integers."""
+    history, a, b, messages = world()
+    org_id = 248189966766081
+    request = {"organization_id": str(org_id), "name": "u", "email": "u@example.com"}
+    history.record(
+        worker=0, app=A, instance="a-0", kind="create", resource="user", record_id=None,
+        request=request, outcome="indeterminate", status=None, response=None,
+        error="RemoteProtocolError", started=2.0,
+    )  # fmt: skip
+    user = {
+        "id": 248189968633858, "organization_id": org_id, "name": "u",
+        "email": "u@example.com", "role": "member", "active": True, "created_at": T2,
+        "updated_at": T2, "origin": A, "deleted_at": None,
+    }  # fmt: skip
+    for side in (a, b):
+        side.rows["user"][user["id"]] = dict(user)
+    assert not [v for v in check(history, a, b, messages).violations if "phantom" in v]
+    for side in (a, b):  # ... but not a row of another organization
+        side.rows["user"][user["id"]]["organization_id"] = org_id + 1
+    assert any(v.startswith("phantom user") for v in check(history, a, b, messages).violations)
+    assert matches({"n": 7}, {"n": "7"}) and not matches({"n": 7}, {"n": "07x"})
+    assert not matches({"flag": True}, {"flag": "1"})
