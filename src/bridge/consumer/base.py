@@ -16,7 +16,9 @@ ack / NAK / dead letter.  This module owns everything around that:
 - **Decode once**: the receive loop decodes each delivery
   (:meth:`~bridge.inbox.processor.InboxProcessor.decode`, which raises no ``Exception``: a
   poison body is decided ``malformed`` there, alone) and partitions the decoded items by record;
-  the worker applies them without parsing the body again.
+  the worker applies them without parsing the body again.  It yields to the event
+  loop every ``DECODE_CHUNK`` deliveries, so a worker whose database reply has
+  arrived goes on within one chunk's decoding, not one batch's.
 - **Never dies**: receive errors (NATS restart, missing consumer) are logged and
   retried after a short, growing pause; a failing batch is logged with its
   traceback and counted (``batch_errors``), and the loop goes on (its deliveries
@@ -61,6 +63,8 @@ RECEIVE_RETRY_MIN = 0.1
 RECEIVE_RETRY_MAX = 2.0
 RECEIVE = "receive"
 PROGRESS = "progress"
+#: deliveries decoded between two yields to the event loop (see ``_dispatch``)
+DECODE_CHUNK = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +289,12 @@ class BaseConsumer:
             if delivery.num_delivered > 1:
                 self._redeliveries += 1
         self._holding[RECEIVE] = list(deliveries)  # until each is in a worker's queue
-        items = [self._processor.decode(delivery) for delivery in deliveries]
+        items: list[BatchItem] = []
+        decode = self._processor.decode
+        for start in range(0, len(deliveries), DECODE_CHUNK):
+            if start:  # a worker's database reply waits at most one chunk's decoding
+                await asyncio.sleep(0)
+            items += [decode(delivery) for delivery in deliveries[start : start + DECODE_CHUNK]]
         if self._concurrency == 1:
             groups = [items]
         else:  # one record, one worker (a malformed body has key "" and a worker too)

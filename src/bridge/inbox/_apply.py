@@ -241,11 +241,14 @@ class BatchApplier:
             with skip_publish(session):
                 try:
                     async with session.begin():
-                        await ensure_capture_off(session)  # applying a peer's change: no echo
                         claimed: set[str] | None = None
                         waiting: dict[tuple[str, str], list[store.Waiting]] = {}
-                        if use_inbox:
+                        if use_inbox and items:
+                            # the claim also turns capture off (applying a peer's
+                            # change: no echo), in the same round trip
                             claimed, waiting = await self._claim(session, items)
+                        else:
+                            await ensure_capture_off(session)
                         state = _BatchState(claimed, RecordOrder.of(self._config, waiting))
                         for item in items:
                             await self._apply_one(session, item, state, savepoints)

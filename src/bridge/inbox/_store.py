@@ -81,9 +81,15 @@ def _literal(value: str) -> Any:
 # wait for a redelivery (``waiting``, over the partial index of failed records): every
 # part of one statement sees the snapshot taken before the insert, so this is what
 # was failed BEFORE the claim took the batch's own records back, in no extra round
-# trip.  Claimed rows come back with a NULL resource_type, waiting ones never do.
-# It also sets plan_cache_mode = force_custom_plan for the rest of the batch's
-# transaction (SET LOCAL; the WHERE clause runs it, being volatile): the handlers'
+# trip.  What comes back is what was NOT claimed (a final record: a duplicate), with a
+# NULL resource_type, which waiting rows never have: usually nothing, where returning
+# the claimed ids would cost the client a row per delivery.
+# Its WHERE clause also sets two settings for the rest of the batch's transaction, as SET
+# LOCAL would, in no extra round trip (an uncorrelated sub-select: a one-time filter,
+# run once per execution before the first row, not once per row):
+# bridge.capture = off, so the capture triggers write nothing for the handlers' changes
+# (applying a peer's change must not echo it; bridge.outbox.capture), and
+# plan_cache_mode = force_custom_plan: the handlers'
 # prepared statements are then planned with their parameters on each execution, never
 # with a generic plan cached while their tables were small.  Why: a consumer filling
 # empty tables (a new service, a backfill) had its generic plans chosen as sequential
@@ -111,7 +117,8 @@ _CLAIM = text(
                       CAST(:resource_ids AS text[]), CAST(:stream_seqs AS bigint[]))
                WITH ORDINALITY
                AS v(event_id, subject, event_type, resource_type, resource_id, stream_seq, n)
-         WHERE set_config('plan_cache_mode', 'force_custom_plan', true) IS NOT NULL
+         WHERE (SELECT set_config('bridge.capture', 'off', true)
+                    || set_config('plan_cache_mode', 'force_custom_plan', true)) IS NOT NULL
          ORDER BY v.n
         ON CONFLICT (event_id) DO UPDATE
            SET status = '{INBOX_PROCESSED}', attempts = i.attempts + 1, last_error = NULL,
@@ -119,7 +126,9 @@ _CLAIM = text(
          WHERE i.status = '{INBOX_FAILED}'
         RETURNING i.event_id
     )
-    SELECT event_id, NULL::text, NULL::text, NULL::bigint, NULL::float8 FROM claimed
+    SELECT u.event_id, NULL::text, NULL::text, NULL::bigint, NULL::float8
+      FROM unnest(CAST(:event_ids AS uuid[])) AS u(event_id)
+     WHERE u.event_id NOT IN (SELECT event_id FROM claimed)
     UNION ALL
     SELECT event_id, resource_type, resource_id, stream_seq, retry_in FROM waiting
     """
@@ -175,6 +184,11 @@ async def claim(
 ) -> Claimed:
     """Claim the records of a batch as ``processed`` in ONE statement; see :data:`Claimed`.
 
+    The statement also turns capture off for the rest of the transaction
+    (``bridge.capture = 'off'``, as :func:`bridge.outbox.capture.ensure_capture_off`
+    does) whenever there is a delivery to claim; the caller turns it off itself
+    when ``deliveries`` is empty.
+
     An event whose record is already final is not returned (a duplicate).  The same
     event twice is claimed once (the first delivery's subject and sequence are
     stored).  Rows are written in event-id order, so two replicas claiming
@@ -209,15 +223,16 @@ async def claim(
             "stale": stale_after,
         },
     )
-    claimed: set[str] = set()
+    final: set[str] = set()  # not claimed: already processed or dead-lettered
     found: dict[tuple[str, str], list[Waiting]] = {}
     for event_id, resource_type, resource_id, stream_seq, retry_in in result:
         if resource_type is None:
-            claimed.add(by_id[str(event_id)][0].event_id)
+            final.add(str(event_id))
         else:
             found.setdefault((resource_type, resource_id), []).append(
                 Waiting(str(event_id), stream_seq, float(retry_in))
             )
+    claimed = {envelope.event_id for key, (envelope, _) in by_id.items() if key not in final}
     return claimed, found
 
 

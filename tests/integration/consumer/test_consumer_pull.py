@@ -206,3 +206,47 @@ async def test_pull_with_least_privilege_app_user(unique: str, database_url: str
             await close_stack(stack)
     finally:
         server.cleanup()
+
+
+async def test_prefetched_batches_keep_order_and_are_applied_before_stop(stack: Stack) -> None:
+    """The next fetch runs while a batch is decoded and applied (bridge.consumer.pull,
+    "Prefetch"): records still see their events in stream order across batches, and a
+    stop in the middle applies and acks what was prefetched — nothing is left
+    pending acknowledgement on the server."""
+    seen: dict[str, list[int]] = defaultdict(list)
+
+    async def handler(session: AsyncSession, env: Envelope) -> None:
+        seen[env.resource_id].append(int(env.payload["version"]))
+        await asyncio.sleep(0.002)  # slower than fetching: prefetched batches wait
+        await record_effect(session, env)
+
+    stack.router.on_resource("organization", handler)
+    cfg = stack.cfg.with_(consumer=ConsumerOptions(batch_size=8, fetch_timeout=0.5, concurrency=1))
+    resources, versions = 4, 30
+    for version in range(1, versions + 1):
+        for r in range(resources):
+            await stack.publish(org_event(cfg, f"r{r}", version=version))
+    consumer = await stack.start_consumer(cfg, stack.processor_for(cfg))
+    assert consumer.prefetch  # type: ignore[union-attr]
+
+    async def some_done() -> bool:
+        return await stack.effects() >= 24
+
+    await wait_until(some_done, timeout=20, interval=0.01)
+    await consumer.stop(timeout=10)
+    applied = await stack.effects()
+    assert consumer.stats().outcomes == {"acked": applied}
+    info = await stack.connection.js.consumer_info(cfg.stream_name, cfg.subjects.durable)
+    assert info.num_ack_pending == 0
+    assert info.num_pending == resources * versions - applied
+    # every record's events in order, without a gap
+    assert all(v == list(range(1, len(v) + 1)) for v in seen.values()), seen
+
+    rest = await stack.start_consumer(cfg, stack.processor_for(cfg))
+
+    async def all_done() -> bool:
+        return await stack.effects() == resources * versions
+
+    await wait_until(all_done, timeout=30)
+    await rest.stop(timeout=10)
+    assert all(v == list(range(1, versions + 1)) for v in seen.values()), seen

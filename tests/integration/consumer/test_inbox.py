@@ -274,3 +274,36 @@ async def test_handler_writes_to_synced_models_are_not_captured(stack: Stack) ->
     async with sessions() as session, session.begin():
         session.add(_Org(id="local", name="Local Org"))
     assert await stack.scalar("SELECT count(*) FROM bridge_outbox") == 1
+
+
+@pytest.mark.parametrize("use_inbox", [True, False])
+async def test_handler_writes_through_a_plain_session_are_not_captured(
+    stack: Stack, use_inbox: bool
+) -> None:
+    """An application's own ``async_sessionmaker`` (no outbox session class): the
+    inbox turns capture off in the batch's transaction — with the inbox, inside the
+    claim statement; without it, with a statement of its own — so a peer's change
+    applied through it never echoes back, over two batches (the setting is the
+    transaction's, not the connection's)."""
+    await create_all(stack.engine, models=[_Org])  # its table and capture trigger
+    await Outbox(stack.cfg).record_producer(stack.engine)  # plain sessions' writes: ours
+    sessions = async_sessionmaker(stack.engine, expire_on_commit=False)
+
+    async def apply_org(session: AsyncSession, env: Envelope) -> None:
+        session.add(_Org(id=env.resource_id, name=str(env.payload["name"])))
+
+    router = Router()
+    router.on("organization.created", apply_org)
+    cfg = stack.cfg.with_(use_inbox=use_inbox)
+    processor = InboxProcessor(cfg, sessions, router, stack.dead_letters)
+    sub = await stack.pull_sub()
+    for name in ("first", "second"):
+        await stack.publish(org_event(stack.cfg, name, name=f"Peer {name}"))
+        batch = await fetch(stack, sub, 1)
+        assert await processor.process_batch(batch) == [Outcome.ACKED]
+    assert await stack.scalar("SELECT count(*) FROM synced_orgs") == 2
+    assert await stack.scalar("SELECT count(*) FROM bridge_outbox") == 0
+
+    async with sessions() as session, session.begin():  # the control: captured
+        session.add(_Org(id="local", name="Local Org"))
+    assert await stack.scalar("SELECT count(*) FROM bridge_outbox") == 1
