@@ -92,7 +92,8 @@ BOUNDS = {
     "relay_vs_publish_async_ratio": "CPU: one process; PostgreSQL claim + mark sent on 2 cores",
     "relay_vs_raw_ratio": "as above; old baseline is latency-bound (1024 awaits)",
     "relay_commit_to_puback_p99_ms": "event-loop scheduling + commit fsync",
-    "consumer_raw_fetch_ack": "CPU: per-message ack in the client",
+    "consumer_raw_fetch_ack": "CPU: nats-py's task and wait_for per message, the ack",
+    "consumer_raw_fastest": "CPU: the client's per-message ack",
     "consumer_vs_raw_ratio": "CPU: one process (decode, nats-py); serial batch DB time",
     "scale_raw_events_per_s": "CPU: one process for both ends",
     "e2e_1x1_vs_raw_ratio": "CPU: B's consumer process; 2 cores shared",
@@ -175,7 +176,12 @@ rounds disagreed):
   checked (`relay_vs_publish_async_ratio`); the earlier baseline, `js.publish` per
   message behind a semaphore of 1024, stays as `relay_vs_raw_ratio` so history remains
   comparable;
-- consumer: pull `fetch(256)` + `ack()` of each message (`consumer_vs_raw_ratio`);
+- consumer: pull 256 messages + `ack()` of each, two ways in every round — nats-py's
+  `fetch(256)` and pull requests over core NATS (the fetch the bridge's pull consumer
+  uses, `bridge.transport.pull_requests`, without nats-py's task and `wait_for` per
+  message) — the faster of the two is the round's baseline (`consumer_vs_raw_ratio`;
+  `consumer_vs_nats_py_fetch_ratio` and `consumer_vs_raw_pull_requests_ratio` against
+  each);
 - end to end: asyncpg insert on A → `publish_async` → `fetch` → asyncpg upsert on B,
   batched the same way (`e2e_1x1_vs_raw_ratio`);
 - API: sync off (`services_outbox_cost`).
@@ -220,58 +226,41 @@ or `BENCH_SCALE_EVENTS` / `BENCH_SCALE_SIZES` make a smaller run{scale_note}):
   both tables are empty again after the cleanups (`*_rows_after_retention`); their bytes
   stay at the high-water mark.
 
-Flat with size (issue 17; `scale_cost_100000_vs_10000_ratio`, goal <= 1.25). Three runs
-of `BENCH_SCALE_SIZES=10000,100000` on this busy machine gave 3.75 (the previous report),
-4.48 (claim cursor alone, 1 round) and, with the consumer fix (first point below),
-1.02 (1 round) and 1.015 (median of 3 rounds, spread 0.2; 705 and 715 us per event).
-The peak outbox backlog of the last run was 38 000 pending rows (the producer commits
-1000 rows per transaction as fast as it can; the relay now drains faster than it
-fills), not the issue's 50 000. What grew, and what was done (`docs/profiles/relay.md`,
-`docs/profiles/consumer.md`, `benchmarks/claim_plan.py`):
+Garbage collection: `make bench` calls `gc.freeze()` before every benchmark (start-up
+objects out of the cyclic collector's sight), for the raw baselines and the bridge alike,
+as the services' worker entry point does; without it a relay drain spent a fifth of its
+time in full collections walking ~135 000 module objects (`docs/profiles/relay.md`,
+"The garbage collector"; docs/OPERATIONS.md, "Tuning a worker process").
 
-- The bound of this benchmark is B's consumer, not A's relay: in a traced 30 000-event
-  run A's outbox was empty after 8 s while B applied 1 300 events/s at the start and
-  ~400/s at the end. Its statements are prepared (asyncpg), and PostgreSQL kept generic
-  plans chosen while `organizations` held a few hundred rows (sequential scans, e.g. the
-  natural-key look-up) as it grew to 100 000 rows; autovacuum's analyze does not run
-  within a one-minute run. The inbox's batch transaction now sets `plan_cache_mode =
-  force_custom_plan` (SET LOCAL, in the claim statement): handlers' statements are
-  planned with their parameters on every execution; B then held ~1 700 events/s to the
-  end (`scale_cost_30000_us_per_event` 1 688 -> 854). Cost: one plan per statement
-  execution — per-event handlers ran ~9 % fewer events/s (`consumer_inbox_c1`, 4 runs
-  each, 2 440 vs 2 691 medians, noisy); batch handlers, one statement per run, show no
-  difference.
-- The relay claim walked dead index entries: rows marked sent (and, with a non-HOT lease
-  update, every leased row) leave entries in the due index until vacuum, and each claim
-  scanned from the index's start. Now a claim resumes after the last row of the
-  previous full claim (`bridge.outbox._cursor`; back to the start when a claim comes
-  back short, after a release or failure, and at least every second), and the outbox
-  has `fillfactor = 70` (migration `0009_outbox_flat`) so about half of the lease
-  updates are HOT (21 043 of about 42 000, against 79 of 39 000 at fillfactor 100).
-  EXPLAIN (ANALYZE, BUFFERS) of a 1000-row claim after draining 44 000 of 60 000 rows:
-  the due-index scan reads 119 buffers from the cursor against 12 543 from the start
-  (3.3 ms before its first row); the statement takes 34-42 ms either way because the
-  UPDATE writing 1000 row versions (and, when not HOT, four index entries each)
-  dominates it; claims stay flat through the drain (median 45 ms for the first ten,
-  43 ms for the last ten, with fillfactor 70). Cost: the heap of pending rows is 1.4
-  times larger (94 MB instead of 67 MB for 60 000 rows).
+What was done for each goal of issue 17, and the evidence:
 
-Where the relay's time goes (`docs/profiles/relay.md`): it publishes each batch in
-pipelined waves (every PubAck checked, one deadline per wave); the claim — serialised
-across relays, 25-45 ms per 1000 rows on this machine, most of it the lease UPDATE —
-bounds a database's drain rate at roughly 25 000 rows/s, not publishing.
-
-Consumer (`consumer_vs_raw_ratio`, goal 0.60, not reached): 0.512 in one
-`python -m benchmarks consumer` (3 rounds, spread 0.033); against the code before this
-change, alternating, 0.519 vs 0.482 (medians of 3 rounds of 20 000 events; this
-process's CPU 126 vs 135 us per event) — within the machine's noise. Where its time
-goes (`docs/profiles/consumer.md`, py-spy samples of the consumer's one process, which
-ran at 97 % of a core by `consumer_inbox_batch_handler_cpu_percent`): decoding the
-untrusted body ~20 %, nats-py's own fetch and read loop ~25 % (as in the raw baseline),
-the inbox claim ~8 %, per-delivery decisions ~4 %, and ~25 % in the event loop's epoll
-wait: the claim, the handler's statement and the commit of each batch run one after the
-other in the one worker, so a batch's database time is overlapped only with receiving
-and decoding the next batch.
+- **Outbox bytes per row** (goal <= 1 KB): the envelope is stored once (its id, type and
+  resource in columns, the rest in the `body` JSONB; `bridge.outbox.body`), headers no
+  longer repeat `Nats-Msg-Id`, the record index is a 64-bit hash of (resource_type,
+  resource_id) and the heap has the default fill factor (migration `0013_outbox_body`):
+  1 576 -> 889 B per pending row; claims as fast as before
+  (`docs/profiles/relay-claim-outbox-body.txt`). `outbox_bytes_per_row_sent` is the
+  high-water mark after marking every row sent: the dead row versions stay until
+  autovacuum.
+- **Relay** (goal >= 0.50 of `publish_async`): PubAcks checked per wave without a
+  callback per future, read without nats-py's dataclass, claimed rows as plain tuples,
+  the garbage collector out of the way (`docs/profiles/relay.md`, third pass). What
+  bounds it: on 2 cores the relay's ~35-50 us of Python per event and PostgreSQL's
+  ~50 us (every row is written three times: insert, lease, mark sent; claims serialised)
+  share the machine, where the baseline needs ~25 us of Python and nothing of
+  PostgreSQL.
+- **Flat with size** (`scale_cost_100000_vs_10000_ratio`, goal <= 1.25): the claim
+  resumes after its last full claim instead of walking dead index entries, and the
+  inbox's batch transaction plans with its parameters (`plan_cache_mode =
+  force_custom_plan`): generic plans chosen while a table was tiny had made B's consumer
+  slow down as it grew (`docs/profiles/relay.md` second pass, `docs/profiles/consumer.md`,
+  `benchmarks/claim_plan.py`).
+- **End to end and 2x2** (`e2e_1x1_vs_raw_ratio` >= 0.50, `scale_2x2_vs_1x1` >= 1.5): B's
+  worker (the services' last-writer-wins handlers) bounds both. Its batch insert/upsert
+  was a multi-row VALUES compiled anew for every batch (a third of its CPU; now one
+  cached statement with parameter sets), and every consumed batch woke its own relay for
+  an empty claim (now only transactions that captured something do).
+- **Consumer** (goal >= 0.60 of fetch + ack): `docs/profiles/consumer.md`.
 """
 
 

@@ -3,14 +3,18 @@
 Every run consumes the same N stored messages (the ~300 B workload payload, 500
 records) through a durable pull consumer of its own with the same batch size (256):
 
-- raw (:func:`_raw`): nats-py ``fetch(batch)`` + ``ack()`` of every message, nothing
-  else — the fastest correct way to consume (every message acked after it was seen);
+- raw, two ways, both in every round: nats-py ``fetch(batch)`` + ``ack()`` of every
+  message (:func:`_raw`), and pull requests over core NATS — the fetch the bridge's
+  pull consumer uses (:class:`~bridge.transport.pull_requests.BatchPuller`), without
+  nats-py's task and ``wait_for`` per message — + ``ack()`` of every message
+  (:func:`_raw_pull_requests`); nothing else (every message acked after it was seen).
+  The faster of the two in a round is that round's baseline;
 - bridge: :class:`~bridge.consumer.pull.PullConsumer` +
   :class:`~bridge.inbox.processor.InboxProcessor`
   (inbox claim, handlers in one transaction without savepoints, one commit per
   batch, then acks) with a handler that upserts the event's record.
 
-Headline ``consumer_vs_raw_ratio`` (target >= 0.5): raw and the services' handler form
+Headline ``consumer_vs_raw_ratio`` (target >= 0.60): the fastest raw and the services' handler form
 (a batch handler, :meth:`bridge.routing.router.Router.on_batch`, one multi-row upsert per run
 of the fetched batch, concurrency 1: ``consumer_inbox_batch_handler``) alternate for
 ``BENCH_RUNS`` (3) rounds; the median round's ratio.  Bound: one Python process at
@@ -19,8 +23,8 @@ share the other; raw fetch+ack is bound by the client's per-message ack
 (``consumer_raw_cpu_percent`` / ``consumer_inbox_batch_handler_cpu_percent``: this
 process's CPU time over wall time in those runs, median; ~100 % is CPU-bound).
 
-Variants, once each after the rounds, against the mean of the raw runs around them
-(``consumer_variants_raw_fetch_ack``; ``events/s`` and ``_vs_raw`` each):
+Variants, once each after the rounds, against the mean of the fastest raw runs around
+them (``consumer_variants_raw_fetch_ack``; ``events/s`` and ``_vs_raw`` each):
 
 - ``consumer_inbox_c1_default_engine``: per-event handler, SQLAlchemy's default engine;
 - ``consumer_inbox_c1`` / ``_c4``: concurrency 1 / 4 with the engine the inbox doc
@@ -66,6 +70,7 @@ from bridge.schema import create_all
 from bridge.transport.connection import Connection
 from bridge.transport.jsapi import JetStreamApi
 from bridge.transport.publisher import Publisher
+from bridge.transport.pull_requests import BatchPuller
 
 N = 5000
 BATCH = 256
@@ -153,15 +158,20 @@ async def _publish(cfg: BridgeConfig, conn: Connection, n: int) -> None:
         await asyncio.gather(*(publisher.publish(cfg.subjects.consume, e) for e in chunk))
 
 
+async def _raw_durable(cfg: BridgeConfig, conn: Connection, label: str) -> str:
+    """A fresh durable with the app's consumer settings, for one raw run."""
+    durable = f"{cfg.subjects.durable}-raw-{label}"
+    config = consumer_spec(cfg).to_api()
+    config["durable_name"] = durable
+    await JetStreamApi(conn.nc).save_consumer(cfg.stream_name, config, action="create")
+    return durable
+
+
 async def _raw(
     cfg: BridgeConfig, conn: Connection, n: int, label: str, cpu: CpuMeter | None = None
 ) -> float:
-    durable = f"{cfg.subjects.durable}-raw-{label}"
-    raw = consumer_spec(cfg)
-    api = JetStreamApi(conn.nc)
-    config = raw.to_api()
-    config["durable_name"] = durable
-    await api.save_consumer(cfg.stream_name, config, action="create")
+    """nats-py ``fetch(BATCH)`` + ``ack()`` of every message."""
+    durable = await _raw_durable(cfg, conn, label)
     sub = await conn.js.pull_subscribe_bind(durable=durable, stream=cfg.stream_name)
     done = 0
     with cpu.span() if cpu else contextlib.nullcontext():
@@ -174,6 +184,29 @@ async def _raw(
         await conn.nc.flush()
         elapsed = time.perf_counter() - start
     await sub.unsubscribe()
+    return done / elapsed
+
+
+async def _raw_pull_requests(
+    cfg: BridgeConfig, conn: Connection, n: int, label: str, cpu: CpuMeter | None = None
+) -> float:
+    """Pull requests of BATCH over core NATS (what the bridge's pull consumer sends,
+    :class:`~bridge.transport.pull_requests.BatchPuller`) + ``ack()`` of every message:
+    the same fetch as the bridge without the bridge."""
+    durable = await _raw_durable(cfg, conn, label)
+    puller = BatchPuller(conn.nc, f"$JS.API.CONSUMER.MSG.NEXT.{cfg.stream_name}.{durable}")
+    await puller.start()
+    done = 0
+    with cpu.span() if cpu else contextlib.nullcontext():
+        start = time.perf_counter()
+        while done < n and time.perf_counter() - start < DEADLINE:
+            msgs = await puller.fetch(BATCH, timeout=1.0)
+            for msg in msgs:
+                await msg.ack()
+            done += len(msgs)
+        await conn.nc.flush()
+        elapsed = time.perf_counter() - start
+    await puller.stop()
     return done / elapsed
 
 
@@ -257,10 +290,13 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[Line]:
     await conn.start(timeout=10)
     labels = iter(range(10**6))
 
-    raw_cpu, ours_cpu = CpuMeter(), CpuMeter()
+    raw_cpu, pull_cpu, ours_cpu = CpuMeter(), CpuMeter(), CpuMeter()
 
     async def raw_run() -> float:
         return await _raw(cfg, conn, N, str(next(labels)), raw_cpu)
+
+    async def raw_pull_run() -> float:
+        return await _raw_pull_requests(cfg, conn, N, str(next(labels)), pull_cpu)
 
     async def headline_run() -> float:
         _name, concurrency, cache, handler, optimistic = HEADLINE_RUN
@@ -281,17 +317,34 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[Line]:
         await Provisioner(JetStreamApi(conn.nc)).apply(stream_spec(cfg), [])
         await _publish(cfg, conn, N)
         # The headline: raw and the services' handler form alternate, median of the rounds.
-        rounds = await interleaved(runs(), raw_run, headline_run)
-        headline = median_ratio((base, ours) for base, ours in rounds)
+        # The baseline of a round is the faster of the two raw ways in it.
+        three = await interleaved(runs(), raw_run, raw_pull_run, headline_run)
+        rounds = [(max(fetch, pull), ours) for fetch, pull, ours in three]
+        headline = median_ratio(rounds)
         lines = ratio_lines(
             "consumer_vs_raw_ratio",
             headline,
-            base="consumer_raw_fetch_ack",
+            base="consumer_raw_fastest",
             ours=HEADLINE_RUN[0],
+            unit="events/s",
+        )
+        lines += ratio_lines(
+            "consumer_vs_nats_py_fetch_ratio",
+            median_ratio((fetch, ours) for fetch, _, ours in three),
+            base="consumer_raw_fetch_ack",
+            ours=None,
+            unit="events/s",
+        )
+        lines += ratio_lines(
+            "consumer_vs_raw_pull_requests_ratio",
+            median_ratio((pull, ours) for _, pull, ours in three),
+            base="consumer_raw_pull_requests_ack",
+            ours=None,
             unit="events/s",
         )
         lines += [
             raw_cpu.line("consumer_raw_cpu_percent"),
+            pull_cpu.line("consumer_raw_pull_requests_cpu_percent"),
             ours_cpu.line("consumer_inbox_batch_handler_cpu_percent"),
         ]
         # Every other variant once, against the mean of the raw runs around them.
@@ -312,7 +365,7 @@ async def bench_consumer(nats_url: str, database_url: str) -> list[Line]:
         one_tx = await _bridge(
             cfg, conn, database_url, N // 5, 1, statement_cache=STATEMENT_CACHE, batch=1
         )
-        raw = (raw_before + await raw_run()) / 2
+        raw = (raw_before + max(await raw_run(), await raw_pull_run())) / 2
         lines.append(("consumer_variants_raw_fetch_ack", round(raw), "events/s"))
         for name, rate in rates.items():
             lines.append((name, round(rate), "events/s"))
