@@ -182,7 +182,8 @@ rounds disagreed):
   message) — the faster of the two is the round's baseline (`consumer_vs_raw_ratio`;
   `consumer_vs_nats_py_fetch_ratio` and `consumer_vs_raw_pull_requests_ratio` against
   each);
-- end to end: asyncpg insert on A → `publish_async` → `fetch` → asyncpg upsert on B,
+- end to end: asyncpg insert on A → `publish_async` → pull requests (as above) → asyncpg
+  upsert on B,
   batched the same way (`e2e_1x1_vs_raw_ratio`);
 - API: sync off (`services_outbox_cost`).
 

@@ -9,12 +9,12 @@ so a ratio to it measures the bridge's overhead, not a corner the baseline cut:
 - :func:`publish_semaphore` (the relay's *previous* baseline, kept so the history of
   ``relay_vs_raw_ratio`` stays comparable): ``js.publish`` per message behind a
   semaphore of ``max_in_flight``.
-- :func:`fetch_ack` (consumer baseline): a durable pull consumer, ``fetch(batch)`` and
-  ``ack()`` of each message.
 - :func:`end_to_end` (end-to-end baseline): the events are committed into a table on A
   (asyncpg, one transaction, like the bridge's scale run); then, timed, chunks of unsent
   rows are read, published with ``publish_async`` (PubAcks checked) and marked sent,
-  while a pull consumer fetches batches, decodes each body, upserts the batch's records
+  while a pull consumer fetches batches (pull requests over core NATS, the fetch the
+  bridge uses: :class:`~bridge.transport.pull_requests.BatchPuller`, faster than
+  nats-py's ``fetch``), decodes each body, upserts the batch's records
   on B in one asyncpg statement, commits and acks each message — the work of outbox →
   relay → inbox + handler, batched the same way, without the bridge (no inbox record,
   no lease, no ordering per record).
@@ -36,6 +36,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from bridge.envelope import MSG_ID_HEADER
 from bridge.testing import to_plain_url
+from bridge.transport.pull_requests import BatchPuller
 
 MAX_PENDING = 4000
 ACK_TIMEOUT = 30.0
@@ -79,36 +80,6 @@ async def publish_semaphore(
     return len(messages) / (time.perf_counter() - started)
 
 
-async def fetch_ack(nc: Client, stream: str, subject: str, n: int, batch: int) -> float:
-    """Consume ``n`` stored messages through a fresh durable: fetch(batch) + ack each."""
-    js = nc.jetstream()
-    durable = f"raw{uuid.uuid4().hex[:8]}"
-    sub = await js.pull_subscribe(
-        subject,
-        durable=durable,
-        stream=stream,
-        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT),
-    )
-    done = 0
-    started = time.perf_counter()
-    try:
-        while done < n and time.perf_counter() - started < DEADLINE:
-            with contextlib.suppress(TimeoutError):
-                for msg in await sub.fetch(batch, timeout=1.0):
-                    await msg.ack()
-                    done += 1
-        await nc.flush()
-        elapsed = time.perf_counter() - started
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(stream, durable)
-    if done < n:
-        raise RuntimeError(f"raw fetch+ack consumed {done} of {n} in {DEADLINE} s")
-    return done / elapsed
-
-
 E2E_TABLES = """
 CREATE TABLE IF NOT EXISTS raw_events (
     id bigserial PRIMARY KEY, event_id text NOT NULL, subject text NOT NULL,
@@ -137,15 +108,17 @@ async def end_to_end(
     js = nc.jetstream(publish_async_max_pending=MAX_PENDING)
     durable = f"rawe2e{uuid.uuid4().hex[:8]}"
     n = len(messages)
+    puller = BatchPuller(nc, f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}")
     try:
         for conn in (a, b):
             await conn.execute(E2E_TABLES)
-        sub = await js.pull_subscribe(
-            subject,
-            durable=durable,
-            stream=stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT),
+        await js.add_consumer(
+            stream,
+            ConsumerConfig(
+                durable_name=durable, ack_policy=AckPolicy.EXPLICIT, filter_subject=subject
+            ),
         )
+        await puller.start()
         async with a.transaction():
             await a.executemany(
                 "INSERT INTO raw_events (event_id, subject, body) VALUES ($1, $2, $3)",
@@ -179,10 +152,7 @@ async def end_to_end(
             # Fetch a batch, upsert its records on B in one statement, commit, ack each.
             done = 0
             while done < n and time.perf_counter() - started < DEADLINE:
-                try:
-                    msgs = await sub.fetch(batch, timeout=1.0)
-                except TimeoutError:
-                    continue
+                msgs = await puller.fetch(batch, timeout=1.0)
                 latest = {json.loads(m.data)["resource_id"]: m.data for m in msgs}
                 async with b.transaction():
                     await b.execute(
@@ -205,6 +175,7 @@ async def end_to_end(
             raise RuntimeError(f"raw end-to-end applied {done} of {n} in {DEADLINE} s")
         return n / elapsed
     finally:
+        await puller.stop()
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, durable)
         await a.close()
