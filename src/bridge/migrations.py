@@ -42,7 +42,13 @@ from bridge.outbox.triggers import (
     drop_statements,
     install_statements,
 )
-from bridge.schema import OUTBOX_NOTIFY_DDL, OUTBOX_NOTIFY_DROP_DDL, metadata, record_key_sql
+from bridge.schema import (
+    OUTBOX_BODY_CHECK,
+    OUTBOX_NOTIFY_DDL,
+    OUTBOX_NOTIFY_DROP_DDL,
+    metadata,
+    record_key_sql,
+)
 
 __all__ = [
     "create_bridge_tables",
@@ -111,7 +117,8 @@ def upgrade_outbox_body(op: Operations) -> None:
     Renames ``payload`` to ``body`` and strips from every row the envelope fields its
     columns hold and the stored ``Nats-Msg-Id`` header; replaces the record index on
     (resource_type, resource_id, id) by the hashed record key; resets the heap's fill
-    factor to the default.  Rewrites every row once (run it while the outbox is small,
+    factor to the default; adds the CHECK constraint ``ck_bridge_outbox_body_layout``
+    (:data:`bridge.schema.OUTBOX_BODY_CHECK`).  Rewrites every row once (run it while the outbox is small,
     or in a quiet hour).  Relays of the earlier layout must be stopped first: they
     read ``payload``, which no longer exists, and fail loudly rather than publish
     envelopes without their ids; capture triggers are re-installed in the same
@@ -127,6 +134,8 @@ def upgrade_outbox_body(op: Operations) -> None:
             "CREATE INDEX IF NOT EXISTS ix_bridge_outbox_record_pending ON bridge_outbox "
             f"({record_key_sql()}, id) WHERE status = 'pending'",
             "ALTER TABLE bridge_outbox RESET (fillfactor)",
+            "ALTER TABLE bridge_outbox ADD CONSTRAINT ck_bridge_outbox_body_layout "
+            f"CHECK ({OUTBOX_BODY_CHECK})",
         ),
     )
 
@@ -136,6 +145,7 @@ def downgrade_outbox_body(op: Operations) -> None:
     _run(
         op,
         (
+            "ALTER TABLE bridge_outbox DROP CONSTRAINT IF EXISTS ck_bridge_outbox_body_layout",
             "DROP INDEX IF EXISTS ix_bridge_outbox_record_pending",
             "CREATE INDEX IF NOT EXISTS ix_bridge_outbox_resource_pending ON bridge_outbox "
             "(resource_type, resource_id, id) WHERE status = 'pending'",

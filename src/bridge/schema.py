@@ -96,6 +96,16 @@ def record_key_sql(alias: str = "") -> str:
     return f"hashtextextended({key}, 0::bigint)"
 
 
+#: Envelope fields an outbox row holds in its columns and never in ``body``
+#: (:mod:`bridge.outbox.body`).
+OUTBOX_COLUMN_FIELDS = ("event_id", "event_type", "resource_type", "resource_id")
+#: ``body`` is a JSON object without :data:`OUTBOX_COLUMN_FIELDS`: a row written by hand
+#: with a whole envelope is refused at its INSERT, not published with those fields
+#: twice (which every consumer would dead-letter as malformed: duplicate keys).
+OUTBOX_BODY_CHECK = "jsonb_typeof(body) = 'object' AND NOT (body ?| ARRAY[{}])".format(
+    ", ".join(f"'{name}'" for name in OUTBOX_COLUMN_FIELDS)
+)
+
 outbox = Table(
     "bridge_outbox",
     metadata,
@@ -132,6 +142,7 @@ outbox = Table(
         postgresql_where=text("status = 'pending'"),
     ),
     Index("ix_bridge_outbox_sent_at", "sent_at", postgresql_where=text("status = 'sent'")),
+    CheckConstraint(OUTBOX_BODY_CHECK, name="ck_bridge_outbox_body_layout"),
 )
 
 #: Statement-level trigger: every INSERT into the outbox notifies OUTBOX_CHANNEL.

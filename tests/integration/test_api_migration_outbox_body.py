@@ -9,11 +9,13 @@ import json
 import pytest
 from alembic import command
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bridge.envelope import MSG_ID_HEADER, Envelope
 from bridge.errors import SchemaError
 from bridge.outbox._store import OutboxStore
+from bridge.schema import create_all
 from bridge.schema_check import check_schema
 from services.shared.db import alembic_config, migrate
 
@@ -82,6 +84,7 @@ async def test_pending_rows_of_the_earlier_layout_publish_the_same_envelopes(
 
         await migrate(database_url)
         await check_schema(engine, [])
+        await _refuses_a_whole_envelope_in_body(engine)
         store = OutboxStore(engine, owner="test", lease=30.0, max_attempts=3)
         claimed = await store.claim(100)
         assert [Envelope.from_bytes(row.body) for row in claimed] == envelopes
@@ -91,5 +94,34 @@ async def test_pending_rows_of_the_earlier_layout_publish_the_same_envelopes(
         async with engine.begin() as conn:
             await conn.run_sync(_downgrade, database_url, BEFORE)
         assert await _old_rows(engine) == before
+    finally:
+        await engine.dispose()
+
+
+_NEW_INSERT = text(
+    """
+    INSERT INTO bridge_outbox (event_id, subject, event_type, resource_type, resource_id, body)
+    VALUES (:event_id, 'sync.a.b', 'organization.updated', 'organization', '1',
+            CAST(:body AS jsonb))
+    """
+)
+
+
+async def _refuses_a_whole_envelope_in_body(engine: AsyncEngine) -> None:
+    """A row written by hand in the earlier layout (or not an object) fails at once."""
+    envelope = _envelope("1")
+    for body in (envelope.to_dict(), {"event_type": "x.y"}, [1], "text"):
+        with pytest.raises(IntegrityError, match="ck_bridge_outbox_body_layout"):
+            async with engine.begin() as conn:
+                await conn.execute(
+                    _NEW_INSERT, {"event_id": envelope.event_id, "body": json.dumps(body)}
+                )
+
+
+async def test_create_all_refuses_a_whole_envelope_in_body(database_url: str) -> None:
+    engine = create_async_engine(database_url)
+    try:
+        await create_all(engine)
+        await _refuses_a_whole_envelope_in_body(engine)
     finally:
         await engine.dispose()

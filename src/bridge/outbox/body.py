@@ -31,9 +31,11 @@ from json.encoder import encode_basestring
 from typing import Any
 
 from bridge.envelope import MSG_ID_HEADER, Envelope
+from bridge.schema import OUTBOX_COLUMN_FIELDS
 
-#: Envelope fields held by the outbox row's columns, never in its ``body``.
-COLUMN_FIELDS = ("event_id", "event_type", "resource_type", "resource_id")
+#: Envelope fields held by the outbox row's columns, never in its ``body`` (a CHECK
+#: constraint refuses a body holding one: :data:`bridge.schema.OUTBOX_BODY_CHECK`).
+COLUMN_FIELDS = OUTBOX_COLUMN_FIELDS
 
 
 def stored_body(envelope: Envelope) -> dict[str, Any]:
