@@ -34,6 +34,41 @@ def table(lines: Iterable[Line], targets: dict[str, str], bounds: dict[str, str]
     )
 
 
+_GOAL = re.compile(r"^\s*(>=|<=|<|>)\s*([0-9.]+)")
+_COMPARE = {
+    ">=": lambda value, goal: value >= goal,
+    "<=": lambda value, goal: value <= goal,
+    "<": lambda value, goal: value < goal,
+    ">": lambda value, goal: value > goal,
+}
+
+
+def goal_met(value: float, target: str) -> bool | None:
+    """Whether ``value`` meets a target written ``>= 0.5``, ``< 20 at ...``, ``<= 15 %``;
+    ``None`` for a target that is not such a bound (a note, an asserted 0)."""
+    match = _GOAL.match(target)
+    if match is None:
+        return None
+    return bool(_COMPARE[match.group(1)](value, float(match.group(2))))
+
+
+def goals(
+    lines: Iterable[Line], names: Iterable[str], targets: dict[str, str], bounds: dict[str, str]
+) -> str:
+    """One Markdown list item per headline figure with a bound: met or not, and what
+    bounds it (a figure that misses says why)."""
+    values = {name: value for name, value, _ in lines}
+    items = []
+    for name in names:
+        target = targets.get(name, "")
+        met = goal_met(values[name], target) if name in values else None
+        if met is None:
+            continue
+        verdict = "met" if met else f"**not met** — bound: {bounds.get(name) or 'see below'}"
+        items.append(f"- `{name}` {values[name]:.4g} (goal {target}): {verdict}")
+    return "\n".join(items)
+
+
 def pending_table(names: Iterable[str], targets: dict[str, str], bounds: dict[str, str]) -> str:
     """The table of :func:`table` with every value still to be measured."""
     rows = [

@@ -95,7 +95,9 @@ own virtualenv (`.bench-peers/venv`, pinned in `benchmarks/peers/requirements.tx
 Same workload for everyone: {harness.N} events of the ~300 B payload in the bridge's
 envelope (the peers publish the same envelope as their payload, with `Nats-Msg-Id` =
 event id), the same nats-server and PostgreSQL, a fresh stream (the bridge's stream
-spec: file storage, 120 s duplicate window) and database per run.
+spec: file storage, 120 s duplicate window) and database per run. Every process (the
+harness, where jetstream-bridge and the raw baseline run, and each peer's runner)
+freezes its start-up objects first (`gc.freeze()`, as the services' worker does).
 
 - **drain**: {harness.N} outbox rows inserted through the library's own API before its
   relay starts; events/s from the relay's start until all are on the stream; median of

@@ -220,3 +220,21 @@ def test_cpu_meter_records_one_share_per_span_and_reports_the_median() -> None:
     assert len(meter.shares) == 3 and all(share >= 0 for share in meter.shares)
     meter.shares[:] = [0.5, 1.0, 0.25]  # the figure is the median, in percent
     assert meter.line("x_cpu_percent")[1] == 50.0
+
+
+def test_goals_say_which_headline_figures_meet_their_bound() -> None:
+    from benchmarks.report import goal_met, goals
+
+    assert goal_met(0.41, ">= 0.50") is False and goal_met(13.8, "< 20 at 500 events/s") is True
+    assert goal_met(890, "<= 1024 (~300 B payload)") is True
+    assert goal_met(0, "0 (asserted)") is None and goal_met(1, "(old baseline)") is None
+    text = goals(
+        [("a", 0.4, "ratio"), ("b", 12.0, "ms"), ("c", 0.0, "events")],
+        ["a", "b", "c", "missing"],
+        {"a": ">= 0.5", "b": "< 20", "c": "0 (asserted)", "missing": ">= 1"},
+        {"a": "the database"},
+    )
+    assert text.splitlines() == [
+        "- `a` 0.4 (goal >= 0.5): **not met** — bound: the database",
+        "- `b` 12 (goal < 20): met",
+    ]
