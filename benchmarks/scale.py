@@ -12,7 +12,8 @@ outbox, consumers share B's durable, all on one database pair).  Each of
   ``SCALE_EVENTS`` envelope bodies committed into a table on A (asyncpg), then relayed
   by chunks with ``publish_async`` (PubAcks checked, rows marked sent) while a pull
   consumer upserts each fetched batch on B (asyncpg, one statement) and acks: the
-  bridge's work without the bridge;
+  bridge's work without the bridge, batched as the services' workers batch (chunks of
+  their ``relay.batch_size``, fetches of their ``consumer.batch_size``);
 - ``scale_1x1_events_per_s`` / ``scale_2x2_events_per_s``: ``SCALE_EVENTS`` outbox rows
   (``organization.created``, real row snapshots) committed in one transaction on A,
   from that commit until all are applied in B's ``organizations`` table, with 1 worker
@@ -132,6 +133,8 @@ async def _raw(nats_url: str, factory: UrlFactory, created: list[str], n: int) -
     url_a, url_b = await _fresh(factory, created), await _fresh(factory, created)
     cfg = bench_config(nats_url, "scaleraw")
     envelopes = _envelopes(cfg, 0, n)
+    # batched the same way as the services' workers: their relay's and consumer's batches
+    services = ServiceSettings(app_name="a", destination_app="b").to_bridge_config(env={})
     nc = await nats.connect(nats_url)
     try:
         await create_stream(nc, cfg)
@@ -142,7 +145,8 @@ async def _raw(nats_url: str, factory: UrlFactory, created: list[str], n: int) -
             cfg.stream_name,
             cfg.subjects.publish,
             [(e.event_id, e.to_bytes()) for e in envelopes],
-            chunk=CHUNK,
+            chunk=services.relay.batch_size,
+            batch=services.consumer.batch_size,
         )
     finally:
         await delete_stream(nc, cfg)
