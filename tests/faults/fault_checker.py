@@ -55,6 +55,7 @@ from typing import Any
 
 import asyncpg
 import nats
+import nats.js.errors
 from fault_history import NATURAL_KEYS, History, Write, matches
 from fault_lww import check_records_lww
 from fault_replays import fold_replays
@@ -151,6 +152,11 @@ async def read_stream(nats_urls: Sequence[str], stream: str) -> list[StreamMessa
             try:
                 batch = await sub.fetch(min(500, total - len(out)), timeout=2)
             except nats.errors.TimeoutError:
+                continue
+            except nats.js.errors.ServiceUnavailableError:
+                # A cluster answers 503 while the new consumer (or, after a node was
+                # killed, the stream) has no leader yet: elected within seconds.
+                await asyncio.sleep(0.2)
                 continue
             for msg in batch:
                 out.append(_parse(msg))
