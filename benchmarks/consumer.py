@@ -50,9 +50,10 @@ import contextlib
 import statistics
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
+from nats.aio.msg import Msg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
@@ -167,24 +168,36 @@ async def _raw_durable(cfg: BridgeConfig, conn: Connection, label: str) -> str:
     return durable
 
 
+async def _fetch_and_ack(
+    conn: Connection,
+    n: int,
+    fetch: Callable[[], Awaitable[list[Msg]]],
+    cpu: CpuMeter | None,
+) -> float:
+    """Events/s of ``fetch()`` + ``ack()`` of every message until ``n`` are acked."""
+    done = 0
+    with cpu.span() if cpu else contextlib.nullcontext():
+        start = time.perf_counter()
+        while done < n and time.perf_counter() - start < DEADLINE:
+            msgs = await fetch()
+            for msg in msgs:
+                await msg.ack()
+            done += len(msgs)
+        await conn.nc.flush()
+        elapsed = time.perf_counter() - start
+    return done / elapsed
+
+
 async def _raw(
     cfg: BridgeConfig, conn: Connection, n: int, label: str, cpu: CpuMeter | None = None
 ) -> float:
     """nats-py ``fetch(BATCH)`` + ``ack()`` of every message."""
     durable = await _raw_durable(cfg, conn, label)
     sub = await conn.js.pull_subscribe_bind(durable=durable, stream=cfg.stream_name)
-    done = 0
-    with cpu.span() if cpu else contextlib.nullcontext():
-        start = time.perf_counter()
-        while done < n and time.perf_counter() - start < DEADLINE:
-            msgs = await sub.fetch(BATCH, timeout=1.0)
-            for msg in msgs:
-                await msg.ack()
-            done += len(msgs)
-        await conn.nc.flush()
-        elapsed = time.perf_counter() - start
-    await sub.unsubscribe()
-    return done / elapsed
+    try:
+        return await _fetch_and_ack(conn, n, lambda: sub.fetch(BATCH, timeout=1.0), cpu)
+    finally:
+        await sub.unsubscribe()
 
 
 async def _raw_pull_requests(
@@ -196,18 +209,10 @@ async def _raw_pull_requests(
     durable = await _raw_durable(cfg, conn, label)
     puller = BatchPuller(conn.nc, f"$JS.API.CONSUMER.MSG.NEXT.{cfg.stream_name}.{durable}")
     await puller.start()
-    done = 0
-    with cpu.span() if cpu else contextlib.nullcontext():
-        start = time.perf_counter()
-        while done < n and time.perf_counter() - start < DEADLINE:
-            msgs = await puller.fetch(BATCH, timeout=1.0)
-            for msg in msgs:
-                await msg.ack()
-            done += len(msgs)
-        await conn.nc.flush()
-        elapsed = time.perf_counter() - start
-    await puller.stop()
-    return done / elapsed
+    try:
+        return await _fetch_and_ack(conn, n, lambda: puller.fetch(BATCH, timeout=1.0), cpu)
+    finally:
+        await puller.stop()
 
 
 async def _bridge(
