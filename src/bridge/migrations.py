@@ -116,12 +116,12 @@ def upgrade_outbox_body(op: Operations) -> None:
 
     Renames ``payload`` to ``body`` and strips from every row the envelope fields its
     columns hold and the stored ``Nats-Msg-Id`` header; replaces the record index on
-    (resource_type, resource_id, id) by the hashed record key; resets the heap's fill
-    factor to the default; adds the CHECK constraint ``ck_bridge_outbox_body_layout``
-    (:data:`bridge.schema.OUTBOX_BODY_CHECK`).  Rewrites every row once (run it while the outbox is small,
-    or in a quiet hour).  Relays of the earlier layout must be stopped first: they
-    read ``payload``, which no longer exists, and fail loudly rather than publish
-    envelopes without their ids; capture triggers are re-installed in the same
+    (resource_type, resource_id, id) by the hashed record key; resets the heap's fill factor
+    to the default; adds the CHECK constraint ``ck_bridge_outbox_body_layout``
+    (:data:`bridge.schema.OUTBOX_BODY_CHECK`).  Rewrites every row once (run it while the
+    outbox is small, or in a quiet hour).  Relays of the earlier layout must be stopped
+    first: they read ``payload``, which no longer exists, and fail loudly rather than
+    publish envelopes without their ids; capture triggers are re-installed in the same
     migration (:func:`install_capture`: their ``INSERT`` names the new column).
     """
     _run(
