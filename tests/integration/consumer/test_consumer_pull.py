@@ -18,11 +18,18 @@ from consumer_support import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bridge.config import ConsumerOptions, Credentials
+from bridge.config import BridgeConfig, ConsumerOptions, Credentials
 from bridge.envelope import Envelope
 from bridge.errors import Reject
 from bridge.provisioning.permissions import render_authorization
 from bridge.testing import NatsServer
+
+
+async def publish_versions(stack: Stack, cfg: BridgeConfig, resources: int, versions: int) -> None:
+    """Versions 1..``versions`` of records ``r0``..: every record's version n before n+1."""
+    for version in range(1, versions + 1):
+        for r in range(resources):
+            await stack.publish(org_event(cfg, f"r{r}", version=version))
 
 
 async def test_failing_twice_then_succeeding_backs_off_and_processes_once(stack: Stack) -> None:
@@ -86,9 +93,7 @@ async def test_concurrency_keeps_per_resource_order(stack: Stack) -> None:
     stack.router.on_resource("organization", handler)
     cfg = stack.cfg.with_(consumer=ConsumerOptions(batch_size=40, fetch_timeout=0.5, concurrency=4))
     resources, versions = 12, 10
-    for version in range(1, versions + 1):
-        for r in range(resources):
-            await stack.publish(org_event(cfg, f"r{r}", version=version))
+    await publish_versions(stack, cfg, resources, versions)
     consumer = await stack.start_consumer(cfg, stack.processor_for(cfg))
 
     async def done() -> bool:
@@ -223,9 +228,7 @@ async def test_prefetched_batches_keep_order_and_are_applied_before_stop(stack: 
     stack.router.on_resource("organization", handler)
     cfg = stack.cfg.with_(consumer=ConsumerOptions(batch_size=8, fetch_timeout=0.5, concurrency=1))
     resources, versions = 4, 30
-    for version in range(1, versions + 1):
-        for r in range(resources):
-            await stack.publish(org_event(cfg, f"r{r}", version=version))
+    await publish_versions(stack, cfg, resources, versions)
     consumer = await stack.start_consumer(cfg, stack.processor_for(cfg))
     assert consumer.prefetch  # type: ignore[union-attr]
 
